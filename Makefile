@@ -1,0 +1,55 @@
+# arbiter: the two commands a new user needs are `make run` and `make test`.
+# Both install missing Debian packages first (as root, or with sudo).
+
+BUILD_DIR ?= build
+BUILD_TYPE ?= Release
+JOBS ?= 2
+CMAKE_FLAGS ?=
+
+DEB_PACKAGES := build-essential cmake pkg-config ccache git \
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  libabsl-dev libfaiss-dev libopenblas0-pthread libopenblas-dev \
+  prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  libcurl4-openssl-dev libsqlite3-dev libyaml-cpp-dev libcpp-httplib-dev \
+  nlohmann-json3-dev prometheus curl nodejs npm
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build run test test-sanitize bench clean node-deps
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
+
+build: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+run: build
+	./$(BUILD_DIR)/arbiter serve
+
+node-deps: deps
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+test: build node-deps
+	cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+# The same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-sanitize:
+	$(MAKE) test BUILD_DIR=build-asan BUILD_TYPE=Debug \
+	  CMAKE_FLAGS="-DARBITER_SANITIZE=ON -DARBITER_BUILD_BENCH=OFF"
+
+bench: build
+	./$(BUILD_DIR)/bench/policy_bench
+	./$(BUILD_DIR)/bench/gateway_load_bench
+
+clean:
+	rm -rf build build-asan build-tsan

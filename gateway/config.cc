@@ -1,0 +1,445 @@
+#include "gateway/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
+#include "yaml-cpp/yaml.h"
+
+namespace arbiter {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kEmbeddedConfigPath[] = "arbiter.yaml";
+
+// Plain YAML scalars become JSON numbers, booleans or null when they look
+// like one; quoted scalars stay strings.
+json ScalarToJson(const YAML::Node& node) {
+  const std::string& text = node.Scalar();
+  if (node.Tag() == "!") return text;
+  if (text == "true" || text == "True") return true;
+  if (text == "false" || text == "False") return false;
+  if (text == "null" || text == "~") return nullptr;
+  int64_t integer;
+  if (absl::SimpleAtoi(text, &integer)) return integer;
+  double number;
+  if (!text.empty() && (absl::ascii_isdigit(text[0]) || text[0] == '-' ||
+                        text[0] == '.') &&
+      absl::SimpleAtod(text, &number)) {
+    return number;
+  }
+  return text;
+}
+
+absl::StatusOr<json> YamlToJson(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      return json(nullptr);
+    case YAML::NodeType::Scalar:
+      return ScalarToJson(node);
+    case YAML::NodeType::Sequence: {
+      json array = json::array();
+      for (const YAML::Node& item : node) {
+        auto value = YamlToJson(item);
+        if (!value.ok()) return value.status();
+        array.push_back(*std::move(value));
+      }
+      return array;
+    }
+    case YAML::NodeType::Map: {
+      json object = json::object();
+      for (const auto& entry : node) {
+        if (!entry.first.IsScalar()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "line ", entry.first.Mark().line + 1, ": keys must be scalars"));
+        }
+        auto value = YamlToJson(entry.second);
+        if (!value.ok()) return value.status();
+        object[entry.first.Scalar()] = *std::move(value);
+      }
+      return object;
+    }
+  }
+  return json(nullptr);
+}
+
+bool IsLabelSafe(absl::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(c) && c != '_' && c != '-' && c != '.') {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool IsHostPort(absl::string_view address) {
+  size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) return false;
+  int port;
+  return absl::SimpleAtoi(address.substr(colon + 1), &port) && port >= 0 &&
+         port <= 65535;
+}
+
+class Validator {
+ public:
+  explicit Validator(const v1::Config& config) : config_(config) {}
+
+  std::vector<std::string> Run() {
+    CheckServer();
+    CheckBackends();
+    CheckTasks();
+    CheckRoutes();
+    CheckPolicy(config_.policy(), "policy");
+    for (const auto& [task, policy] : config_.task_policies()) {
+      std::string path = absl::StrCat("task_policies.", task);
+      if (!tasks_.contains(task)) Error(path, "unknown task \"", task, "\"");
+      CheckPolicy(policy, path);
+    }
+    CheckRetrieval();
+    return std::move(errors_);
+  }
+
+ private:
+  template <typename... Args>
+  void Error(absl::string_view path, const Args&... reason) {
+    errors_.push_back(absl::StrCat(path, ": ", reason...));
+  }
+
+  void NonNegative(double value, absl::string_view path) {
+    if (!(value >= 0)) Error(path, "must be >= 0");
+  }
+
+  void Probability(double value, absl::string_view path) {
+    if (!(value >= 0 && value <= 1)) Error(path, "must be in [0, 1]");
+  }
+
+  void CheckServer() {
+    const v1::Server& server = config_.server();
+    if (!server.grpc_listen().empty() && !IsHostPort(server.grpc_listen())) {
+      Error("server.grpc_listen", "must be host:port, got \"",
+            server.grpc_listen(), "\"");
+    }
+    if (!server.metrics_listen().empty() &&
+        !IsHostPort(server.metrics_listen())) {
+      Error("server.metrics_listen", "must be host:port, got \"",
+            server.metrics_listen(), "\"");
+    }
+    NonNegative(server.max_request_bytes(), "server.max_request_bytes");
+    NonNegative(server.decision_log_capacity(), "server.decision_log_capacity");
+  }
+
+  void CheckBackends() {
+    if (config_.backends().empty()) Error("backends", "at least one is needed");
+    for (int i = 0; i < config_.backends_size(); ++i) {
+      const v1::Backend& backend = config_.backends(i);
+      std::string path = absl::StrCat("backends[", i, "]");
+      if (!IsLabelSafe(backend.name())) {
+        Error(path + ".name",
+              "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+      } else if (!backends_.insert(backend.name()).second) {
+        Error(path + ".name", "duplicate backend \"", backend.name(), "\"");
+      }
+      switch (backend.kind_case()) {
+        case v1::Backend::kOpenai: {
+          const v1::OpenAIBackend& openai = backend.openai();
+          if (!absl::StartsWith(openai.base_url(), "http://") &&
+              !absl::StartsWith(openai.base_url(), "https://")) {
+            Error(path + ".openai.base_url",
+                  "must start with http:// or https://, got \"",
+                  openai.base_url(), "\"");
+          }
+          NonNegative(openai.timeout_seconds(),
+                      path + ".openai.timeout_seconds");
+          NonNegative(openai.max_connections(),
+                      path + ".openai.max_connections");
+          break;
+        }
+        case v1::Backend::kSim: {
+          const v1::SimBackend& sim = backend.sim();
+          NonNegative(sim.time_to_first_token_seconds(),
+                      path + ".sim.time_to_first_token_seconds");
+          NonNegative(sim.seconds_per_token(), path + ".sim.seconds_per_token");
+          NonNegative(sim.output_tokens(), path + ".sim.output_tokens");
+          if (sim.dataset().empty()) {
+            Error(path + ".sim.dataset", "must name the question set");
+          }
+          for (int m = 0; m < sim.models_size(); ++m) {
+            std::string model_path = absl::StrCat(path, ".sim.models[", m, "]");
+            if (sim.models(m).name().empty()) {
+              Error(model_path + ".name", "must not be empty");
+            }
+            Probability(sim.models(m).accuracy(), model_path + ".accuracy");
+            for (const auto& [task, accuracy] : sim.models(m).task_accuracy()) {
+              Probability(accuracy,
+                          absl::StrCat(model_path, ".task_accuracy.", task));
+            }
+          }
+          break;
+        }
+        case v1::Backend::KIND_NOT_SET:
+          Error(path, "set one of: openai, sim");
+          break;
+      }
+    }
+  }
+
+  void CheckTasks() {
+    if (config_.tasks().empty()) Error("tasks", "at least one is needed");
+    for (int i = 0; i < config_.tasks_size(); ++i) {
+      const std::string& task = config_.tasks(i);
+      std::string path = absl::StrCat("tasks[", i, "]");
+      if (!IsLabelSafe(task)) {
+        Error(path, "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+      } else if (!tasks_.insert(task).second) {
+        Error(path, "duplicate task \"", task, "\"");
+      }
+    }
+    if (!config_.default_task().empty() &&
+        !tasks_.contains(config_.default_task())) {
+      Error("default_task", "unknown task \"", config_.default_task(), "\"");
+    }
+  }
+
+  void CheckRoutes() {
+    if (config_.routes().empty()) Error("routes", "at least one is needed");
+    for (int i = 0; i < config_.routes_size(); ++i) {
+      const v1::Route& route = config_.routes(i);
+      std::string path = absl::StrCat("routes[", i, "]");
+      if (!IsLabelSafe(route.name())) {
+        Error(path + ".name",
+              "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+      } else if (!routes_.insert(route.name()).second) {
+        Error(path + ".name", "duplicate route \"", route.name(), "\"");
+      }
+      const std::string& kind = route.kind();
+      if (kind != "prompted" && kind != "fine_tuned" && kind != "rag") {
+        Error(path + ".kind", "must be prompted, fine_tuned or rag, got \"",
+              kind, "\"");
+      }
+      if (!backends_.contains(route.backend())) {
+        Error(path + ".backend", "unknown backend \"", route.backend(), "\"");
+      }
+      if (route.model().empty()) Error(path + ".model", "must not be empty");
+      if (kind == "fine_tuned" && !route.examples().empty()) {
+        Error(path + ".examples",
+              "a fine_tuned route sends the bare request; remove the examples");
+      }
+      for (int e = 0; e < route.examples_size(); ++e) {
+        const v1::Example& example = route.examples(e);
+        if (example.user().empty() || example.assistant().empty()) {
+          Error(absl::StrCat(path, ".examples[", e, "]"),
+                "needs both user and assistant");
+        }
+      }
+      if (kind == "rag") {
+        if (config_.retrieval().corpus_dir().empty()) {
+          Error(path + ".kind", "a rag route needs retrieval.corpus_dir");
+        }
+        if (route.rag().top_k() < 0 || route.rag().top_k() > 100) {
+          Error(path + ".rag.top_k", "must be in [1, 100]");
+        }
+        NonNegative(route.rag().max_context_tokens(),
+                    path + ".rag.max_context_tokens");
+      } else if (route.has_rag()) {
+        Error(path + ".rag", "only rag routes retrieve context");
+      }
+      const v1::Pricing& pricing = route.pricing();
+      NonNegative(pricing.input_usd_per_mtok(),
+                  path + ".pricing.input_usd_per_mtok");
+      NonNegative(pricing.output_usd_per_mtok(),
+                  path + ".pricing.output_usd_per_mtok");
+      NonNegative(pricing.request_usd(), path + ".pricing.request_usd");
+      NonNegative(pricing.retrieval_usd_per_query(),
+                  path + ".pricing.retrieval_usd_per_query");
+      if (route.max_output_tokens() < 0) {
+        Error(path + ".max_output_tokens", "must be >= 0");
+      }
+    }
+  }
+
+  void CheckPolicy(const v1::Policy& policy, const std::string& path) {
+    switch (policy.strategy_case()) {
+      case v1::Policy::kPinned:
+        if (!routes_.contains(policy.pinned().route())) {
+          Error(path + ".pinned.route", "unknown route \"",
+                policy.pinned().route(), "\"");
+        }
+        break;
+      case v1::Policy::kWeighted: {
+        double total = 0;
+        for (const auto& [route, weight] : policy.weighted().weights()) {
+          std::string weight_path =
+              absl::StrCat(path, ".weighted.weights.", route);
+          if (!routes_.contains(route)) {
+            Error(weight_path, "unknown route \"", route, "\"");
+          }
+          NonNegative(weight, weight_path);
+          if (weight > 0) total += weight;
+        }
+        if (!(total > 0)) {
+          Error(path + ".weighted.weights", "need a positive weight");
+        }
+        break;
+      }
+      case v1::Policy::kCheapestMeetingAccuracy: {
+        const auto& cheapest = policy.cheapest_meeting_accuracy();
+        std::string sub = path + ".cheapest_meeting_accuracy";
+        Probability(cheapest.accuracy_floor(), sub + ".accuracy_floor");
+        NonNegative(cheapest.min_feedback(), sub + ".min_feedback");
+        if (cheapest.has_explore_share()) {
+          Probability(cheapest.explore_share(), sub + ".explore_share");
+        }
+        break;
+      }
+      case v1::Policy::STRATEGY_NOT_SET:
+        Error(path,
+              "set one of: pinned, weighted, cheapest_meeting_accuracy");
+        break;
+    }
+  }
+
+  void CheckRetrieval() {
+    const v1::Retrieval& retrieval = config_.retrieval();
+    if (retrieval.chunk_tokens() < 0) {
+      Error("retrieval.chunk_tokens", "must be >= 0");
+    }
+    if (retrieval.chunk_overlap_tokens() < 0) {
+      Error("retrieval.chunk_overlap_tokens", "must be >= 0");
+    }
+    if (retrieval.chunk_tokens() > 0 &&
+        retrieval.chunk_overlap_tokens() >= retrieval.chunk_tokens()) {
+      Error("retrieval.chunk_overlap_tokens",
+            "must be smaller than chunk_tokens");
+    }
+    if (retrieval.embedding_dim() != 0 &&
+        (retrieval.embedding_dim() < 16 || retrieval.embedding_dim() > 8192)) {
+      Error("retrieval.embedding_dim", "must be in [16, 8192]");
+    }
+  }
+
+  const v1::Config& config_;
+  std::set<std::string> backends_;
+  std::set<std::string> routes_;
+  std::set<std::string> tasks_;
+  std::vector<std::string> errors_;
+};
+
+}  // namespace
+
+absl::StatusOr<v1::Config> ParseConfigYaml(absl::string_view yaml) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("YAML syntax error at line ", e.mark.line + 1,
+                     ", column ", e.mark.column + 1, ": ", e.msg));
+  }
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError("the config must be a YAML mapping");
+  }
+  auto as_json = YamlToJson(root);
+  if (!as_json.ok()) return as_json.status();
+  v1::Config config;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  auto status = google::protobuf::util::JsonStringToMessage(as_json->dump(),
+                                                            &config, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(std::string(status.message()));
+  }
+  return config;
+}
+
+std::vector<std::string> ValidateConfig(const v1::Config& config) {
+  return Validator(config).Run();
+}
+
+void ApplyConfigDefaults(v1::Config& config) {
+  v1::Server& server = *config.mutable_server();
+  if (server.grpc_listen().empty()) server.set_grpc_listen("127.0.0.1:50051");
+  if (server.metrics_listen().empty()) {
+    server.set_metrics_listen("127.0.0.1:9464");
+  }
+  if (server.max_request_bytes() == 0) server.set_max_request_bytes(1 << 20);
+  if (server.decision_log_capacity() == 0) {
+    server.set_decision_log_capacity(1'000'000);
+  }
+  if (config.default_task().empty() && !config.tasks().empty()) {
+    config.set_default_task(config.tasks(0));
+  }
+  for (v1::Backend& backend : *config.mutable_backends()) {
+    if (backend.has_openai()) {
+      v1::OpenAIBackend& openai = *backend.mutable_openai();
+      if (openai.timeout_seconds() == 0) openai.set_timeout_seconds(30);
+      if (openai.max_connections() == 0) openai.set_max_connections(64);
+    }
+  }
+  for (v1::Route& route : *config.mutable_routes()) {
+    if (route.max_output_tokens() == 0) route.set_max_output_tokens(256);
+    if (route.kind() == "rag") {
+      v1::RagSettings& rag = *route.mutable_rag();
+      if (rag.top_k() == 0) rag.set_top_k(4);
+      if (rag.max_context_tokens() == 0) rag.set_max_context_tokens(1024);
+    }
+  }
+  v1::Retrieval& retrieval = *config.mutable_retrieval();
+  if (retrieval.chunk_tokens() == 0) retrieval.set_chunk_tokens(200);
+  if (retrieval.chunk_overlap_tokens() == 0) {
+    retrieval.set_chunk_overlap_tokens(
+        std::min(40, retrieval.chunk_tokens() / 4));
+  }
+  if (retrieval.embedding_dim() == 0) retrieval.set_embedding_dim(512);
+}
+
+absl::StatusOr<LoadedConfig> LoadConfigText(
+    absl::string_view yaml, std::string origin,
+    std::shared_ptr<const FileSource> files) {
+  auto config = ParseConfigYaml(yaml);
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": ", config.status().message()));
+  }
+  std::vector<std::string> errors = ValidateConfig(*config);
+  if (!errors.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, " is invalid (", errors.size(),
+                     errors.size() == 1 ? " error" : " errors", "):\n  ",
+                     absl::StrJoin(errors, "\n  ")));
+  }
+  ApplyConfigDefaults(*config);
+  return LoadedConfig{*std::move(config), std::move(origin), std::move(files)};
+}
+
+absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read config \"", path, "\""));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  return LoadConfigText(text.str(), path,
+                        MakeDiskFileSource(dir.empty() ? "." : dir.string()));
+}
+
+absl::StatusOr<LoadedConfig> LoadEmbeddedConfig() {
+  std::shared_ptr<const FileSource> files = MakeEmbeddedFileSource();
+  auto text = files->Read(kEmbeddedConfigPath);
+  if (!text.ok()) return text.status();
+  return LoadConfigText(*text, "embedded quickstart config", std::move(files));
+}
+
+}  // namespace arbiter

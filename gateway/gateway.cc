@@ -1,0 +1,518 @@
+#include "gateway/gateway.h"
+
+#include <cstdlib>
+
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "gateway/backends/openai_backend.h"
+#include "gateway/backends/sim_backend.h"
+#include "gateway/request_id.h"
+#include "gateway/sim/simulator.h"
+#include "policy/economics.h"
+#include "retrieval/tokenizer.h"
+
+namespace arbiter {
+namespace {
+
+// Typical question length, for a route's prior cost before any traffic.
+constexpr int64_t kTypicalQuestionTokens = 24;
+constexpr absl::Duration kPublishInterval = absl::Milliseconds(10);
+
+double UniformDraw() {
+  thread_local absl::BitGen gen;
+  return absl::Uniform<double>(gen, 0.0, 1.0);
+}
+
+uint64_t RandomNonce() {
+  thread_local absl::BitGen gen;
+  return absl::Uniform<uint64_t>(gen);
+}
+
+std::string KnownNames(const google::protobuf::RepeatedPtrField<v1::Route>& routes) {
+  std::vector<std::string> names;
+  for (const v1::Route& route : routes) names.push_back(route.name());
+  return absl::StrJoin(names, ", ");
+}
+
+Outcome OutcomeOf(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+      return Outcome::kUnavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return Outcome::kTimeout;
+    default:
+      return Outcome::kError;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const sim::Simulator>> MakeSimulator(
+    const v1::SimBackend& config, const FileSource& files) {
+  auto text = files.Read(config.dataset());
+  if (!text.ok()) return text.status();
+  auto questions = sim::ParseQuestionSet(*text);
+  if (!questions.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "question set \"", config.dataset(), "\": ",
+        questions.status().message()));
+  }
+  auto simulator = sim::Simulator::Create(config, *std::move(questions));
+  if (!simulator.ok()) return simulator.status();
+  return std::shared_ptr<const sim::Simulator>(*std::move(simulator));
+}
+
+Gateway::Gateway(LoadedConfig config, prometheus::Registry& registry)
+    : loaded_(std::move(config)),
+      stats_(loaded_.config.routes_size(), loaded_.config.tasks_size(),
+             kPublishInterval),
+      decisions_(loaded_.config.server().decision_log_capacity()),
+      metrics_(registry, loaded_.config) {}
+
+Gateway::~Gateway() {
+  stopping_ = true;
+  ticker_.reset();
+  // Backends stop before the rest, failing what they still hold.
+  backends_.clear();
+}
+
+absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(
+    LoadedConfig config, prometheus::Registry& registry) {
+  auto gateway =
+      std::unique_ptr<Gateway>(new Gateway(std::move(config), registry));
+  absl::Status status = gateway->Init();
+  if (!status.ok()) return status;
+  return gateway;
+}
+
+absl::Status Gateway::Init() {
+  const v1::Config& config = loaded_.config;
+  for (int i = 0; i < config.tasks_size(); ++i) {
+    task_index_[config.tasks(i)] = i;
+  }
+  for (const v1::Backend& backend : config.backends()) {
+    std::unique_ptr<Backend> made;
+    if (backend.has_sim()) {
+      auto simulator = MakeSimulator(backend.sim(), *loaded_.files);
+      if (!simulator.ok()) {
+        return absl::Status(simulator.status().code(),
+                            absl::StrCat("backend \"", backend.name(), "\": ",
+                                         simulator.status().message()));
+      }
+      made = std::make_unique<SimBackend>(backend.name(), *std::move(simulator));
+    } else {
+      std::string key;
+      if (!backend.openai().api_key_env().empty()) {
+        const char* value = std::getenv(backend.openai().api_key_env().c_str());
+        if (value != nullptr) key = value;
+      }
+      made = std::make_unique<OpenAIBackend>(backend.name(), backend.openai(),
+                                             std::move(key));
+    }
+    backends_[backend.name()] = std::move(made);
+  }
+  bool needs_retrieval = false;
+  std::vector<double> prior_costs;
+  for (int i = 0; i < config.routes_size(); ++i) {
+    const v1::Route& route = config.routes(i);
+    route_index_[route.name()] = i;
+    route_backend_.push_back(backends_.at(route.backend()).get());
+    int64_t overhead = retrieval::CountTokens(route.system_prompt());
+    for (const v1::Example& example : route.examples()) {
+      overhead += retrieval::CountTokens(example.user()) +
+                  retrieval::CountTokens(example.assistant()) + 8;
+    }
+    bool rag = route.kind() == "rag";
+    if (rag) {
+      needs_retrieval = true;
+      overhead += route.rag().max_context_tokens();
+    }
+    prior_costs.push_back(
+        policy::PriceRequest(route.pricing(),
+                             overhead + kTypicalQuestionTokens,
+                             route.max_output_tokens(), rag)
+            .total_usd());
+  }
+  if (needs_retrieval || !config.retrieval().corpus_dir().empty()) {
+    auto files = loaded_.files->ReadFolder(config.retrieval().corpus_dir());
+    if (!files.ok()) {
+      return absl::Status(files.status().code(),
+                          absl::StrCat("retrieval.corpus_dir: ",
+                                       files.status().message()));
+    }
+    std::vector<retrieval::Document> documents;
+    for (const auto& [name, content] : *files) {
+      if (!name.ends_with(".md") && !name.ends_with(".txt")) continue;
+      documents.push_back(retrieval::ParseDocument(name, content));
+    }
+    if (documents.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("retrieval.corpus_dir: no .md or .txt files in \"",
+                       config.retrieval().corpus_dir(), "\""));
+    }
+    retrieval::RetrieverOptions options;
+    options.chunking.chunk_tokens = config.retrieval().chunk_tokens();
+    options.chunking.overlap_tokens = config.retrieval().chunk_overlap_tokens();
+    options.embedding_dim = config.retrieval().embedding_dim();
+    auto retriever = retrieval::Retriever::Build(std::move(documents), options);
+    if (!retriever.ok()) return retriever.status();
+    retriever_ = *std::move(retriever);
+    metrics_.SetCorpus(retriever_->document_count(), retriever_->chunks().size());
+  }
+  auto engine = policy::Engine::Create(config, std::move(prior_costs));
+  if (!engine.ok()) return engine.status();
+  engine_ = *std::move(engine);
+  ticker_ = std::make_unique<TimerQueue>();
+  SchedulePublish();
+  return absl::OkStatus();
+}
+
+void Gateway::SchedulePublish() {
+  if (stopping_) return;
+  ticker_->RunAfter(kPublishInterval, [this] {
+    stats_.PublishIfChanged();
+    SchedulePublish();
+  });
+}
+
+std::string Gateway::Describe() const {
+  const v1::Config& config = loaded_.config;
+  std::string text = absl::StrCat("config: ", loaded_.origin, "\n");
+  absl::StrAppend(&text, "backends:\n");
+  for (const v1::Backend& backend : config.backends()) {
+    absl::StrAppend(&text, "  ", backend.name(), " (",
+                    backend.has_sim() ? "sim" : backend.openai().base_url(),
+                    ")\n");
+  }
+  absl::StrAppend(&text, "routes:\n");
+  for (const v1::Route& route : config.routes()) {
+    absl::StrAppendFormat(
+        &text, "  %-14s %-10s backend=%s model=%s $%.2f/$%.2f per Mtok\n",
+        route.name(), route.kind(), route.backend(), route.model(),
+        route.pricing().input_usd_per_mtok(),
+        route.pricing().output_usd_per_mtok());
+  }
+  absl::StrAppend(&text, "tasks: ", absl::StrJoin(config.tasks(), ", "),
+                  " (default ", config.default_task(), ")\n");
+  if (retriever_ != nullptr) {
+    absl::StrAppend(&text, "corpus: ", retriever_->document_count(),
+                    " documents, ", retriever_->chunks().size(), " chunks\n");
+  }
+  return text;
+}
+
+absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
+                               int* pinned_route) const {
+  const v1::Config& config = loaded_.config;
+  size_t size = request.ByteSizeLong();
+  if (size > static_cast<size_t>(config.server().max_request_bytes())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "request: %d bytes exceeds the limit of %d (server.max_request_bytes)",
+        size, config.server().max_request_bytes()));
+  }
+  if (request.messages().empty()) {
+    return absl::InvalidArgumentError("messages: must not be empty");
+  }
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const v1::ChatMessage& message = request.messages(i);
+    const std::string& role = message.role();
+    if (role != "system" && role != "user" && role != "assistant") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "messages[", i, "].role: must be system, user or assistant, got \"",
+          role, "\""));
+    }
+  }
+  const v1::ChatMessage& last = *request.messages().rbegin();
+  if (last.role() != "user") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages[", request.messages_size() - 1,
+        "].role: the last message must be the user's"));
+  }
+  if (last.content().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages[", request.messages_size() - 1, "].content: must not be empty"));
+  }
+  const std::string& task_name =
+      request.task().empty() ? config.default_task() : request.task();
+  auto task_it = task_index_.find(task_name);
+  if (task_it == task_index_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task: unknown task \"", task_name, "\" (known: ",
+                     absl::StrJoin(config.tasks(), ", "), ")"));
+  }
+  *task = task_it->second;
+  *pinned_route = -1;
+  if (!request.route().empty()) {
+    auto route_it = route_index_.find(request.route());
+    if (route_it == route_index_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("route: unknown route \"", request.route(),
+                       "\" (known: ", KnownNames(config.routes()), ")"));
+    }
+    *pinned_route = route_it->second;
+  }
+  if (request.limits().max_output_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        "limits.max_output_tokens: must be >= 0");
+  }
+  if (request.limits().has_temperature() &&
+      !(request.limits().temperature() >= 0 &&
+        request.limits().temperature() <= 2)) {
+    return absl::InvalidArgumentError("limits.temperature: must be in [0, 2]");
+  }
+  if (!(request.constraints().max_cost_usd() >= 0)) {
+    return absl::InvalidArgumentError(
+        "constraints.max_cost_usd: must be >= 0");
+  }
+  if (!(request.constraints().min_accuracy() >= 0 &&
+        request.constraints().min_accuracy() <= 1)) {
+    return absl::InvalidArgumentError(
+        "constraints.min_accuracy: must be in [0, 1]");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BackendRequest> Gateway::BuildBackendRequest(
+    const v1::Route& route, const v1::InferRequest& request,
+    v1::InferResponse* response) {
+  BackendRequest out;
+  out.model = route.model();
+  out.max_output_tokens = request.limits().max_output_tokens() > 0
+                              ? request.limits().max_output_tokens()
+                              : route.max_output_tokens();
+  if (request.limits().has_temperature()) {
+    out.temperature = request.limits().temperature();
+  }
+  std::string system = route.kind() == "fine_tuned" ? "" : route.system_prompt();
+  if (route.kind() == "rag") {
+    const std::string& question = request.messages().rbegin()->content();
+    absl::Time start = absl::Now();
+    auto hits = retriever_->Search(question, route.rag().top_k());
+    if (!hits.ok()) {
+      return absl::Status(hits.status().code(),
+                          absl::StrCat("retrieval for route \"", route.name(),
+                                       "\": ", hits.status().message()));
+    }
+    retrieval::Context context =
+        retrieval::AssembleContext(*hits, route.rag().max_context_tokens());
+    metrics_.RecordRetrieval(absl::ToDoubleSeconds(absl::Now() - start));
+    absl::StrAppend(&system, system.empty() ? "" : "\n\n",
+                    "Answer from the context below and cite the sources you "
+                    "use by their markers.\n\nContext:\n",
+                    context.block);
+    for (const auto& cited : context.citations) {
+      v1::Citation* citation = response->add_citations();
+      citation->set_doc_id(cited.chunk->doc_id);
+      citation->set_chunk_id(cited.chunk->id);
+      citation->set_score(cited.score);
+      citation->set_marker(cited.marker);
+    }
+  }
+  if (!system.empty()) out.messages.push_back({"system", std::move(system)});
+  if (route.kind() == "prompted") {
+    for (const v1::Example& example : route.examples()) {
+      out.messages.push_back({"user", example.user()});
+      out.messages.push_back({"assistant", example.assistant()});
+    }
+  }
+  for (const v1::ChatMessage& message : request.messages()) {
+    out.messages.push_back({message.role(), message.content()});
+  }
+  return out;
+}
+
+void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
+                    v1::InferResponse* response, Done done) {
+  const absl::Time start = absl::Now();
+  int task = 0;
+  int pinned_route = -1;
+  absl::Status valid = Validate(request, &task, &pinned_route);
+  if (!valid.ok()) {
+    metrics_.RecordRejected(absl::StatusCodeToString(valid.code()));
+    std::move(done)(valid);
+    return;
+  }
+  policy::RequestFeatures features;
+  features.task = task;
+  features.unit_id = request.unit_id();
+  features.pinned_route = pinned_route;
+  features.max_cost_usd = request.constraints().max_cost_usd();
+  features.min_accuracy = request.constraints().min_accuracy();
+  features.uniform = UniformDraw();
+  auto decision = engine_->Decide(features, *stats_.Snapshot());
+  if (!decision.ok()) {
+    metrics_.RecordRejected(absl::StatusCodeToString(decision.status().code()));
+    std::move(done)(decision.status());
+    return;
+  }
+  const int route_index = decision->route;
+  const v1::Route& route = loaded_.config.routes(route_index);
+  metrics_.RecordDecision(route_index, task);
+
+  const std::string& task_name = loaded_.config.tasks(task);
+  std::string request_id = EncodeRequestId(
+      {route.name(), task_name, absl::ToUnixMillis(start), RandomNonce()});
+  response->set_request_id(request_id);
+  response->set_route(route.name());
+  response->set_route_kind(route.kind());
+  response->set_backend(route.backend());
+  response->set_model(route.model());
+  response->set_task(task_name);
+  v1::Decision* wire_decision = response->mutable_decision();
+  wire_decision->set_policy(decision->policy);
+  wire_decision->set_reason(decision->reason);
+  wire_decision->set_propensity(decision->propensity);
+
+  auto backend_request = BuildBackendRequest(route, request, response);
+  if (!backend_request.ok()) {
+    double latency = absl::ToDoubleSeconds(absl::Now() - start);
+    stats_.RecordError(route_index, task, latency);
+    metrics_.RecordFailure(route_index, task, Outcome::kError, latency);
+    std::move(done)(backend_request.status());
+    return;
+  }
+  absl::Duration timeout = absl::Seconds(30);
+  for (const v1::Backend& backend : loaded_.config.backends()) {
+    if (backend.name() == route.backend() && backend.has_openai()) {
+      timeout = absl::Seconds(backend.openai().timeout_seconds());
+    }
+  }
+  // The caller's deadline bounds the backend call too.
+  timeout = std::min(timeout, deadline - absl::Now());
+  if (timeout <= absl::ZeroDuration()) {
+    std::move(done)(absl::DeadlineExceededError(
+        "the request's deadline passed before a backend was called"));
+    return;
+  }
+  backend_request->timeout = timeout;
+  double propensity = decision->propensity;
+  route_backend_[route_index]->Complete(
+      *std::move(backend_request),
+      [this, route_index, task, start, propensity, response,
+       request_id = std::move(request_id), done = std::move(done)](
+          absl::StatusOr<BackendResponse> result) mutable {
+        const v1::Route& route = loaded_.config.routes(route_index);
+        double latency = absl::ToDoubleSeconds(absl::Now() - start);
+        if (!result.ok()) {
+          stats_.RecordError(route_index, task, latency);
+          metrics_.RecordFailure(route_index, task, OutcomeOf(result.status()),
+                                 latency);
+          std::move(done)(result.status());
+          return;
+        }
+        double cost =
+            policy::PriceRequest(route.pricing(), result->input_tokens,
+                                 result->output_tokens, route.kind() == "rag")
+                .total_usd();
+        response->set_text(std::move(result->text));
+        v1::Usage* usage = response->mutable_usage();
+        usage->set_input_tokens(result->input_tokens);
+        usage->set_output_tokens(result->output_tokens);
+        usage->set_estimated(!result->usage_reported);
+        response->set_cost_usd(cost);
+        response->set_latency_seconds(latency);
+        stats_.RecordCompletion(
+            route_index, task,
+            {result->input_tokens, result->output_tokens, cost, latency});
+        metrics_.RecordCompletion(route_index, task, result->input_tokens,
+                                  result->output_tokens, cost, latency);
+        decisions_.Record(std::move(request_id),
+                          {route_index, task, propensity, cost, false});
+        std::move(done)(absl::OkStatus());
+      });
+}
+
+absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
+    const v1::FeedbackRequest& request) {
+  double score = 0;
+  bool graded = false;
+  switch (request.outcome_case()) {
+    case v1::FeedbackRequest::kCorrect:
+      score = request.correct() ? 1 : 0;
+      break;
+    case v1::FeedbackRequest::kScore:
+      if (!(request.score() >= 0 && request.score() <= 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("score: must be in [0, 1], got ", request.score()));
+      }
+      score = request.score();
+      graded = true;
+      break;
+    case v1::FeedbackRequest::OUTCOME_NOT_SET:
+      return absl::InvalidArgumentError("outcome: set correct or score");
+  }
+  if (request.request_id().empty()) {
+    return absl::InvalidArgumentError("request_id: must not be empty");
+  }
+  auto parts = DecodeRequestId(request.request_id());
+  if (!parts.ok()) return parts.status();
+  int route = -1;
+  int task = -1;
+  auto recorded = decisions_.TakeFeedback(request.request_id());
+  if (recorded.ok()) {
+    route = recorded->route;
+    task = recorded->task;
+  } else if (recorded.status().code() == absl::StatusCode::kNotFound) {
+    // Served by another replica (or evicted): the id says where it went.
+    auto route_it = route_index_.find(parts->route);
+    auto task_it = task_index_.find(parts->task);
+    if (route_it == route_index_.end() || task_it == task_index_.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "request_id: route \"", parts->route, "\" or task \"", parts->task,
+          "\" of this request is not in the current config"));
+    }
+    route = route_it->second;
+    task = task_it->second;
+  } else {
+    return recorded.status();
+  }
+  stats_.RecordFeedback(route, task, score);
+  metrics_.RecordFeedback(route, task, score, graded);
+  v1::FeedbackResponse response;
+  response.set_route(loaded_.config.routes(route).name());
+  response.set_task(loaded_.config.tasks(task));
+  return response;
+}
+
+absl::StatusOr<v1::GetRouteStatsResponse> Gateway::GetRouteStats(
+    const v1::GetRouteStatsRequest& request) {
+  int only = -1;
+  if (!request.route().empty()) {
+    auto it = route_index_.find(request.route());
+    if (it == route_index_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("route: unknown route \"", request.route(), "\""));
+    }
+    only = it->second;
+  }
+  stats_.Publish();
+  std::shared_ptr<const policy::StatsSnapshot> snapshot = stats_.Snapshot();
+  v1::GetRouteStatsResponse response;
+  const v1::Config& config = loaded_.config;
+  for (int r = 0; r < config.routes_size(); ++r) {
+    if (only >= 0 && r != only) continue;
+    for (int t = 0; t < config.tasks_size(); ++t) {
+      const policy::RouteTaskCounters& cell = snapshot->Cell(r, t);
+      v1::RouteTaskStats* out = response.add_stats();
+      out->set_route(config.routes(r).name());
+      out->set_task(config.tasks(t));
+      out->set_requests(cell.requests);
+      out->set_errors(cell.errors);
+      out->set_input_tokens(cell.input_tokens);
+      out->set_output_tokens(cell.output_tokens);
+      out->set_cost_usd(cell.cost_usd);
+      out->set_latency_seconds_sum(cell.latency_seconds_sum);
+      out->set_feedback_count(cell.feedback_count);
+      out->set_feedback_score_sum(cell.feedback_score_sum);
+      out->set_accuracy(cell.accuracy());
+      out->set_cost_per_request_usd(cell.cost_per_request_usd());
+      out->set_cost_per_correct_usd(cell.cost_per_correct_usd());
+    }
+  }
+  return response;
+}
+
+}  // namespace arbiter

@@ -1,0 +1,90 @@
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "arbiter/v1/gateway.pb.h"
+#include "gateway/backends/backend.h"
+#include "gateway/config.h"
+#include "gateway/metrics.h"
+#include "gateway/timer_queue.h"
+#include "policy/decision_log.h"
+#include "policy/engine.h"
+#include "policy/route_stats.h"
+#include "retrieval/retriever.h"
+
+namespace arbiter {
+
+namespace sim {
+class Simulator;
+}
+
+// Loads the quickstart question set a sim backend needs (shared by the
+// gateway's sim backends and `arbiter sim-server`).
+[[nodiscard]] absl::StatusOr<std::shared_ptr<const sim::Simulator>>
+MakeSimulator(const v1::SimBackend& config, const FileSource& files);
+
+// The request pipeline, independent of the wire: validate, decide, build the
+// route's prompt (examples, retrieved context), call the backend, price the
+// answer, record statistics and metrics. Thread-safe; Infer never blocks on a
+// backend.
+class Gateway final {
+ public:
+  static absl::StatusOr<std::unique_ptr<Gateway>> Create(
+      LoadedConfig config, prometheus::Registry& registry);
+  ~Gateway();
+
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  using Done = absl::AnyInvocable<void(absl::Status) &&>;
+
+  // Fills *response, then calls done exactly once, possibly on another
+  // thread. deadline is the caller's (absl::InfiniteFuture() for none).
+  void Infer(const v1::InferRequest& request, absl::Time deadline,
+             v1::InferResponse* response, Done done);
+
+  [[nodiscard]] absl::StatusOr<v1::FeedbackResponse> Feedback(
+      const v1::FeedbackRequest& request);
+
+  [[nodiscard]] absl::StatusOr<v1::GetRouteStatsResponse> GetRouteStats(
+      const v1::GetRouteStatsRequest& request);
+
+  // What was loaded, for the start-up banner.
+  [[nodiscard]] std::string Describe() const;
+
+  [[nodiscard]] const v1::Config& config() const { return loaded_.config; }
+
+ private:
+  explicit Gateway(LoadedConfig config, prometheus::Registry& registry);
+  absl::Status Init();
+  void SchedulePublish();
+  absl::Status Validate(const v1::InferRequest& request, int* task,
+                        int* pinned_route) const;
+  // Fails only for a rag route whose retrieval fails.
+  absl::StatusOr<BackendRequest> BuildBackendRequest(
+      const v1::Route& route, const v1::InferRequest& request,
+      v1::InferResponse* response);
+
+  const LoadedConfig loaded_;
+  absl::flat_hash_map<std::string, int> route_index_;
+  absl::flat_hash_map<std::string, int> task_index_;
+  std::vector<Backend*> route_backend_;  // Per route; owned by backends_.
+  absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
+  std::unique_ptr<retrieval::Retriever> retriever_;
+  std::unique_ptr<policy::Engine> engine_;
+  policy::RouteStats stats_;
+  policy::DecisionLog decisions_;
+  Metrics metrics_;
+  // Publishes statistics periodically; declared last so it stops first.
+  std::atomic<bool> stopping_{false};
+  std::unique_ptr<TimerQueue> ticker_;
+};
+
+}  // namespace arbiter

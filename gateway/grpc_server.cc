@@ -1,0 +1,117 @@
+#include "gateway/grpc_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "arbiter/v1/gateway.grpc.pb.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/server_builder.h"
+
+namespace arbiter {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+namespace {
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
+  std::chrono::system_clock::time_point deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+class GatewayService final : public v1::Gateway::CallbackService {
+ public:
+  explicit GatewayService(Gateway& gateway) : gateway_(gateway) {}
+
+  grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
+                                  const v1::InferRequest* request,
+                                  v1::InferResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    gateway_.Infer(*request, DeadlineOf(context), response,
+                   [reactor](absl::Status status) {
+                     reactor->Finish(ToGrpcStatus(status));
+                   });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Feedback(grpc::CallbackServerContext* context,
+                                     const v1::FeedbackRequest* request,
+                                     v1::FeedbackResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    auto result = gateway_.Feedback(*request);
+    if (result.ok()) *response = *std::move(result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
+
+ private:
+  Gateway& gateway_;
+};
+
+class AdminService final : public v1::Admin::CallbackService {
+ public:
+  explicit AdminService(Gateway& gateway) : gateway_(gateway) {}
+
+  grpc::ServerUnaryReactor* GetRouteStats(
+      grpc::CallbackServerContext* context,
+      const v1::GetRouteStatsRequest* request,
+      v1::GetRouteStatsResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    auto result = gateway_.GetRouteStats(*request);
+    if (result.ok()) *response = *std::move(result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
+
+ private:
+  Gateway& gateway_;
+};
+
+}  // namespace
+
+class GrpcServer::Services {
+ public:
+  explicit Services(Gateway& gateway) : gateway(gateway), admin(gateway) {}
+  GatewayService gateway;
+  AdminService admin;
+};
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
+    Gateway& gateway, const std::string& address) {
+  auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
+  server->services_ = std::make_unique<Services>(gateway);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+                           &server->port_);
+  // Oversized requests get a clear INVALID_ARGUMENT from the gateway up to
+  // this transport limit; beyond it gRPC refuses with RESOURCE_EXHAUSTED.
+  builder.SetMaxReceiveMessageSize(
+      std::max(4 << 20, 2 * gateway.config().server().max_request_bytes()));
+  builder.RegisterService(&server->services_->gateway);
+  builder.RegisterService(&server->services_->admin);
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for gRPC on ", address));
+  }
+  return server;
+}
+
+GrpcServer::~GrpcServer() {
+  if (server_ != nullptr) Shutdown(absl::Seconds(5));
+}
+
+void GrpcServer::Shutdown(absl::Duration grace) {
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+}
+
+void GrpcServer::Wait() { server_->Wait(); }
+
+}  // namespace arbiter

@@ -1,0 +1,70 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "arbiter/v1/config.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace arbiter {
+
+// How a request that reached a route ended.
+enum class Outcome { kOk, kUnavailable, kTimeout, kError };
+
+// The gateway's Prometheus metrics. Every label value comes from the config
+// (route, kind, task, backend) or a fixed set (outcome, direction, code), so
+// series stay bounded. Series for each (route, task) exist from the start at
+// zero, and the hot path touches them through pre-resolved pointers.
+class Metrics final {
+ public:
+  Metrics(prometheus::Registry& registry, const v1::Config& config);
+
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  void RecordDecision(int route, int task);
+  void RecordCompletion(int route, int task, int64_t input_tokens,
+                        int64_t output_tokens, double cost_usd,
+                        double latency_seconds);
+  void RecordFailure(int route, int task, Outcome outcome,
+                     double latency_seconds);
+  // A request refused before any route was tried; code is the gRPC code name.
+  void RecordRejected(absl::string_view code);
+  // score in [0, 1]; binary feedback is 1 or 0.
+  void RecordFeedback(int route, int task, double score, bool graded);
+  void RecordRetrieval(double seconds);
+  void SetCorpus(size_t documents, size_t chunks);
+
+ private:
+  struct Cell {
+    prometheus::Counter* ok;
+    prometheus::Counter* unavailable;
+    prometheus::Counter* timeout;
+    prometheus::Counter* error;
+    prometheus::Counter* decisions;
+    prometheus::Counter* input_tokens;
+    prometheus::Counter* output_tokens;
+    prometheus::Counter* cost_usd;
+    prometheus::Histogram* duration;
+    prometheus::Counter* feedback_correct;
+    prometheus::Counter* feedback_incorrect;
+    prometheus::Counter* feedback_graded;
+    prometheus::Counter* feedback_score;
+  };
+  Cell& At(int route, int task) { return cells_[route * num_tasks_ + task]; }
+
+  const int num_tasks_;
+  std::vector<Cell> cells_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Histogram* retrieval_duration_;
+  prometheus::Gauge* corpus_documents_;
+  prometheus::Gauge* corpus_chunks_;
+};
+
+}  // namespace arbiter

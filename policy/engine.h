@@ -1,0 +1,84 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "arbiter/v1/config.pb.h"
+#include "policy/route_stats.h"
+
+namespace arbiter::policy {
+
+// What the engine knows of a request when it decides.
+struct RequestFeatures {
+  int task = 0;                // Index into the config's tasks.
+  absl::string_view unit_id;    // Sticky assignment key; may be empty.
+  int pinned_route = -1;       // The request's route pin, or -1.
+  double max_cost_usd = 0;     // 0 = no limit.
+  double min_accuracy = 0;     // 0 = no floor.
+  double uniform = 0;          // A random draw in [0, 1) for sampling.
+};
+
+struct Decision {
+  int route = -1;
+  std::string policy;  // "pinned", "weighted", "cheapest_meeting_accuracy".
+  std::string reason;  // For people: "rag: cheapest with accuracy 0.91 >= 0.85".
+  double propensity = 1;
+};
+
+// The probability the policy gives each route for one request (sums to 1).
+struct Proposal {
+  absl::string_view policy;
+  std::vector<double> probability;
+};
+
+// Picks a route per request from the config's policies and live statistics.
+// Pure and thread-safe: everything it reads is constant after Create or
+// passed in.
+//
+//   auto engine = Engine::Create(config, prior_costs);
+//   auto decision = (*engine)->Decide(features, *stats.Snapshot());
+class Engine final {
+ public:
+  // prior_cost_usd[r] is route r's expected cost per request before any
+  // traffic has been measured.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      const v1::Config& config, std::vector<double> prior_cost_usd);
+
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+  ~Engine();
+
+  // FAILED_PRECONDITION (saying why per route) when the request's
+  // constraints exclude every route the policy could choose.
+  [[nodiscard]] absl::StatusOr<Decision> Decide(
+      const RequestFeatures& features, const StatsSnapshot& stats) const;
+
+  // The full distribution Decide samples from; for tests and offline use.
+  [[nodiscard]] absl::StatusOr<Proposal> Propose(
+      const RequestFeatures& features, const StatsSnapshot& stats) const;
+
+  // Expected cost of a request on route r for a task, from live statistics
+  // when there are enough, else the route's prior.
+  [[nodiscard]] double ExpectedCostUsd(int route, int task,
+                                       const StatsSnapshot& stats) const;
+
+  [[nodiscard]] int num_routes() const {
+    return static_cast<int>(route_names_.size());
+  }
+
+  class Strategy;
+
+ private:
+  Engine() = default;
+
+  std::vector<std::string> route_names_;
+  std::vector<double> prior_cost_usd_;
+  std::vector<std::unique_ptr<Strategy>> strategies_;  // Owned, shared.
+  std::vector<const Strategy*> strategy_by_task_;
+};
+
+}  // namespace arbiter::policy

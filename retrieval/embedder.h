@@ -1,0 +1,43 @@
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "absl/types/span.h"
+
+namespace arbiter::retrieval {
+
+// A text embedder that needs no model download: word unigrams and bigrams and
+// character 3- to 5-grams of each word are hashed into `dim` buckets, weighted
+// by sublinear term frequency times the bucket's inverse document frequency
+// (learned by Fit), and the vector is L2-normalised so inner product is cosine
+// similarity.
+//
+//   HashedNgramEmbedder embedder(512);
+//   embedder.Fit(chunk_texts);
+//   std::vector<float> v = embedder.Embed("reset my password");
+//
+// Thread-safe for Embed after Fit; Fit is not.
+class HashedNgramEmbedder final {
+ public:
+  explicit HashedNgramEmbedder(int dim);
+
+  HashedNgramEmbedder(const HashedNgramEmbedder&) = delete;
+  HashedNgramEmbedder& operator=(const HashedNgramEmbedder&) = delete;
+
+  // Learns bucket document frequencies from a corpus. Without Fit every
+  // bucket weighs the same.
+  void Fit(absl::Span<const std::string_view> documents);
+
+  // Returns a unit vector of dim() floats (all zeros for text with no words).
+  [[nodiscard]] std::vector<float> Embed(std::string_view text) const;
+
+  [[nodiscard]] int dim() const { return dim_; }
+
+ private:
+  const int dim_;
+  std::vector<float> idf_;  // Per bucket; constant after Fit.
+};
+
+}  // namespace arbiter::retrieval

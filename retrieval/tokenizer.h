@@ -1,0 +1,22 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace arbiter::retrieval {
+
+// Counts tokens the way BPE tokenizers of English roughly do, without a
+// vocabulary: a run of letters or digits costs one token per 4 characters
+// (rounded up), every other visible character costs one, whitespace is free.
+//
+//   CountTokens("How do I reset my password?") == 7
+[[nodiscard]] int64_t CountTokens(std::string_view text);
+
+// Lower-cased runs of ASCII letters and digits, in order.
+//
+//   Words("Reset, my Password!") == {"reset", "my", "password"}
+[[nodiscard]] std::vector<std::string> Words(std::string_view text);
+
+}  // namespace arbiter::retrieval

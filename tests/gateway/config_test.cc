@@ -1,0 +1,197 @@
+#include "gateway/config.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace arbiter {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr char kValid[] = R"yaml(
+tasks: [faq, billing]
+backends:
+  - name: sim
+    sim: {dataset: q.jsonl, output_tokens: 10}
+  - name: vllm
+    openai: {base_url: "http://127.0.0.1:8000/v1"}
+routes:
+  - name: prompted
+    kind: prompted
+    backend: sim
+    model: big
+    examples: [{user: "q?", assistant: "a."}]
+    pricing: {input_usd_per_mtok: 3, output_usd_per_mtok: 15}
+  - name: tuned
+    kind: fine_tuned
+    backend: vllm
+    model: small
+  - name: rag
+    kind: rag
+    backend: sim
+    model: big
+    rag: {top_k: 3}
+policy:
+  cheapest_meeting_accuracy: {accuracy_floor: 0.8}
+retrieval:
+  corpus_dir: corpus
+)yaml";
+
+std::vector<std::string> ErrorsOf(const std::string& yaml) {
+  auto config = ParseConfigYaml(yaml);
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return {};
+  return ValidateConfig(*config);
+}
+
+// Replaces the first occurrence of `from` in the valid config.
+std::string ValidWith(const std::string& from, const std::string& to) {
+  std::string yaml = kValid;
+  size_t at = yaml.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  return yaml.replace(at, from.size(), to);
+}
+
+TEST(ConfigTest, ValidConfigHasNoErrors) {
+  EXPECT_THAT(ErrorsOf(kValid), IsEmpty());
+}
+
+TEST(ConfigTest, ParsesYamlIntoTheProto) {
+  auto config = ParseConfigYaml(kValid);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->routes_size(), 3);
+  EXPECT_EQ(config->routes(0).pricing().output_usd_per_mtok(), 15);
+  EXPECT_EQ(config->routes(0).examples(0).assistant(), "a.");
+  EXPECT_EQ(config->backends(1).openai().base_url(), "http://127.0.0.1:8000/v1");
+  EXPECT_DOUBLE_EQ(config->policy().cheapest_meeting_accuracy().accuracy_floor(), 0.8);
+}
+
+TEST(ConfigTest, DefaultsFillUnsetFields) {
+  auto config = ParseConfigYaml(kValid);
+  ASSERT_TRUE(config.ok());
+  ApplyConfigDefaults(*config);
+  EXPECT_EQ(config->server().grpc_listen(), "127.0.0.1:50051");
+  EXPECT_EQ(config->server().metrics_listen(), "127.0.0.1:9464");
+  EXPECT_EQ(config->default_task(), "faq");
+  EXPECT_EQ(config->routes(1).max_output_tokens(), 256);
+  EXPECT_EQ(config->routes(2).rag().top_k(), 3);
+  EXPECT_EQ(config->routes(2).rag().max_context_tokens(), 1024);
+  EXPECT_EQ(config->backends(1).openai().timeout_seconds(), 30);
+  EXPECT_EQ(config->retrieval().chunk_tokens(), 200);
+}
+
+TEST(ConfigTest, UnknownBackendIsNamedWithItsPath) {
+  EXPECT_THAT(ErrorsOf(ValidWith("backend: vllm", "backend: vlm")),
+              Contains("routes[1].backend: unknown backend \"vlm\""));
+}
+
+TEST(ConfigTest, NegativePriceIsRejected) {
+  EXPECT_THAT(ErrorsOf(ValidWith("input_usd_per_mtok: 3", "input_usd_per_mtok: -1")),
+              Contains("routes[0].pricing.input_usd_per_mtok: must be >= 0"));
+}
+
+TEST(ConfigTest, BadKindIsRejected) {
+  EXPECT_THAT(ErrorsOf(ValidWith("kind: fine_tuned", "kind: finetuned")),
+              Contains("routes[1].kind: must be prompted, fine_tuned or rag, "
+                       "got \"finetuned\""));
+}
+
+TEST(ConfigTest, DuplicateRouteIsRejected) {
+  EXPECT_THAT(ErrorsOf(ValidWith("name: tuned", "name: prompted")),
+              Contains("routes[1].name: duplicate route \"prompted\""));
+}
+
+TEST(ConfigTest, FineTunedRouteWithExamplesIsRejected) {
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("model: small", "model: small\n    examples: [{user: a, assistant: b}]")),
+      Contains("routes[1].examples: a fine_tuned route sends the bare request; "
+               "remove the examples"));
+}
+
+TEST(ConfigTest, RagRouteNeedsACorpus) {
+  EXPECT_THAT(ErrorsOf(ValidWith("corpus_dir: corpus", "chunk_tokens: 100")),
+              Contains("routes[2].kind: a rag route needs retrieval.corpus_dir"));
+}
+
+TEST(ConfigTest, PolicyMustNameKnownRoutes) {
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("cheapest_meeting_accuracy: {accuracy_floor: 0.8}",
+                         "pinned: {route: nope}")),
+      Contains("policy.pinned.route: unknown route \"nope\""));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("cheapest_meeting_accuracy: {accuracy_floor: 0.8}",
+                         "weighted: {weights: {rag: 0}}")),
+      Contains("policy.weighted.weights: need a positive weight"));
+}
+
+TEST(ConfigTest, AccuracyFloorMustBeAProbability) {
+  EXPECT_THAT(ErrorsOf(ValidWith("accuracy_floor: 0.8", "accuracy_floor: 1.5")),
+              Contains("policy.cheapest_meeting_accuracy.accuracy_floor: must "
+                       "be in [0, 1]"));
+}
+
+TEST(ConfigTest, MissingPolicyIsRejected) {
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("policy:\n  cheapest_meeting_accuracy: {accuracy_floor: 0.8}", "")),
+      Contains("policy: set one of: pinned, weighted, cheapest_meeting_accuracy"));
+}
+
+TEST(ConfigTest, UnknownDefaultTaskAndTaskPolicyAreRejected) {
+  std::string yaml = std::string(kValid) +
+                     "default_task: refunds\ntask_policies: {refunds: {pinned: {route: rag}}}\n";
+  auto errors = ErrorsOf(yaml);
+  EXPECT_THAT(errors, Contains("default_task: unknown task \"refunds\""));
+  EXPECT_THAT(errors, Contains("task_policies.refunds: unknown task \"refunds\""));
+}
+
+TEST(ConfigTest, BadBaseUrlAndListenAddressAreRejected) {
+  std::string yaml = ValidWith("http://127.0.0.1:8000/v1", "127.0.0.1:8000") +
+                     "server: {grpc_listen: localhost}\n";
+  auto errors = ErrorsOf(yaml);
+  EXPECT_THAT(errors, Contains("backends[1].openai.base_url: must start with "
+                               "http:// or https://, got \"127.0.0.1:8000\""));
+  EXPECT_THAT(errors,
+              Contains("server.grpc_listen: must be host:port, got \"localhost\""));
+}
+
+TEST(ConfigTest, SimAccuracyMustBeAProbability) {
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("output_tokens: 10", "output_tokens: 10, models: [{name: m, accuracy: 2}]")),
+      Contains("backends[0].sim.models[0].accuracy: must be in [0, 1]"));
+}
+
+TEST(ConfigTest, UnknownFieldIsAParseErrorNamingIt) {
+  auto config = ParseConfigYaml(ValidWith("model: big", "modle: big"));
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(config.status().message(), HasSubstr("modle"));
+}
+
+TEST(ConfigTest, YamlSyntaxErrorNamesTheLine) {
+  auto config = ParseConfigYaml("tasks: [faq\nroutes: {");
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("line"));
+}
+
+TEST(ConfigTest, EveryErrorIsReportedAtOnce) {
+  auto loaded = LoadConfigText(
+      ValidWith("backend: vllm", "backend: vlm") + "default_task: nope\n",
+      "test.yaml", nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("test.yaml is invalid (2 errors)"));
+  EXPECT_THAT(loaded.status().message(), HasSubstr("routes[1].backend"));
+  EXPECT_THAT(loaded.status().message(), HasSubstr("default_task"));
+}
+
+TEST(ConfigTest, EmbeddedQuickstartConfigIsValid) {
+  auto loaded = LoadEmbeddedConfig();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->config.routes_size(), 3);
+}
+
+}  // namespace
+}  // namespace arbiter

@@ -1,0 +1,417 @@
+// Starts `arbiter sim-server` and `arbiter serve` as real processes on
+// OS-chosen loopback ports and drives them over gRPC and HTTP.
+
+#include <httplib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "arbiter/v1/gateway.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "tests/integration/subprocess.h"
+
+namespace arbiter {
+namespace {
+
+using ::arbiter::testing::PortOf;
+using ::arbiter::testing::Subprocess;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr char kQuestion[] = "How do I reset my password?";
+
+// The quickstart's routes, plus routes over the `openai` backend pointed at
+// sim-server, at a closed port, and with a timeout shorter than generation.
+std::string TestConfig(int sim_port) {
+  std::string quickstart = ARBITER_SOURCE_DIR "/quickstart";
+  return absl::StrReplaceAll(
+      R"yaml(
+tasks: [faq, billing, troubleshooting, policy]
+default_task: faq
+backends:
+  - name: sim-http
+    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1", timeout_seconds: 10}
+  - name: dead
+    openai: {base_url: "http://127.0.0.1:1/v1", timeout_seconds: 2}
+  - name: slow
+    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1", timeout_seconds: 0.02}
+routes:
+  - name: prompted
+    kind: prompted
+    backend: sim-http
+    model: quill-large
+    system_prompt: You are a support assistant.
+    examples:
+      - {user: "Can I get a receipt?", assistant: "Yes, under Settings > Billing."}
+    pricing: {input_usd_per_mtok: 3, output_usd_per_mtok: 15, request_usd: 0.0001}
+  - name: fine-tuned
+    kind: fine_tuned
+    backend: sim-http
+    model: quill-small-ft
+    pricing: {input_usd_per_mtok: 0.3, output_usd_per_mtok: 1.2}
+  - name: rag
+    kind: rag
+    backend: sim-http
+    model: quill-large
+    rag: {top_k: 4, max_context_tokens: 600}
+    pricing: {input_usd_per_mtok: 3, output_usd_per_mtok: 15, retrieval_usd_per_query: 0.0001}
+  - name: dead
+    kind: fine_tuned
+    backend: dead
+    model: m
+  - name: slow
+    kind: fine_tuned
+    backend: slow
+    model: m
+policy:
+  weighted: {weights: {prompted: 1, fine-tuned: 1, rag: 1}}
+retrieval:
+  corpus_dir: QUICKSTART/corpus
+)yaml",
+      {{"SIM_PORT", std::to_string(sim_port)}, {"QUICKSTART", quickstart}});
+}
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto sim = Subprocess::Start({ARBITER_BINARY, "sim-server", "--listen",
+                                  "127.0.0.1:0", "--config",
+                                  ARBITER_SOURCE_DIR "/quickstart/arbiter.yaml"});
+    ASSERT_TRUE(sim.ok()) << sim.status();
+    sim_ = sim->release();
+    auto sim_line = sim_->WaitForLine("sim-server listening on ", absl::Seconds(30));
+    ASSERT_TRUE(sim_line.ok()) << sim_line.status();
+    int sim_port = PortOf(*sim_line);
+    ASSERT_GT(sim_port, 0);
+
+    config_path_ = new std::string(
+        (std::filesystem::temp_directory_path() /
+         absl::StrCat("arbiter-e2e-", getpid(), ".yaml"))
+            .string());
+    std::ofstream(*config_path_) << TestConfig(sim_port);
+    auto gateway = Subprocess::Start(
+        {ARBITER_BINARY, "serve", "--config", *config_path_, "--grpc-listen",
+         "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
+    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    gateway_ = gateway->release();
+    auto grpc_line = gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
+    ASSERT_TRUE(grpc_line.ok()) << grpc_line.status();
+    auto metrics_line = gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
+    ASSERT_TRUE(metrics_line.ok()) << metrics_line.status();
+    grpc_port_ = PortOf(*grpc_line);
+    metrics_port_ = PortOf(metrics_line->substr(0, metrics_line->find('/')));
+    channel_ = new std::shared_ptr<grpc::Channel>(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", grpc_port_),
+        grpc::InsecureChannelCredentials()));
+  }
+
+  static void TearDownTestSuite() {
+    delete gateway_;
+    delete sim_;
+    if (config_path_ != nullptr) std::filesystem::remove(*config_path_);
+    delete config_path_;
+    delete channel_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(channel_, nullptr) << "servers did not start";
+  }
+
+  static grpc::Status Infer(const v1::InferRequest& request,
+                            v1::InferResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    return v1::Gateway::NewStub(*channel_)->Infer(&context, request, response);
+  }
+
+  static grpc::Status Feedback(const v1::FeedbackRequest& request) {
+    grpc::ClientContext context;
+    v1::FeedbackResponse response;
+    return v1::Gateway::NewStub(*channel_)->Feedback(&context, request,
+                                                      &response);
+  }
+
+  static v1::InferRequest Ask(const std::string& text, const std::string& route,
+                              const std::string& task = "faq") {
+    v1::InferRequest request;
+    v1::ChatMessage* message = request.add_messages();
+    message->set_role("user");
+    message->set_content(text);
+    request.set_route(route);
+    request.set_task(task);
+    return request;
+  }
+
+  static std::string Metrics() {
+    httplib::Client client("127.0.0.1", metrics_port_);
+    auto result = client.Get("/metrics");
+    return result ? result->body : "";
+  }
+
+  static v1::GetRouteStatsResponse Stats() {
+    grpc::ClientContext context;
+    v1::GetRouteStatsResponse response;
+    grpc::Status status = v1::Admin::NewStub(*channel_)->GetRouteStats(
+        &context, v1::GetRouteStatsRequest(), &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+
+  static inline Subprocess* sim_ = nullptr;
+  static inline Subprocess* gateway_ = nullptr;
+  static inline std::string* config_path_ = nullptr;
+  static inline std::shared_ptr<grpc::Channel>* channel_ = nullptr;
+  static inline int grpc_port_ = 0;
+  static inline int metrics_port_ = 0;
+};
+
+// The value of the sample `name{labels...}` whose labels include all of
+// `want`, or -1.
+double Sample(const std::string& metrics, const std::string& name,
+              const std::map<std::string, std::string>& want) {
+  std::istringstream lines(metrics);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (!line.starts_with(name + "{")) continue;
+    bool all = true;
+    for (const auto& [key, value] : want) {
+      if (line.find(absl::StrCat(key, "=\"", value, "\"")) == std::string::npos) {
+        all = false;
+        break;
+      }
+    }
+    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
+}
+
+TEST_F(EndToEndTest, EachRouteKindAnswersPricesAndTakesFeedback) {
+  // Costs per route as the client saw them, to compare with the server's.
+  std::map<std::string, double> cost;
+  std::map<std::string, int64_t> input_tokens;
+  for (const char* route : {"prompted", "fine-tuned", "rag"}) {
+    for (int i = 0; i < 3; ++i) {
+      v1::InferResponse response;
+      grpc::Status status = Infer(Ask(kQuestion, route), &response);
+      ASSERT_TRUE(status.ok()) << route << ": " << status.error_message();
+      EXPECT_EQ(response.route(), route);
+      EXPECT_THAT(response.text(), StartsWith("[sim]"));
+      EXPECT_EQ(response.backend(), "sim-http");
+      EXPECT_GT(response.usage().input_tokens(), 0);
+      EXPECT_GT(response.usage().output_tokens(), 0);
+      EXPECT_FALSE(response.usage().estimated()) << "sim-server reports usage";
+      EXPECT_GT(response.latency_seconds(), 0);
+      EXPECT_EQ(response.decision().policy(), "pinned");
+      EXPECT_EQ(response.decision().propensity(), 1);
+      EXPECT_THAT(response.request_id(), StartsWith("arb1_"));
+      cost[route] += response.cost_usd();
+      input_tokens[route] = response.usage().input_tokens();
+      if (std::string(route) == "rag") {
+        EXPECT_EQ(response.route_kind(), "rag");
+        ASSERT_FALSE(response.citations().empty());
+        EXPECT_EQ(response.citations(0).marker(), "[1]");
+        EXPECT_FALSE(response.citations(0).doc_id().empty());
+        // The quickstart's password article holds the gold answer, so a
+        // working retriever makes the rag answer right.
+        EXPECT_THAT(response.text(), HasSubstr("The answer is"));
+      } else {
+        EXPECT_TRUE(response.citations().empty());
+      }
+      // Price check: tokens times the route's prices plus its fees.
+      double expected =
+          std::string(route) == "prompted"
+              ? response.usage().input_tokens() * 3e-6 +
+                    response.usage().output_tokens() * 15e-6 + 0.0001
+          : std::string(route) == "fine-tuned"
+              ? response.usage().input_tokens() * 0.3e-6 +
+                    response.usage().output_tokens() * 1.2e-6
+              : response.usage().input_tokens() * 3e-6 +
+                    response.usage().output_tokens() * 15e-6 + 0.0001;
+      EXPECT_NEAR(response.cost_usd(), expected, 1e-12) << route;
+      v1::FeedbackRequest feedback;
+      feedback.set_request_id(response.request_id());
+      if (i == 2) {
+        feedback.set_score(0.5);
+      } else {
+        feedback.set_correct(i == 0);
+      }
+      grpc::Status fb = Feedback(feedback);
+      ASSERT_TRUE(fb.ok()) << fb.error_message();
+    }
+  }
+  // Prompting sends the examples; fine-tuned sends the bare question; rag
+  // adds retrieved context.
+  EXPECT_GT(input_tokens["prompted"], input_tokens["fine-tuned"]);
+  EXPECT_GT(input_tokens["rag"], input_tokens["prompted"]);
+
+  v1::GetRouteStatsResponse stats = Stats();
+  std::string metrics = Metrics();
+  for (const char* route : {"prompted", "fine-tuned", "rag"}) {
+    const v1::RouteTaskStats* faq = nullptr;
+    for (const auto& row : stats.stats()) {
+      if (row.route() == route && row.task() == "faq") faq = &row;
+    }
+    ASSERT_NE(faq, nullptr);
+    EXPECT_EQ(faq->requests(), 3);
+    EXPECT_EQ(faq->errors(), 0);
+    EXPECT_EQ(faq->feedback_count(), 3);
+    EXPECT_DOUBLE_EQ(faq->feedback_score_sum(), 1.5);
+    EXPECT_DOUBLE_EQ(faq->accuracy(), 0.5);
+    EXPECT_NEAR(faq->cost_usd(), cost[route], 1e-12);
+    EXPECT_NEAR(faq->cost_per_correct_usd(), cost[route] / 3 / 0.5, 1e-12);
+    // The metrics endpoint agrees with the Admin API.
+    std::map<std::string, std::string> labels = {{"route", route}, {"task", "faq"}};
+    auto with = [&](const char* key, const char* value) {
+      auto copy = labels;
+      copy[key] = value;
+      return copy;
+    };
+    EXPECT_EQ(Sample(metrics, "arbiter_requests_total", with("outcome", "ok")), 3);
+    EXPECT_EQ(Sample(metrics, "arbiter_decisions_total", labels), 3);
+    EXPECT_NEAR(Sample(metrics, "arbiter_cost_usd_total", labels), faq->cost_usd(), 1e-9);
+    EXPECT_EQ(Sample(metrics, "arbiter_tokens_total", with("direction", "input")),
+              faq->input_tokens());
+    EXPECT_EQ(Sample(metrics, "arbiter_feedback_total", with("outcome", "correct")), 1);
+    EXPECT_EQ(Sample(metrics, "arbiter_feedback_total", with("outcome", "incorrect")), 1);
+    EXPECT_EQ(Sample(metrics, "arbiter_feedback_total", with("outcome", "graded")), 1);
+    EXPECT_DOUBLE_EQ(Sample(metrics, "arbiter_feedback_score_total", labels), 1.5);
+    EXPECT_EQ(Sample(metrics, "arbiter_request_duration_seconds_count", labels), 3);
+  }
+}
+
+TEST_F(EndToEndTest, PolicyChoosesWhenNothingIsPinned) {
+  std::map<std::string, int> seen;
+  for (int i = 0; i < 30; ++i) {
+    v1::InferResponse response;
+    grpc::Status status = Infer(Ask(kQuestion, "", "billing"), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.decision().policy(), "weighted");
+    EXPECT_NEAR(response.decision().propensity(), 1.0 / 3, 1e-9);
+    ++seen[response.route()];
+  }
+  EXPECT_GE(seen.size(), 2u) << "a 3-way split sent 30 requests to one route";
+}
+
+TEST_F(EndToEndTest, BadRequestsGetClearErrors) {
+  struct Case {
+    v1::InferRequest request;
+    grpc::StatusCode code;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  cases.push_back({v1::InferRequest(), grpc::INVALID_ARGUMENT,
+                   "messages: must not be empty"});
+  cases.push_back({Ask(kQuestion, "nope"), grpc::INVALID_ARGUMENT,
+                   "route: unknown route \"nope\""});
+  cases.push_back({Ask(kQuestion, "", "astrology"), grpc::INVALID_ARGUMENT,
+                   "task: unknown task \"astrology\""});
+  cases.push_back({Ask("", "rag"), grpc::INVALID_ARGUMENT,
+                   "messages[0].content: must not be empty"});
+  v1::InferRequest negative = Ask(kQuestion, "");
+  negative.mutable_limits()->set_max_output_tokens(-5);
+  cases.push_back({negative, grpc::INVALID_ARGUMENT, "limits.max_output_tokens"});
+  v1::InferRequest oversized = Ask(std::string(1100000, 'x'), "");
+  cases.push_back({oversized, grpc::INVALID_ARGUMENT, "server.max_request_bytes"});
+  v1::InferRequest too_cheap = Ask(kQuestion, "");
+  too_cheap.mutable_constraints()->set_max_cost_usd(1e-9);
+  cases.push_back({too_cheap, grpc::FAILED_PRECONDITION, "max_cost_usd"});
+  for (const Case& c : cases) {
+    v1::InferResponse response;
+    grpc::Status status = Infer(c.request, &response);
+    EXPECT_EQ(status.error_code(), c.code) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr(c.message));
+  }
+
+  v1::FeedbackRequest unknown;
+  unknown.set_request_id("not-a-request");
+  unknown.set_correct(true);
+  grpc::Status status = Feedback(unknown);
+  EXPECT_EQ(status.error_code(), grpc::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("request_id"));
+
+  v1::InferResponse served;
+  ASSERT_TRUE(Infer(Ask(kQuestion, "fine-tuned"), &served).ok());
+  v1::FeedbackRequest out_of_range;
+  out_of_range.set_request_id(served.request_id());
+  out_of_range.set_score(1.5);
+  status = Feedback(out_of_range);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("score: must be in [0, 1]"));
+  v1::FeedbackRequest twice;
+  twice.set_request_id(served.request_id());
+  twice.set_correct(true);
+  EXPECT_TRUE(Feedback(twice).ok());
+  EXPECT_EQ(Feedback(twice).error_code(), grpc::ALREADY_EXISTS);
+
+  EXPECT_GT(Sample(Metrics(), "arbiter_rejected_requests_total",
+                   {{"code", "invalid_argument"}}),
+            0);
+}
+
+TEST_F(EndToEndTest, DeadAndSlowBackendsFailClearlyAndServingContinues) {
+  v1::InferResponse response;
+  grpc::Status status = Infer(Ask(kQuestion, "dead"), &response);
+  EXPECT_EQ(status.error_code(), grpc::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(), HasSubstr("backend \"dead\""));
+
+  status = Infer(Ask(kQuestion, "slow"), &response);
+  EXPECT_EQ(status.error_code(), grpc::DEADLINE_EXCEEDED);
+  EXPECT_THAT(status.error_message(), HasSubstr("backend \"slow\""));
+
+  std::string metrics = Metrics();
+  EXPECT_GE(Sample(metrics, "arbiter_requests_total",
+                   {{"route", "dead"}, {"outcome", "unavailable"}}),
+            1);
+  EXPECT_GE(Sample(metrics, "arbiter_requests_total",
+                   {{"route", "slow"}, {"outcome", "timeout"}}),
+            1);
+  ASSERT_TRUE(Infer(Ask(kQuestion, "rag"), &response).ok());
+}
+
+TEST_F(EndToEndTest, MetricsPassPromtool) {
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
+  }
+  std::string path = (std::filesystem::temp_directory_path() /
+                      absl::StrCat("arbiter-metrics-", getpid(), ".txt"))
+                         .string();
+  std::ofstream(path) << Metrics();
+  std::string command = absl::StrCat("promtool check metrics < ", path, " 2>&1");
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[512];
+  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  int rc = pclose(pipe);
+  std::filesystem::remove(path);
+  EXPECT_EQ(rc, 0) << output;
+  EXPECT_EQ(output, "");
+}
+
+TEST_F(EndToEndTest, CheckConfigRejectsABadConfigWithEveryError) {
+  std::string path = (std::filesystem::temp_directory_path() /
+                      absl::StrCat("arbiter-bad-", getpid(), ".yaml"))
+                         .string();
+  std::ofstream(path) << absl::StrReplaceAll(
+      TestConfig(1), {{"backend: dead\n", "backend: vlm\n"},
+                      {"request_usd: 0.0001", "request_usd: -1"}});
+  auto check = Subprocess::Start({ARBITER_BINARY, "check-config", path});
+  ASSERT_TRUE(check.ok());
+  auto line = (*check)->WaitForLine("  routes[3].backend", absl::Seconds(30));
+  EXPECT_TRUE(line.ok()) << line.status();
+  EXPECT_THAT((*check)->Output(),
+              HasSubstr("routes[0].pricing.request_usd: must be >= 0"));
+  EXPECT_EQ((*check)->Stop() , 1);
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace arbiter

@@ -1,0 +1,117 @@
+#include "tests/integration/subprocess.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+
+namespace arbiter::testing {
+
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
+    const std::vector<std::string>& argv) {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return absl::InternalError("pipe failed");
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    dup2(pipe_fds[1], STDOUT_FILENO);
+    dup2(pipe_fds[1], STDERR_FILENO);
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    std::vector<char*> args;
+    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(pipe_fds[1]);
+  auto process = std::unique_ptr<Subprocess>(new Subprocess());
+  process->pid_ = pid;
+  int fd = pipe_fds[0];
+  process->reader_ = std::thread([p = process.get(), fd] { p->ReadLoop(fd); });
+  return process;
+}
+
+Subprocess::~Subprocess() {
+  Stop();
+  if (reader_.joinable()) reader_.join();
+}
+
+void Subprocess::ReadLoop(int fd) {
+  std::string partial;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n <= 0) break;
+    partial.append(buffer, n);
+    size_t newline;
+    while ((newline = partial.find('\n')) != std::string::npos) {
+      absl::MutexLock lock(&mu_);
+      lines_.push_back(partial.substr(0, newline));
+      partial.erase(0, newline + 1);
+    }
+  }
+  close(fd);
+  absl::MutexLock lock(&mu_);
+  if (!partial.empty()) lines_.push_back(partial);
+  eof_ = true;
+}
+
+absl::StatusOr<std::string> Subprocess::WaitForLine(const std::string& prefix,
+                                                    absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  size_t checked = 0;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      for (; checked < lines_.size(); ++checked) {
+        if (absl::StartsWith(lines_[checked], prefix)) {
+          return lines_[checked].substr(prefix.size());
+        }
+      }
+      if (eof_ || absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("no line starting with \"", prefix, "\"; output:\n",
+                         absl::StrJoin(lines_, "\n")));
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+int Subprocess::Stop() {
+  if (pid_ > 0) {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
+                                   : 128 + WTERMSIG(status);
+    pid_ = -1;
+  }
+  return exit_code_;
+}
+
+std::string Subprocess::Output() {
+  absl::MutexLock lock(&mu_);
+  return absl::StrJoin(lines_, "\n");
+}
+
+int PortOf(const std::string& host_port) {
+  int port = 0;
+  size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos) return 0;
+  std::string digits;
+  for (char c : host_port.substr(colon + 1)) {
+    if (c < '0' || c > '9') break;
+    digits += c;
+  }
+  return absl::SimpleAtoi(digits, &port) ? port : 0;
+}
+
+}  // namespace arbiter::testing

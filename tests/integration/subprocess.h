@@ -1,0 +1,49 @@
+#pragma once
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace arbiter::testing {
+
+// A child process whose stdout and stderr are captured line by line, for
+// tests that start real servers. Stopped with SIGTERM at destruction.
+class Subprocess final {
+ public:
+  static absl::StatusOr<std::unique_ptr<Subprocess>> Start(
+      const std::vector<std::string>& argv);
+  ~Subprocess();
+
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+
+  // Waits for an output line starting with `prefix` and returns the rest of
+  // it. DEADLINE_EXCEEDED (with the output so far) if none comes in time or
+  // the process exits.
+  absl::StatusOr<std::string> WaitForLine(const std::string& prefix,
+                                          absl::Duration timeout);
+  // Sends SIGTERM and returns the exit code (or 128 + signal).
+  int Stop();
+  std::string Output();
+
+ private:
+  Subprocess() = default;
+  void ReadLoop(int fd);
+
+  int pid_ = -1;
+  int exit_code_ = -1;
+  std::thread reader_;
+  absl::Mutex mu_;
+  std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
+  bool eof_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// "127.0.0.1:1234" from a banner line's tail, e.g. "127.0.0.1:1234".
+int PortOf(const std::string& host_port);
+
+}  // namespace arbiter::testing

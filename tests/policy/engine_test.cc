@@ -1,0 +1,305 @@
+#include "policy/engine.h"
+
+#include <numeric>
+
+#include "absl/random/random.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "policy/route_stats.h"
+#include "tests/policy/test_config.h"
+
+namespace arbiter::policy {
+namespace {
+
+using ::arbiter::testing::ThreeRouteConfig;
+using ::testing::DoubleNear;
+using ::testing::HasSubstr;
+
+constexpr int kExpensive = 0;
+constexpr int kMid = 1;
+constexpr int kCheap = 2;
+const std::vector<double> kPriors = {0.010, 0.002, 0.001};
+
+std::unique_ptr<Engine> MakeEngine(const v1::Config& config) {
+  auto engine = Engine::Create(config, kPriors);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return *std::move(engine);
+}
+
+// Records n judged answers on (route, task) of which round(n * accuracy)
+// were correct.
+void Judge(RouteStats& stats, int route, int task, int n, double accuracy) {
+  int correct = static_cast<int>(n * accuracy + 0.5);
+  for (int i = 0; i < n; ++i) stats.RecordFeedback(route, task, i < correct);
+}
+
+double Sum(const std::vector<double>& values) {
+  return std::accumulate(values.begin(), values.end(), 0.0);
+}
+
+TEST(EngineTest, RequestPinWinsOverThePolicy) {
+  auto engine = MakeEngine(ThreeRouteConfig(R"pb(policy { pinned { route: "mid" } })pb"));
+  RouteStats stats(3, 2);
+  RequestFeatures features;
+  features.pinned_route = kCheap;
+  auto decision = engine->Decide(features, *stats.Snapshot());
+  ASSERT_TRUE(decision.ok()) << decision.status();
+  EXPECT_EQ(decision->route, kCheap);
+  EXPECT_EQ(decision->policy, "pinned");
+  EXPECT_EQ(decision->propensity, 1.0);
+  EXPECT_THAT(decision->reason, HasSubstr("pinned by the request"));
+}
+
+TEST(EngineTest, PinnedPolicySendsEverythingToItsRoute) {
+  auto engine = MakeEngine(ThreeRouteConfig(R"pb(policy { pinned { route: "mid" } })pb"));
+  RouteStats stats(3, 2);
+  for (double u : {0.0, 0.3, 0.99}) {
+    RequestFeatures features;
+    features.uniform = u;
+    auto decision = engine->Decide(features, *stats.Snapshot());
+    ASSERT_TRUE(decision.ok());
+    EXPECT_EQ(decision->route, kMid);
+    EXPECT_EQ(decision->propensity, 1.0);
+  }
+}
+
+TEST(EngineTest, WeightedPropensitiesFollowWeightsAndSumToOne) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             weighted {
+               weights { key: "expensive" value: 1 }
+               weights { key: "cheap" value: 3 }
+             }
+           })pb"));
+  RouteStats stats(3, 2);
+  auto proposal = engine->Propose({}, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok());
+  EXPECT_DOUBLE_EQ(proposal->probability[kExpensive], 0.25);
+  EXPECT_DOUBLE_EQ(proposal->probability[kMid], 0.0);
+  EXPECT_DOUBLE_EQ(proposal->probability[kCheap], 0.75);
+  EXPECT_DOUBLE_EQ(Sum(proposal->probability), 1.0);
+}
+
+TEST(EngineTest, WeightedAssignmentIsStickyPerUnitAndSplitsByWeight) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             weighted {
+               weights { key: "expensive" value: 1 }
+               weights { key: "cheap" value: 3 }
+             }
+           })pb"));
+  RouteStats stats(3, 2);
+  auto snapshot = stats.Snapshot();
+  int cheap = 0;
+  constexpr int kUnits = 20000;
+  for (int unit = 0; unit < kUnits; ++unit) {
+    std::string id = "user-" + std::to_string(unit);
+    RequestFeatures features;
+    features.unit_id = id;
+    features.uniform = 0.01;
+    auto first = engine->Decide(features, *snapshot);
+    features.uniform = 0.99;
+    auto second = engine->Decide(features, *snapshot);
+    ASSERT_TRUE(first.ok() && second.ok());
+    ASSERT_EQ(first->route, second->route) << "unit " << id << " moved";
+    cheap += first->route == kCheap;
+    EXPECT_DOUBLE_EQ(first->propensity, first->route == kCheap ? 0.75 : 0.25);
+  }
+  EXPECT_NEAR(static_cast<double>(cheap) / kUnits, 0.75, 0.015);
+}
+
+TEST(EngineTest, CheapestMeetingAccuracyPicksCheapestAboveFloor) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             cheapest_meeting_accuracy { accuracy_floor: 0.8 min_feedback: 20 }
+           })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 50, 0.92);
+  Judge(stats, kMid, 0, 50, 0.86);
+  Judge(stats, kCheap, 0, 50, 0.60);  // Cheapest, but below the floor.
+  auto decision = engine->Decide({}, *stats.Snapshot());
+  ASSERT_TRUE(decision.ok()) << decision.status();
+  EXPECT_EQ(decision->route, kMid);
+  EXPECT_EQ(decision->policy, "cheapest_meeting_accuracy");
+  EXPECT_EQ(decision->propensity, 1.0);
+  EXPECT_THAT(decision->reason, HasSubstr("mid: cheapest with accuracy 0.86 >= 0.80"));
+}
+
+TEST(EngineTest, FloorIsNeverViolatedWhenAllRoutesAreKnown) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.8 } })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 40, 0.9);
+  Judge(stats, kMid, 0, 40, 0.7);
+  Judge(stats, kCheap, 0, 40, 0.5);
+  absl::BitGen gen;
+  for (int i = 0; i < 2000; ++i) {
+    RequestFeatures features;
+    features.uniform = absl::Uniform<double>(gen, 0, 1);
+    auto decision = engine->Decide(features, *stats.Snapshot());
+    ASSERT_TRUE(decision.ok());
+    ASSERT_EQ(decision->route, kExpensive);
+  }
+}
+
+TEST(EngineTest, RoutesWithThinEvidenceGetTheExploreShare) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             cheapest_meeting_accuracy {
+               accuracy_floor: 0.8
+               min_feedback: 20
+               explore_share: 0.1
+             }
+           })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 50, 0.9);
+  Judge(stats, kMid, 0, 50, 0.85);
+  Judge(stats, kCheap, 0, 5, 1.0);  // Too little feedback to trust.
+  auto snapshot = stats.Snapshot();
+  auto proposal = engine->Propose({}, *snapshot);
+  ASSERT_TRUE(proposal.ok());
+  EXPECT_DOUBLE_EQ(proposal->probability[kMid], 0.9);
+  EXPECT_DOUBLE_EQ(proposal->probability[kCheap], 0.1);
+  EXPECT_DOUBLE_EQ(Sum(proposal->probability), 1.0);
+
+  absl::BitGen gen;
+  constexpr int kDraws = 20000;
+  int explored = 0;
+  for (int i = 0; i < kDraws; ++i) {
+    RequestFeatures features;
+    features.uniform = absl::Uniform<double>(gen, 0, 1);
+    auto decision = engine->Decide(features, *snapshot);
+    ASSERT_TRUE(decision.ok());
+    if (decision->route == kCheap) {
+      ++explored;
+      EXPECT_DOUBLE_EQ(decision->propensity, 0.1);
+      EXPECT_THAT(decision->reason, HasSubstr("exploring"));
+    } else {
+      ASSERT_EQ(decision->route, kMid);
+      EXPECT_DOUBLE_EQ(decision->propensity, 0.9);
+    }
+  }
+  // 0.1 +- 5 standard deviations of a binomial share over 20k draws.
+  EXPECT_NEAR(static_cast<double>(explored) / kDraws, 0.1, 0.011);
+}
+
+TEST(EngineTest, WithoutAnyFeedbackTrafficIsSpreadEvenly) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.8 } })pb"));
+  RouteStats stats(3, 2);
+  auto proposal = engine->Propose({}, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok());
+  for (double p : proposal->probability) EXPECT_THAT(p, DoubleNear(1.0 / 3, 1e-12));
+}
+
+TEST(EngineTest, NoRouteMeetsFloorFallsBackToMostAccurate) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.95 } })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 40, 0.7);
+  Judge(stats, kMid, 0, 40, 0.9);
+  Judge(stats, kCheap, 0, 40, 0.5);
+  auto decision = engine->Decide({}, *stats.Snapshot());
+  ASSERT_TRUE(decision.ok());
+  EXPECT_EQ(decision->route, kMid);
+  EXPECT_THAT(decision->reason, HasSubstr("no route meets accuracy 0.95"));
+}
+
+TEST(EngineTest, StatisticsAreKeptApartPerTask) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.8 explore_share: 0 } })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  for (int task : {0, 1}) {
+    Judge(stats, kExpensive, task, 40, 0.9);
+    Judge(stats, kMid, task, 40, task == 0 ? 0.9 : 0.5);
+    Judge(stats, kCheap, task, 40, 0.3);
+  }
+  RequestFeatures features;
+  features.task = 0;
+  EXPECT_EQ(engine->Decide(features, *stats.Snapshot())->route, kMid);
+  features.task = 1;
+  EXPECT_EQ(engine->Decide(features, *stats.Snapshot())->route, kExpensive);
+}
+
+TEST(EngineTest, MaxCostExcludesExpensiveRoutes) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { weighted {
+             weights { key: "expensive" value: 1 }
+             weights { key: "mid" value: 1 }
+           } })pb"));
+  RouteStats stats(3, 2);
+  RequestFeatures features;
+  features.max_cost_usd = 0.005;  // Below the expensive route's prior.
+  auto proposal = engine->Propose(features, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok());
+  EXPECT_EQ(proposal->probability[kExpensive], 0);
+  EXPECT_EQ(proposal->probability[kMid], 1);
+}
+
+TEST(EngineTest, NoQualifyingRouteFailsWithReasons) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { pinned { route: "expensive" } })pb"));
+  RouteStats stats(3, 2);
+  RequestFeatures features;
+  features.max_cost_usd = 0.0001;
+  auto decision = engine->Decide(features, *stats.Snapshot());
+  ASSERT_FALSE(decision.ok());
+  EXPECT_EQ(decision.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(decision.status().message(),
+              HasSubstr("expensive: expected cost $0.010000 > max_cost_usd"));
+}
+
+TEST(EngineTest, MinAccuracyExcludesRoutesMeasuredBelowIt) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { weighted {
+             weights { key: "expensive" value: 1 }
+             weights { key: "cheap" value: 1 }
+           } })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 40, 0.9);
+  Judge(stats, kCheap, 0, 40, 0.6);
+  RequestFeatures features;
+  features.min_accuracy = 0.8;
+  auto proposal = engine->Propose(features, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok());
+  EXPECT_EQ(proposal->probability[kExpensive], 1);
+  EXPECT_EQ(proposal->probability[kCheap], 0);
+}
+
+TEST(EngineTest, TaskPoliciesOverrideTheDefault) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { pinned { route: "expensive" } }
+           task_policies {
+             key: "b"
+             value { pinned { route: "cheap" } }
+           })pb"));
+  RouteStats stats(3, 2);
+  RequestFeatures features;
+  features.task = 0;
+  EXPECT_EQ(engine->Decide(features, *stats.Snapshot())->route, kExpensive);
+  features.task = 1;
+  EXPECT_EQ(engine->Decide(features, *stats.Snapshot())->route, kCheap);
+}
+
+TEST(EngineTest, ExpectedCostUsesMeasuredCostOnceThereIsEnough) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { pinned { route: "expensive" } })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  EXPECT_DOUBLE_EQ(engine->ExpectedCostUsd(kMid, 0, *stats.Snapshot()), 0.002);
+  for (int i = 0; i < 5; ++i) {
+    stats.RecordCompletion(kMid, 0, {100, 10, 0.0042, 0.1});
+  }
+  EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 0, *stats.Snapshot()), 0.0042, 1e-12);
+  // Another task borrows the route's overall figure.
+  EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 1, *stats.Snapshot()), 0.0042, 1e-12);
+}
+
+TEST(EngineTest, UnknownRouteInPolicyIsRejectedAtCreate) {
+  auto engine = Engine::Create(
+      ThreeRouteConfig(R"pb(policy { pinned { route: "nope" } })pb"), kPriors);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_THAT(engine.status().message(), HasSubstr("policy.pinned.route"));
+}
+
+}  // namespace
+}  // namespace arbiter::policy

@@ -1,0 +1,96 @@
+#include "policy/route_stats.h"
+
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace arbiter::policy {
+namespace {
+
+TEST(RouteStatsTest, PublishMakesUpdatesVisible) {
+  RouteStats stats(2, 2, absl::Hours(1));
+  stats.RecordCompletion(1, 0, {100, 20, 0.5, 0.25});
+  EXPECT_EQ(stats.Snapshot()->Cell(1, 0).requests, 0) << "published early";
+  stats.Publish();
+  const RouteTaskCounters& cell = stats.Snapshot()->Cell(1, 0);
+  EXPECT_EQ(cell.requests, 1);
+  EXPECT_EQ(cell.input_tokens, 100);
+  EXPECT_EQ(cell.output_tokens, 20);
+  EXPECT_DOUBLE_EQ(cell.cost_usd, 0.5);
+  EXPECT_DOUBLE_EQ(cell.latency_seconds_sum, 0.25);
+}
+
+TEST(RouteStatsTest, PublishIfChangedPublishesOnlyChanges) {
+  RouteStats stats(1, 1, absl::Hours(1));
+  auto before = stats.Snapshot();
+  stats.PublishIfChanged();
+  EXPECT_EQ(stats.Snapshot(), before);
+  stats.RecordFeedback(0, 0, 1);
+  stats.PublishIfChanged();
+  EXPECT_EQ(stats.Snapshot()->Cell(0, 0).feedback_count, 1);
+}
+
+TEST(RouteStatsTest, AccuracyAndCostFiguresFollowTheirDefinitions) {
+  RouteStats stats(1, 2, absl::ZeroDuration());
+  stats.RecordCompletion(0, 1, {0, 0, 0.002, 0.1});
+  stats.RecordCompletion(0, 1, {0, 0, 0.004, 0.1});
+  stats.RecordError(0, 1, 0.5);
+  stats.RecordFeedback(0, 1, 1);
+  stats.RecordFeedback(0, 1, 0);
+  stats.RecordFeedback(0, 1, 0.5);
+  const RouteTaskCounters& cell = stats.Snapshot()->Cell(0, 1);
+  EXPECT_EQ(cell.requests, 3);
+  EXPECT_EQ(cell.errors, 1);
+  EXPECT_DOUBLE_EQ(cell.accuracy(), 0.5);
+  EXPECT_DOUBLE_EQ(cell.cost_per_request_usd(), 0.003);  // Errors cost nothing.
+  EXPECT_DOUBLE_EQ(cell.cost_per_correct_usd(), 0.006);
+  EXPECT_EQ(stats.Snapshot()->RouteTotal(0).requests, 3);
+  EXPECT_EQ(stats.Snapshot()->Cell(0, 0).requests, 0);
+}
+
+TEST(RouteStatsTest, NoFeedbackMeansNoCostPerCorrect) {
+  RouteTaskCounters cell;
+  cell.requests = 3;
+  cell.cost_usd = 1;
+  EXPECT_EQ(cell.accuracy(), 0);
+  EXPECT_EQ(cell.cost_per_correct_usd(), 0);
+}
+
+// Run under TSan: writers and lock-free readers at once.
+TEST(RouteStatsTest, ConcurrentWritersAndReadersAgreeOnTotals) {
+  RouteStats stats(3, 2, absl::Microseconds(50));
+  constexpr int kPerThread = 5000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&stats, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        stats.RecordCompletion(t % 3, i % 2, {1, 1, 0.001, 0.01});
+        stats.RecordFeedback(t % 3, i % 2, 1);
+      }
+    });
+  }
+  threads.emplace_back([&stats] {
+    int64_t last = 0;
+    for (int i = 0; i < 20000; ++i) {
+      int64_t now = 0;
+      auto snapshot = stats.Snapshot();
+      for (int r = 0; r < 3; ++r) now += snapshot->RouteTotal(r).requests;
+      ASSERT_GE(now, last) << "a snapshot went backwards";
+      last = now;
+    }
+  });
+  for (auto& thread : threads) thread.join();
+  stats.Publish();
+  int64_t requests = 0;
+  int64_t feedback = 0;
+  for (int r = 0; r < 3; ++r) {
+    requests += stats.Snapshot()->RouteTotal(r).requests;
+    feedback += stats.Snapshot()->RouteTotal(r).feedback_count;
+  }
+  EXPECT_EQ(requests, 4 * kPerThread);
+  EXPECT_EQ(feedback, 4 * kPerThread);
+}
+
+}  // namespace
+}  // namespace arbiter::policy
