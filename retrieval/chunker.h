@@ -1,7 +1,7 @@
 #pragma once
 
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 namespace arbiter::retrieval {
@@ -17,7 +17,7 @@ struct ChunkOptions {
 // chunks share up to options.overlap_tokens tokens of whole sentences so a
 // fact on a boundary is whole in at least one chunk. Empty text gives no
 // chunks.
-[[nodiscard]] std::vector<std::string> ChunkText(std::string_view text,
+[[nodiscard]] std::vector<std::string> ChunkText(absl::string_view text,
                                                  const ChunkOptions& options);
 
 }  // namespace arbiter::retrieval

@@ -1,7 +1,7 @@
 #pragma once
 
 #include <cstdint>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/types/span.h"
@@ -28,10 +28,10 @@ class HashedNgramEmbedder final {
 
   // Learns bucket document frequencies from a corpus. Without Fit every
   // bucket weighs the same.
-  void Fit(absl::Span<const std::string_view> documents);
+  void Fit(absl::Span<const absl::string_view> documents);
 
   // Returns a unit vector of dim() floats (all zeros for text with no words).
-  [[nodiscard]] std::vector<float> Embed(std::string_view text) const;
+  [[nodiscard]] std::vector<float> Embed(absl::string_view text) const;
 
   [[nodiscard]] int dim() const { return dim_; }
 

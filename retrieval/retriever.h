@@ -59,7 +59,7 @@ class Retriever final {
 
   // Top-k chunks by cosine similarity, best first. INVALID_ARGUMENT for
   // k < 1 or an empty query.
-  [[nodiscard]] absl::StatusOr<std::vector<Hit>> Search(std::string_view query,
+  [[nodiscard]] absl::StatusOr<std::vector<Hit>> Search(absl::string_view query,
                                                         int k) const;
 
   [[nodiscard]] size_t document_count() const { return document_count_; }
@@ -76,8 +76,8 @@ class Retriever final {
 
 // Parses a Markdown or text file into a Document: the id is the file name
 // without its extension, the title the first "# " heading.
-[[nodiscard]] Document ParseDocument(std::string_view file_name,
-                                     std::string_view content);
+[[nodiscard]] Document ParseDocument(absl::string_view file_name,
+                                     absl::string_view content);
 
 struct Context {
   std::string block;  // The text placed in the prompt.

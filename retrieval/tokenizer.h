@@ -2,7 +2,7 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 namespace arbiter::retrieval {
@@ -11,12 +11,12 @@ namespace arbiter::retrieval {
 // vocabulary: a run of letters or digits costs one token per 4 characters
 // (rounded up), every other visible character costs one, whitespace is free.
 //
-//   CountTokens("How do I reset my password?") == 7
-[[nodiscard]] int64_t CountTokens(std::string_view text);
+//   CountTokens("How do I reset my password?") == 9
+[[nodiscard]] int64_t CountTokens(absl::string_view text);
 
 // Lower-cased runs of ASCII letters and digits, in order.
 //
 //   Words("Reset, my Password!") == {"reset", "my", "password"}
-[[nodiscard]] std::vector<std::string> Words(std::string_view text);
+[[nodiscard]] std::vector<std::string> Words(absl::string_view text);
 
 }  // namespace arbiter::retrieval
