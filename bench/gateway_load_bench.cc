@@ -51,7 +51,9 @@ Percentiles Summarize(std::vector<double> ms, size_t errors) {
   p.errors = errors;
   if (ms.empty()) return p;
   std::sort(ms.begin(), ms.end());
-  auto at = [&](double q) { return ms[static_cast<size_t>(q * (ms.size() - 1))]; };
+  auto at = [&](double q) {
+    return ms[static_cast<size_t>(q * (ms.size() - 1))];
+  };
   p.p50 = at(0.5);
   p.p99 = at(0.99);
   p.p999 = at(0.999);

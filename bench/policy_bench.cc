@@ -24,7 +24,8 @@ v1::Config MakeConfig(int routes, const std::string& strategy) {
   v1::Policy* policy = config.mutable_policy();
   if (strategy == "weighted") {
     for (int r = 0; r < routes; ++r) {
-      (*policy->mutable_weighted()->mutable_weights())[absl::StrCat("route-", r)] = 1 + r;
+      (*policy->mutable_weighted()
+            ->mutable_weights())[absl::StrCat("route-", r)] = 1 + r;
     }
   } else {
     auto* cheapest = policy->mutable_cheapest_meeting_accuracy();
@@ -52,7 +53,8 @@ void BM_Decide(benchmark::State& state, const std::string& strategy) {
     for (int i = 0; i < feedback; ++i) {
       stats.RecordFeedback(r, 0, absl::Bernoulli(gen, 0.7 + 0.01 * (r % 25)));
     }
-    for (int i = 0; i < 10; ++i) stats.RecordCompletion(r, 0, {100, 50, 0.001 * (r + 1), 0.1});
+    for (int i = 0; i < 10; ++i)
+      stats.RecordCompletion(r, 0, {100, 50, 0.001 * (r + 1), 0.1});
   }
   auto snapshot = stats.Snapshot();
   RequestFeatures features;
@@ -66,7 +68,9 @@ void BM_Decide(benchmark::State& state, const std::string& strategy) {
   }
 }
 
-BENCHMARK_CAPTURE(BM_Decide, weighted, std::string("weighted"))->Arg(3)->Arg(30);
+BENCHMARK_CAPTURE(BM_Decide, weighted, std::string("weighted"))
+    ->Arg(3)
+    ->Arg(30);
 BENCHMARK_CAPTURE(BM_Decide, cheapest_meeting_accuracy,
                   std::string("cheapest_meeting_accuracy"))
     ->Arg(3)

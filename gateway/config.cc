@@ -33,8 +33,8 @@ json ScalarToJson(const YAML::Node& node) {
   int64_t integer;
   if (absl::SimpleAtoi(text, &integer)) return integer;
   double number;
-  if (!text.empty() && (absl::ascii_isdigit(text[0]) || text[0] == '-' ||
-                        text[0] == '.') &&
+  if (!text.empty() &&
+      (absl::ascii_isdigit(text[0]) || text[0] == '-' || text[0] == '.') &&
       absl::SimpleAtod(text, &number)) {
     return number;
   }
@@ -201,7 +201,8 @@ class Validator {
       const std::string& task = config_.tasks(i);
       std::string path = absl::StrCat("tasks[", i, "]");
       if (!IsLabelSafe(task)) {
-        Error(path, "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+        Error(path,
+              "must be 1-64 characters of letters, digits, '_', '-' or '.'");
       } else if (!tasks_.insert(task).second) {
         Error(path, "duplicate task \"", task, "\"");
       }
@@ -304,8 +305,7 @@ class Validator {
         break;
       }
       case v1::Policy::STRATEGY_NOT_SET:
-        Error(path,
-              "set one of: pinned, weighted, cheapest_meeting_accuracy");
+        Error(path, "set one of: pinned, weighted, cheapest_meeting_accuracy");
         break;
     }
   }
@@ -344,8 +344,8 @@ absl::StatusOr<v1::Config> ParseConfigYaml(absl::string_view yaml) {
     root = YAML::Load(std::string(yaml));
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("YAML syntax error at line ", e.mark.line + 1,
-                     ", column ", e.mark.column + 1, ": ", e.msg));
+        absl::StrCat("YAML syntax error at line ", e.mark.line + 1, ", column ",
+                     e.mark.column + 1, ": ", e.msg));
   }
   if (!root.IsMap()) {
     return absl::InvalidArgumentError("the config must be a YAML mapping");
@@ -426,7 +426,8 @@ absl::StatusOr<LoadedConfig> LoadConfigText(
 absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read config \"", path, "\""));
+    return absl::NotFoundError(
+        absl::StrCat("cannot read config \"", path, "\""));
   }
   std::ostringstream text;
   text << in.rdbuf();

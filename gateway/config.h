@@ -21,7 +21,8 @@ struct LoadedConfig {
 
 // YAML -> JSON -> arbiter.v1.Config, without validation. INVALID_ARGUMENT
 // naming the line (YAML syntax) or the field (unknown field, wrong type).
-[[nodiscard]] absl::StatusOr<v1::Config> ParseConfigYaml(absl::string_view yaml);
+[[nodiscard]] absl::StatusOr<v1::Config> ParseConfigYaml(
+    absl::string_view yaml);
 
 // Every problem of the config, each as "path: reason", e.g.
 //   routes[1].backend: unknown backend "vlm"

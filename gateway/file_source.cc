@@ -77,8 +77,7 @@ class EmbeddedFileSource final : public FileSource {
     for (const EmbeddedFile& file : EmbeddedFiles()) {
       if (file.path == path) return std::string(file.content);
     }
-    return absl::NotFoundError(
-        absl::StrCat("no embedded file \"", path, "\""));
+    return absl::NotFoundError(absl::StrCat("no embedded file \"", path, "\""));
   }
 
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadFolder(

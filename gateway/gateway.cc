@@ -31,7 +31,8 @@ uint64_t RandomNonce() {
   return absl::Uniform<uint64_t>(gen);
 }
 
-std::string KnownNames(const google::protobuf::RepeatedPtrField<v1::Route>& routes) {
+std::string KnownNames(
+    const google::protobuf::RepeatedPtrField<v1::Route>& routes) {
   std::vector<std::string> names;
   for (const v1::Route& route : routes) names.push_back(route.name());
   return absl::StrJoin(names, ", ");
@@ -56,9 +57,9 @@ absl::StatusOr<std::shared_ptr<const sim::Simulator>> MakeSimulator(
   if (!text.ok()) return text.status();
   auto questions = sim::ParseQuestionSet(*text);
   if (!questions.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "question set \"", config.dataset(), "\": ",
-        questions.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("question set \"", config.dataset(),
+                     "\": ", questions.status().message()));
   }
   auto simulator = sim::Simulator::Create(config, *std::move(questions));
   if (!simulator.ok()) return simulator.status();
@@ -99,10 +100,11 @@ absl::Status Gateway::Init() {
       auto simulator = MakeSimulator(backend.sim(), *loaded_.files);
       if (!simulator.ok()) {
         return absl::Status(simulator.status().code(),
-                            absl::StrCat("backend \"", backend.name(), "\": ",
-                                         simulator.status().message()));
+                            absl::StrCat("backend \"", backend.name(),
+                                         "\": ", simulator.status().message()));
       }
-      made = std::make_unique<SimBackend>(backend.name(), *std::move(simulator));
+      made =
+          std::make_unique<SimBackend>(backend.name(), *std::move(simulator));
     } else {
       std::string key;
       if (!backend.openai().api_key_env().empty()) {
@@ -131,17 +133,16 @@ absl::Status Gateway::Init() {
       overhead += route.rag().max_context_tokens();
     }
     prior_costs.push_back(
-        policy::PriceRequest(route.pricing(),
-                             overhead + kTypicalQuestionTokens,
+        policy::PriceRequest(route.pricing(), overhead + kTypicalQuestionTokens,
                              route.max_output_tokens(), rag)
             .total_usd());
   }
   if (needs_retrieval || !config.retrieval().corpus_dir().empty()) {
     auto files = loaded_.files->ReadFolder(config.retrieval().corpus_dir());
     if (!files.ok()) {
-      return absl::Status(files.status().code(),
-                          absl::StrCat("retrieval.corpus_dir: ",
-                                       files.status().message()));
+      return absl::Status(
+          files.status().code(),
+          absl::StrCat("retrieval.corpus_dir: ", files.status().message()));
     }
     std::vector<retrieval::Document> documents;
     for (const auto& [name, content] : *files) {
@@ -160,7 +161,8 @@ absl::Status Gateway::Init() {
     auto retriever = retrieval::Retriever::Build(std::move(documents), options);
     if (!retriever.ok()) return retriever.status();
     retriever_ = *std::move(retriever);
-    metrics_.SetCorpus(retriever_->document_count(), retriever_->chunks().size());
+    metrics_.SetCorpus(retriever_->document_count(),
+                       retriever_->chunks().size());
   }
   auto engine = policy::Engine::Create(config, std::move(prior_costs));
   if (!engine.ok()) return engine.status();
@@ -227,21 +229,22 @@ absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
   }
   const v1::ChatMessage& last = *request.messages().rbegin();
   if (last.role() != "user") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "messages[", request.messages_size() - 1,
-        "].role: the last message must be the user's"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("messages[", request.messages_size() - 1,
+                     "].role: the last message must be the user's"));
   }
   if (last.content().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "messages[", request.messages_size() - 1, "].content: must not be empty"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("messages[", request.messages_size() - 1,
+                     "].content: must not be empty"));
   }
   const std::string& task_name =
       request.task().empty() ? config.default_task() : request.task();
   auto task_it = task_index_.find(task_name);
   if (task_it == task_index_.end()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("task: unknown task \"", task_name, "\" (known: ",
-                     absl::StrJoin(config.tasks(), ", "), ")"));
+        absl::StrCat("task: unknown task \"", task_name,
+                     "\" (known: ", absl::StrJoin(config.tasks(), ", "), ")"));
   }
   *task = task_it->second;
   *pinned_route = -1;
@@ -255,8 +258,7 @@ absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
     *pinned_route = route_it->second;
   }
   if (request.limits().max_output_tokens() < 0) {
-    return absl::InvalidArgumentError(
-        "limits.max_output_tokens: must be >= 0");
+    return absl::InvalidArgumentError("limits.max_output_tokens: must be >= 0");
   }
   if (request.limits().has_temperature() &&
       !(request.limits().temperature() >= 0 &&
@@ -264,8 +266,7 @@ absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
     return absl::InvalidArgumentError("limits.temperature: must be in [0, 2]");
   }
   if (!(request.constraints().max_cost_usd() >= 0)) {
-    return absl::InvalidArgumentError(
-        "constraints.max_cost_usd: must be >= 0");
+    return absl::InvalidArgumentError("constraints.max_cost_usd: must be >= 0");
   }
   if (!(request.constraints().min_accuracy() >= 0 &&
         request.constraints().min_accuracy() <= 1)) {
@@ -286,7 +287,8 @@ absl::StatusOr<BackendRequest> Gateway::BuildBackendRequest(
   if (request.limits().has_temperature()) {
     out.temperature = request.limits().temperature();
   }
-  std::string system = route.kind() == "fine_tuned" ? "" : route.system_prompt();
+  std::string system =
+      route.kind() == "fine_tuned" ? "" : route.system_prompt();
   if (route.kind() == "rag") {
     const std::string& question = request.messages().rbegin()->content();
     absl::Time start = absl::Now();
@@ -392,8 +394,8 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   route_backend_[route_index]->Complete(
       *std::move(backend_request),
       [this, route_index, task, start, propensity, response,
-       request_id = std::move(request_id), done = std::move(done)](
-          absl::StatusOr<BackendResponse> result) mutable {
+       request_id = std::move(request_id),
+       done = std::move(done)](absl::StatusOr<BackendResponse> result) mutable {
         const v1::Route& route = loaded_.config.routes(route_index);
         double latency = absl::ToDoubleSeconds(absl::Now() - start);
         if (!result.ok()) {

@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   if (command == "feedback") return RunFeedback(rest_argc, rest_argv);
   if (command == "stats") return RunStats(rest_argc, rest_argv);
   if (command == "loadgen") return RunLoadgen(rest_argc, rest_argv);
-  std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1], kUsage);
+  std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1],
+               kUsage);
   return 2;
 }

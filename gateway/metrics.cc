@@ -47,21 +47,24 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                        .Register(registry);
   auto& feedback = BuildCounter()
                        .Name("arbiter_feedback_total")
-                       .Help("Feedback received, by outcome (correct, "
-                             "incorrect, graded).")
+                       .Help(
+                           "Feedback received, by outcome (correct, "
+                           "incorrect, graded).")
                        .Register(registry);
   auto& feedback_score =
       BuildCounter()
           .Name("arbiter_feedback_score_total")
-          .Help("Sum of feedback scores (correct = 1, incorrect = 0, graded "
-                "= the score); divided by arbiter_feedback_total it is the "
-                "accuracy.")
+          .Help(
+              "Sum of feedback scores (correct = 1, incorrect = 0, graded "
+              "= the score); divided by arbiter_feedback_total it is the "
+              "accuracy.")
           .Register(registry);
   for (const v1::Route& route : config.routes()) {
     for (const std::string& task : config.tasks()) {
-      prometheus::Labels labels{
-          {"route", route.name()}, {"kind", route.kind()},
-          {"backend", route.backend()}, {"task", task}};
+      prometheus::Labels labels{{"route", route.name()},
+                                {"kind", route.kind()},
+                                {"backend", route.backend()},
+                                {"task", task}};
       auto with = [&](const char* key, const char* value) {
         prometheus::Labels extended = labels;
         extended[key] = value;
@@ -94,8 +97,9 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                                                 0.05, 0.1});
   auto& corpus = BuildGauge()
                      .Name("arbiter_corpus_items")
-                     .Help("Items in the retrieval corpus, by kind "
-                           "(documents or chunks).")
+                     .Help(
+                         "Items in the retrieval corpus, by kind "
+                         "(documents or chunks).")
                      .Register(registry);
   corpus_documents_ = &corpus.Add({{"item", "documents"}});
   corpus_chunks_ = &corpus.Add({{"item", "chunks"}});

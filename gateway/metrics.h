@@ -2,9 +2,9 @@
 
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "arbiter/v1/config.pb.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"

@@ -49,8 +49,8 @@ absl::StatusOr<RequestIdParts> DecodeRequestId(absl::string_view id) {
       !absl::SimpleHexAtoi(fields[4], &check)) {
     return not_ours();
   }
-  if (check != static_cast<uint32_t>(
-                   policy::StableHash64(Payload(parts), kCheckSeed))) {
+  if (check !=
+      static_cast<uint32_t>(policy::StableHash64(Payload(parts), kCheckSeed))) {
     return not_ours();
   }
   return parts;

@@ -34,8 +34,7 @@ class TimerQueue final {
     uint64_t sequence;  // Keeps equal times in submission order.
     mutable absl::AnyInvocable<void() &&> callback;
     bool operator>(const Entry& other) const {
-      return when != other.when ? when > other.when
-                                : sequence > other.sequence;
+      return when != other.when ? when > other.when : sequence > other.sequence;
     }
   };
 

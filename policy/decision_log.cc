@@ -23,9 +23,8 @@ absl::StatusOr<DecisionRecord> DecisionLog::TakeFeedback(
   absl::MutexLock lock(&mu_);
   auto it = records_.find(request_id);
   if (it == records_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("request_id: no decision recorded for \"", request_id,
-                     "\""));
+    return absl::NotFoundError(absl::StrCat(
+        "request_id: no decision recorded for \"", request_id, "\""));
   }
   if (it->second.feedback_received) {
     return absl::AlreadyExistsError(absl::StrCat(

@@ -43,7 +43,8 @@ class DecisionLog final {
  private:
   const size_t capacity_;
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, DecisionRecord> records_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, DecisionRecord> records_
+      ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);  // Oldest first.
 };
 

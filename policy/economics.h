@@ -24,7 +24,6 @@ struct RequestCost {
 //   PriceRequest(pricing, 1000, 200, false).total_usd() == 0.006
 [[nodiscard]] RequestCost PriceRequest(const v1::Pricing& pricing,
                                        int64_t input_tokens,
-                                       int64_t output_tokens,
-                                       bool retrieved);
+                                       int64_t output_tokens, bool retrieved);
 
 }  // namespace arbiter::policy

@@ -115,7 +115,9 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
         min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
         explore_share_(config.has_explore_share() ? config.explore_share()
                                                   : 0.1) {}
-  absl::string_view name() const override { return "cheapest_meeting_accuracy"; }
+  absl::string_view name() const override {
+    return "cheapest_meeting_accuracy";
+  }
 
   absl::Status Propose(ProposalContext& ctx) const override {
     const int task = ctx.features.task;
@@ -152,12 +154,13 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
     double explore = exploit < 0 ? 1.0 : (thin.empty() ? 0.0 : explore_share_);
     if (exploit >= 0) {
       ctx.probability[exploit] += 1 - explore;
-      ctx.notes[exploit].why =
-          cheapest >= 0 ? Why::kCheapestMeetingFloor : Why::kMostAccurateBelowFloor;
+      ctx.notes[exploit].why = cheapest >= 0 ? Why::kCheapestMeetingFloor
+                                             : Why::kMostAccurateBelowFloor;
     }
     for (int r : thin) {
       ctx.probability[r] += explore / thin.size();
-      ctx.notes[r].why = exploit < 0 ? Why::kNoEvidenceAnywhere : Why::kExploring;
+      ctx.notes[r].why =
+          exploit < 0 ? Why::kNoEvidenceAnywhere : Why::kExploring;
     }
     return absl::OkStatus();
   }
@@ -191,8 +194,8 @@ std::string Explain(const Note& note, absl::string_view route) {
           "%s: exploring, no route has enough feedback yet (n=%d)", route,
           note.feedback);
     case Why::kExploring:
-      return absl::StrFormat("%s: exploring, too little feedback (n=%d)",
-                             route, note.feedback);
+      return absl::StrFormat("%s: exploring, too little feedback (n=%d)", route,
+                             note.feedback);
     case Why::kNone:
       break;
   }
@@ -220,15 +223,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
                ? -1
                : static_cast<int>(it - engine->route_names_.begin());
   };
-  auto make = [&](const v1::Policy& policy, absl::string_view path)
-      -> absl::StatusOr<std::unique_ptr<Strategy>> {
+  auto make =
+      [&](const v1::Policy& policy,
+          absl::string_view path) -> absl::StatusOr<std::unique_ptr<Strategy>> {
     switch (policy.strategy_case()) {
       case v1::Policy::kPinned: {
         int r = route_index(policy.pinned().route());
         if (r < 0) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              path, ".pinned.route: unknown route \"", policy.pinned().route(),
-              "\""));
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ".pinned.route: unknown route \"",
+                           policy.pinned().route(), "\""));
         }
         return std::make_unique<PinnedStrategy>(r);
       }
@@ -250,8 +254,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
       case v1::Policy::STRATEGY_NOT_SET:
         break;
     }
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": no strategy set"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no strategy set"));
   };
   auto default_strategy = make(config.policy(), "policy");
   if (!default_strategy.ok()) return default_strategy.status();
@@ -320,9 +323,9 @@ static absl::StatusOr<Evaluation> Evaluate(
       double cost = engine.ExpectedCostUsd(r, features.task, stats);
       if (cost > features.max_cost_usd) {
         eligible[r] = false;
-        excluded.push_back(absl::StrFormat(
-            "%s: expected cost $%.6f > max_cost_usd $%.6f", names[r], cost,
-            features.max_cost_usd));
+        excluded.push_back(
+            absl::StrFormat("%s: expected cost $%.6f > max_cost_usd $%.6f",
+                            names[r], cost, features.max_cost_usd));
         continue;
       }
     }
@@ -338,8 +341,8 @@ static absl::StatusOr<Evaluation> Evaluate(
     }
   }
   eval.policy = strategy->name();
-  ProposalContext ctx{features, stats,          engine,
-                      eligible, eval.probability, eval.notes};
+  ProposalContext ctx{features,         stats,     engine, eligible,
+                      eval.probability, eval.notes};
   absl::Status status = strategy->Propose(ctx);
   if (!status.ok()) {
     std::string why = excluded.empty()

@@ -3,10 +3,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "arbiter/v1/config.pb.h"
 #include "policy/route_stats.h"
 
@@ -14,18 +14,19 @@ namespace arbiter::policy {
 
 // What the engine knows of a request when it decides.
 struct RequestFeatures {
-  int task = 0;                // Index into the config's tasks.
-  absl::string_view unit_id;    // Sticky assignment key; may be empty.
-  int pinned_route = -1;       // The request's route pin, or -1.
-  double max_cost_usd = 0;     // 0 = no limit.
-  double min_accuracy = 0;     // 0 = no floor.
-  double uniform = 0;          // A random draw in [0, 1) for sampling.
+  int task = 0;               // Index into the config's tasks.
+  absl::string_view unit_id;  // Sticky assignment key; may be empty.
+  int pinned_route = -1;      // The request's route pin, or -1.
+  double max_cost_usd = 0;    // 0 = no limit.
+  double min_accuracy = 0;    // 0 = no floor.
+  double uniform = 0;         // A random draw in [0, 1) for sampling.
 };
 
 struct Decision {
   int route = -1;
   std::string policy;  // "pinned", "weighted", "cheapest_meeting_accuracy".
-  std::string reason;  // For people: "rag: cheapest with accuracy 0.91 >= 0.85".
+  std::string
+      reason;  // For people: "rag: cheapest with accuracy 0.91 >= 0.85".
   double propensity = 1;
 };
 

@@ -46,8 +46,8 @@ absl::flat_hash_map<uint64_t, float> Features(absl::string_view text) {
     std::string padded = absl::StrCat("<", word, ">");
     for (size_t n = 3; n <= 5; ++n) {
       for (size_t start = 0; start + n <= padded.size(); ++start) {
-        features[Fnv1a(absl::string_view(padded).substr(start, n), kCharSeed)] +=
-            kCharWeight;
+        features[Fnv1a(absl::string_view(padded).substr(start, n),
+                       kCharSeed)] += kCharWeight;
       }
     }
   }
@@ -70,7 +70,8 @@ void HashedNgramEmbedder::Fit(absl::Span<const absl::string_view> documents) {
   }
   const double n = static_cast<double>(documents.size());
   for (int b = 0; b < dim_; ++b) {
-    idf_[b] = static_cast<float>(std::log((n + 1) / (document_frequency[b] + 1)) + 1);
+    idf_[b] =
+        static_cast<float>(std::log((n + 1) / (document_frequency[b] + 1)) + 1);
   }
 }
 

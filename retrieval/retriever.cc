@@ -66,7 +66,8 @@ absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Build(
     labels.push_back(retriever->chunks_[i].id);
   }
   try {
-    auto index = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(dim));
+    auto index =
+        std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(dim));
     index->own_fields = true;
     if (!labels.empty()) {
       index->add_with_ids(static_cast<faiss::Index::idx_t>(labels.size()),

@@ -4,9 +4,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
 
 namespace arbiter {
@@ -14,7 +14,7 @@ namespace arbiter {
 struct OpenAIBackend::Transfer {
   CURL* easy = nullptr;
   curl_slist* headers = nullptr;
-  std::string body;      // Must outlive the transfer: curl does not copy it.
+  std::string body;  // Must outlive the transfer: curl does not copy it.
   std::string response;
   BackendRequest request;
   BackendCallback done;
@@ -49,7 +49,8 @@ std::string RequestBody(const BackendRequest& request) {
   if (request.max_output_tokens > 0) {
     body["max_tokens"] = request.max_output_tokens;
   }
-  if (request.temperature.has_value()) body["temperature"] = *request.temperature;
+  if (request.temperature.has_value())
+    body["temperature"] = *request.temperature;
   body["stream"] = false;
   return body.dump();
 }
@@ -59,9 +60,9 @@ absl::StatusOr<BackendResponse> ParseResponse(absl::string_view backend,
                                               const std::string& text) {
   nlohmann::json json = nlohmann::json::parse(text, nullptr, false);
   auto malformed = [&](absl::string_view what) {
-    return absl::UnavailableError(
-        absl::StrCat("backend \"", backend, "\": malformed response (", what,
-                     "): ", Snippet(text)));
+    return absl::UnavailableError(absl::StrCat("backend \"", backend,
+                                               "\": malformed response (", what,
+                                               "): ", Snippet(text)));
   };
   if (json.is_discarded() || !json.is_object()) return malformed("not JSON");
   auto choices = json.find("choices");
@@ -164,9 +165,9 @@ void OpenAIBackend::Loop() {
       curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, AppendBody);
       curl_easy_setopt(easy, CURLOPT_WRITEDATA, &transfer->response);
       curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-      curl_easy_setopt(
-          easy, CURLOPT_TIMEOUT_MS,
-          std::max<long>(1, absl::ToInt64Milliseconds(transfer->request.timeout)));
+      curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
+                       std::max<long>(1, absl::ToInt64Milliseconds(
+                                             transfer->request.timeout)));
       curl_easy_setopt(easy, CURLOPT_PRIVATE, transfer.get());
       curl_multi_add_handle(multi_, easy);
       running.push_back(std::move(transfer));
@@ -182,9 +183,8 @@ void OpenAIBackend::Loop() {
       int code = message->data.result;
       curl_multi_remove_handle(multi_, message->easy_handle);
       Finish(transfer, code);
-      std::erase_if(running, [transfer](const auto& t) {
-        return t.get() == transfer;
-      });
+      std::erase_if(running,
+                    [transfer](const auto& t) { return t.get() == transfer; });
     }
     curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
   }
@@ -199,9 +199,9 @@ void OpenAIBackend::Loop() {
 void OpenAIBackend::Finish(Transfer* transfer, int curl_code) {
   BackendCallback done = std::move(transfer->done);
   if (curl_code == CURLE_OPERATION_TIMEDOUT) {
-    std::move(done)(absl::DeadlineExceededError(absl::StrFormat(
-        "backend \"%s\": no answer within %s", name_,
-        absl::FormatDuration(transfer->request.timeout))));
+    std::move(done)(absl::DeadlineExceededError(
+        absl::StrFormat("backend \"%s\": no answer within %s", name_,
+                        absl::FormatDuration(transfer->request.timeout))));
     return;
   }
   if (curl_code != CURLE_OK) {
@@ -219,9 +219,9 @@ void OpenAIBackend::Finish(Transfer* transfer, int curl_code) {
     return;
   }
   if (http_status != 200) {
-    std::move(done)(absl::FailedPreconditionError(absl::StrFormat(
-        "backend \"%s\" rejected the request: HTTP %d: %s", name_, http_status,
-        Snippet(transfer->response))));
+    std::move(done)(absl::FailedPreconditionError(
+        absl::StrFormat("backend \"%s\" rejected the request: HTTP %d: %s",
+                        name_, http_status, Snippet(transfer->response))));
     return;
   }
   std::move(done)(ParseResponse(name_, transfer->request, transfer->response));

@@ -21,9 +21,9 @@ void SimBackend::Complete(BackendRequest request, BackendCallback done) {
   if (answer.delay > request.timeout) {
     timers_.RunAfter(request.timeout, [this, timeout = request.timeout,
                                        done = std::move(done)]() mutable {
-      std::move(done)(absl::DeadlineExceededError(absl::StrFormat(
-          "backend \"%s\": no answer within %s", name_,
-          absl::FormatDuration(timeout))));
+      std::move(done)(absl::DeadlineExceededError(
+          absl::StrFormat("backend \"%s\": no answer within %s", name_,
+                          absl::FormatDuration(timeout))));
     });
     return;
   }

@@ -1,9 +1,9 @@
 #pragma once
 
-#include "absl/strings/string_view.h"
 #include <memory>
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "gateway/backends/backend.h"
 #include "gateway/sim/simulator.h"
 #include "gateway/timer_queue.h"

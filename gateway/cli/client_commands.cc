@@ -25,11 +25,10 @@ int FailRpc(const grpc::Status& status) {
 }  // namespace
 
 int RunInfer(int argc, char** argv) {
-  auto args = Args::Parse(
-      argc, argv,
-      {"target", "task", "route", "unit-id", "max-cost-usd", "min-accuracy",
-       "max-tokens", "timeout"},
-      {});
+  auto args = Args::Parse(argc, argv,
+                          {"target", "task", "route", "unit-id", "max-cost-usd",
+                           "min-accuracy", "max-tokens", "timeout"},
+                          {});
   if (!args.ok()) return Fail(args.status());
   if (args->positional().size() != 1) {
     std::cerr << "usage: arbiter infer [--task T] [--route R] TEXT\n";
@@ -46,20 +45,20 @@ int RunInfer(int argc, char** argv) {
   auto min_accuracy = args->GetDouble("min-accuracy", 0);
   auto max_tokens = args->GetInt("max-tokens", 0);
   auto timeout = args->GetDouble("timeout", 60);
-  for (const absl::Status& status :
-       {max_cost.status(), min_accuracy.status(), max_tokens.status(),
-        timeout.status()}) {
+  for (const absl::Status& status : {max_cost.status(), min_accuracy.status(),
+                                     max_tokens.status(), timeout.status()}) {
     if (!status.ok()) return Fail(status);
   }
   request.mutable_constraints()->set_max_cost_usd(*max_cost);
   request.mutable_constraints()->set_min_accuracy(*min_accuracy);
   request.mutable_limits()->set_max_output_tokens(*max_tokens);
 
-  auto stub = v1::Gateway::NewStub(Connect(args->Get("target", kDefaultTarget)));
+  auto stub =
+      v1::Gateway::NewStub(Connect(args->Get("target", kDefaultTarget)));
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(
-                           static_cast<int64_t>(*timeout * 1000)));
+  context.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(*timeout * 1000)));
   v1::InferResponse response;
   grpc::Status status = stub->Infer(&context, request, &response);
   if (!status.ok()) return FailRpc(status);
@@ -69,10 +68,10 @@ int RunInfer(int argc, char** argv) {
   std::cout << absl::StrFormat("model       %s on %s\n", response.model(),
                                response.backend());
   std::cout << absl::StrFormat("task        %s\n", response.task());
-  std::cout << absl::StrFormat("tokens      %d in, %d out%s\n",
-                               response.usage().input_tokens(),
-                               response.usage().output_tokens(),
-                               response.usage().estimated() ? " (counted)" : "");
+  std::cout << absl::StrFormat(
+      "tokens      %d in, %d out%s\n", response.usage().input_tokens(),
+      response.usage().output_tokens(),
+      response.usage().estimated() ? " (counted)" : "");
   std::cout << absl::StrFormat("cost        $%.6f\n", response.cost_usd());
   std::cout << absl::StrFormat("latency     %.1f ms\n",
                                response.latency_seconds() * 1000);
@@ -89,11 +88,11 @@ int RunInfer(int argc, char** argv) {
 }
 
 int RunFeedback(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"target", "score"},
-                          {"correct", "incorrect"});
+  auto args =
+      Args::Parse(argc, argv, {"target", "score"}, {"correct", "incorrect"});
   if (!args.ok()) return Fail(args.status());
-  int outcomes = args->Has("correct") + args->Has("incorrect") +
-                 args->Has("score");
+  int outcomes =
+      args->Has("correct") + args->Has("incorrect") + args->Has("score");
   if (args->positional().size() != 1 || outcomes != 1) {
     std::cerr << "usage: arbiter feedback REQUEST_ID (--correct | --incorrect "
                  "| --score X)\n";
@@ -108,7 +107,8 @@ int RunFeedback(int argc, char** argv) {
   } else {
     request.set_correct(args->Has("correct"));
   }
-  auto stub = v1::Gateway::NewStub(Connect(args->Get("target", kDefaultTarget)));
+  auto stub =
+      v1::Gateway::NewStub(Connect(args->Get("target", kDefaultTarget)));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
@@ -132,10 +132,9 @@ int RunStats(int argc, char** argv) {
   v1::GetRouteStatsResponse response;
   grpc::Status status = stub->GetRouteStats(&context, request, &response);
   if (!status.ok()) return FailRpc(status);
-  std::cout << absl::StrFormat("%-14s %-16s %8s %7s %9s %9s %12s %12s\n",
-                               "route", "task", "requests", "errors",
-                               "feedback", "accuracy", "$/request",
-                               "$/correct");
+  std::cout << absl::StrFormat(
+      "%-14s %-16s %8s %7s %9s %9s %12s %12s\n", "route", "task", "requests",
+      "errors", "feedback", "accuracy", "$/request", "$/correct");
   for (const v1::RouteTaskStats& row : response.stats()) {
     std::cout << absl::StrFormat(
         "%-14s %-16s %8d %7d %9d %9.3f %12.6f %12.6f\n", row.route(),

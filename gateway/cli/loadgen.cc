@@ -66,10 +66,9 @@ class Loadgen final {
     message->set_role("user");
     message->set_content(question.question);
     call->request.set_task(question.task);
-    gateway_->async()->Infer(&call->context, &call->request, &call->response,
-                             [this, call](grpc::Status status) {
-                               OnInferDone(call, status);
-                             });
+    gateway_->async()->Infer(
+        &call->context, &call->request, &call->response,
+        [this, call](grpc::Status status) { OnInferDone(call, status); });
   }
 
   void WaitForInFlight(absl::Duration limit) {
@@ -91,9 +90,9 @@ class Loadgen final {
                           "p50 ms", "p99 ms");
     RouteTally total;
     auto row = [&](const std::string& name, RouteTally& tally) {
-      double accuracy =
-          tally.scored > 0 ? static_cast<double>(tally.correct) / tally.scored
-                           : 0;
+      double accuracy = tally.scored > 0
+                            ? static_cast<double>(tally.correct) / tally.scored
+                            : 0;
       double per_request =
           tally.requests > 0 ? tally.cost_usd / tally.requests : 0;
       double per_correct =
@@ -204,10 +203,9 @@ class Loadgen final {
 }  // namespace
 
 int RunLoadgen(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv,
-                          {"target", "dataset", "qps", "duration", "task",
-                           "seed"},
-                          {"feedback"});
+  auto args = Args::Parse(
+      argc, argv, {"target", "dataset", "qps", "duration", "task", "seed"},
+      {"feedback"});
   if (!args.ok()) {
     std::cerr << "arbiter: " << args.status().message() << "\n";
     return 2;
@@ -258,7 +256,8 @@ int RunLoadgen(int argc, char** argv) {
       std::cout << "\033[" << printed_lines << "A\033[J";
     }
     std::cout << table << (tty ? "" : "\n") << std::flush;
-    printed_lines = static_cast<int>(std::count(table.begin(), table.end(), '\n'));
+    printed_lines =
+        static_cast<int>(std::count(table.begin(), table.end(), '\n'));
   };
   while (next_send < start + duration) {
     absl::Time now = absl::Now();

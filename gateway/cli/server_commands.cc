@@ -62,8 +62,8 @@ absl::Status SplitHostPort(const std::string& address, std::string* host,
 }  // namespace
 
 int RunServe(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"config", "grpc-listen", "metrics-listen"},
-                          {});
+  auto args =
+      Args::Parse(argc, argv, {"config", "grpc-listen", "metrics-listen"}, {});
   if (!args.ok()) return Fail(args.status());
   auto loaded = LoadFromArgs(*args);
   if (!loaded.ok()) return Fail(loaded.status());
@@ -93,7 +93,8 @@ int RunServe(int argc, char** argv) {
   auto server = GrpcServer::Start(**gateway, grpc_listen);
   if (!server.ok()) return Fail(server.status());
 
-  std::string metrics_host = metrics_listen.substr(0, metrics_listen.rfind(':'));
+  std::string metrics_host =
+      metrics_listen.substr(0, metrics_listen.rfind(':'));
   std::cout << "arbiter 0.1.0 serving\n"
             << (*gateway)->Describe() << "grpc listening on "
             << grpc_listen.substr(0, grpc_listen.rfind(':')) << ":"

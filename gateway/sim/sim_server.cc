@@ -75,9 +75,10 @@ void HandleChat(const Simulator& simulator, const httplib::Request& request,
       {"created", absl::ToUnixSeconds(absl::Now())},
       {"model", *model},
       {"choices",
-       json::array({{{"index", 0},
-                     {"message", {{"role", "assistant"}, {"content", answer.text}}},
-                     {"finish_reason", "stop"}}})},
+       json::array(
+           {{{"index", 0},
+             {"message", {{"role", "assistant"}, {"content", answer.text}}},
+             {"finish_reason", "stop"}}})},
       {"usage",
        {{"prompt_tokens", prompt_tokens},
         {"completion_tokens", answer.output_tokens},
@@ -96,11 +97,12 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
   httplib::Server& http = *server->server_;
   http.new_task_queue = [] { return new httplib::ThreadPool(kWorkerThreads); };
   const Simulator* sim = server->simulator_.get();
-  http.Post("/v1/chat/completions",
-            [sim](const httplib::Request& request, httplib::Response& response) {
-              HandleChat(*sim, request, response);
-            });
-  http.Get("/v1/models", [](const httplib::Request&, httplib::Response& response) {
+  http.Post("/v1/chat/completions", [sim](const httplib::Request& request,
+                                          httplib::Response& response) {
+    HandleChat(*sim, request, response);
+  });
+  http.Get("/v1/models", [](const httplib::Request&,
+                            httplib::Response& response) {
     response.set_content(R"({"object":"list","data":[]})", "application/json");
   });
   http.Get("/health", [](const httplib::Request&, httplib::Response& response) {

@@ -22,8 +22,9 @@ std::string Normalize(absl::string_view text) {
 
 // Words used to pad an answer to the configured output length.
 constexpr absl::string_view kFiller[] = {
-    "This", "answer", "was", "generated", "by", "the", "arbiter", "simulator",
-    "to",   "model",  "a",   "realistic", "completion", "length."};
+    "This", "answer",    "was",        "generated", "by",
+    "the",  "arbiter",   "simulator",  "to",        "model",
+    "a",    "realistic", "completion", "length."};
 
 }  // namespace
 
@@ -47,8 +48,9 @@ absl::StatusOr<std::vector<LabeledQuestion>> ParseQuestionSet(
       auto it = item.find(key);
       if (it == item.end() || !it->is_string() ||
           it->get_ref<const std::string&>().empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "line ", line_number, ": \"", key, "\" must be a non-empty string"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("line ", line_number, ": \"", key,
+                         "\" must be a non-empty string"));
       }
       *field = it->get<std::string>();
     }
@@ -109,10 +111,10 @@ SimAnswer Simulator::Answer(absl::string_view model,
         break;
       }
     }
-    uint64_t draw = policy::StableHash64(
-        absl::StrCat(model, "\x1f", item.id), config_.seed());
-    bool correct = in_context ||
-                   policy::UnitInterval(draw) < Accuracy(model, item.task);
+    uint64_t draw = policy::StableHash64(absl::StrCat(model, "\x1f", item.id),
+                                         config_.seed());
+    bool correct =
+        in_context || policy::UnitInterval(draw) < Accuracy(model, item.task);
     if (correct) {
       text = absl::StrCat("[sim] The answer is: ", item.answer, ".");
     } else {
@@ -152,9 +154,9 @@ SimAnswer Simulator::Answer(absl::string_view model,
     }
     text = std::move(cut);
     if (answer.known_question) {
-      answer.correct = answer.correct &&
-                       text.find(questions_[found->second].answer) !=
-                           std::string::npos;
+      answer.correct =
+          answer.correct &&
+          text.find(questions_[found->second].answer) != std::string::npos;
     }
   }
   answer.text = std::move(text);

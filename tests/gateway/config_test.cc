@@ -66,8 +66,10 @@ TEST(ConfigTest, ParsesYamlIntoTheProto) {
   ASSERT_EQ(config->routes_size(), 3);
   EXPECT_EQ(config->routes(0).pricing().output_usd_per_mtok(), 15);
   EXPECT_EQ(config->routes(0).examples(0).assistant(), "a.");
-  EXPECT_EQ(config->backends(1).openai().base_url(), "http://127.0.0.1:8000/v1");
-  EXPECT_DOUBLE_EQ(config->policy().cheapest_meeting_accuracy().accuracy_floor(), 0.8);
+  EXPECT_EQ(config->backends(1).openai().base_url(),
+            "http://127.0.0.1:8000/v1");
+  EXPECT_DOUBLE_EQ(
+      config->policy().cheapest_meeting_accuracy().accuracy_floor(), 0.8);
 }
 
 TEST(ConfigTest, DefaultsFillUnsetFields) {
@@ -90,8 +92,9 @@ TEST(ConfigTest, UnknownBackendIsNamedWithItsPath) {
 }
 
 TEST(ConfigTest, NegativePriceIsRejected) {
-  EXPECT_THAT(ErrorsOf(ValidWith("input_usd_per_mtok: 3", "input_usd_per_mtok: -1")),
-              Contains("routes[0].pricing.input_usd_per_mtok: must be >= 0"));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("input_usd_per_mtok: 3", "input_usd_per_mtok: -1")),
+      Contains("routes[0].pricing.input_usd_per_mtok: must be >= 0"));
 }
 
 TEST(ConfigTest, BadKindIsRejected) {
@@ -107,14 +110,17 @@ TEST(ConfigTest, DuplicateRouteIsRejected) {
 
 TEST(ConfigTest, FineTunedRouteWithExamplesIsRejected) {
   EXPECT_THAT(
-      ErrorsOf(ValidWith("model: small", "model: small\n    examples: [{user: a, assistant: b}]")),
+      ErrorsOf(
+          ValidWith("model: small",
+                    "model: small\n    examples: [{user: a, assistant: b}]")),
       Contains("routes[1].examples: a fine_tuned route sends the bare request; "
                "remove the examples"));
 }
 
 TEST(ConfigTest, RagRouteNeedsACorpus) {
-  EXPECT_THAT(ErrorsOf(ValidWith("corpus_dir: corpus", "chunk_tokens: 100")),
-              Contains("routes[2].kind: a rag route needs retrieval.corpus_dir"));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("corpus_dir: corpus", "chunk_tokens: 100")),
+      Contains("routes[2].kind: a rag route needs retrieval.corpus_dir"));
 }
 
 TEST(ConfigTest, PolicyMustNameKnownRoutes) {
@@ -136,16 +142,20 @@ TEST(ConfigTest, AccuracyFloorMustBeAProbability) {
 
 TEST(ConfigTest, MissingPolicyIsRejected) {
   EXPECT_THAT(
-      ErrorsOf(ValidWith("policy:\n  cheapest_meeting_accuracy: {accuracy_floor: 0.8}", "")),
-      Contains("policy: set one of: pinned, weighted, cheapest_meeting_accuracy"));
+      ErrorsOf(ValidWith(
+          "policy:\n  cheapest_meeting_accuracy: {accuracy_floor: 0.8}", "")),
+      Contains(
+          "policy: set one of: pinned, weighted, cheapest_meeting_accuracy"));
 }
 
 TEST(ConfigTest, UnknownDefaultTaskAndTaskPolicyAreRejected) {
   std::string yaml = std::string(kValid) +
-                     "default_task: refunds\ntask_policies: {refunds: {pinned: {route: rag}}}\n";
+                     "default_task: refunds\ntask_policies: {refunds: {pinned: "
+                     "{route: rag}}}\n";
   auto errors = ErrorsOf(yaml);
   EXPECT_THAT(errors, Contains("default_task: unknown task \"refunds\""));
-  EXPECT_THAT(errors, Contains("task_policies.refunds: unknown task \"refunds\""));
+  EXPECT_THAT(errors,
+              Contains("task_policies.refunds: unknown task \"refunds\""));
 }
 
 TEST(ConfigTest, BadBaseUrlAndListenAddressAreRejected) {
@@ -154,13 +164,16 @@ TEST(ConfigTest, BadBaseUrlAndListenAddressAreRejected) {
   auto errors = ErrorsOf(yaml);
   EXPECT_THAT(errors, Contains("backends[1].openai.base_url: must start with "
                                "http:// or https://, got \"127.0.0.1:8000\""));
-  EXPECT_THAT(errors,
-              Contains("server.grpc_listen: must be host:port, got \"localhost\""));
+  EXPECT_THAT(
+      errors,
+      Contains("server.grpc_listen: must be host:port, got \"localhost\""));
 }
 
 TEST(ConfigTest, SimAccuracyMustBeAProbability) {
   EXPECT_THAT(
-      ErrorsOf(ValidWith("output_tokens: 10", "output_tokens: 10, models: [{name: m, accuracy: 2}]")),
+      ErrorsOf(
+          ValidWith("output_tokens: 10",
+                    "output_tokens: 10, models: [{name: m, accuracy: 2}]")),
       Contains("backends[0].sim.models[0].accuracy: must be in [0, 1]"));
 }
 
@@ -182,7 +195,8 @@ TEST(ConfigTest, EveryErrorIsReportedAtOnce) {
       ValidWith("backend: vllm", "backend: vlm") + "default_task: nope\n",
       "test.yaml", nullptr);
   ASSERT_FALSE(loaded.ok());
-  EXPECT_THAT(loaded.status().message(), HasSubstr("test.yaml is invalid (2 errors)"));
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr("test.yaml is invalid (2 errors)"));
   EXPECT_THAT(loaded.status().message(), HasSubstr("routes[1].backend"));
   EXPECT_THAT(loaded.status().message(), HasSubstr("default_task"));
 }

@@ -19,14 +19,15 @@ TEST(RequestIdTest, RoundTripsItsParts) {
 }
 
 TEST(RequestIdTest, DistinctNoncesGiveDistinctIds) {
-  EXPECT_NE(EncodeRequestId({"r", "t", 1, 1}), EncodeRequestId({"r", "t", 1, 2}));
+  EXPECT_NE(EncodeRequestId({"r", "t", 1, 1}),
+            EncodeRequestId({"r", "t", 1, 2}));
 }
 
 TEST(RequestIdTest, ForeignOrMistypedIdsAreNotFound) {
   std::string id = EncodeRequestId({"rag", "faq", 42, 7});
-  for (std::string bad : {std::string("hello"), std::string("arb1_"),
-                          std::string("arb1_!!!"), id.substr(0, id.size() - 2),
-                          id + "x"}) {
+  for (std::string bad :
+       {std::string("hello"), std::string("arb1_"), std::string("arb1_!!!"),
+        id.substr(0, id.size() - 2), id + "x"}) {
     auto decoded = DecodeRequestId(bad);
     EXPECT_EQ(decoded.status().code(), absl::StatusCode::kNotFound) << bad;
   }

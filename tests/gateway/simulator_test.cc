@@ -59,7 +59,8 @@ TEST(SimulatorTest, WrongAnswerNamesAnotherAnswerOfTheTask) {
 TEST(SimulatorTest, GoldAnswerInContextMakesItCorrect) {
   auto sim = MakeSim(0.0);
   SimAnswer answer = sim->Answer(
-      "m", Ask("How much is Plus?", "[1] Plus costs $7.50 per member per month."),
+      "m",
+      Ask("How much is Plus?", "[1] Plus costs $7.50 per member per month."),
       0);
   EXPECT_TRUE(answer.correct);
 }
@@ -67,7 +68,8 @@ TEST(SimulatorTest, GoldAnswerInContextMakesItCorrect) {
 TEST(SimulatorTest, ContextWithoutTheAnswerFallsBackToBaseAccuracy) {
   auto sim = MakeSim(0.0);
   EXPECT_FALSE(
-      sim->Answer("m", Ask("How much is Plus?", "[1] Unrelated text."), 0).correct);
+      sim->Answer("m", Ask("How much is Plus?", "[1] Unrelated text."), 0)
+          .correct);
 }
 
 TEST(SimulatorTest, AccuracyOverManyQuestionsMatchesConfig) {
@@ -127,10 +129,13 @@ TEST(SimulatorTest, UnknownQuestionGetsAnHonestAnswer) {
 }
 
 TEST(SimulatorTest, BadQuestionSetNamesTheLine) {
-  auto parsed = ParseQuestionSet("{\"id\": \"a\", \"task\": \"t\", \"question\": \"q\", \"answer\": \"x\"}\nnot json\n");
+  auto parsed = ParseQuestionSet(
+      "{\"id\": \"a\", \"task\": \"t\", \"question\": \"q\", \"answer\": "
+      "\"x\"}\nnot json\n");
   ASSERT_FALSE(parsed.ok());
   EXPECT_THAT(parsed.status().message(), HasSubstr("line 2"));
-  parsed = ParseQuestionSet("{\"id\": \"a\", \"task\": \"t\", \"question\": \"q\"}\n");
+  parsed = ParseQuestionSet(
+      "{\"id\": \"a\", \"task\": \"t\", \"question\": \"q\"}\n");
   ASSERT_FALSE(parsed.ok());
   EXPECT_THAT(parsed.status().message(), HasSubstr("\"answer\""));
 }

@@ -81,35 +81,38 @@ retrieval:
 class EndToEndTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto sim = Subprocess::Start({ARBITER_BINARY, "sim-server", "--listen",
-                                  "127.0.0.1:0", "--config",
-                                  ARBITER_SOURCE_DIR "/quickstart/arbiter.yaml"});
+    auto sim = Subprocess::Start(
+        {ARBITER_BINARY, "sim-server", "--listen", "127.0.0.1:0", "--config",
+         ARBITER_SOURCE_DIR "/quickstart/arbiter.yaml"});
     ASSERT_TRUE(sim.ok()) << sim.status();
     sim_ = sim->release();
-    auto sim_line = sim_->WaitForLine("sim-server listening on ", absl::Seconds(30));
+    auto sim_line =
+        sim_->WaitForLine("sim-server listening on ", absl::Seconds(30));
     ASSERT_TRUE(sim_line.ok()) << sim_line.status();
     int sim_port = PortOf(*sim_line);
     ASSERT_GT(sim_port, 0);
 
-    config_path_ = new std::string(
-        (std::filesystem::temp_directory_path() /
-         absl::StrCat("arbiter-e2e-", getpid(), ".yaml"))
-            .string());
+    config_path_ =
+        new std::string((std::filesystem::temp_directory_path() /
+                         absl::StrCat("arbiter-e2e-", getpid(), ".yaml"))
+                            .string());
     std::ofstream(*config_path_) << TestConfig(sim_port);
     auto gateway = Subprocess::Start(
         {ARBITER_BINARY, "serve", "--config", *config_path_, "--grpc-listen",
          "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = gateway->release();
-    auto grpc_line = gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
+    auto grpc_line =
+        gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
     ASSERT_TRUE(grpc_line.ok()) << grpc_line.status();
-    auto metrics_line = gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
+    auto metrics_line =
+        gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
     ASSERT_TRUE(metrics_line.ok()) << metrics_line.status();
     grpc_port_ = PortOf(*grpc_line);
     metrics_port_ = PortOf(metrics_line->substr(0, metrics_line->find('/')));
-    channel_ = new std::shared_ptr<grpc::Channel>(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", grpc_port_),
-        grpc::InsecureChannelCredentials()));
+    channel_ = new std::shared_ptr<grpc::Channel>(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port_),
+                            grpc::InsecureChannelCredentials()));
   }
 
   static void TearDownTestSuite() {
@@ -136,7 +139,7 @@ class EndToEndTest : public ::testing::Test {
     grpc::ClientContext context;
     v1::FeedbackResponse response;
     return v1::Gateway::NewStub(*channel_)->Feedback(&context, request,
-                                                      &response);
+                                                     &response);
   }
 
   static v1::InferRequest Ask(const std::string& text, const std::string& route,
@@ -183,7 +186,8 @@ double Sample(const std::string& metrics, const std::string& name,
     if (!line.starts_with(name + "{")) continue;
     bool all = true;
     for (const auto& [key, value] : want) {
-      if (line.find(absl::StrCat(key, "=\"", value, "\"")) == std::string::npos) {
+      if (line.find(absl::StrCat(key, "=\"", value, "\"")) ==
+          std::string::npos) {
         all = false;
         break;
       }
@@ -268,22 +272,34 @@ TEST_F(EndToEndTest, EachRouteKindAnswersPricesAndTakesFeedback) {
     EXPECT_NEAR(faq->cost_usd(), cost[route], 1e-12);
     EXPECT_NEAR(faq->cost_per_correct_usd(), cost[route] / 3 / 0.5, 1e-12);
     // The metrics endpoint agrees with the Admin API.
-    std::map<std::string, std::string> labels = {{"route", route}, {"task", "faq"}};
+    std::map<std::string, std::string> labels = {{"route", route},
+                                                 {"task", "faq"}};
     auto with = [&](const char* key, const char* value) {
       auto copy = labels;
       copy[key] = value;
       return copy;
     };
-    EXPECT_EQ(Sample(metrics, "arbiter_requests_total", with("outcome", "ok")), 3);
+    EXPECT_EQ(Sample(metrics, "arbiter_requests_total", with("outcome", "ok")),
+              3);
     EXPECT_EQ(Sample(metrics, "arbiter_decisions_total", labels), 3);
-    EXPECT_NEAR(Sample(metrics, "arbiter_cost_usd_total", labels), faq->cost_usd(), 1e-9);
-    EXPECT_EQ(Sample(metrics, "arbiter_tokens_total", with("direction", "input")),
-              faq->input_tokens());
-    EXPECT_EQ(Sample(metrics, "arbiter_feedback_total", with("outcome", "correct")), 1);
-    EXPECT_EQ(Sample(metrics, "arbiter_feedback_total", with("outcome", "incorrect")), 1);
-    EXPECT_EQ(Sample(metrics, "arbiter_feedback_total", with("outcome", "graded")), 1);
-    EXPECT_DOUBLE_EQ(Sample(metrics, "arbiter_feedback_score_total", labels), 1.5);
-    EXPECT_EQ(Sample(metrics, "arbiter_request_duration_seconds_count", labels), 3);
+    EXPECT_NEAR(Sample(metrics, "arbiter_cost_usd_total", labels),
+                faq->cost_usd(), 1e-9);
+    EXPECT_EQ(
+        Sample(metrics, "arbiter_tokens_total", with("direction", "input")),
+        faq->input_tokens());
+    EXPECT_EQ(
+        Sample(metrics, "arbiter_feedback_total", with("outcome", "correct")),
+        1);
+    EXPECT_EQ(
+        Sample(metrics, "arbiter_feedback_total", with("outcome", "incorrect")),
+        1);
+    EXPECT_EQ(
+        Sample(metrics, "arbiter_feedback_total", with("outcome", "graded")),
+        1);
+    EXPECT_DOUBLE_EQ(Sample(metrics, "arbiter_feedback_score_total", labels),
+                     1.5);
+    EXPECT_EQ(Sample(metrics, "arbiter_request_duration_seconds_count", labels),
+              3);
   }
 }
 
@@ -317,9 +333,11 @@ TEST_F(EndToEndTest, BadRequestsGetClearErrors) {
                    "messages[0].content: must not be empty"});
   v1::InferRequest negative = Ask(kQuestion, "");
   negative.mutable_limits()->set_max_output_tokens(-5);
-  cases.push_back({negative, grpc::INVALID_ARGUMENT, "limits.max_output_tokens"});
+  cases.push_back(
+      {negative, grpc::INVALID_ARGUMENT, "limits.max_output_tokens"});
   v1::InferRequest oversized = Ask(std::string(1100000, 'x'), "");
-  cases.push_back({oversized, grpc::INVALID_ARGUMENT, "server.max_request_bytes"});
+  cases.push_back(
+      {oversized, grpc::INVALID_ARGUMENT, "server.max_request_bytes"});
   v1::InferRequest too_cheap = Ask(kQuestion, "");
   too_cheap.mutable_constraints()->set_max_cost_usd(1e-9);
   cases.push_back({too_cheap, grpc::FAILED_PRECONDITION, "max_cost_usd"});
@@ -367,12 +385,14 @@ TEST_F(EndToEndTest, DeadAndSlowBackendsFailClearlyAndServingContinues) {
   EXPECT_THAT(status.error_message(), HasSubstr("backend \"slow\""));
 
   std::string metrics = Metrics();
-  EXPECT_GE(Sample(metrics, "arbiter_requests_total",
-                   {{"route", "dead"}, {"outcome", "unavailable"}}),
-            1);
-  EXPECT_GE(Sample(metrics, "arbiter_requests_total",
-                   {{"route", "slow"}, {"outcome", "timeout"}}),
-            1);
+  EXPECT_GE(
+      Sample(metrics, "arbiter_requests_total",
+             {{"route", "dead"}, {"task", "faq"}, {"outcome", "unavailable"}}),
+      1);
+  EXPECT_GE(
+      Sample(metrics, "arbiter_requests_total",
+             {{"route", "slow"}, {"task", "faq"}, {"outcome", "timeout"}}),
+      1);
   ASSERT_TRUE(Infer(Ask(kQuestion, "rag"), &response).ok());
 }
 
@@ -384,7 +404,8 @@ TEST_F(EndToEndTest, MetricsPassPromtool) {
                       absl::StrCat("arbiter-metrics-", getpid(), ".txt"))
                          .string();
   std::ofstream(path) << Metrics();
-  std::string command = absl::StrCat("promtool check metrics < ", path, " 2>&1");
+  std::string command =
+      absl::StrCat("promtool check metrics < ", path, " 2>&1");
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string output;
@@ -409,7 +430,7 @@ TEST_F(EndToEndTest, CheckConfigRejectsABadConfigWithEveryError) {
   EXPECT_TRUE(line.ok()) << line.status();
   EXPECT_THAT((*check)->Output(),
               HasSubstr("routes[0].pricing.request_usd: must be >= 0"));
-  EXPECT_EQ((*check)->Stop() , 1);
+  EXPECT_EQ((*check)->Wait(), 1);
   std::filesystem::remove(path);
 }
 

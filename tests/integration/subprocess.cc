@@ -25,7 +25,8 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
     close(pipe_fds[0]);
     close(pipe_fds[1]);
     std::vector<char*> args;
-    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+    for (const std::string& arg : argv)
+      args.push_back(const_cast<char*>(arg.c_str()));
     args.push_back(nullptr);
     execv(args[0], args.data());
     _exit(127);
@@ -86,12 +87,16 @@ absl::StatusOr<std::string> Subprocess::WaitForLine(const std::string& prefix,
 }
 
 int Subprocess::Stop() {
+  if (pid_ > 0) kill(pid_, SIGTERM);
+  return Wait();
+}
+
+int Subprocess::Wait() {
   if (pid_ > 0) {
-    kill(pid_, SIGTERM);
     int status = 0;
     waitpid(pid_, &status, 0);
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
-                                   : 128 + WTERMSIG(status);
+    exit_code_ =
+        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     pid_ = -1;
   }
   return exit_code_;

@@ -33,8 +33,8 @@ TEST(EconomicsTest, AddsRequestFeeAndRetrievalOnlyWhenRetrieved) {
 }
 
 TEST(EconomicsTest, NoUsageCostsOnlyTheFees) {
-  EXPECT_DOUBLE_EQ(PriceRequest(Prices(3, 15, 0.01, 0), 0, 0, false).total_usd(),
-                   0.01);
+  EXPECT_DOUBLE_EQ(
+      PriceRequest(Prices(3, 15, 0.01, 0), 0, 0, false).total_usd(), 0.01);
 }
 
 }  // namespace

@@ -38,7 +38,8 @@ double Sum(const std::vector<double>& values) {
 }
 
 TEST(EngineTest, RequestPinWinsOverThePolicy) {
-  auto engine = MakeEngine(ThreeRouteConfig(R"pb(policy { pinned { route: "mid" } })pb"));
+  auto engine =
+      MakeEngine(ThreeRouteConfig(R"pb(policy { pinned { route: "mid" } })pb"));
   RouteStats stats(3, 2);
   RequestFeatures features;
   features.pinned_route = kCheap;
@@ -51,7 +52,8 @@ TEST(EngineTest, RequestPinWinsOverThePolicy) {
 }
 
 TEST(EngineTest, PinnedPolicySendsEverythingToItsRoute) {
-  auto engine = MakeEngine(ThreeRouteConfig(R"pb(policy { pinned { route: "mid" } })pb"));
+  auto engine =
+      MakeEngine(ThreeRouteConfig(R"pb(policy { pinned { route: "mid" } })pb"));
   RouteStats stats(3, 2);
   for (double u : {0.0, 0.3, 0.99}) {
     RequestFeatures features;
@@ -122,7 +124,8 @@ TEST(EngineTest, CheapestMeetingAccuracyPicksCheapestAboveFloor) {
   EXPECT_EQ(decision->route, kMid);
   EXPECT_EQ(decision->policy, "cheapest_meeting_accuracy");
   EXPECT_EQ(decision->propensity, 1.0);
-  EXPECT_THAT(decision->reason, HasSubstr("mid: cheapest with accuracy 0.86 >= 0.80"));
+  EXPECT_THAT(decision->reason,
+              HasSubstr("mid: cheapest with accuracy 0.86 >= 0.80"));
 }
 
 TEST(EngineTest, FloorIsNeverViolatedWhenAllRoutesAreKnown) {
@@ -189,7 +192,8 @@ TEST(EngineTest, WithoutAnyFeedbackTrafficIsSpreadEvenly) {
   RouteStats stats(3, 2);
   auto proposal = engine->Propose({}, *stats.Snapshot());
   ASSERT_TRUE(proposal.ok());
-  for (double p : proposal->probability) EXPECT_THAT(p, DoubleNear(1.0 / 3, 1e-12));
+  for (double p : proposal->probability)
+    EXPECT_THAT(p, DoubleNear(1.0 / 3, 1e-12));
 }
 
 TEST(EngineTest, NoRouteMeetsFloorFallsBackToMostAccurate) {
@@ -207,7 +211,9 @@ TEST(EngineTest, NoRouteMeetsFloorFallsBackToMostAccurate) {
 
 TEST(EngineTest, StatisticsAreKeptApartPerTask) {
   auto engine = MakeEngine(ThreeRouteConfig(
-      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.8 explore_share: 0 } })pb"));
+      R"pb(policy {
+             cheapest_meeting_accuracy { accuracy_floor: 0.8 explore_share: 0 }
+           })pb"));
   RouteStats stats(3, 2, absl::ZeroDuration());
   for (int task : {0, 1}) {
     Judge(stats, kExpensive, task, 40, 0.9);
@@ -223,10 +229,12 @@ TEST(EngineTest, StatisticsAreKeptApartPerTask) {
 
 TEST(EngineTest, MaxCostExcludesExpensiveRoutes) {
   auto engine = MakeEngine(ThreeRouteConfig(
-      R"pb(policy { weighted {
-             weights { key: "expensive" value: 1 }
-             weights { key: "mid" value: 1 }
-           } })pb"));
+      R"pb(policy {
+             weighted {
+               weights { key: "expensive" value: 1 }
+               weights { key: "mid" value: 1 }
+             }
+           })pb"));
   RouteStats stats(3, 2);
   RequestFeatures features;
   features.max_cost_usd = 0.005;  // Below the expensive route's prior.
@@ -237,8 +245,8 @@ TEST(EngineTest, MaxCostExcludesExpensiveRoutes) {
 }
 
 TEST(EngineTest, NoQualifyingRouteFailsWithReasons) {
-  auto engine = MakeEngine(ThreeRouteConfig(
-      R"pb(policy { pinned { route: "expensive" } })pb"));
+  auto engine = MakeEngine(
+      ThreeRouteConfig(R"pb(policy { pinned { route: "expensive" } })pb"));
   RouteStats stats(3, 2);
   RequestFeatures features;
   features.max_cost_usd = 0.0001;
@@ -251,10 +259,12 @@ TEST(EngineTest, NoQualifyingRouteFailsWithReasons) {
 
 TEST(EngineTest, MinAccuracyExcludesRoutesMeasuredBelowIt) {
   auto engine = MakeEngine(ThreeRouteConfig(
-      R"pb(policy { weighted {
-             weights { key: "expensive" value: 1 }
-             weights { key: "cheap" value: 1 }
-           } })pb"));
+      R"pb(policy {
+             weighted {
+               weights { key: "expensive" value: 1 }
+               weights { key: "cheap" value: 1 }
+             }
+           })pb"));
   RouteStats stats(3, 2, absl::ZeroDuration());
   Judge(stats, kExpensive, 0, 40, 0.9);
   Judge(stats, kCheap, 0, 40, 0.6);
@@ -282,16 +292,18 @@ TEST(EngineTest, TaskPoliciesOverrideTheDefault) {
 }
 
 TEST(EngineTest, ExpectedCostUsesMeasuredCostOnceThereIsEnough) {
-  auto engine = MakeEngine(ThreeRouteConfig(
-      R"pb(policy { pinned { route: "expensive" } })pb"));
+  auto engine = MakeEngine(
+      ThreeRouteConfig(R"pb(policy { pinned { route: "expensive" } })pb"));
   RouteStats stats(3, 2, absl::ZeroDuration());
   EXPECT_DOUBLE_EQ(engine->ExpectedCostUsd(kMid, 0, *stats.Snapshot()), 0.002);
   for (int i = 0; i < 5; ++i) {
     stats.RecordCompletion(kMid, 0, {100, 10, 0.0042, 0.1});
   }
-  EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 0, *stats.Snapshot()), 0.0042, 1e-12);
+  EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 0, *stats.Snapshot()), 0.0042,
+              1e-12);
   // Another task borrows the route's overall figure.
-  EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 1, *stats.Snapshot()), 0.0042, 1e-12);
+  EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 1, *stats.Snapshot()), 0.0042,
+              1e-12);
 }
 
 TEST(EngineTest, UnknownRouteInPolicyIsRejectedAtCreate) {

@@ -15,7 +15,10 @@ inline v1::Config ThreeRouteConfig(const std::string& policy_text = "") {
       R"pb(
         tasks: "a"
         tasks: "b"
-        backends { name: "sim" sim { dataset: "q.jsonl" } }
+        backends {
+          name: "sim"
+          sim { dataset: "q.jsonl" }
+        }
         routes { name: "expensive" kind: "prompted" backend: "sim" model: "m" }
         routes { name: "mid" kind: "fine_tuned" backend: "sim" model: "m" }
         routes { name: "cheap" kind: "fine_tuned" backend: "sim" model: "m" }

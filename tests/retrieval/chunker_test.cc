@@ -11,7 +11,8 @@ namespace {
 std::string Sentences(int n) {
   std::string text;
   for (int i = 0; i < n; ++i) {
-    absl::StrAppend(&text, "Sentence number ", i, " talks about topic ", i, ". ");
+    absl::StrAppend(&text, "Sentence number ", i, " talks about topic ", i,
+                    ". ");
   }
   return text;
 }
@@ -53,7 +54,8 @@ TEST(ChunkerTest, EveryFactSurvivesChunking) {
   for (int i = 0; i < 30; ++i) {
     std::string fact = absl::StrCat("talks about topic ", i, ".");
     bool found = false;
-    for (const std::string& chunk : chunks) found |= absl::StrContains(chunk, fact);
+    for (const std::string& chunk : chunks)
+      found |= absl::StrContains(chunk, fact);
     EXPECT_TRUE(found) << fact;
   }
 }
@@ -67,7 +69,8 @@ TEST(ChunkerTest, OverlongSentenceIsSplit) {
 }
 
 TEST(ChunkerTest, ParagraphBreaksArePreservedInsideChunks) {
-  auto chunks = ChunkText("# Title\n\nFirst paragraph.\n\nSecond paragraph.", {100, 0});
+  auto chunks =
+      ChunkText("# Title\n\nFirst paragraph.\n\nSecond paragraph.", {100, 0});
   ASSERT_EQ(chunks.size(), 1u);
   EXPECT_EQ(chunks[0], "# Title\n\nFirst paragraph.\n\nSecond paragraph.");
 }

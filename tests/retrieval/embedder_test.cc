@@ -40,8 +40,9 @@ TEST(EmbedderTest, RelatedTextsAreCloserThanUnrelated) {
   EXPECT_GT(Dot(query, embedder.Embed(corpus[0])),
             Dot(query, embedder.Embed(corpus[2])));
   // Character n-grams match inflections.
-  EXPECT_GT(Dot(embedder.Embed("resetting passwords"), embedder.Embed(corpus[0])),
-            0.05f);
+  EXPECT_GT(
+      Dot(embedder.Embed("resetting passwords"), embedder.Embed(corpus[0])),
+      0.05f);
 }
 
 TEST(EmbedderTest, FitDownweightsCommonTerms) {

@@ -16,18 +16,21 @@ std::vector<Document> Corpus() {
                     "# Reset your password\n\nOpen Settings > Security and "
                     "choose Reset password. A link arrives by email within "
                     "ten minutes."),
-      ParseDocument("billing.md",
-                    "# Plans and prices\n\nThe Plus plan costs $7.50 per member "
-                    "per month, billed yearly."),
+      ParseDocument(
+          "billing.md",
+          "# Plans and prices\n\nThe Plus plan costs $7.50 per member "
+          "per month, billed yearly."),
       ParseDocument("offline.md",
                     "# Offline mode\n\nNotes stay readable without a network "
                     "connection; edits sync when you reconnect."),
-      ParseDocument("export.md",
-                    "# Export your notes\n\nUse File > Export to download a ZIP "
-                    "archive of Markdown files."),
-      ParseDocument("sso.md",
-                    "# Single sign-on\n\nEnterprise workspaces can sign in with "
-                    "SAML through Okta or Azure AD."),
+      ParseDocument(
+          "export.md",
+          "# Export your notes\n\nUse File > Export to download a ZIP "
+          "archive of Markdown files."),
+      ParseDocument(
+          "sso.md",
+          "# Single sign-on\n\nEnterprise workspaces can sign in with "
+          "SAML through Okta or Azure AD."),
   };
 }
 
@@ -38,7 +41,8 @@ std::unique_ptr<Retriever> Build() {
 }
 
 TEST(RetrieverTest, ParseDocumentTakesIdFromFileAndTitleFromHeading) {
-  Document document = ParseDocument("dir/reset-password.md", "# Reset it\n\nBody.");
+  Document document =
+      ParseDocument("dir/reset-password.md", "# Reset it\n\nBody.");
   EXPECT_EQ(document.id, "reset-password");
   EXPECT_EQ(document.title, "Reset it");
   EXPECT_EQ(ParseDocument("notes.txt", "No heading here.").title, "notes");
@@ -97,7 +101,8 @@ TEST(RetrieverTest, AssembledContextCitesEachChunkOnceWithinBudget) {
   ASSERT_EQ(context.citations.size(), hits->size());
   EXPECT_EQ(context.citations[0].marker, "[1]");
   EXPECT_EQ(context.citations[1].marker, "[2]");
-  EXPECT_TRUE(absl::StartsWith(context.block, "[1] Reset your password (reset-password)\n"));
+  EXPECT_TRUE(absl::StartsWith(context.block,
+                               "[1] Reset your password (reset-password)\n"));
   EXPECT_THAT(context.block, HasSubstr("Settings > Security"));
 
   Context small = AssembleContext(*hits, 30);
