@@ -11,11 +11,11 @@ DEB_PACKAGES := build-essential cmake pkg-config ccache git \
   libabsl-dev libfaiss-dev libopenblas0-pthread libopenblas-dev \
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcurl4-openssl-dev libsqlite3-dev libyaml-cpp-dev libcpp-httplib-dev \
-  nlohmann-json3-dev prometheus curl nodejs npm
+  nlohmann-json3-dev prometheus curl
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-sanitize bench clean node-deps
+.PHONY: deps build run test test-sanitize test-tsan bench clean node-deps
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -26,6 +26,10 @@ deps:
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
 	fi
+	@# Node.js runs the cross-language client test; keep an existing install.
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
@@ -46,6 +50,14 @@ test: build node-deps
 test-sanitize:
 	$(MAKE) test BUILD_DIR=build-asan BUILD_TYPE=Debug \
 	  CMAKE_FLAGS="-DARBITER_SANITIZE=ON -DARBITER_BUILD_BENCH=OFF"
+
+# The concurrent units (statistics snapshots, timer queue, decision log)
+# under ThreadSanitizer.
+test-tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DARBITER_TSAN=ON \
+	  -DARBITER_BUILD_BENCH=OFF
+	cmake --build build-tsan -j$(JOBS) --target concurrency_test
+	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" ./build-tsan/tests/concurrency_test
 
 bench: build
 	./$(BUILD_DIR)/bench/policy_bench

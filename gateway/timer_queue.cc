@@ -6,39 +6,42 @@ TimerQueue::TimerQueue() : thread_([this] { Loop(); }) {}
 
 TimerQueue::~TimerQueue() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     stopping_ = true;
-    changed_.Signal();
   }
+  changed_.notify_one();
   thread_.join();
 }
 
 void TimerQueue::RunAt(absl::Time when,
                        absl::AnyInvocable<void() &&> callback) {
-  absl::MutexLock lock(&mu_);
-  bool earliest = queue_.empty() || when < queue_.top().when;
-  queue_.push(Entry{when, next_sequence_++, std::move(callback)});
-  if (earliest) changed_.Signal();
+  bool earliest;
+  {
+    std::lock_guard lock(mu_);
+    earliest = queue_.empty() || when < queue_.top().when;
+    queue_.push(Entry{when, next_sequence_++, std::move(callback)});
+  }
+  if (earliest) changed_.notify_one();
 }
 
 void TimerQueue::Loop() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock lock(mu_);
   for (;;) {
     if (queue_.empty()) {
       if (stopping_) return;
-      changed_.Wait(&mu_);
+      changed_.wait(lock);
       continue;
     }
     absl::Time when = queue_.top().when;
     if (!stopping_ && when > absl::Now()) {
-      changed_.WaitWithDeadline(&mu_, when);
+      changed_.wait_until(lock, absl::ToChronoTime(when));
       continue;
     }
     absl::AnyInvocable<void() &&> due = std::move(queue_.top().callback);
     queue_.pop();
-    mu_.Unlock();
+    lock.unlock();
     std::move(due)();
-    mu_.Lock();
+    lock.lock();
   }
 }
 

@@ -1,13 +1,15 @@
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <queue>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace arbiter {
@@ -40,8 +42,9 @@ class TimerQueue final {
 
   void Loop();
 
-  absl::Mutex mu_;
-  absl::CondVar changed_;  // Signalled on an earlier entry or on stop.
+  // std:: primitives so ThreadSanitizer sees them.
+  std::mutex mu_;
+  std::condition_variable changed_;  // Notified on an earlier entry or stop.
   std::priority_queue<Entry, std::vector<Entry>, std::greater<>> queue_
       ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;

@@ -8,7 +8,7 @@ namespace arbiter::policy {
 DecisionLog::DecisionLog(size_t capacity) : capacity_(capacity) {}
 
 void DecisionLog::Record(std::string request_id, const DecisionRecord& record) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (capacity_ == 0) return;
   while (order_.size() >= capacity_) {
     records_.erase(order_.front());
@@ -20,7 +20,7 @@ void DecisionLog::Record(std::string request_id, const DecisionRecord& record) {
 
 absl::StatusOr<DecisionRecord> DecisionLog::TakeFeedback(
     const std::string& request_id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   auto it = records_.find(request_id);
   if (it == records_.end()) {
     return absl::NotFoundError(absl::StrCat(
@@ -35,7 +35,7 @@ absl::StatusOr<DecisionRecord> DecisionLog::TakeFeedback(
 }
 
 size_t DecisionLog::size() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   return records_.size();
 }
 

@@ -2,13 +2,13 @@
 
 #include <cstdint>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 
 namespace arbiter::policy {
 
@@ -42,7 +42,7 @@ class DecisionLog final {
 
  private:
   const size_t capacity_;
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;  // std:: so ThreadSanitizer sees it.
   absl::flat_hash_map<std::string, DecisionRecord> records_
       ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);  // Oldest first.

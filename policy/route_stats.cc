@@ -1,5 +1,7 @@
 #include "policy/route_stats.h"
 
+#include "absl/time/clock.h"
+
 namespace arbiter::policy {
 
 void RouteTaskCounters::Add(const RouteTaskCounters& other) {
@@ -33,7 +35,7 @@ RouteTaskCounters& RouteStats::CellLocked(int route, int task) {
 
 void RouteStats::RecordCompletion(int route, int task,
                                   const Completion& completion) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   RouteTaskCounters delta;
   delta.requests = 1;
   delta.input_tokens = completion.input_tokens;
@@ -46,7 +48,7 @@ void RouteStats::RecordCompletion(int route, int task,
 }
 
 void RouteStats::RecordError(int route, int task, double latency_seconds) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   RouteTaskCounters delta;
   delta.requests = 1;
   delta.errors = 1;
@@ -57,7 +59,7 @@ void RouteStats::RecordError(int route, int task, double latency_seconds) {
 }
 
 void RouteStats::RecordFeedback(int route, int task, double score) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   RouteTaskCounters delta;
   delta.feedback_count = 1;
   delta.feedback_score_sum = score;
@@ -67,12 +69,12 @@ void RouteStats::RecordFeedback(int route, int task, double score) {
 }
 
 void RouteStats::Publish() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   PublishLocked();
 }
 
 void RouteStats::PublishIfChanged() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (dirty_) PublishLocked();
 }
 
