@@ -9,10 +9,10 @@
 namespace arbiter::retrieval {
 
 // A text embedder that needs no model download: word unigrams and bigrams and
-// character 3- to 5-grams of each word are hashed into `dim` buckets, weighted
-// by sublinear term frequency times the bucket's inverse document frequency
-// (learned by Fit), and the vector is L2-normalised so inner product is cosine
-// similarity.
+// character 3- to 5-grams of each word (common English stop words left out)
+// are hashed into `dim` buckets, weighted by sublinear term frequency times
+// the bucket's inverse document frequency (learned by Fit), and the vector is
+// L2-normalised so inner product is cosine similarity.
 //
 //   HashedNgramEmbedder embedder(512);
 //   embedder.Fit(chunk_texts);

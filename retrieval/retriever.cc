@@ -5,9 +5,12 @@
 #include <faiss/impl/FaissException.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <exception>
+#include <utility>
+
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -15,6 +18,14 @@
 #include "retrieval/tokenizer.h"
 
 namespace arbiter::retrieval {
+namespace {
+
+// The text a chunk is embedded as: the title names what the chunk is about.
+std::string EmbeddedText(const Chunk& chunk) {
+  return absl::StrCat(chunk.doc_title, "\n", chunk.text);
+}
+
+}  // namespace
 
 Retriever::Retriever(int dim) : embedder_(dim) {}
 Retriever::~Retriever() = default;
@@ -24,9 +35,7 @@ absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Build(
   if (options.embedding_dim < 1) {
     return absl::InvalidArgumentError("embedding_dim: must be >= 1");
   }
-  auto retriever =
-      std::unique_ptr<Retriever>(new Retriever(options.embedding_dim));
-  absl::flat_hash_set<std::string> ids;
+  absl::flat_hash_set<absl::string_view> ids;
   for (const Document& document : documents) {
     if (document.id.empty()) {
       return absl::InvalidArgumentError("document id: must not be empty");
@@ -35,37 +44,43 @@ absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Build(
       return absl::InvalidArgumentError(
           absl::StrCat("document id: \"", document.id, "\" appears twice"));
     }
-    int position = 0;
-    for (std::string& text : ChunkText(document.text, options.chunking)) {
-      Chunk chunk;
-      chunk.id = static_cast<int64_t>(retriever->chunks_.size());
-      chunk.doc_id = document.id;
-      chunk.doc_title = document.title;
-      chunk.position = position++;
-      chunk.text = std::move(text);
-      retriever->chunks_.push_back(std::move(chunk));
-    }
   }
-  retriever->document_count_ = documents.size();
-  // The title is embedded with each chunk: it names what the chunk is about.
-  std::vector<std::string> embedded_texts;
-  embedded_texts.reserve(retriever->chunks_.size());
-  for (const Chunk& chunk : retriever->chunks_) {
-    embedded_texts.push_back(absl::StrCat(chunk.doc_title, "\n", chunk.text));
-  }
-  std::vector<absl::string_view> views(embedded_texts.begin(),
-                                       embedded_texts.end());
-  retriever->embedder_.Fit(views);
-  const int dim = options.embedding_dim;
-  std::vector<float> matrix;
-  std::vector<faiss::Index::idx_t> labels;
-  matrix.reserve(embedded_texts.size() * dim);
-  for (size_t i = 0; i < embedded_texts.size(); ++i) {
-    std::vector<float> vector = retriever->embedder_.Embed(embedded_texts[i]);
-    matrix.insert(matrix.end(), vector.begin(), vector.end());
-    labels.push_back(retriever->chunks_[i].id);
-  }
+  // Nothing below may throw past the API: FAISS reports errors as exceptions.
   try {
+    auto retriever =
+        std::unique_ptr<Retriever>(new Retriever(options.embedding_dim));
+    for (Document& document : documents) {
+      int position = 0;
+      for (std::string& text : ChunkText(document.text, options.chunking)) {
+        Chunk chunk;
+        chunk.id = static_cast<int64_t>(retriever->chunks_.size());
+        chunk.doc_id = document.id;
+        chunk.doc_title = document.title;
+        chunk.position = position++;
+        chunk.text = std::move(text);
+        retriever->chunks_.push_back(std::move(chunk));
+      }
+    }
+    retriever->document_count_ = documents.size();
+
+    std::vector<std::string> texts;
+    texts.reserve(retriever->chunks_.size());
+    for (const Chunk& chunk : retriever->chunks_) {
+      texts.push_back(EmbeddedText(chunk));
+    }
+    std::vector<absl::string_view> views(texts.begin(), texts.end());
+    retriever->embedder_.Fit(views);
+
+    const int dim = options.embedding_dim;
+    std::vector<float> matrix;
+    std::vector<faiss::Index::idx_t> labels;
+    matrix.reserve(texts.size() * dim);
+    labels.reserve(texts.size());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      std::vector<float> vector = retriever->embedder_.Embed(texts[i]);
+      matrix.insert(matrix.end(), vector.begin(), vector.end());
+      labels.push_back(retriever->chunks_[i].id);
+    }
     auto index =
         std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(dim));
     index->own_fields = true;
@@ -74,10 +89,13 @@ absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Build(
                           matrix.data(), labels.data());
     }
     retriever->index_ = std::move(index);
+    return retriever;
+  } catch (const faiss::FaissException& e) {
+    return absl::InternalError(
+        absl::StrCat("building the index: faiss: ", e.what()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("building the index: ", e.what()));
   }
-  return retriever;
 }
 
 absl::StatusOr<std::vector<Hit>> Retriever::Search(absl::string_view query,
@@ -88,21 +106,30 @@ absl::StatusOr<std::vector<Hit>> Retriever::Search(absl::string_view query,
   }
   std::vector<Hit> hits;
   if (chunks_.empty()) return hits;
-  // One request, one thread: FAISS' OpenMP fan-out costs more than it saves
-  // on a single query and would fight the server's threads.
+  // One query, one thread: the thread count is per calling thread, and an
+  // OpenMP team per request would cost more than it saves and compete with
+  // the server's own threads.
   omp_set_num_threads(1);
-  const int n = std::min<int>(k, static_cast<int>(chunks_.size()));
-  std::vector<float> query_vector = embedder_.Embed(query);
-  std::vector<float> scores(n);
-  std::vector<faiss::Index::idx_t> labels(n);
   try {
+    const int n = static_cast<int>(
+        std::min<size_t>(static_cast<size_t>(k), chunks_.size()));
+    std::vector<float> query_vector = embedder_.Embed(query);
+    std::vector<float> scores(n);
+    std::vector<faiss::Index::idx_t> labels(n);
     index_->search(1, query_vector.data(), n, scores.data(), labels.data());
+    hits.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      // FAISS pads missing results with -1.
+      if (labels[i] < 0 ||
+          labels[i] >= static_cast<faiss::Index::idx_t>(chunks_.size())) {
+        continue;
+      }
+      hits.push_back({&chunks_[labels[i]], scores[i]});
+    }
+  } catch (const faiss::FaissException& e) {
+    return absl::InternalError(absl::StrCat("search: faiss: ", e.what()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("search: ", e.what()));
-  }
-  for (int i = 0; i < n; ++i) {
-    if (labels[i] < 0) continue;
-    hits.push_back({&chunks_[labels[i]], scores[i]});
   }
   return hits;
 }
@@ -110,7 +137,7 @@ absl::StatusOr<std::vector<Hit>> Retriever::Search(absl::string_view query,
 Document ParseDocument(absl::string_view file_name, absl::string_view content) {
   Document document;
   absl::string_view id = file_name;
-  if (size_t slash = id.rfind('/'); slash != absl::string_view::npos) {
+  if (size_t slash = id.find_last_of("/\\"); slash != absl::string_view::npos) {
     id.remove_prefix(slash + 1);
   }
   if (size_t dot = id.rfind('.'); dot != absl::string_view::npos && dot > 0) {
@@ -118,13 +145,22 @@ Document ParseDocument(absl::string_view file_name, absl::string_view content) {
   }
   document.id = std::string(id);
   document.title = document.id;
+  // "# " inside a fenced code block is a shell comment, not a heading.
+  bool in_code = false;
   for (absl::string_view line : absl::StrSplit(content, '\n')) {
     absl::string_view stripped = absl::StripAsciiWhitespace(line);
-    if (absl::ConsumePrefix(&stripped, "# ")) {
-      document.title = std::string(absl::StripAsciiWhitespace(stripped));
-      break;
+    if (absl::StartsWith(stripped, "```") ||
+        absl::StartsWith(stripped, "~~~")) {
+      in_code = !in_code;
+      continue;
     }
-    if (!stripped.empty()) break;  // The title must come first.
+    if (!in_code && absl::ConsumePrefix(&stripped, "# ")) {
+      stripped = absl::StripAsciiWhitespace(stripped);
+      if (!stripped.empty()) {
+        document.title = std::string(stripped);
+        break;
+      }
+    }
   }
   document.text = std::string(content);
   return document;
@@ -132,10 +168,10 @@ Document ParseDocument(absl::string_view file_name, absl::string_view content) {
 
 Context AssembleContext(const std::vector<Hit>& hits, int max_tokens) {
   Context context;
-  absl::flat_hash_set<int64_t> seen;
+  absl::flat_hash_set<const Chunk*> seen;
   int64_t used = 0;
   for (const Hit& hit : hits) {
-    if (hit.chunk == nullptr || !seen.insert(hit.chunk->id).second) continue;
+    if (hit.chunk == nullptr || !seen.insert(hit.chunk).second) continue;
     std::string marker = absl::StrCat("[", context.citations.size() + 1, "]");
     std::string header = absl::StrCat(marker, " ", hit.chunk->doc_title, " (",
                                       hit.chunk->doc_id, ")\n");
@@ -144,7 +180,7 @@ Context AssembleContext(const std::vector<Hit>& hits, int max_tokens) {
     if (used + tokens > max_tokens) {
       if (!context.citations.empty()) break;
       // The best hit alone is too long: keep as many of its words as fit.
-      int64_t budget = max_tokens - CountTokens(header);
+      const int64_t budget = max_tokens - CountTokens(header);
       std::string cut;
       int64_t cut_tokens = 0;
       for (absl::string_view word :

@@ -1,5 +1,7 @@
 #include "retrieval/chunker.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -66,6 +68,65 @@ TEST(ChunkerTest, OverlongSentenceIsSplit) {
   auto chunks = ChunkText(sentence, {20, 0});
   ASSERT_GE(chunks.size(), 5u);
   for (const std::string& chunk : chunks) EXPECT_LE(CountTokens(chunk), 20);
+}
+
+TEST(ChunkerTest, OverlongWordIsCutWithinTheLimit) {
+  std::string word(400, 'x');  // 100 tokens, no spaces.
+  auto chunks = ChunkText(absl::StrCat("Short. ", word, " tail."), {20, 5});
+  std::string joined;
+  for (const std::string& chunk : chunks) {
+    EXPECT_LE(CountTokens(chunk), 20) << chunk;
+    joined += chunk;
+  }
+  EXPECT_GE(std::count(joined.begin(), joined.end(), 'x'), 400);
+}
+
+TEST(ChunkerTest, CutsNeverSplitAUtf8Character) {
+  std::string word;
+  for (int i = 0; i < 100; ++i) word += "\xc3\xa9";  // "é", two bytes.
+  for (const std::string& chunk : ChunkText(word, {7, 0})) {
+    EXPECT_LE(CountTokens(chunk), 7);
+    EXPECT_EQ(chunk.size() % 2, 0u) << chunk;
+    EXPECT_EQ(static_cast<unsigned char>(chunk[0]), 0xc3);
+  }
+}
+
+TEST(ChunkerTest, OverlapIsWithinTheBudget) {
+  auto chunks = ChunkText(Sentences(40), {50, 15});
+  ASSERT_GT(chunks.size(), 2u);
+  for (size_t i = 1; i < chunks.size(); ++i) {
+    // The shared part is a suffix of the previous chunk and a prefix of this.
+    const std::string& previous = chunks[i - 1];
+    const std::string& current = chunks[i];
+    size_t shared = 0;
+    for (size_t n = 1; n <= std::min(previous.size(), current.size()); ++n) {
+      if (previous.compare(previous.size() - n, n, current, 0, n) == 0) {
+        shared = n;
+      }
+    }
+    EXPECT_GT(shared, 0u) << previous << " | " << current;
+    EXPECT_LE(CountTokens(current.substr(0, shared)), 15);
+  }
+}
+
+TEST(ChunkerTest, ChunkSizeHoldsForManyOptions) {
+  std::string text = absl::StrCat("# Heading\n\n", Sentences(25),
+                                  "\n\n- item one\n- item two\n\n",
+                                  std::string(90, 'y'), " ", Sentences(5));
+  for (int size : {1, 3, 8, 20, 64}) {
+    for (int overlap : {0, 2, 10, 100}) {
+      for (const std::string& chunk : ChunkText(text, {size, overlap})) {
+        EXPECT_LE(CountTokens(chunk), size) << size << "/" << overlap;
+        EXPECT_FALSE(chunk.empty());
+      }
+    }
+  }
+}
+
+TEST(ChunkerTest, ListItemsKeepTheirLines) {
+  auto chunks = ChunkText("Steps:\n- Open Settings\n- Choose Export", {100, 0});
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0], "Steps:\n- Open Settings\n- Choose Export");
 }
 
 TEST(ChunkerTest, ParagraphBreaksArePreservedInsideChunks) {

@@ -55,5 +55,24 @@ TEST(EmbedderTest, FitDownweightsCommonTerms) {
             Dot(query, embedder.Embed(corpus[0])));
 }
 
+TEST(EmbedderTest, StopWordsAloneStillEmbed) {
+  HashedNgramEmbedder embedder(128);
+  std::vector<float> v = embedder.Embed("how do I");
+  EXPECT_NEAR(Dot(v, v), 1.0f, 1e-5);
+}
+
+TEST(EmbedderTest, StopWordsDoNotMakeTextsSimilar) {
+  HashedNgramEmbedder embedder(512);
+  std::vector<float> query = embedder.Embed("how do I export my notes");
+  EXPECT_GT(Dot(query, embedder.Embed("export notes")),
+            Dot(query, embedder.Embed("how do I pay my invoice")));
+}
+
+TEST(EmbedderTest, NonPositiveDimIsClampedToOne) {
+  HashedNgramEmbedder embedder(0);
+  EXPECT_EQ(embedder.dim(), 1);
+  EXPECT_EQ(embedder.Embed("anything").size(), 1u);
+}
+
 }  // namespace
 }  // namespace arbiter::retrieval

@@ -1,5 +1,7 @@
 #include "retrieval/retriever.h"
 
+#include <thread>
+
 #include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -48,6 +50,31 @@ TEST(RetrieverTest, ParseDocumentTakesIdFromFileAndTitleFromHeading) {
   EXPECT_EQ(ParseDocument("notes.txt", "No heading here.").title, "notes");
 }
 
+TEST(RetrieverTest, ParseDocumentFindsTheFirstHeadingOutsideCode) {
+  Document document = ParseDocument(
+      "faq.md", "---\ntags: x\n---\n```sh\n# not a title\n```\n# FAQ\n");
+  EXPECT_EQ(document.title, "FAQ");
+  EXPECT_EQ(ParseDocument("a\\b\\guide.txt", "## Sub\n").id, "guide");
+  EXPECT_EQ(ParseDocument("guide.txt", "## Sub\n").title, "guide");
+}
+
+TEST(RetrieverTest, ChunksHaveDenseIdsAndPositions) {
+  RetrieverOptions options;
+  options.chunking = {20, 5};
+  auto retriever = Retriever::Build(Corpus(), options);
+  ASSERT_TRUE(retriever.ok()) << retriever.status();
+  const std::vector<Chunk>& chunks = (*retriever)->chunks();
+  ASSERT_GT(chunks.size(), 5u);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    EXPECT_EQ(chunks[i].id, static_cast<int64_t>(i));
+    if (i > 0 && chunks[i].doc_id == chunks[i - 1].doc_id) {
+      EXPECT_EQ(chunks[i].position, chunks[i - 1].position + 1);
+    } else {
+      EXPECT_EQ(chunks[i].position, 0);
+    }
+  }
+}
+
 TEST(RetrieverTest, FindsTheRightDocumentForAParaphrase) {
   auto retriever = Build();
   EXPECT_EQ(retriever->document_count(), 5u);
@@ -81,6 +108,42 @@ TEST(RetrieverTest, BadQueriesAreInvalidArguments) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(RetrieverTest, EmptyCorpusGivesNoHits) {
+  auto retriever = Retriever::Build({}, {});
+  ASSERT_TRUE(retriever.ok()) << retriever.status();
+  auto hits = (*retriever)->Search("password", 3);
+  ASSERT_TRUE(hits.ok());
+  EXPECT_TRUE(hits->empty());
+}
+
+TEST(RetrieverTest, BadEmbeddingDimIsRejected) {
+  RetrieverOptions options;
+  options.embedding_dim = 0;
+  EXPECT_EQ(Retriever::Build(Corpus(), options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RetrieverTest, ConcurrentSearchesAgree) {
+  auto retriever = Build();
+  auto expected = retriever->Search("export notes as markdown", 2);
+  ASSERT_TRUE(expected.ok());
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        auto hits = retriever->Search("export notes as markdown", 2);
+        if (!hits.ok() || hits->size() != expected->size() ||
+            (*hits)[0].chunk != (*expected)[0].chunk) {
+          ++mismatches[t];
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(mismatches[t], 0);
+}
+
 TEST(RetrieverTest, DuplicateOrEmptyDocumentIdsAreRejected) {
   std::vector<Document> documents = Corpus();
   documents.push_back(documents[0]);
@@ -108,6 +171,36 @@ TEST(RetrieverTest, AssembledContextCitesEachChunkOnceWithinBudget) {
   Context small = AssembleContext(*hits, 30);
   EXPECT_LE(CountTokens(small.block), 30);
   EXPECT_EQ(small.citations.size(), 1u);
+}
+
+TEST(AssembleContextTest, CutsAnOverlongFirstHitToTheBudget) {
+  Chunk chunk;
+  chunk.doc_id = "long";
+  chunk.doc_title = "Long";
+  for (int i = 0; i < 200; ++i) chunk.text += "word ";
+  Context context = AssembleContext({{&chunk, 0.9f}}, 50);
+  ASSERT_EQ(context.citations.size(), 1u);
+  EXPECT_LE(CountTokens(context.block), 50);
+  EXPECT_GT(CountTokens(context.block), 40);
+  EXPECT_TRUE(absl::StartsWith(context.block, "[1] Long (long)\nword word"));
+}
+
+TEST(AssembleContextTest, StopsAtTheFirstHitThatDoesNotFit) {
+  Chunk small{0, "a", "A", 0, "short text"};
+  Chunk big{1, "b", "B", 0, std::string(400, 'z')};
+  Chunk other{2, "c", "C", 0, "also short"};
+  Context context =
+      AssembleContext({{&small, 0.9f}, {&big, 0.8f}, {&other, 0.7f}}, 40);
+  ASSERT_EQ(context.citations.size(), 1u);
+  EXPECT_EQ(context.citations[0].chunk, &small);
+  EXPECT_EQ(context.block, "[1] A (a)\nshort text");
+}
+
+TEST(AssembleContextTest, EmptyInputsGiveAnEmptyContext) {
+  Chunk chunk{0, "a", "A", 0, "text"};
+  EXPECT_TRUE(AssembleContext({}, 100).block.empty());
+  EXPECT_TRUE(AssembleContext({{&chunk, 1.0f}}, 0).citations.empty());
+  EXPECT_TRUE(AssembleContext({{nullptr, 1.0f}}, 100).citations.empty());
 }
 
 }  // namespace
