@@ -176,6 +176,7 @@ void OpenAIBackend::Loop() {
     int still_running = 0;
     curl_multi_perform(multi_, &still_running);
     int queued = 0;
+    bool finished_any = false;
     while (CURLMsg* message = curl_multi_info_read(multi_, &queued)) {
       if (message->msg != CURLMSG_DONE) continue;
       Transfer* transfer = nullptr;
@@ -183,9 +184,13 @@ void OpenAIBackend::Loop() {
       int code = message->data.result;
       curl_multi_remove_handle(multi_, message->easy_handle);
       Finish(transfer, code);
+      finished_any = true;
       std::erase_if(running,
                     [transfer](const auto& t) { return t.get() == transfer; });
     }
+    // A finished transfer frees a connection that a queued one can take at
+    // once, which only happens inside curl_multi_perform: go round again.
+    if (finished_any) continue;
     curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
   }
   // Nothing accepted is dropped silently: in-flight requests fail clearly.

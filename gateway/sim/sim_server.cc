@@ -96,6 +96,8 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
   server->server_ = std::make_unique<httplib::Server>();
   httplib::Server& http = *server->server_;
   http.new_task_queue = [] { return new httplib::ThreadPool(kWorkerThreads); };
+  // Small responses go out at once instead of waiting on Nagle.
+  http.set_tcp_nodelay(true);
   const Simulator* sim = server->simulator_.get();
   http.Post("/v1/chat/completions", [sim](const httplib::Request& request,
                                           httplib::Response& response) {
