@@ -77,6 +77,7 @@ Percentiles RunDirect(int port, const Options& options) {
     workers.emplace_back([&] {
       httplib::Client client("127.0.0.1", port);
       client.set_keep_alive(true);
+      client.set_tcp_nodelay(true);
       for (;;) {
         int i = next.fetch_add(1);
         if (i >= total) return;
