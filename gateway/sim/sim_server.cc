@@ -103,9 +103,16 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
                                           httplib::Response& response) {
     HandleChat(*sim, request, response);
   });
-  http.Get("/v1/models", [](const httplib::Request&,
-                            httplib::Response& response) {
-    response.set_content(R"({"object":"list","data":[]})", "application/json");
+  http.Get("/v1/models", [sim](const httplib::Request&,
+                               httplib::Response& response) {
+    json models = json::array();
+    for (const v1::SimModel& model : sim->config().models()) {
+      models.push_back({{"id", model.name()},
+                        {"object", "model"},
+                        {"owned_by", "arbiter-sim"}});
+    }
+    response.set_content(json{{"object", "list"}, {"data", models}}.dump(),
+                         "application/json");
   });
   http.Get("/health", [](const httplib::Request&, httplib::Response& response) {
     response.set_content("ok\n", "text/plain");

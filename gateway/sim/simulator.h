@@ -59,6 +59,7 @@ class Simulator final {
                                  int max_tokens) const;
 
   [[nodiscard]] size_t question_count() const { return questions_.size(); }
+  [[nodiscard]] const v1::SimBackend& config() const { return config_; }
 
  private:
   explicit Simulator(const v1::SimBackend& config) : config_(config) {}

@@ -91,6 +91,7 @@ class EndToEndTest : public ::testing::Test {
     ASSERT_TRUE(sim_line.ok()) << sim_line.status();
     int sim_port = PortOf(*sim_line);
     ASSERT_GT(sim_port, 0);
+    sim_port_ = sim_port;
 
     config_path_ =
         new std::string((std::filesystem::temp_directory_path() /
@@ -173,6 +174,7 @@ class EndToEndTest : public ::testing::Test {
   static inline std::string* config_path_ = nullptr;
   static inline std::shared_ptr<grpc::Channel>* channel_ = nullptr;
   static inline int grpc_port_ = 0;
+  static inline int sim_port_ = 0;
   static inline int metrics_port_ = 0;
 };
 
@@ -394,6 +396,20 @@ TEST_F(EndToEndTest, DeadAndSlowBackendsFailClearlyAndServingContinues) {
              {{"route", "slow"}, {"task", "faq"}, {"outcome", "timeout"}}),
       1);
   ASSERT_TRUE(Infer(Ask(kQuestion, "rag"), &response).ok());
+}
+
+TEST_F(EndToEndTest, SimServerListsItsModels) {
+  httplib::Client client("127.0.0.1", sim_port_);
+  auto result = client.Get("/v1/models");
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status, 200);
+  EXPECT_THAT(result->body, HasSubstr(R"("id":"quill-large")"));
+  EXPECT_THAT(result->body, HasSubstr(R"("id":"quill-small-ft")"));
+  auto bad =
+      client.Post("/v1/chat/completions", "{not json", "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_THAT(bad->body, HasSubstr("not JSON"));
 }
 
 TEST_F(EndToEndTest, MetricsPassPromtool) {

@@ -17,6 +17,7 @@ let server;
 let gateway;
 let admin;
 let health;
+let reflection;
 
 function loadPackage(file, includeDirs) {
   return grpc.loadPackageDefinition(
@@ -42,6 +43,25 @@ message HealthCheckResponse {
   ServingStatus status = 1;
 }
 service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
+`;
+
+// The standard grpc.reflection.v1alpha contract, the part this test uses.
+const REFLECTION_PROTO = `
+syntax = "proto3";
+package grpc.reflection.v1alpha;
+message ServerReflectionRequest {
+  string host = 1;
+  oneof message_request { string list_services = 7; }
+}
+message ServiceResponse { string name = 1; }
+message ListServiceResponse { repeated ServiceResponse service = 1; }
+message ServerReflectionResponse {
+  string valid_host = 1;
+  oneof message_response { ListServiceResponse list_services_response = 6; }
+}
+service ServerReflection {
+  rpc ServerReflectionInfo(stream ServerReflectionRequest) returns (stream ServerReflectionResponse);
+}
 `;
 
 function call(client, method, request) {
@@ -78,18 +98,37 @@ before(async () => {
   const os = require('node:os');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arbiter-health-'));
   fs.writeFileSync(path.join(dir, 'health.proto'), HEALTH_PROTO);
+  fs.writeFileSync(path.join(dir, 'reflection.proto'), REFLECTION_PROTO);
   const healthPackage = loadPackage(path.join(dir, 'health.proto'), [dir]);
   health = new healthPackage.grpc.health.v1.Health(target, grpc.credentials.createInsecure());
+  const reflectionPackage = loadPackage(path.join(dir, 'reflection.proto'), [dir]);
+  reflection = new reflectionPackage.grpc.reflection.v1alpha.ServerReflection(
+    target, grpc.credentials.createInsecure());
 });
 
 after(() => {
-  for (const client of [gateway, admin, health]) client?.close();
+  for (const client of [gateway, admin, health, reflection]) client?.close();
   server?.kill('SIGTERM');
 });
 
 test('health check reports SERVING', async () => {
   const response = await call(health, 'Check', { service: '' });
   assert.equal(response.status, 'SERVING');
+});
+
+test('server reflection lists the services', async () => {
+  const names = await new Promise((resolve, reject) => {
+    const stream = reflection.ServerReflectionInfo();
+    stream.on('data', (response) => {
+      resolve(response.list_services_response.service.map((s) => s.name));
+      stream.end();
+    });
+    stream.on('error', reject);
+    stream.write({ list_services: '*' });
+  });
+  for (const name of ['arbiter.v1.Gateway', 'arbiter.v1.Admin', 'grpc.health.v1.Health']) {
+    assert.ok(names.includes(name), `${name} missing from ${names}`);
+  }
 });
 
 test('infer through a rag route returns an answer with citations', async () => {
