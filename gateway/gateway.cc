@@ -20,6 +20,8 @@ namespace {
 // Typical question length, for a route's prior cost before any traffic.
 constexpr int64_t kTypicalQuestionTokens = 24;
 constexpr absl::Duration kPublishInterval = absl::Milliseconds(10);
+// Sim backends have no timeout of their own; the caller's deadline rules.
+constexpr absl::Duration kDefaultBackendTimeout = absl::Seconds(30);
 
 double UniformDraw() {
   thread_local absl::BitGen gen;
@@ -122,6 +124,13 @@ absl::Status Gateway::Init() {
     const v1::Route& route = config.routes(i);
     route_index_[route.name()] = i;
     route_backend_.push_back(backends_.at(route.backend()).get());
+    absl::Duration timeout = kDefaultBackendTimeout;
+    for (const v1::Backend& backend : config.backends()) {
+      if (backend.name() == route.backend() && backend.has_openai()) {
+        timeout = absl::Seconds(backend.openai().timeout_seconds());
+      }
+    }
+    route_timeout_.push_back(timeout);
     int64_t overhead = retrieval::CountTokens(route.system_prompt());
     for (const v1::Example& example : route.examples()) {
       overhead += retrieval::CountTokens(example.user()) +
@@ -376,14 +385,9 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
     std::move(done)(backend_request.status());
     return;
   }
-  absl::Duration timeout = absl::Seconds(30);
-  for (const v1::Backend& backend : loaded_.config.backends()) {
-    if (backend.name() == route.backend() && backend.has_openai()) {
-      timeout = absl::Seconds(backend.openai().timeout_seconds());
-    }
-  }
   // The caller's deadline bounds the backend call too.
-  timeout = std::min(timeout, deadline - absl::Now());
+  absl::Duration timeout =
+      std::min(route_timeout_[route_index], deadline - absl::Now());
   if (timeout <= absl::ZeroDuration()) {
     std::move(done)(absl::DeadlineExceededError(
         "the request's deadline passed before a backend was called"));

@@ -76,6 +76,7 @@ class Gateway final {
   absl::flat_hash_map<std::string, int> route_index_;
   absl::flat_hash_map<std::string, int> task_index_;
   std::vector<Backend*> route_backend_;  // Per route; owned by backends_.
+  std::vector<absl::Duration> route_timeout_;  // Per route, from its backend.
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
   std::unique_ptr<retrieval::Retriever> retriever_;
   std::unique_ptr<policy::Engine> engine_;

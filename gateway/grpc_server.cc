@@ -109,6 +109,8 @@ GrpcServer::~GrpcServer() {
 }
 
 void GrpcServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 

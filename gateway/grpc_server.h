@@ -37,6 +37,7 @@ class GrpcServer final {
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  bool shut_down_ = false;
 };
 
 }  // namespace arbiter
