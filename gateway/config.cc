@@ -108,6 +108,12 @@ class Validator {
       CheckPolicy(policy, path);
     }
     CheckRetrieval();
+    NonNegative(config_.statistics().half_life_seconds(),
+                "statistics.half_life_seconds");
+    if (config_.statistics().has_prior_strength()) {
+      NonNegative(config_.statistics().prior_strength(),
+                  "statistics.prior_strength");
+    }
     return std::move(errors_);
   }
 
@@ -302,10 +308,48 @@ class Validator {
         if (cheapest.has_explore_share()) {
           Probability(cheapest.explore_share(), sub + ".explore_share");
         }
+        if (cheapest.has_confidence()) {
+          Probability(cheapest.confidence(), sub + ".confidence");
+        }
+        break;
+      }
+      case v1::Policy::kBestUtility: {
+        const auto& best = policy.best_utility();
+        std::string sub = path + ".best_utility";
+        NonNegative(best.cost_weight(), sub + ".cost_weight");
+        NonNegative(best.latency_weight(), sub + ".latency_weight");
+        NonNegative(best.min_feedback(), sub + ".min_feedback");
+        if (best.has_explore_share()) {
+          Probability(best.explore_share(), sub + ".explore_share");
+        }
+        break;
+      }
+      case v1::Policy::kThompson:
+        NonNegative(policy.thompson().cost_weight(),
+                    path + ".thompson.cost_weight");
+        NonNegative(policy.thompson().latency_weight(),
+                    path + ".thompson.latency_weight");
+        break;
+      case v1::Policy::kBudget: {
+        const auto& budget = policy.budget();
+        std::string sub = path + ".budget";
+        if (!(budget.target_cost_usd() > 0)) {
+          Error(sub + ".target_cost_usd", "must be > 0");
+        }
+        if (budget.has_learning_rate() && !(budget.learning_rate() > 0)) {
+          Error(sub + ".learning_rate", "must be > 0");
+        }
+        NonNegative(budget.initial_cost_weight(), sub + ".initial_cost_weight");
+        NonNegative(budget.min_feedback(), sub + ".min_feedback");
+        if (budget.has_explore_share()) {
+          Probability(budget.explore_share(), sub + ".explore_share");
+        }
         break;
       }
       case v1::Policy::STRATEGY_NOT_SET:
-        Error(path, "set one of: pinned, weighted, cheapest_meeting_accuracy");
+        Error(path,
+              "set one of: pinned, weighted, cheapest_meeting_accuracy, "
+              "best_utility, thompson, budget");
         break;
     }
   }

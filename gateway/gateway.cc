@@ -40,6 +40,15 @@ std::string KnownNames(
   return absl::StrJoin(names, ", ");
 }
 
+policy::StatsOptions StatsOptionsFrom(const v1::Config& config) {
+  policy::StatsOptions options;
+  options.publish_interval = kPublishInterval;
+  double half_life = config.statistics().half_life_seconds();
+  options.half_life =
+      half_life > 0 ? absl::Seconds(half_life) : absl::InfiniteDuration();
+  return options;
+}
+
 Outcome OutcomeOf(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
@@ -71,7 +80,7 @@ absl::StatusOr<std::shared_ptr<const sim::Simulator>> MakeSimulator(
 Gateway::Gateway(LoadedConfig config, prometheus::Registry& registry)
     : loaded_(std::move(config)),
       stats_(loaded_.config.routes_size(), loaded_.config.tasks_size(),
-             kPublishInterval),
+             StatsOptionsFrom(loaded_.config)),
       decisions_(loaded_.config.server().decision_log_capacity()),
       metrics_(registry, loaded_.config) {}
 
@@ -353,6 +362,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   features.max_cost_usd = request.constraints().max_cost_usd();
   features.min_accuracy = request.constraints().min_accuracy();
   features.uniform = UniformDraw();
+  features.seed = RandomNonce();
   auto decision = engine_->Decide(features, *stats_.Snapshot());
   if (!decision.ok()) {
     metrics_.RecordRejected(absl::StatusCodeToString(decision.status().code()));
@@ -425,6 +435,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
             {result->input_tokens, result->output_tokens, cost, latency});
         metrics_.RecordCompletion(route_index, task, result->input_tokens,
                                   result->output_tokens, cost, latency);
+        engine_->ObserveCost(task, cost);
         decisions_.Record(std::move(request_id),
                           {route_index, task, propensity, cost, false});
         std::move(done)(absl::OkStatus());
@@ -516,6 +527,14 @@ absl::StatusOr<v1::GetRouteStatsResponse> Gateway::GetRouteStats(
       out->set_accuracy(cell.accuracy());
       out->set_cost_per_request_usd(cell.cost_per_request_usd());
       out->set_cost_per_correct_usd(cell.cost_per_correct_usd());
+      out->set_latency_p50_seconds(cell.latency.Quantile(0.5));
+      out->set_latency_p95_seconds(cell.latency.Quantile(0.95));
+      out->set_latency_p99_seconds(cell.latency.Quantile(0.99));
+      out->set_error_rate(cell.requests > 0
+                              ? static_cast<double>(cell.errors) / cell.requests
+                              : 0);
+      out->set_recent_feedback(cell.recent.feedback);
+      out->set_estimated_accuracy(engine_->Posterior(r, t, *snapshot).mean());
     }
   }
   return response;

@@ -1,8 +1,10 @@
 #include "policy/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -14,10 +16,12 @@ namespace arbiter::policy {
 namespace {
 
 // Requests a (route, task) cell needs before its own mean cost is trusted.
-constexpr int64_t kMinRequestsForCost = 5;
-// Feedback needed before accuracy excludes a route under min_accuracy when
-// the policy itself sets no evidence threshold.
-constexpr int64_t kDefaultMinFeedback = 20;
+constexpr double kMinRequestsForCost = 5;
+// Feedback needed before min_accuracy excludes a route, when the policy sets
+// no evidence threshold of its own.
+constexpr double kDefaultMinFeedback = 20;
+// Posterior draws used to compute Thompson sampling's propensities.
+constexpr int kThompsonDraws = 256;
 
 // Why a route got its probability; formatted only for the chosen route.
 enum class Why {
@@ -29,14 +33,21 @@ enum class Why {
   kMostAccurateBelowFloor,
   kNoEvidenceAnywhere,
   kExploring,
+  kBestUtility,
+  kThompson,
+  kBudget,
 };
 
 struct Note {
   Why why = Why::kNone;
-  double accuracy = 0;
+  double accuracy = 0;    // Posterior mean.
+  double p_at_least = 0;  // P(accuracy >= floor).
   double cost_usd = 0;
+  double latency_seconds = 0;
+  double utility = 0;
   double floor = 0;
-  int64_t feedback = 0;
+  double weight = 0;    // The budget's current cost weight.
+  double feedback = 0;  // Effective judged answers.
 };
 
 }  // namespace
@@ -48,6 +59,17 @@ struct ProposalContext {
   const std::vector<bool>& eligible;
   std::vector<double>& probability;
   std::vector<Note>& notes;
+
+  // Fills the note of route r with its posterior, cost and latency.
+  void Describe(int r) {
+    Note& note = notes[r];
+    BetaPosterior posterior = engine.Posterior(r, features.task, stats);
+    note.accuracy = posterior.mean();
+    note.cost_usd = engine.ExpectedCostUsd(r, features.task, stats);
+    note.latency_seconds =
+        engine.ExpectedLatencySeconds(r, features.task, stats);
+    note.feedback = stats.Cell(r, features.task).recent.feedback;
+  }
 };
 
 class Engine::Strategy {
@@ -57,6 +79,7 @@ class Engine::Strategy {
   // Fills ctx.probability (zero for ineligible routes) and ctx.notes.
   // FAILED_PRECONDITION when no eligible route fits the strategy.
   virtual absl::Status Propose(ProposalContext& ctx) const = 0;
+  virtual void ObserveCost(double cost_usd) const {}
 };
 
 namespace {
@@ -107,6 +130,30 @@ class WeightedStrategy final : public Strategy {
   const std::vector<double> weights_;  // Per route; 0 for unlisted routes.
 };
 
+// Puts 1 - explore_share on `exploit` and spreads explore_share evenly over
+// `thin` (routes with too little feedback to judge); all traffic explores
+// when nothing can be exploited.
+absl::Status ExploitOrExplore(ProposalContext& ctx, int exploit, Why why,
+                              const std::vector<int>& thin,
+                              double explore_share) {
+  if (exploit < 0 && thin.empty()) {
+    return absl::FailedPreconditionError("no route is eligible");
+  }
+  double explore = exploit < 0 ? 1.0 : (thin.empty() ? 0.0 : explore_share);
+  if (exploit >= 0) {
+    ctx.probability[exploit] += 1 - explore;
+    ctx.notes[exploit].why = why;
+  }
+  for (int r : thin) {
+    ctx.probability[r] += explore / thin.size();
+    if (ctx.probability[r] > 0 && r != exploit) {
+      ctx.notes[r].why =
+          exploit < 0 ? Why::kNoEvidenceAnywhere : Why::kExploring;
+    }
+  }
+  return absl::OkStatus();
+}
+
 class CheapestMeetingAccuracyStrategy final : public Strategy {
  public:
   explicit CheapestMeetingAccuracyStrategy(
@@ -114,7 +161,8 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
       : floor_(config.accuracy_floor()),
         min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
         explore_share_(config.has_explore_share() ? config.explore_share()
-                                                  : 0.1) {}
+                                                  : 0.1),
+        confidence_(config.has_confidence() ? config.confidence() : 0.5) {}
   absl::string_view name() const override {
     return "cheapest_meeting_accuracy";
   }
@@ -122,22 +170,21 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
   absl::Status Propose(ProposalContext& ctx) const override {
     const int task = ctx.features.task;
     const double floor = std::max(floor_, ctx.features.min_accuracy);
-    int cheapest = -1;       // Cheapest route with trusted accuracy >= floor.
+    int cheapest = -1;       // Cheapest route confidently at or above floor.
     int most_accurate = -1;  // Best trusted route, if none meets the floor.
-    std::vector<int> thin;   // Routes with too little feedback to judge.
+    std::vector<int> thin;
     for (int r = 0; r < ctx.engine.num_routes(); ++r) {
       if (!ctx.eligible[r]) continue;
-      const RouteTaskCounters& cell = ctx.stats.Cell(r, task);
+      ctx.Describe(r);
       Note& note = ctx.notes[r];
-      note.accuracy = cell.accuracy();
-      note.cost_usd = ctx.engine.ExpectedCostUsd(r, task, ctx.stats);
       note.floor = floor;
-      note.feedback = cell.feedback_count;
-      if (cell.feedback_count < min_feedback_) {
+      note.p_at_least =
+          ctx.engine.Posterior(r, task, ctx.stats).ProbabilityAtLeast(floor);
+      if (note.feedback < min_feedback_) {
         thin.push_back(r);
         continue;
       }
-      if (note.accuracy >= floor &&
+      if (note.p_at_least >= confidence_ &&
           (cheapest < 0 || note.cost_usd < ctx.notes[cheapest].cost_usd)) {
         cheapest = r;
       }
@@ -146,31 +193,159 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
         most_accurate = r;
       }
     }
-    int exploit = cheapest >= 0 ? cheapest : most_accurate;
-    if (exploit < 0 && thin.empty()) {
+    return cheapest >= 0
+               ? ExploitOrExplore(ctx, cheapest, Why::kCheapestMeetingFloor,
+                                  thin, explore_share_)
+               : ExploitOrExplore(ctx, most_accurate,
+                                  Why::kMostAccurateBelowFloor, thin,
+                                  explore_share_);
+  }
+
+ private:
+  const double floor_;
+  const double min_feedback_;
+  const double explore_share_;
+  const double confidence_;
+};
+
+class BestUtilityStrategy final : public Strategy {
+ public:
+  explicit BestUtilityStrategy(const v1::BestUtilityPolicy& config)
+      : cost_weight_(config.cost_weight()),
+        latency_weight_(config.latency_weight()),
+        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
+        explore_share_(config.has_explore_share() ? config.explore_share()
+                                                  : 0.1) {}
+  absl::string_view name() const override { return "best_utility"; }
+
+  absl::Status Propose(ProposalContext& ctx) const override {
+    int best = -1;
+    std::vector<int> thin;
+    for (int r = 0; r < ctx.engine.num_routes(); ++r) {
+      if (!ctx.eligible[r]) continue;
+      ctx.Describe(r);
+      Note& note = ctx.notes[r];
+      note.utility = note.accuracy - cost_weight_ * note.cost_usd -
+                     latency_weight_ * note.latency_seconds;
+      if (note.feedback < min_feedback_) {
+        thin.push_back(r);
+      } else if (best < 0 || note.utility > ctx.notes[best].utility) {
+        best = r;
+      }
+    }
+    return ExploitOrExplore(ctx, best, Why::kBestUtility, thin, explore_share_);
+  }
+
+ private:
+  const double cost_weight_;
+  const double latency_weight_;
+  const double min_feedback_;
+  const double explore_share_;
+};
+
+class ThompsonStrategy final : public Strategy {
+ public:
+  explicit ThompsonStrategy(const v1::ThompsonPolicy& config)
+      : cost_weight_(config.cost_weight()),
+        latency_weight_(config.latency_weight()) {}
+  absl::string_view name() const override { return "thompson"; }
+
+  // The chance each route wins one posterior draw, estimated from many
+  // draws: sampling from it is Thompson sampling, and it is the propensity.
+  absl::Status Propose(ProposalContext& ctx) const override {
+    std::vector<int> routes;
+    std::vector<BetaPosterior> posteriors;
+    for (int r = 0; r < ctx.engine.num_routes(); ++r) {
+      if (!ctx.eligible[r]) continue;
+      ctx.Describe(r);
+      routes.push_back(r);
+      posteriors.push_back(
+          ctx.engine.Posterior(r, ctx.features.task, ctx.stats));
+    }
+    if (routes.empty()) {
       return absl::FailedPreconditionError("no route is eligible");
     }
-    // Without any trusted route, all traffic explores.
-    double explore = exploit < 0 ? 1.0 : (thin.empty() ? 0.0 : explore_share_);
-    if (exploit >= 0) {
-      ctx.probability[exploit] += 1 - explore;
-      ctx.notes[exploit].why = cheapest >= 0 ? Why::kCheapestMeetingFloor
-                                             : Why::kMostAccurateBelowFloor;
+    std::mt19937_64 rng(ctx.features.seed);
+    std::vector<int> wins(routes.size(), 0);
+    for (int draw = 0; draw < kThompsonDraws; ++draw) {
+      size_t best = 0;
+      double best_utility = -std::numeric_limits<double>::infinity();
+      for (size_t i = 0; i < routes.size(); ++i) {
+        const Note& note = ctx.notes[routes[i]];
+        double utility = posteriors[i].Sample(rng) -
+                         cost_weight_ * note.cost_usd -
+                         latency_weight_ * note.latency_seconds;
+        if (utility > best_utility) {
+          best_utility = utility;
+          best = i;
+        }
+      }
+      ++wins[best];
     }
-    for (int r : thin) {
-      ctx.probability[r] += explore / thin.size();
-      ctx.notes[r].why =
-          exploit < 0 ? Why::kNoEvidenceAnywhere : Why::kExploring;
+    for (size_t i = 0; i < routes.size(); ++i) {
+      Note& note = ctx.notes[routes[i]];
+      ctx.probability[routes[i]] =
+          static_cast<double>(wins[i]) / kThompsonDraws;
+      note.utility = note.accuracy - cost_weight_ * note.cost_usd -
+                     latency_weight_ * note.latency_seconds;
+      note.why = Why::kThompson;
     }
     return absl::OkStatus();
   }
 
-  [[nodiscard]] int min_feedback() const { return min_feedback_; }
+ private:
+  const double cost_weight_;
+  const double latency_weight_;
+};
+
+class BudgetStrategy final : public Strategy {
+ public:
+  explicit BudgetStrategy(const v1::BudgetPolicy& config)
+      : target_(config.target_cost_usd()),
+        learning_rate_(config.has_learning_rate() ? config.learning_rate()
+                                                  : 0.01),
+        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
+        explore_share_(config.has_explore_share() ? config.explore_share()
+                                                  : 0.1),
+        weight_(config.initial_cost_weight()) {}
+  absl::string_view name() const override { return "budget"; }
+
+  absl::Status Propose(ProposalContext& ctx) const override {
+    const double weight = weight_.load(std::memory_order_relaxed);
+    int best = -1;
+    std::vector<int> thin;
+    for (int r = 0; r < ctx.engine.num_routes(); ++r) {
+      if (!ctx.eligible[r]) continue;
+      ctx.Describe(r);
+      Note& note = ctx.notes[r];
+      note.weight = weight;
+      note.floor = target_;
+      note.utility = note.accuracy - weight * note.cost_usd / target_;
+      if (note.feedback < min_feedback_) {
+        thin.push_back(r);
+      } else if (best < 0 || note.utility > ctx.notes[best].utility) {
+        best = r;
+      }
+    }
+    return ExploitOrExplore(ctx, best, Why::kBudget, thin, explore_share_);
+  }
+
+  // Dual ascent on the budget constraint: overspending raises the price of
+  // cost, underspending lowers it (never below zero).
+  void ObserveCost(double cost_usd) const override {
+    double step = learning_rate_ * (cost_usd / target_ - 1);
+    double weight = weight_.load(std::memory_order_relaxed);
+    while (!weight_.compare_exchange_weak(weight, std::max(0.0, weight + step),
+                                          std::memory_order_relaxed)) {
+    }
+  }
 
  private:
-  const double floor_;
-  const int min_feedback_;
+  const double target_;
+  const double learning_rate_;
+  const double min_feedback_;
   const double explore_share_;
+  mutable std::atomic<double> weight_;  // The dual variable.
 };
 
 std::string Explain(const Note& note, absl::string_view route) {
@@ -183,19 +358,33 @@ std::string Explain(const Note& note, absl::string_view route) {
       return absl::StrCat(route, ": weighted split");
     case Why::kCheapestMeetingFloor:
       return absl::StrFormat(
-          "%s: cheapest with accuracy %.2f >= %.2f (n=%d, $%.6f/request)",
-          route, note.accuracy, note.floor, note.feedback, note.cost_usd);
+          "%s: cheapest with P(acc >= %.2f) = %.2f ($%.6f/request, n=%.0f)",
+          route, note.floor, note.p_at_least, note.cost_usd, note.feedback);
     case Why::kMostAccurateBelowFloor:
       return absl::StrFormat(
-          "%s: no route meets accuracy %.2f; most accurate at %.2f (n=%d)",
+          "%s: no route meets accuracy %.2f; most accurate at %.2f (n=%.0f)",
           route, note.floor, note.accuracy, note.feedback);
     case Why::kNoEvidenceAnywhere:
       return absl::StrFormat(
-          "%s: exploring, no route has enough feedback yet (n=%d)", route,
+          "%s: exploring, no route has enough feedback yet (n=%.0f)", route,
           note.feedback);
     case Why::kExploring:
-      return absl::StrFormat("%s: exploring, too little feedback (n=%d)", route,
-                             note.feedback);
+      return absl::StrFormat("%s: exploring, too little feedback (n=%.0f)",
+                             route, note.feedback);
+    case Why::kBestUtility:
+      return absl::StrFormat(
+          "%s: best utility %.3f (accuracy %.2f, $%.6f/request, %.0f ms)",
+          route, note.utility, note.accuracy, note.cost_usd,
+          note.latency_seconds * 1000);
+    case Why::kThompson:
+      return absl::StrFormat(
+          "%s: won the posterior draw (accuracy %.2f, n=%.0f, $%.6f/request)",
+          route, note.accuracy, note.feedback, note.cost_usd);
+    case Why::kBudget:
+      return absl::StrFormat(
+          "%s: best accuracy for the money (accuracy %.2f, $%.6f/request; "
+          "budget $%.6f/request, cost weight %.2f)",
+          route, note.accuracy, note.cost_usd, note.floor, note.weight);
     case Why::kNone:
       break;
   }
@@ -216,6 +405,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     return absl::InvalidArgumentError("one prior cost per route is needed");
   }
   engine->prior_cost_usd_ = std::move(prior_cost_usd);
+  if (config.statistics().has_prior_strength()) {
+    engine->prior_strength_ = config.statistics().prior_strength();
+  }
   auto route_index = [&](absl::string_view name) {
     auto it = std::find(engine->route_names_.begin(),
                         engine->route_names_.end(), name);
@@ -251,6 +443,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
       case v1::Policy::kCheapestMeetingAccuracy:
         return std::make_unique<CheapestMeetingAccuracyStrategy>(
             policy.cheapest_meeting_accuracy());
+      case v1::Policy::kBestUtility:
+        return std::make_unique<BestUtilityStrategy>(policy.best_utility());
+      case v1::Policy::kThompson:
+        return std::make_unique<ThompsonStrategy>(policy.thompson());
+      case v1::Policy::kBudget:
+        if (!(policy.budget().target_cost_usd() > 0)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ".budget.target_cost_usd: must be > 0"));
+        }
+        return std::make_unique<BudgetStrategy>(policy.budget());
       case v1::Policy::STRATEGY_NOT_SET:
         break;
     }
@@ -275,15 +477,48 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
 
 double Engine::ExpectedCostUsd(int route, int task,
                                const StatsSnapshot& stats) const {
-  const RouteTaskCounters& cell = stats.Cell(route, task);
-  if (cell.requests - cell.errors >= kMinRequestsForCost) {
+  const Evidence& cell = stats.Cell(route, task).recent;
+  if (cell.completions >= kMinRequestsForCost) {
     return cell.cost_per_request_usd();
   }
-  const RouteTaskCounters& total = stats.RouteTotal(route);
-  if (total.requests - total.errors >= kMinRequestsForCost) {
+  const Evidence& total = stats.RouteTotal(route).recent;
+  if (total.completions >= kMinRequestsForCost) {
     return total.cost_per_request_usd();
   }
   return prior_cost_usd_[route];
+}
+
+double Engine::ExpectedLatencySeconds(int route, int task,
+                                      const StatsSnapshot& stats) const {
+  const Evidence& cell = stats.Cell(route, task).recent;
+  if (cell.completions >= kMinRequestsForCost) {
+    return cell.mean_latency_seconds();
+  }
+  return stats.RouteTotal(route).recent.mean_latency_seconds();
+}
+
+BetaPosterior Engine::Posterior(int route, int task,
+                                const StatsSnapshot& stats) const {
+  const Evidence& cell = stats.Cell(route, task).recent;
+  const Evidence& total = stats.RouteTotal(route).recent;
+  // The route's record on its other tasks is the prior for this one.
+  double other_feedback = std::max(0.0, total.feedback - cell.feedback);
+  double other_score = std::max(0.0, total.score - cell.score);
+  BetaPosterior posterior;
+  if (other_feedback > 0 && prior_strength_ > 0) {
+    double strength = std::min(prior_strength_, other_feedback);
+    double mean = other_score / other_feedback;
+    posterior.alpha += strength * mean;
+    posterior.beta += strength * (1 - mean);
+  }
+  posterior.alpha += cell.score;
+  posterior.beta += std::max(0.0, cell.feedback - cell.score);
+  return posterior;
+}
+
+void Engine::ObserveCost(int task, double cost_usd) {
+  if (task < 0 || task >= static_cast<int>(strategy_by_task_.size())) return;
+  strategy_by_task_[task]->ObserveCost(cost_usd);
 }
 
 namespace {
@@ -330,13 +565,14 @@ static absl::StatusOr<Evaluation> Evaluate(
       }
     }
     if (features.min_accuracy > 0) {
-      const RouteTaskCounters& cell = stats.Cell(r, features.task);
-      if (cell.feedback_count >= kDefaultMinFeedback &&
-          cell.accuracy() < features.min_accuracy) {
+      const Evidence& cell = stats.Cell(r, features.task).recent;
+      double accuracy = engine.Posterior(r, features.task, stats).mean();
+      if (cell.feedback >= kDefaultMinFeedback &&
+          accuracy < features.min_accuracy) {
         eligible[r] = false;
         excluded.push_back(absl::StrFormat(
-            "%s: accuracy %.3f < min_accuracy %.3f (n=%d)", names[r],
-            cell.accuracy(), features.min_accuracy, cell.feedback_count));
+            "%s: accuracy %.3f < min_accuracy %.3f (n=%.0f)", names[r],
+            accuracy, features.min_accuracy, cell.feedback));
       }
     }
   }

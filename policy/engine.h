@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "arbiter/v1/config.pb.h"
+#include "policy/beta.h"
 #include "policy/route_stats.h"
 
 namespace arbiter::policy {
@@ -20,11 +21,12 @@ struct RequestFeatures {
   double max_cost_usd = 0;    // 0 = no limit.
   double min_accuracy = 0;    // 0 = no floor.
   double uniform = 0;         // A random draw in [0, 1) for sampling.
+  uint64_t seed = 0;          // Seeds posterior sampling (thompson).
 };
 
 struct Decision {
   int route = -1;
-  std::string policy;  // "pinned", "weighted", "cheapest_meeting_accuracy".
+  std::string policy;  // "pinned", "weighted", "thompson", ...
   std::string
       reason;  // For people: "rag: cheapest with accuracy 0.91 >= 0.85".
   double propensity = 1;
@@ -66,6 +68,18 @@ class Engine final {
   // when there are enough, else the route's prior.
   [[nodiscard]] double ExpectedCostUsd(int route, int task,
                                        const StatsSnapshot& stats) const;
+  // Mean latency on (route, task) from recent evidence; 0 when unknown.
+  [[nodiscard]] double ExpectedLatencySeconds(int route, int task,
+                                              const StatsSnapshot& stats) const;
+  // The accuracy posterior of (route, task): the task's own recent feedback
+  // on top of the route's accuracy on its other tasks, weighted as
+  // `prior_strength` judged answers (shrinkage).
+  [[nodiscard]] BetaPosterior Posterior(int route, int task,
+                                        const StatsSnapshot& stats) const;
+
+  // Tells budget strategies what a completed request cost, so they can steer
+  // spending to their target. Thread-safe.
+  void ObserveCost(int task, double cost_usd);
 
   [[nodiscard]] int num_routes() const {
     return static_cast<int>(route_names_.size());
@@ -78,6 +92,7 @@ class Engine final {
 
   std::vector<std::string> route_names_;
   std::vector<double> prior_cost_usd_;
+  double prior_strength_ = 10;
   std::vector<std::unique_ptr<Strategy>> strategies_;  // Owned, shared.
   std::vector<const Strategy*> strategy_by_task_;
 };

@@ -1,18 +1,23 @@
 #include "policy/route_stats.h"
 
-#include "absl/time/clock.h"
+#include <cmath>
 
 namespace arbiter::policy {
 
-void RouteTaskCounters::Add(const RouteTaskCounters& other) {
-  requests += other.requests;
-  errors += other.errors;
-  input_tokens += other.input_tokens;
-  output_tokens += other.output_tokens;
-  cost_usd += other.cost_usd;
-  latency_seconds_sum += other.latency_seconds_sum;
-  feedback_count += other.feedback_count;
-  feedback_score_sum += other.feedback_score_sum;
+void Evidence::DecayTo(absl::Time now, absl::Duration half_life) {
+  if (as_of == absl::InfinitePast() || half_life == absl::InfiniteDuration() ||
+      now <= as_of) {
+    as_of = std::max(as_of, now);
+    return;
+  }
+  double factor = std::exp2(-absl::FDivDuration(now - as_of, half_life));
+  completions *= factor;
+  errors *= factor;
+  cost_usd *= factor;
+  latency_seconds *= factor;
+  feedback *= factor;
+  score *= factor;
+  as_of = now;
 }
 
 StatsSnapshot::StatsSnapshot(int num_routes, int num_tasks)
@@ -21,75 +26,90 @@ StatsSnapshot::StatsSnapshot(int num_routes, int num_tasks)
       cells_(static_cast<size_t>(num_routes) * num_tasks),
       totals_(num_routes) {}
 
-RouteStats::RouteStats(int num_routes, int num_tasks,
-                       absl::Duration publish_interval)
-    : publish_interval_(publish_interval),
+RouteStats::RouteStats(int num_routes, int num_tasks, StatsOptions options)
+    : options_(options),
       working_(num_routes, num_tasks),
       last_publish_(absl::Now()),
       published_(std::make_shared<const StatsSnapshot>(num_routes, num_tasks)) {
 }
 
-RouteTaskCounters& RouteStats::CellLocked(int route, int task) {
-  return working_.cells_[route * working_.num_tasks_ + task];
+// Runs `update` on the (route, task) cell and on the route's total, each with
+// its evidence decayed to `now` first.
+template <typename Update>
+void RouteStats::Apply(int route, int task, absl::Time now,
+                       const Update& update) {
+  std::lock_guard lock(mu_);
+  for (RouteTaskCounters* counters :
+       {&working_.cells_[route * working_.num_tasks_ + task],
+        &working_.totals_[route]}) {
+    counters->recent.DecayTo(now, options_.half_life);
+    update(*counters);
+  }
+  dirty_ = true;
+  if (now - last_publish_ >= options_.publish_interval) PublishLocked(now);
 }
 
 void RouteStats::RecordCompletion(int route, int task,
-                                  const Completion& completion) {
+                                  const Completion& completion,
+                                  absl::Time now) {
+  Apply(route, task, now, [&](RouteTaskCounters& c) {
+    ++c.requests;
+    c.input_tokens += completion.input_tokens;
+    c.output_tokens += completion.output_tokens;
+    c.cost_usd += completion.cost_usd;
+    c.latency_seconds_sum += completion.latency_seconds;
+    c.latency.Add(completion.latency_seconds);
+    c.recent.completions += 1;
+    c.recent.cost_usd += completion.cost_usd;
+    c.recent.latency_seconds += completion.latency_seconds;
+  });
+}
+
+void RouteStats::RecordError(int route, int task, double latency_seconds,
+                             absl::Time now) {
+  Apply(route, task, now, [&](RouteTaskCounters& c) {
+    ++c.requests;
+    ++c.errors;
+    c.latency_seconds_sum += latency_seconds;
+    c.recent.errors += 1;
+  });
+}
+
+void RouteStats::RecordFeedback(int route, int task, double score,
+                                absl::Time now) {
+  Apply(route, task, now, [&](RouteTaskCounters& c) {
+    ++c.feedback_count;
+    c.feedback_score_sum += score;
+    c.recent.feedback += 1;
+    c.recent.score += score;
+  });
+}
+
+void RouteStats::Publish(absl::Time now) {
   std::lock_guard lock(mu_);
-  RouteTaskCounters delta;
-  delta.requests = 1;
-  delta.input_tokens = completion.input_tokens;
-  delta.output_tokens = completion.output_tokens;
-  delta.cost_usd = completion.cost_usd;
-  delta.latency_seconds_sum = completion.latency_seconds;
-  CellLocked(route, task).Add(delta);
-  working_.totals_[route].Add(delta);
-  MaybePublishLocked();
+  PublishLocked(now);
 }
 
-void RouteStats::RecordError(int route, int task, double latency_seconds) {
+void RouteStats::PublishIfChanged(absl::Time now) {
   std::lock_guard lock(mu_);
-  RouteTaskCounters delta;
-  delta.requests = 1;
-  delta.errors = 1;
-  delta.latency_seconds_sum = latency_seconds;
-  CellLocked(route, task).Add(delta);
-  working_.totals_[route].Add(delta);
-  MaybePublishLocked();
+  bool decaying = options_.half_life != absl::InfiniteDuration();
+  if (dirty_ || (decaying && now - last_publish_ >= absl::Seconds(1))) {
+    PublishLocked(now);
+  }
 }
 
-void RouteStats::RecordFeedback(int route, int task, double score) {
-  std::lock_guard lock(mu_);
-  RouteTaskCounters delta;
-  delta.feedback_count = 1;
-  delta.feedback_score_sum = score;
-  CellLocked(route, task).Add(delta);
-  working_.totals_[route].Add(delta);
-  MaybePublishLocked();
-}
-
-void RouteStats::Publish() {
-  std::lock_guard lock(mu_);
-  PublishLocked();
-}
-
-void RouteStats::PublishIfChanged() {
-  std::lock_guard lock(mu_);
-  if (dirty_) PublishLocked();
-}
-
-void RouteStats::MaybePublishLocked() {
-  dirty_ = true;
-  absl::Time now = absl::Now();
-  if (now - last_publish_ >= publish_interval_) PublishLocked();
-}
-
-void RouteStats::PublishLocked() {
+void RouteStats::PublishLocked(absl::Time now) {
+  for (auto* counters : {&working_.cells_, &working_.totals_}) {
+    for (RouteTaskCounters& c : *counters) {
+      c.recent.DecayTo(now, options_.half_life);
+    }
+  }
+  working_.as_of_ = now;
   // Copying a few hundred cells is cheaper than locking every reader.
   published_.store(std::make_shared<const StatsSnapshot>(working_),
                    std::memory_order_release);
   dirty_ = false;
-  last_publish_ = absl::Now();
+  last_publish_ = now;
 }
 
 }  // namespace arbiter::policy

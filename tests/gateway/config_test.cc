@@ -140,12 +140,34 @@ TEST(ConfigTest, AccuracyFloorMustBeAProbability) {
                        "be in [0, 1]"));
 }
 
+TEST(ConfigTest, NewStrategiesAreValidated) {
+  auto with_policy = [](const std::string& policy) {
+    return ValidWith("cheapest_meeting_accuracy: {accuracy_floor: 0.8}",
+                     policy);
+  };
+  EXPECT_THAT(ErrorsOf(with_policy("budget: {target_cost_usd: 0}")),
+              Contains("policy.budget.target_cost_usd: must be > 0"));
+  EXPECT_THAT(ErrorsOf(with_policy("best_utility: {cost_weight: -1}")),
+              Contains("policy.best_utility.cost_weight: must be >= 0"));
+  EXPECT_THAT(ErrorsOf(with_policy("thompson: {latency_weight: -2}")),
+              Contains("policy.thompson.latency_weight: must be >= 0"));
+  EXPECT_THAT(
+      ErrorsOf(with_policy("cheapest_meeting_accuracy: {confidence: 1.2}")),
+      Contains(
+          "policy.cheapest_meeting_accuracy.confidence: must be in [0, 1]"));
+  EXPECT_THAT(ErrorsOf(with_policy("thompson: {cost_weight: 100}")), IsEmpty());
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) + "statistics: {half_life_seconds: -5}\n"),
+      Contains("statistics.half_life_seconds: must be >= 0"));
+}
+
 TEST(ConfigTest, MissingPolicyIsRejected) {
   EXPECT_THAT(
       ErrorsOf(ValidWith(
           "policy:\n  cheapest_meeting_accuracy: {accuracy_floor: 0.8}", "")),
       Contains(
-          "policy: set one of: pinned, weighted, cheapest_meeting_accuracy"));
+          "policy: set one of: pinned, weighted, cheapest_meeting_accuracy, "
+          "best_utility, thompson, budget"));
 }
 
 TEST(ConfigTest, UnknownDefaultTaskAndTaskPolicyAreRejected) {

@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "absl/random/random.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "policy/route_stats.h"
@@ -124,8 +125,11 @@ TEST(EngineTest, CheapestMeetingAccuracyPicksCheapestAboveFloor) {
   EXPECT_EQ(decision->route, kMid);
   EXPECT_EQ(decision->policy, "cheapest_meeting_accuracy");
   EXPECT_EQ(decision->propensity, 1.0);
+  // No other task informs the prior: Beta(1 + 43, 1 + 7).
+  double p = 1 - RegularizedIncompleteBeta(44, 8, 0.8);
   EXPECT_THAT(decision->reason,
-              HasSubstr("mid: cheapest with accuracy 0.86 >= 0.80"));
+              HasSubstr(absl::StrFormat(
+                  "mid: cheapest with P(acc >= 0.80) = %.2f", p)));
 }
 
 TEST(EngineTest, FloorIsNeverViolatedWhenAllRoutesAreKnown) {
@@ -304,6 +308,135 @@ TEST(EngineTest, ExpectedCostUsesMeasuredCostOnceThereIsEnough) {
   // Another task borrows the route's overall figure.
   EXPECT_NEAR(engine->ExpectedCostUsd(kMid, 1, *stats.Snapshot()), 0.0042,
               1e-12);
+}
+
+TEST(EngineTest, ConfidenceDemandsEnoughEvidenceAboveTheFloor) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             cheapest_meeting_accuracy {
+               accuracy_floor: 0.8
+               confidence: 0.95
+               explore_share: 0
+             }
+           })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 400, 0.95);
+  Judge(stats, kCheap, 0, 25, 0.84);  // Above the floor, but not surely.
+  auto snapshot = stats.Snapshot();
+  EXPECT_LT(engine->Posterior(kCheap, 0, *snapshot).ProbabilityAtLeast(0.8),
+            0.95);
+  EXPECT_EQ(engine->Decide({}, *snapshot)->route, kExpensive);
+  Judge(stats, kCheap, 0, 400, 0.9);  // Now it surely is.
+  EXPECT_EQ(engine->Decide({}, *stats.Snapshot())->route, kCheap);
+}
+
+TEST(EngineTest, ThinTasksBorrowFromTheRoutesOtherTasks) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { pinned { route: "mid" } }
+           statistics { prior_strength: 10 })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kMid, 1, 100, 0.9);
+  Judge(stats, kMid, 0, 2, 0.0);
+  BetaPosterior posterior = engine->Posterior(kMid, 0, *stats.Snapshot());
+  // Beta(1 + 10 * 0.9, 1 + 10 * 0.1 + 2): the prior outweighs two answers.
+  EXPECT_DOUBLE_EQ(posterior.alpha, 10);
+  EXPECT_DOUBLE_EQ(posterior.beta, 4);
+  EXPECT_NEAR(posterior.mean(), 10.0 / 14, 1e-12);
+  // Without shrinkage the same two answers say the route is useless.
+  auto plain = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { pinned { route: "mid" } }
+           statistics { prior_strength: 0 })pb"));
+  EXPECT_NEAR(plain->Posterior(kMid, 0, *stats.Snapshot()).mean(), 0.25, 1e-12);
+}
+
+TEST(EngineTest, BestUtilityTradesAccuracyForCost) {
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  for (int r : {kExpensive, kMid, kCheap}) {
+    Judge(stats, r, 0, 100, r == kExpensive ? 0.95 : r == kMid ? 0.9 : 0.6);
+    double cost = r == kExpensive ? 0.01 : r == kMid ? 0.001 : 0.0001;
+    for (int i = 0; i < 10; ++i)
+      stats.RecordCompletion(r, 0, {10, 10, cost, 0.1});
+  }
+  auto free = MakeEngine(
+      ThreeRouteConfig(R"pb(policy { best_utility { cost_weight: 0 } })pb"));
+  auto decision = free->Decide({}, *stats.Snapshot());
+  EXPECT_EQ(decision->route, kExpensive);
+  EXPECT_EQ(decision->policy, "best_utility");
+  // At 100 accuracy points per dollar, $0.009 more is worth 0.9 points: too
+  // much for 5 points of accuracy.
+  auto thrifty = MakeEngine(
+      ThreeRouteConfig(R"pb(policy { best_utility { cost_weight: 100 } })pb"));
+  decision = thrifty->Decide({}, *stats.Snapshot());
+  EXPECT_EQ(decision->route, kMid);
+  EXPECT_THAT(decision->reason, HasSubstr("mid: best utility"));
+}
+
+TEST(EngineTest, ThompsonPropensitiesFollowPosteriorUncertainty) {
+  auto engine = MakeEngine(ThreeRouteConfig(R"pb(policy { thompson {} })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 500, 0.9);
+  Judge(stats, kMid, 0, 500, 0.5);
+  // kCheap has no feedback: uniform posterior, often drawn above 0.9.
+  RequestFeatures features;
+  features.seed = 42;
+  auto proposal = engine->Propose(features, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok());
+  EXPECT_NEAR(Sum(proposal->probability), 1.0, 1e-12);
+  EXPECT_GT(proposal->probability[kExpensive], 0.8);
+  EXPECT_LT(proposal->probability[kMid], 0.01);
+  EXPECT_GT(proposal->probability[kCheap], 0.03);
+  // The same seed gives the same propensities; the decision agrees with them.
+  auto again = engine->Propose(features, *stats.Snapshot());
+  EXPECT_EQ(proposal->probability, again->probability);
+  features.uniform = 0.999;
+  auto decision = engine->Decide(features, *stats.Snapshot());
+  ASSERT_TRUE(decision.ok());
+  EXPECT_EQ(decision->policy, "thompson");
+  EXPECT_DOUBLE_EQ(decision->propensity,
+                   proposal->probability[decision->route]);
+}
+
+TEST(EngineTest, BudgetRaisesThePriceOfCostWhenOverspending) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             budget {
+               target_cost_usd: 0.001
+               learning_rate: 0.05
+               explore_share: 0
+             }
+           })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  for (int r : {kExpensive, kCheap}) {
+    Judge(stats, r, 0, 100, r == kExpensive ? 0.95 : 0.8);
+    double cost = r == kExpensive ? 0.01 : 0.0002;
+    for (int i = 0; i < 10; ++i)
+      stats.RecordCompletion(r, 0, {10, 10, cost, 0.1});
+  }
+  Judge(stats, kMid, 0, 100, 0.1);
+  // Weight 0: the most accurate route, whatever it costs.
+  EXPECT_EQ(engine->Decide({}, *stats.Snapshot())->route, kExpensive);
+  // Spending ten times the budget pushes the weight up until the cheap route
+  // wins.
+  int steps = 0;
+  while (engine->Decide({}, *stats.Snapshot())->route == kExpensive) {
+    engine->ObserveCost(0, 0.01);
+    ASSERT_LT(++steps, 1000) << "the budget never bit";
+  }
+  auto decision = engine->Decide({}, *stats.Snapshot());
+  EXPECT_EQ(decision->route, kCheap);
+  EXPECT_THAT(decision->reason, HasSubstr("budget $0.001000/request"));
+  // Underspending lowers it again.
+  for (int i = 0; i < 1000; ++i) engine->ObserveCost(0, 0.0);
+  EXPECT_EQ(engine->Decide({}, *stats.Snapshot())->route, kExpensive);
+}
+
+TEST(EngineTest, BudgetNeedsAPositiveTarget) {
+  auto engine = Engine::Create(
+      ThreeRouteConfig(R"pb(policy { budget { target_cost_usd: 0 } })pb"),
+      kPriors);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_THAT(engine.status().message(),
+              HasSubstr("policy.budget.target_cost_usd"));
 }
 
 TEST(EngineTest, UnknownRouteInPolicyIsRejectedAtCreate) {

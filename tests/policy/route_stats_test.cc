@@ -57,6 +57,39 @@ TEST(RouteStatsTest, NoFeedbackMeansNoCostPerCorrect) {
   EXPECT_EQ(cell.cost_per_correct_usd(), 0);
 }
 
+TEST(RouteStatsTest, RecentEvidenceDecaysWithTheHalfLife) {
+  StatsOptions options;
+  options.publish_interval = absl::ZeroDuration();
+  options.half_life = absl::Hours(1);
+  RouteStats stats(1, 1, options);
+  absl::Time t0 = absl::FromUnixSeconds(1'000'000);
+  stats.RecordFeedback(0, 0, 1, t0);
+  stats.RecordFeedback(0, 0, 0, t0);
+  stats.RecordCompletion(0, 0, {10, 10, 0.004, 0.2}, t0);
+  stats.Publish(t0 + absl::Hours(1));
+  const RouteTaskCounters& cell = stats.Snapshot()->Cell(0, 0);
+  EXPECT_NEAR(cell.recent.feedback, 1.0, 1e-12);  // Two answers, half weight.
+  EXPECT_NEAR(cell.recent.score, 0.5, 1e-12);
+  EXPECT_NEAR(cell.recent.cost_per_request_usd(), 0.004,
+              1e-15);                 // Ratios hold.
+  EXPECT_EQ(cell.feedback_count, 2);  // Lifetime totals never decay.
+  // New evidence counts in full next to the faded old.
+  stats.RecordFeedback(0, 0, 1, t0 + absl::Hours(2));
+  stats.Publish(t0 + absl::Hours(2));
+  EXPECT_NEAR(stats.Snapshot()->Cell(0, 0).recent.feedback, 1.5, 1e-12);
+  EXPECT_NEAR(stats.Snapshot()->Cell(0, 0).recent.score, 1.25, 1e-12);
+}
+
+TEST(RouteStatsTest, LatencyQuantilesComeFromTheSketch) {
+  RouteStats stats(1, 1, absl::ZeroDuration());
+  for (int i = 1; i <= 100; ++i) {
+    stats.RecordCompletion(0, 0, {1, 1, 0, i * 0.01});
+  }
+  const RouteTaskCounters& cell = stats.Snapshot()->Cell(0, 0);
+  EXPECT_NEAR(cell.latency.Quantile(0.5), 0.50, 0.0101);
+  EXPECT_NEAR(cell.latency.Quantile(0.99), 0.99, 0.0101);
+}
+
 // Run under TSan: writers and lock-free readers at once.
 TEST(RouteStatsTest, ConcurrentWritersAndReadersAgreeOnTotals) {
   RouteStats stats(3, 2, absl::Microseconds(50));
