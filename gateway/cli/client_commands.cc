@@ -133,13 +133,16 @@ int RunStats(int argc, char** argv) {
   grpc::Status status = stub->GetRouteStats(&context, request, &response);
   if (!status.ok()) return FailRpc(status);
   std::cout << absl::StrFormat(
-      "%-14s %-16s %8s %7s %9s %9s %12s %12s\n", "route", "task", "requests",
-      "errors", "feedback", "accuracy", "$/request", "$/correct");
+      "%-14s %-16s %8s %7s %9s %9s %9s %12s %12s %8s %8s\n", "route", "task",
+      "requests", "errors", "feedback", "accuracy", "estimate", "$/request",
+      "$/correct", "p50 ms", "p95 ms");
   for (const v1::RouteTaskStats& row : response.stats()) {
     std::cout << absl::StrFormat(
-        "%-14s %-16s %8d %7d %9d %9.3f %12.6f %12.6f\n", row.route(),
-        row.task(), row.requests(), row.errors(), row.feedback_count(),
-        row.accuracy(), row.cost_per_request_usd(), row.cost_per_correct_usd());
+        "%-14s %-16s %8d %7d %9d %9.3f %9.3f %12.6f %12.6f %8.1f %8.1f\n",
+        row.route(), row.task(), row.requests(), row.errors(),
+        row.feedback_count(), row.accuracy(), row.estimated_accuracy(),
+        row.cost_per_request_usd(), row.cost_per_correct_usd(),
+        row.latency_p50_seconds() * 1000, row.latency_p95_seconds() * 1000);
   }
   return 0;
 }
