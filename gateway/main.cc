@@ -24,6 +24,8 @@ Commands:
   loadgen       [--target ADDR] [--dataset FILE] [--qps N] [--duration 60s]
                 [--feedback] [--task T]
                 Drive labeled traffic and print a live per-route table.
+  replay        --log outcomes.jsonl --config FILE [--seed N] [--json]
+                Run the config's policy over logged outcomes, offline.
 
 ADDR defaults to 127.0.0.1:50051.
 )";
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
   if (command == "feedback") return RunFeedback(rest_argc, rest_argv);
   if (command == "stats") return RunStats(rest_argc, rest_argv);
   if (command == "loadgen") return RunLoadgen(rest_argc, rest_argv);
+  if (command == "replay") return RunReplay(rest_argc, rest_argv);
   std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1],
                kUsage);
   return 2;

@@ -554,6 +554,11 @@ static absl::StatusOr<Evaluation> Evaluate(
   std::vector<bool> eligible(n, true);
   std::vector<std::string> excluded;
   for (int r = 0; r < n; ++r) {
+    if (!features.available.empty() && !features.available[r]) {
+      eligible[r] = false;
+      excluded.push_back(absl::StrCat(names[r], ": not available"));
+      continue;
+    }
     if (features.max_cost_usd > 0) {
       double cost = engine.ExpectedCostUsd(r, features.task, stats);
       if (cost > features.max_cost_usd) {

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "arbiter/v1/config.pb.h"
 #include "policy/beta.h"
 #include "policy/route_stats.h"
@@ -22,6 +23,9 @@ struct RequestFeatures {
   double min_accuracy = 0;    // 0 = no floor.
   double uniform = 0;         // A random draw in [0, 1) for sampling.
   uint64_t seed = 0;          // Seeds posterior sampling (thompson).
+  // Routes that can serve this request (replay: those with a logged
+  // outcome); empty means all.
+  absl::Span<const bool> available;
 };
 
 struct Decision {

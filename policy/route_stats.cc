@@ -29,7 +29,7 @@ StatsSnapshot::StatsSnapshot(int num_routes, int num_tasks)
 RouteStats::RouteStats(int num_routes, int num_tasks, StatsOptions options)
     : options_(options),
       working_(num_routes, num_tasks),
-      last_publish_(absl::Now()),
+      last_publish_(absl::InfinitePast()),
       published_(std::make_shared<const StatsSnapshot>(num_routes, num_tasks)) {
 }
 

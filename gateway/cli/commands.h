@@ -1,6 +1,18 @@
 #pragma once
 
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "policy/replay.h"
+
 namespace arbiter::cli {
+
+// Parses the replay log: JSON Lines of {"id", "task", "prompt", "outcomes":
+// {"<route>": {"correct": bool | "score": x, "input_tokens", "output_tokens",
+// "latency_ms"}}}. INVALID_ARGUMENT naming the line.
+[[nodiscard]] absl::StatusOr<std::vector<policy::LoggedRequest>>
+ParseOutcomeLog(absl::string_view jsonl);
 
 // Each runs one `arbiter` subcommand on the arguments after its name and
 // returns the process exit code.
@@ -11,5 +23,6 @@ int RunInfer(int argc, char** argv);
 int RunFeedback(int argc, char** argv);
 int RunStats(int argc, char** argv);
 int RunLoadgen(int argc, char** argv);
+int RunReplay(int argc, char** argv);
 
 }  // namespace arbiter::cli

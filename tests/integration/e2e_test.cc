@@ -433,6 +433,71 @@ TEST_F(EndToEndTest, MetricsPassPromtool) {
   EXPECT_EQ(output, "");
 }
 
+TEST(ReplayCommandTest, ReplaysALogAndPrintsTableAndJson) {
+  std::string dir = std::filesystem::temp_directory_path() /
+                    absl::StrCat("arbiter-replay-", getpid());
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/policy.yaml") << R"yaml(
+tasks: [easy, hard]
+backends: [{name: sim, sim: {dataset: none.jsonl}}]
+routes:
+  - {name: small, kind: fine_tuned, backend: sim, model: s,
+     pricing: {input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
+  - {name: large, kind: prompted, backend: sim, model: l,
+     pricing: {input_usd_per_mtok: 20, output_usd_per_mtok: 40}}
+policy: {best_utility: {cost_weight: 10, min_feedback: 30}}
+)yaml";
+  {
+    std::ofstream log(dir + "/outcomes.jsonl");
+    for (int i = 0; i < 600; ++i) {
+      bool hard = i % 2;
+      bool small_right = !hard || (i / 2) % 10 < 3;
+      log << absl::StrCat(
+          R"({"id": "r)", i, R"(", "task": ")", hard ? "hard" : "easy",
+          R"(", "prompt": "q", "outcomes": {"small": {"correct": )",
+          small_right ? "true" : "false",
+          R"(, "input_tokens": 1000, "output_tokens": 100, "latency_ms": 80},)",
+          R"( "large": {"score": 0.95, "input_tokens": 1000, "output_tokens": 100, "latency_ms": 400}}})",
+          "\n");
+    }
+  }
+  auto table = Subprocess::Start({ARBITER_BINARY, "replay", "--log",
+                                  dir + "/outcomes.jsonl", "--config",
+                                  dir + "/policy.yaml"});
+  ASSERT_TRUE(table.ok());
+  auto routing = (*table)->WaitForLine(
+      "routing (weak small, strong large): PGR ", absl::Seconds(60));
+  ASSERT_TRUE(routing.ok()) << routing.status();
+  EXPECT_THAT(*routing, HasSubstr("APGR"));
+  EXPECT_EQ((*table)->Wait(), 0);
+  std::string output = (*table)->Output();
+  // small alone: 300 easy right + 90 hard right of 600; 0.0012 per request.
+  EXPECT_THAT(output,
+              HasSubstr("small               600     0.650      0.7200"));
+  EXPECT_THAT(output, HasSubstr("oracle"));
+
+  auto json = Subprocess::Start({ARBITER_BINARY, "replay", "--log",
+                                 dir + "/outcomes.jsonl", "--config",
+                                 dir + "/policy.yaml", "--json"});
+  ASSERT_TRUE(json.ok());
+  EXPECT_EQ((*json)->Wait(), 0);
+  EXPECT_THAT((*json)->Output(), HasSubstr(R"("strong_route": "large")"));
+  EXPECT_THAT((*json)->Output(), HasSubstr(R"("apgr": )"));
+
+  std::ofstream(dir + "/bad.jsonl")
+      << R"({"id": 1, "task": "easy", "outcomes": {"medium": {"correct": true}}})"
+      << "\n";
+  auto bad =
+      Subprocess::Start({ARBITER_BINARY, "replay", "--log", dir + "/bad.jsonl",
+                         "--config", dir + "/policy.yaml"});
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ((*bad)->Wait(), 1);
+  EXPECT_THAT(
+      (*bad)->Output(),
+      HasSubstr("request 1 (id \"1\"): route \"medium\" is not in the config"));
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(EndToEndTest, CheckConfigRejectsABadConfigWithEveryError) {
   std::string path = (std::filesystem::temp_directory_path() /
                       absl::StrCat("arbiter-bad-", getpid(), ".yaml"))

@@ -10,6 +10,7 @@ namespace {
 
 TEST(RouteStatsTest, PublishMakesUpdatesVisible) {
   RouteStats stats(2, 2, absl::Hours(1));
+  stats.RecordFeedback(0, 0, 1);  // The first update publishes at once.
   stats.RecordCompletion(1, 0, {100, 20, 0.5, 0.25});
   EXPECT_EQ(stats.Snapshot()->Cell(1, 0).requests, 0) << "published early";
   stats.Publish();
