@@ -108,6 +108,7 @@ class Validator {
       CheckPolicy(policy, path);
     }
     CheckRetrieval();
+    CheckExperiments();
     NonNegative(config_.statistics().half_life_seconds(),
                 "statistics.half_life_seconds");
     if (config_.statistics().has_prior_strength()) {
@@ -351,6 +352,76 @@ class Validator {
               "set one of: pinned, weighted, cheapest_meeting_accuracy, "
               "best_utility, thompson, budget");
         break;
+    }
+  }
+
+  void CheckExperiments() {
+    std::set<std::string> names;
+    for (int i = 0; i < config_.experiments_size(); ++i) {
+      const v1::Experiment& experiment = config_.experiments(i);
+      std::string path = absl::StrCat("experiments[", i, "]");
+      if (!IsLabelSafe(experiment.name())) {
+        Error(path + ".name",
+              "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+      } else if (!names.insert(experiment.name()).second) {
+        Error(path + ".name", "duplicate experiment \"", experiment.name(),
+              "\"");
+      }
+      if (!experiment.unit().empty() && experiment.unit() != "unit" &&
+          experiment.unit() != "request") {
+        Error(path + ".unit", "must be unit or request, got \"",
+              experiment.unit(), "\"");
+      }
+      if (experiment.arms_size() < 2) {
+        Error(path + ".arms", "an experiment needs at least two arms");
+      }
+      std::set<std::string> arms;
+      double total = 0;
+      for (int a = 0; a < experiment.arms_size(); ++a) {
+        const v1::ExperimentArm& arm = experiment.arms(a);
+        std::string arm_path = absl::StrCat(path, ".arms[", a, "]");
+        if (!IsLabelSafe(arm.name())) {
+          Error(arm_path + ".name",
+                "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+        } else if (!arms.insert(arm.name()).second) {
+          Error(arm_path + ".name", "duplicate arm \"", arm.name(), "\"");
+        }
+        if (!(arm.weight() > 0)) Error(arm_path + ".weight", "must be > 0");
+        total += arm.weight();
+        switch (arm.target_case()) {
+          case v1::ExperimentArm::kRoute:
+            if (!routes_.contains(arm.route())) {
+              Error(arm_path + ".route", "unknown route \"", arm.route(), "\"");
+            }
+            break;
+          case v1::ExperimentArm::kPolicy:
+            CheckPolicy(arm.policy(), arm_path + ".policy");
+            break;
+          case v1::ExperimentArm::TARGET_NOT_SET:
+            Error(arm_path, "set one of: route, policy");
+            break;
+        }
+      }
+      if (!experiment.control().empty() &&
+          !arms.contains(experiment.control())) {
+        Error(path + ".control", "unknown arm \"", experiment.control(), "\"");
+      }
+      for (int t = 0; t < experiment.tasks_size(); ++t) {
+        if (!tasks_.contains(experiment.tasks(t))) {
+          Error(absl::StrCat(path, ".tasks[", t, "]"), "unknown task \"",
+                experiment.tasks(t), "\"");
+        }
+      }
+      const v1::Guardrails& guard = experiment.guardrails();
+      NonNegative(guard.max_latency_p95_seconds(),
+                  path + ".guardrails.max_latency_p95_seconds");
+      NonNegative(guard.max_error_rate(), path + ".guardrails.max_error_rate");
+      NonNegative(guard.max_cost_per_request_usd(),
+                  path + ".guardrails.max_cost_per_request_usd");
+      if (experiment.has_alpha() &&
+          !(experiment.alpha() > 0 && experiment.alpha() < 1)) {
+        Error(path + ".alpha", "must be in (0, 1)");
+      }
     }
   }
 

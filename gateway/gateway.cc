@@ -182,12 +182,57 @@ absl::Status Gateway::Init() {
     metrics_.SetCorpus(retriever_->document_count(),
                        retriever_->chunks().size());
   }
-  auto engine = policy::Engine::Create(config, std::move(prior_costs));
+  auto engine = policy::Engine::Create(config, prior_costs);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
+  absl::Status experiments = InitExperiments(prior_costs);
+  if (!experiments.ok()) return experiments;
   ticker_ = std::make_unique<TimerQueue>();
   SchedulePublish();
   return absl::OkStatus();
+}
+
+absl::Status Gateway::InitExperiments(const std::vector<double>& prior_costs) {
+  const v1::Config& config = loaded_.config;
+  experiment_stats_ = std::make_unique<policy::ExperimentStats>(config);
+  for (const v1::Experiment& experiment : config.experiments()) {
+    ExperimentRuntime runtime;
+    runtime.tasks.assign(config.tasks_size(), experiment.tasks().empty());
+    for (const std::string& task : experiment.tasks()) {
+      runtime.tasks[task_index_.at(task)] = true;
+    }
+    double total = 0;
+    for (const auto& arm : experiment.arms()) total += arm.weight();
+    for (const v1::ExperimentArm& arm : experiment.arms()) {
+      runtime.arm_share.push_back(arm.weight() / total);
+      if (arm.has_route()) {
+        runtime.arm_route.push_back(route_index_.at(arm.route()));
+        runtime.arm_engine.push_back(nullptr);
+        continue;
+      }
+      // A policy arm decides with its own strategy over the shared stats.
+      v1::Config arm_config = config;
+      *arm_config.mutable_policy() = arm.policy();
+      arm_config.clear_task_policies();
+      auto engine = policy::Engine::Create(arm_config, prior_costs);
+      if (!engine.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("experiment \"", experiment.name(), "\" arm \"",
+                         arm.name(), "\": ", engine.status().message()));
+      }
+      runtime.arm_route.push_back(-1);
+      runtime.arm_engine.push_back(*std::move(engine));
+    }
+    experiments_.push_back(std::move(runtime));
+  }
+  return absl::OkStatus();
+}
+
+int Gateway::ExperimentFor(int task) const {
+  for (size_t e = 0; e < experiments_.size(); ++e) {
+    if (experiments_[e].tasks[task]) return static_cast<int>(e);
+  }
+  return -1;
 }
 
 void Gateway::SchedulePublish() {
@@ -363,7 +408,32 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   features.min_accuracy = request.constraints().min_accuracy();
   features.uniform = UniformDraw();
   features.seed = RandomNonce();
-  auto decision = engine_->Decide(features, *stats_.Snapshot());
+  // A pinned request stays out of experiments: the pin wins.
+  const int experiment = pinned_route < 0 ? ExperimentFor(task) : -1;
+  int arm = -1;
+  policy::Engine* engine = engine_.get();
+  if (experiment >= 0) {
+    const v1::Experiment& spec = loaded_.config.experiments(experiment);
+    const ExperimentRuntime& runtime = experiments_[experiment];
+    bool sticky = spec.unit() != "request" && !request.unit_id().empty();
+    int bucket =
+        sticky ? policy::ExperimentBucket(spec.salt(), request.unit_id())
+               : static_cast<int>(UniformDraw() * policy::kExperimentBuckets);
+    arm = policy::ArmForBucket(spec, bucket);
+    if (runtime.arm_route[arm] >= 0) {
+      features.pinned_route = runtime.arm_route[arm];
+    } else {
+      engine = runtime.arm_engine[arm].get();
+    }
+  }
+  auto decision = engine->Decide(features, *stats_.Snapshot());
+  if (decision.ok() && experiment >= 0) {
+    const v1::Experiment& spec = loaded_.config.experiments(experiment);
+    decision->propensity *= experiments_[experiment].arm_share[arm];
+    decision->reason =
+        absl::StrCat("experiment ", spec.name(), " arm ", spec.arms(arm).name(),
+                     ": ", decision->reason);
+  }
   if (!decision.ok()) {
     metrics_.RecordRejected(absl::StatusCodeToString(decision.status().code()));
     std::move(done)(decision.status());
@@ -374,8 +444,17 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   metrics_.RecordDecision(route_index, task);
 
   const std::string& task_name = loaded_.config.tasks(task);
-  std::string request_id = EncodeRequestId(
-      {route.name(), task_name, absl::ToUnixMillis(start), RandomNonce()});
+  RequestIdParts id_parts;
+  id_parts.route = route.name();
+  id_parts.task = task_name;
+  id_parts.unix_millis = absl::ToUnixMillis(start);
+  id_parts.nonce = RandomNonce();
+  if (experiment >= 0) {
+    const v1::Experiment& spec = loaded_.config.experiments(experiment);
+    id_parts.experiment = spec.name();
+    id_parts.arm = spec.arms(arm).name();
+  }
+  std::string request_id = EncodeRequestId(id_parts);
   response->set_request_id(request_id);
   response->set_route(route.name());
   response->set_route_kind(route.kind());
@@ -386,11 +465,16 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   wire_decision->set_policy(decision->policy);
   wire_decision->set_reason(decision->reason);
   wire_decision->set_propensity(decision->propensity);
+  wire_decision->set_experiment(id_parts.experiment);
+  wire_decision->set_arm(id_parts.arm);
 
   auto backend_request = BuildBackendRequest(route, request, response);
   if (!backend_request.ok()) {
     double latency = absl::ToDoubleSeconds(absl::Now() - start);
     stats_.RecordError(route_index, task, latency);
+    if (experiment >= 0) {
+      experiment_stats_->RecordError(experiment, arm, latency);
+    }
     metrics_.RecordFailure(route_index, task, Outcome::kError, latency);
     std::move(done)(backend_request.status());
     return;
@@ -407,13 +491,16 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   double propensity = decision->propensity;
   route_backend_[route_index]->Complete(
       *std::move(backend_request),
-      [this, route_index, task, start, propensity, response,
-       request_id = std::move(request_id),
+      [this, route_index, task, start, propensity, response, experiment, arm,
+       engine, request_id = std::move(request_id),
        done = std::move(done)](absl::StatusOr<BackendResponse> result) mutable {
         const v1::Route& route = loaded_.config.routes(route_index);
         double latency = absl::ToDoubleSeconds(absl::Now() - start);
         if (!result.ok()) {
           stats_.RecordError(route_index, task, latency);
+          if (experiment >= 0) {
+            experiment_stats_->RecordError(experiment, arm, latency);
+          }
           metrics_.RecordFailure(route_index, task, OutcomeOf(result.status()),
                                  latency);
           std::move(done)(result.status());
@@ -435,9 +522,13 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
             {result->input_tokens, result->output_tokens, cost, latency});
         metrics_.RecordCompletion(route_index, task, result->input_tokens,
                                   result->output_tokens, cost, latency);
-        engine_->ObserveCost(task, cost);
-        decisions_.Record(std::move(request_id),
-                          {route_index, task, propensity, cost, false});
+        engine->ObserveCost(task, cost);
+        if (experiment >= 0) {
+          experiment_stats_->RecordCompletion(experiment, arm, cost, latency);
+        }
+        decisions_.Record(
+            std::move(request_id),
+            {route_index, task, propensity, cost, false, experiment, arm});
         std::move(done)(absl::OkStatus());
       });
 }
@@ -468,10 +559,14 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   if (!parts.ok()) return parts.status();
   int route = -1;
   int task = -1;
+  int experiment = -1;
+  int arm = -1;
   auto recorded = decisions_.TakeFeedback(request.request_id());
   if (recorded.ok()) {
     route = recorded->route;
     task = recorded->task;
+    experiment = recorded->experiment;
+    arm = recorded->arm;
   } else if (recorded.status().code() == absl::StatusCode::kNotFound) {
     // Served by another replica (or evicted): the id says where it went.
     auto route_it = route_index_.find(parts->route);
@@ -483,9 +578,21 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
     }
     route = route_it->second;
     task = task_it->second;
+    for (int e = 0; e < loaded_.config.experiments_size(); ++e) {
+      const v1::Experiment& spec = loaded_.config.experiments(e);
+      if (spec.name() != parts->experiment) continue;
+      for (int a = 0; a < spec.arms_size(); ++a) {
+        if (spec.arms(a).name() == parts->arm) {
+          experiment = e;
+          arm = a;
+        }
+      }
+    }
   } else {
     return recorded.status();
   }
+  if (experiment >= 0)
+    experiment_stats_->RecordFeedback(experiment, arm, score);
   stats_.RecordFeedback(route, task, score);
   metrics_.RecordFeedback(route, task, score, graded);
   v1::FeedbackResponse response;
@@ -538,6 +645,58 @@ absl::StatusOr<v1::GetRouteStatsResponse> Gateway::GetRouteStats(
     }
   }
   return response;
+}
+
+}  // namespace arbiter
+
+namespace arbiter {
+
+absl::StatusOr<v1::ExperimentAnalysis> Gateway::GetExperiment(
+    const v1::GetExperimentRequest& request) {
+  const v1::Config& config = loaded_.config;
+  for (int e = 0; e < config.experiments_size(); ++e) {
+    const v1::Experiment& spec = config.experiments(e);
+    if (spec.name() != request.name()) continue;
+    policy::ExperimentAnalysis analysis =
+        policy::AnalyzeExperiment(spec, experiment_stats_->Tallies(e));
+    v1::ExperimentAnalysis out;
+    out.set_name(analysis.name);
+    out.set_control(analysis.control);
+    out.set_srm_p_value(analysis.srm_p_value);
+    out.set_srm_detected(analysis.srm_detected);
+    out.set_verdict(analysis.verdict);
+    for (const policy::ArmAnalysis& arm : analysis.arms) {
+      v1::ArmAnalysis* wire = out.add_arms();
+      wire->set_name(arm.name);
+      wire->set_weight_share(arm.weight_share);
+      wire->set_requests(arm.tally.requests);
+      wire->set_errors(arm.tally.errors);
+      wire->set_feedback(arm.tally.feedback);
+      wire->set_accuracy(arm.accuracy);
+      wire->set_accuracy_low(arm.accuracy_interval.low);
+      wire->set_accuracy_high(arm.accuracy_interval.high);
+      wire->set_cost_per_request_usd(arm.cost_per_request_usd);
+      wire->set_cost_per_correct_usd(arm.cost_per_correct_usd);
+      wire->set_latency_p50_seconds(arm.latency_p50_seconds);
+      wire->set_latency_p95_seconds(arm.latency_p95_seconds);
+      wire->set_error_rate(arm.error_rate);
+      if (arm.versus_control.has_value()) {
+        wire->set_compared(true);
+        wire->set_difference(arm.versus_control->difference);
+        wire->set_difference_low(arm.versus_control->confidence.low);
+        wire->set_difference_high(arm.versus_control->confidence.high);
+        wire->set_p_value(arm.versus_control->p_value);
+        wire->set_significant(arm.versus_control->significant);
+        wire->set_cost_difference_usd(arm.cost_difference_usd);
+      }
+      for (const std::string& breach : arm.guardrail_breaches) {
+        wire->add_guardrail_breaches(breach);
+      }
+    }
+    return out;
+  }
+  return absl::NotFoundError(
+      absl::StrCat("name: no experiment \"", request.name(), "\""));
 }
 
 }  // namespace arbiter

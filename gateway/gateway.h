@@ -16,6 +16,7 @@
 #include "gateway/timer_queue.h"
 #include "policy/decision_log.h"
 #include "policy/engine.h"
+#include "policy/experiment.h"
 #include "policy/route_stats.h"
 #include "retrieval/retriever.h"
 
@@ -56,6 +57,10 @@ class Gateway final {
   [[nodiscard]] absl::StatusOr<v1::GetRouteStatsResponse> GetRouteStats(
       const v1::GetRouteStatsRequest& request);
 
+  // NOT_FOUND for an experiment the config does not define.
+  [[nodiscard]] absl::StatusOr<v1::ExperimentAnalysis> GetExperiment(
+      const v1::GetExperimentRequest& request);
+
   // What was loaded, for the start-up banner.
   [[nodiscard]] std::string Describe() const;
 
@@ -64,6 +69,9 @@ class Gateway final {
  private:
   explicit Gateway(LoadedConfig config, prometheus::Registry& registry);
   absl::Status Init();
+  absl::Status InitExperiments(const std::vector<double>& prior_costs);
+  // The experiment a request of this task takes part in, or -1.
+  int ExperimentFor(int task) const;
   void SchedulePublish();
   absl::Status Validate(const v1::InferRequest& request, int* task,
                         int* pinned_route) const;
@@ -75,11 +83,20 @@ class Gateway final {
   const LoadedConfig loaded_;
   absl::flat_hash_map<std::string, int> route_index_;
   absl::flat_hash_map<std::string, int> task_index_;
-  std::vector<Backend*> route_backend_;  // Per route; owned by backends_.
+  std::vector<Backend*> route_backend_;        // Per route; owned by backends_.
   std::vector<absl::Duration> route_timeout_;  // Per route, from its backend.
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
   std::unique_ptr<retrieval::Retriever> retriever_;
   std::unique_ptr<policy::Engine> engine_;
+  // Per configured experiment: how each arm routes. Constant after Init.
+  struct ExperimentRuntime {
+    std::vector<bool> tasks;     // Per task: takes part?
+    std::vector<int> arm_route;  // Route of a route arm, else -1.
+    std::vector<std::unique_ptr<policy::Engine>> arm_engine;  // Policy arms.
+    std::vector<double> arm_share;
+  };
+  std::vector<ExperimentRuntime> experiments_;
+  std::unique_ptr<policy::ExperimentStats> experiment_stats_;
   policy::RouteStats stats_;
   policy::DecisionLog decisions_;
   Metrics metrics_;

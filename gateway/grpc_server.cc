@@ -68,6 +68,17 @@ class AdminService final : public v1::Admin::CallbackService {
     return reactor;
   }
 
+  grpc::ServerUnaryReactor* GetExperiment(
+      grpc::CallbackServerContext* context,
+      const v1::GetExperimentRequest* request,
+      v1::ExperimentAnalysis* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    auto result = gateway_.GetExperiment(*request);
+    if (result.ok()) *response = *std::move(result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
+
  private:
   Gateway& gateway_;
 };

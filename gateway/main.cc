@@ -24,6 +24,8 @@ Commands:
   loadgen       [--target ADDR] [--dataset FILE] [--qps N] [--duration 60s]
                 [--feedback] [--task T]
                 Drive labeled traffic and print a live per-route table.
+  experiment    show NAME [--target ADDR]
+                Per-arm analysis of an experiment with a verdict.
   replay        --log outcomes.jsonl --config FILE [--seed N] [--json]
                 Run the config's policy over logged outcomes, offline.
 
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
   if (command == "stats") return RunStats(rest_argc, rest_argv);
   if (command == "loadgen") return RunLoadgen(rest_argc, rest_argv);
   if (command == "replay") return RunReplay(rest_argc, rest_argv);
+  if (command == "experiment") return RunExperiment(rest_argc, rest_argv);
   std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1],
                kUsage);
   return 2;

@@ -16,8 +16,13 @@ constexpr absl::string_view kPrefix = "arb1_";
 constexpr uint64_t kCheckSeed = 0x6172626974657231ull;  // "arbiter1"
 
 std::string Payload(const RequestIdParts& parts) {
-  return absl::StrCat(parts.route, "|", parts.task, "|", parts.unix_millis, "|",
-                      absl::Hex(parts.nonce));
+  std::string payload =
+      absl::StrCat(parts.route, "|", parts.task, "|", parts.unix_millis, "|",
+                   absl::Hex(parts.nonce));
+  if (!parts.experiment.empty()) {
+    absl::StrAppend(&payload, "|", parts.experiment, "|", parts.arm);
+  }
+  return payload;
 }
 
 }  // namespace
@@ -39,14 +44,18 @@ absl::StatusOr<RequestIdParts> DecodeRequestId(absl::string_view id) {
   std::string decoded;
   if (!absl::WebSafeBase64Unescape(id, &decoded)) return not_ours();
   std::vector<absl::string_view> fields = absl::StrSplit(decoded, '|');
-  if (fields.size() != 5) return not_ours();
+  if (fields.size() != 5 && fields.size() != 7) return not_ours();
   RequestIdParts parts;
   parts.route = std::string(fields[0]);
   parts.task = std::string(fields[1]);
+  if (fields.size() == 7) {
+    parts.experiment = std::string(fields[4]);
+    parts.arm = std::string(fields[5]);
+  }
   uint32_t check = 0;
   if (!absl::SimpleAtoi(fields[2], &parts.unix_millis) ||
       !absl::SimpleHexAtoi(fields[3], &parts.nonce) ||
-      !absl::SimpleHexAtoi(fields[4], &check)) {
+      !absl::SimpleHexAtoi(fields.back(), &check)) {
     return not_ours();
   }
   if (check !=

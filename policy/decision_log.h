@@ -19,6 +19,8 @@ struct DecisionRecord {
   double propensity = 1;
   double cost_usd = 0;
   bool feedback_received = false;
+  int experiment = -1;  // Index into the config's experiments, or -1.
+  int arm = -1;
 };
 
 // The decisions of recent requests, keyed by request id, oldest evicted

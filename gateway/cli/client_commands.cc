@@ -147,4 +147,47 @@ int RunStats(int argc, char** argv) {
   return 0;
 }
 
+int RunExperiment(int argc, char** argv) {
+  auto args = Args::Parse(argc, argv, {"target"}, {});
+  if (!args.ok()) return Fail(args.status());
+  if (args->positional().size() != 2 || args->positional()[0] != "show") {
+    std::cerr << "usage: arbiter experiment show NAME [--target ADDR]\n";
+    return 2;
+  }
+  auto stub = v1::Admin::NewStub(Connect(args->Get("target", kDefaultTarget)));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(10));
+  v1::GetExperimentRequest request;
+  request.set_name(args->positional()[1]);
+  v1::ExperimentAnalysis analysis;
+  grpc::Status status = stub->GetExperiment(&context, request, &analysis);
+  if (!status.ok()) return FailRpc(status);
+  std::cout << absl::StrFormat("experiment %s (control %s)\n", analysis.name(),
+                               analysis.control());
+  std::cout << absl::StrFormat(
+      "%-10s %6s %9s %9s %-24s %11s %11s %8s %8s %7s  %s\n", "arm", "share",
+      "requests", "feedback", "accuracy [CI]", "$/request", "$/correct",
+      "p50 ms", "p95 ms", "errors", "vs control");
+  for (const v1::ArmAnalysis& arm : analysis.arms()) {
+    std::string versus =
+        arm.compared()
+            ? absl::StrFormat(
+                  "%+.1f pp [%.1f, %.1f] p=%.3f%s", arm.difference() * 100,
+                  arm.difference_low() * 100, arm.difference_high() * 100,
+                  arm.p_value(), arm.significant() ? " *" : "")
+            : std::string("(control)");
+    std::cout << absl::StrFormat(
+        "%-10s %5.0f%% %9d %9d %-24s %11.6f %11.6f %8.1f %8.1f %6.1f%%  %s\n",
+        arm.name(), arm.weight_share() * 100, arm.requests(), arm.feedback(),
+        absl::StrFormat("%.3f [%.3f, %.3f]", arm.accuracy(), arm.accuracy_low(),
+                        arm.accuracy_high()),
+        arm.cost_per_request_usd(), arm.cost_per_correct_usd(),
+        arm.latency_p50_seconds() * 1000, arm.latency_p95_seconds() * 1000,
+        arm.error_rate() * 100, versus);
+  }
+  std::cout << "verdict: " << analysis.verdict() << "\n";
+  return 0;
+}
+
 }  // namespace arbiter::cli

@@ -24,5 +24,6 @@ int RunFeedback(int argc, char** argv);
 int RunStats(int argc, char** argv);
 int RunLoadgen(int argc, char** argv);
 int RunReplay(int argc, char** argv);
+int RunExperiment(int argc, char** argv);
 
 }  // namespace arbiter::cli

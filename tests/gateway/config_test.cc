@@ -161,6 +161,40 @@ TEST(ConfigTest, NewStrategiesAreValidated) {
       Contains("statistics.half_life_seconds: must be >= 0"));
 }
 
+TEST(ConfigTest, ExperimentsAreValidated) {
+  std::string yaml = std::string(kValid) + R"yaml(
+experiments:
+  - name: ab
+    unit: user
+    control: C
+    tasks: [faq, nope]
+    arms:
+      - {name: A, weight: 1, route: prompted}
+      - {name: A, weight: 0, route: ghost}
+      - {name: B, weight: 1, policy: {budget: {target_cost_usd: 0}}}
+      - {name: D, weight: 1}
+)yaml";
+  auto errors = ErrorsOf(yaml);
+  EXPECT_THAT(
+      errors,
+      Contains("experiments[0].unit: must be unit or request, got \"user\""));
+  EXPECT_THAT(errors,
+              Contains("experiments[0].arms[1].name: duplicate arm \"A\""));
+  EXPECT_THAT(errors, Contains("experiments[0].arms[1].weight: must be > 0"));
+  EXPECT_THAT(
+      errors,
+      Contains("experiments[0].arms[1].route: unknown route \"ghost\""));
+  EXPECT_THAT(
+      errors,
+      Contains(
+          "experiments[0].arms[2].policy.budget.target_cost_usd: must be > 0"));
+  EXPECT_THAT(errors,
+              Contains("experiments[0].arms[3]: set one of: route, policy"));
+  EXPECT_THAT(errors, Contains("experiments[0].control: unknown arm \"C\""));
+  EXPECT_THAT(errors,
+              Contains("experiments[0].tasks[1]: unknown task \"nope\""));
+}
+
 TEST(ConfigTest, MissingPolicyIsRejected) {
   EXPECT_THAT(
       ErrorsOf(ValidWith(

@@ -72,6 +72,14 @@ routes:
     model: m
 policy:
   weighted: {weights: {prompted: 1, fine-tuned: 1, rag: 1}}
+experiments:
+  - name: prompt-vs-tuned
+    salt: e2e
+    tasks: [policy]
+    arms:
+      - {name: A, weight: 1, route: prompted}
+      - {name: B, weight: 1, route: fine-tuned}
+    guardrails: {max_error_rate: 0.5}
 retrieval:
   corpus_dir: QUICKSTART/corpus
 )yaml",
@@ -410,6 +418,70 @@ TEST_F(EndToEndTest, SimServerListsItsModels) {
   ASSERT_TRUE(bad);
   EXPECT_EQ(bad->status, 400);
   EXPECT_THAT(bad->body, HasSubstr("not JSON"));
+}
+
+TEST_F(EndToEndTest, ExperimentAssignsStickilyAndAnalyzes) {
+  std::map<std::string, std::string> route_of_unit;
+  int requests = 0;
+  for (int round = 0; round < 2; ++round) {
+    for (int u = 0; u < 30; ++u) {
+      v1::InferRequest request = Ask(kQuestion, "", "policy");
+      request.set_unit_id("user-" + std::to_string(u));
+      v1::InferResponse response;
+      grpc::Status status = Infer(request, &response);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      ++requests;
+      EXPECT_EQ(response.decision().experiment(), "prompt-vs-tuned");
+      EXPECT_EQ(response.route(),
+                response.decision().arm() == "A" ? "prompted" : "fine-tuned");
+      EXPECT_DOUBLE_EQ(response.decision().propensity(), 0.5);
+      EXPECT_THAT(response.decision().reason(),
+                  HasSubstr("experiment prompt-vs-tuned arm "));
+      auto [it, inserted] =
+          route_of_unit.emplace(request.unit_id(), response.route());
+      EXPECT_EQ(it->second, response.route()) << "unit moved arms";
+      v1::FeedbackRequest feedback;
+      feedback.set_request_id(response.request_id());
+      feedback.set_correct(response.route() == "fine-tuned");
+      ASSERT_TRUE(Feedback(feedback).ok());
+    }
+  }
+  // A pinned request stays out of the experiment.
+  v1::InferResponse pinned;
+  ASSERT_TRUE(Infer(Ask(kQuestion, "rag", "policy"), &pinned).ok());
+  EXPECT_EQ(pinned.decision().experiment(), "");
+
+  grpc::ClientContext context;
+  v1::GetExperimentRequest request;
+  request.set_name("prompt-vs-tuned");
+  v1::ExperimentAnalysis analysis;
+  grpc::Status status = v1::Admin::NewStub(*channel_)->GetExperiment(
+      &context, request, &analysis);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(analysis.arms_size(), 2);
+  EXPECT_EQ(analysis.arms(0).requests() + analysis.arms(1).requests(),
+            requests);
+  EXPECT_EQ(analysis.arms(0).feedback() + analysis.arms(1).feedback(),
+            requests);
+  EXPECT_DOUBLE_EQ(analysis.arms(0).accuracy(), 0);
+  EXPECT_DOUBLE_EQ(analysis.arms(1).accuracy(), 1);
+  EXPECT_TRUE(analysis.arms(1).compared());
+  EXPECT_THAT(analysis.verdict(), HasSubstr("SRM"));
+
+  grpc::ClientContext missing_context;
+  request.set_name("nope");
+  status = v1::Admin::NewStub(*channel_)->GetExperiment(&missing_context,
+                                                        request, &analysis);
+  EXPECT_EQ(status.error_code(), grpc::NOT_FOUND);
+
+  auto show = Subprocess::Start({ARBITER_BINARY, "experiment", "show",
+                                 "prompt-vs-tuned", "--target",
+                                 absl::StrCat("127.0.0.1:", grpc_port_)});
+  ASSERT_TRUE(show.ok());
+  auto verdict = (*show)->WaitForLine("verdict: ", absl::Seconds(30));
+  ASSERT_TRUE(verdict.ok()) << verdict.status();
+  EXPECT_THAT(*verdict, HasSubstr("B beats A on accuracy"));
+  EXPECT_EQ((*show)->Wait(), 0);
 }
 
 TEST_F(EndToEndTest, MetricsPassPromtool) {
