@@ -474,6 +474,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
     stats_.RecordError(route_index, task, latency);
     if (experiment >= 0) {
       experiment_stats_->RecordError(experiment, arm, latency);
+      metrics_.RecordExperimentRequest(experiment, arm, false);
     }
     metrics_.RecordFailure(route_index, task, Outcome::kError, latency);
     std::move(done)(backend_request.status());
@@ -500,6 +501,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
           stats_.RecordError(route_index, task, latency);
           if (experiment >= 0) {
             experiment_stats_->RecordError(experiment, arm, latency);
+            metrics_.RecordExperimentRequest(experiment, arm, false);
           }
           metrics_.RecordFailure(route_index, task, OutcomeOf(result.status()),
                                  latency);
@@ -525,6 +527,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
         engine->ObserveCost(task, cost);
         if (experiment >= 0) {
           experiment_stats_->RecordCompletion(experiment, arm, cost, latency);
+          metrics_.RecordExperimentRequest(experiment, arm, true);
         }
         decisions_.Record(
             std::move(request_id),

@@ -22,7 +22,7 @@ Commands:
   feedback      [--target ADDR] REQUEST_ID (--correct | --incorrect | --score X)
   stats         [--target ADDR] [--route R]
   loadgen       [--target ADDR] [--dataset FILE] [--qps N] [--duration 60s]
-                [--feedback] [--task T]
+                [--feedback] [--task T] [--units N]
                 Drive labeled traffic and print a live per-route table.
   experiment    show NAME [--target ADDR]
                 Per-arm analysis of an experiment with a verdict.

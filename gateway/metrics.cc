@@ -87,6 +87,38 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
       cells_.push_back(cell);
     }
   }
+  auto& experiment_requests =
+      BuildCounter()
+          .Name("arbiter_experiment_requests_total")
+          .Help("Requests assigned to an experiment arm, by outcome.")
+          .Register(registry);
+  auto& experiment_feedback =
+      BuildCounter()
+          .Name("arbiter_experiment_feedback_total")
+          .Help("Feedback received for an experiment arm's requests.")
+          .Register(registry);
+  auto& experiment_score =
+      BuildCounter()
+          .Name("arbiter_experiment_feedback_score_total")
+          .Help(
+              "Sum of feedback scores of an experiment arm; divided by "
+              "arbiter_experiment_feedback_total it is the arm's accuracy.")
+          .Register(registry);
+  for (const v1::Experiment& experiment : config.experiments()) {
+    std::vector<ArmCounters> arms;
+    for (const v1::ExperimentArm& arm : experiment.arms()) {
+      prometheus::Labels labels{{"experiment", experiment.name()},
+                                {"arm", arm.name()}};
+      prometheus::Labels ok = labels;
+      ok["outcome"] = "ok";
+      prometheus::Labels error = labels;
+      error["outcome"] = "error";
+      arms.push_back(
+          {&experiment_requests.Add(ok), &experiment_requests.Add(error),
+           &experiment_feedback.Add(labels), &experiment_score.Add(labels)});
+    }
+    experiment_arms_.push_back(std::move(arms));
+  }
   retrieval_duration_ =
       &BuildHistogram()
            .Name("arbiter_retrieval_duration_seconds")
@@ -160,6 +192,17 @@ void Metrics::RecordFeedback(int route, int task, double score, bool graded) {
     cell.feedback_incorrect->Increment();
   }
   cell.feedback_score->Increment(score);
+}
+
+void Metrics::RecordExperimentRequest(int experiment, int arm, bool ok) {
+  ArmCounters& counters = experiment_arms_[experiment][arm];
+  (ok ? counters.ok : counters.error)->Increment();
+}
+
+void Metrics::RecordExperimentFeedback(int experiment, int arm, double score) {
+  ArmCounters& counters = experiment_arms_[experiment][arm];
+  counters.feedback->Increment();
+  counters.score->Increment(score);
 }
 
 void Metrics::RecordRetrieval(double seconds) {

@@ -39,6 +39,9 @@ class Metrics final {
   // score in [0, 1]; binary feedback is 1 or 0.
   void RecordFeedback(int route, int task, double score, bool graded);
   void RecordRetrieval(double seconds);
+  // A request or feedback of an experiment's arm (indices into the config).
+  void RecordExperimentRequest(int experiment, int arm, bool ok);
+  void RecordExperimentFeedback(int experiment, int arm, double score);
   void SetCorpus(size_t documents, size_t chunks);
 
  private:
@@ -62,6 +65,13 @@ class Metrics final {
   const int num_tasks_;
   std::vector<Cell> cells_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  struct ArmCounters {
+    prometheus::Counter* ok;
+    prometheus::Counter* error;
+    prometheus::Counter* feedback;
+    prometheus::Counter* score;
+  };
+  std::vector<std::vector<ArmCounters>> experiment_arms_;
   prometheus::Histogram* retrieval_duration_;
   prometheus::Gauge* corpus_documents_;
   prometheus::Gauge* corpus_chunks_;

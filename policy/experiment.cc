@@ -36,8 +36,7 @@ double NormalQuantile(double p) {
   double q = p - 0.5;
   double r = q * q;
   return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) *
-         q /
-         (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+         q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
 }
 
 // Regularized lower incomplete gamma P(a, x), by series or continued
@@ -82,13 +81,14 @@ constexpr double kMixingVariance = 0.1 * 0.1;
 }  // namespace
 
 int ExperimentBucket(absl::string_view salt, absl::string_view unit) {
-  return static_cast<int>(
-      StableHash64(absl::StrCat(salt, "\x1f", unit)) % kExperimentBuckets);
+  return static_cast<int>(StableHash64(absl::StrCat(salt, "\x1f", unit)) %
+                          kExperimentBuckets);
 }
 
 int ArmForBucket(const v1::Experiment& experiment, int bucket) {
   double total = 0;
-  for (const auto& arm : experiment.arms()) total += std::max(0.0, arm.weight());
+  for (const auto& arm : experiment.arms())
+    total += std::max(0.0, arm.weight());
   double cumulative = 0;
   for (int i = 0; i < experiment.arms_size(); ++i) {
     cumulative += std::max(0.0, experiment.arms(i).weight());
@@ -104,8 +104,7 @@ Interval WilsonInterval(double successes, double n, double alpha) {
   double z2 = z * z;
   double denominator = 1 + z2 / n;
   double center = (p + z2 / (2 * n)) / denominator;
-  double half =
-      z * std::sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator;
+  double half = z * std::sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator;
   return {std::max(0.0, center - half), std::min(1.0, center + half)};
 }
 
@@ -130,9 +129,9 @@ SequentialTest CompareProportions(double control_successes, double control_n,
   double sb = (treatment_successes + 0.5) / (treatment_n + 1);
   double v = sa * (1 - sa) / control_n + sb * (1 - sb) / treatment_n;
   double t2 = kMixingVariance;
-  double log_ratio = 0.5 * std::log(v / (v + t2)) +
-                     t2 * test.difference * test.difference /
-                         (2 * v * (v + t2));
+  double log_ratio = 0.5 * std::log(v / (v + t2)) + t2 * test.difference *
+                                                        test.difference /
+                                                        (2 * v * (v + t2));
   test.p_value = std::min(1.0, std::exp(-log_ratio));
   double half = std::sqrt(v * (v + t2) / t2 *
                           (2 * std::log(1 / alpha) + std::log((v + t2) / v)));
@@ -147,8 +146,7 @@ ExperimentStats::ExperimentStats(const v1::Config& config) {
   }
 }
 
-void ExperimentStats::RecordCompletion(int experiment, int arm,
-                                       double cost_usd,
+void ExperimentStats::RecordCompletion(int experiment, int arm, double cost_usd,
                                        double latency_seconds) {
   std::lock_guard lock(mu_);
   ArmTally& tally = arms_[experiment][arm];
@@ -218,9 +216,9 @@ ExperimentAnalysis AnalyzeExperiment(const v1::Experiment& experiment,
           guard.max_latency_p95_seconds() * 1000));
     }
     if (guard.max_error_rate() > 0 && arm.error_rate > guard.max_error_rate()) {
-      arm.guardrail_breaches.push_back(absl::StrFormat(
-          "error rate %.2f%% > %.2f%%", arm.error_rate * 100,
-          guard.max_error_rate() * 100));
+      arm.guardrail_breaches.push_back(
+          absl::StrFormat("error rate %.2f%% > %.2f%%", arm.error_rate * 100,
+                          guard.max_error_rate() * 100));
     }
     if (guard.max_cost_per_request_usd() > 0 &&
         arm.cost_per_request_usd > guard.max_cost_per_request_usd()) {
@@ -230,7 +228,8 @@ ExperimentAnalysis AnalyzeExperiment(const v1::Experiment& experiment,
     }
     double expected = arm.weight_share * total_requests;
     if (expected > 0) {
-      chi_square += (t.requests - expected) * (t.requests - expected) / expected;
+      chi_square +=
+          (t.requests - expected) * (t.requests - expected) / expected;
     }
     analysis.arms.push_back(std::move(arm));
   }
@@ -245,32 +244,32 @@ ExperimentAnalysis AnalyzeExperiment(const v1::Experiment& experiment,
     arm.cost_difference_usd =
         arm.cost_per_request_usd - base.cost_per_request_usd;
     const SequentialTest& test = *arm.versus_control;
-    std::string effect = absl::StrFormat(
-        "%+.1f pp [%.1f, %.1f]", test.difference * 100,
-        test.confidence.low * 100, test.confidence.high * 100);
+    std::string effect =
+        absl::StrFormat("%+.1f pp [%.1f, %.1f]", test.difference * 100,
+                        test.confidence.low * 100, test.confidence.high * 100);
     std::string cost = absl::StrFormat("cost %s$%.6f/request",
                                        arm.cost_difference_usd < 0 ? "-" : "+",
                                        std::fabs(arm.cost_difference_usd));
     if (!test.significant) {
       parts.push_back(absl::StrCat(arm.name, " vs ", base.name,
-                                   ": no significant difference yet (",
-                                   effect, "), ", cost));
+                                   ": no significant difference yet (", effect,
+                                   "), ", cost));
     } else {
-      parts.push_back(absl::StrCat(
-          arm.name, test.difference > 0 ? " beats " : " trails ", base.name,
-          " on accuracy by ", effect, ", ", cost));
+      parts.push_back(
+          absl::StrCat(arm.name, test.difference > 0 ? " beats " : " trails ",
+                       base.name, " on accuracy by ", effect, ", ", cost));
     }
   }
   analysis.srm_p_value =
-      total_requests > 0 ? ChiSquareSurvival(chi_square,
-                                             experiment.arms_size() - 1)
-                         : 1;
+      total_requests > 0
+          ? ChiSquareSurvival(chi_square, experiment.arms_size() - 1)
+          : 1;
   // A strict threshold: SRM means the assignment itself is broken.
   analysis.srm_detected = analysis.srm_p_value < 0.001;
-  parts.push_back(analysis.srm_detected
-                      ? absl::StrFormat("SRM detected (p=%.2g)",
-                                        analysis.srm_p_value)
-                      : std::string("SRM ok"));
+  parts.push_back(
+      analysis.srm_detected
+          ? absl::StrFormat("SRM detected (p=%.2g)", analysis.srm_p_value)
+          : std::string("SRM ok"));
   for (const ArmAnalysis& arm : analysis.arms) {
     for (const std::string& breach : arm.guardrail_breaches) {
       parts.push_back(absl::StrCat("guardrail: ", arm.name, " ", breach));

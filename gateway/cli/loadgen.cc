@@ -50,7 +50,7 @@ class Loadgen final {
       : gateway_(v1::Gateway::NewStub(channel)),
         send_feedback_(send_feedback) {}
 
-  void Send(const sim::LabeledQuestion& question) {
+  void Send(const sim::LabeledQuestion& question, const std::string& unit) {
     if (in_flight_.load() >= kMaxInFlight) {
       absl::MutexLock lock(&mu_);
       ++dropped_;
@@ -66,6 +66,7 @@ class Loadgen final {
     message->set_role("user");
     message->set_content(question.question);
     call->request.set_task(question.task);
+    call->request.set_unit_id(unit);
     gateway_->async()->Infer(
         &call->context, &call->request, &call->response,
         [this, call](grpc::Status status) { OnInferDone(call, status); });
@@ -212,12 +213,15 @@ int RunLoadgen(int argc, char** argv) {
   }
   auto qps = args->GetDouble("qps", 50);
   auto seed = args->GetInt("seed", 1);
+  // Simulated users: each request comes from one of this many unit ids, so
+  // experiments see sticky assignment.
+  auto units = args->GetInt("units", 1000);
   absl::Duration duration;
-  if (!qps.ok() || !seed.ok() || !(*qps > 0) ||
+  if (!qps.ok() || !seed.ok() || !units.ok() || *units < 1 || !(*qps > 0) ||
       !absl::ParseDuration(args->Get("duration", "60s"), &duration) ||
       duration <= absl::ZeroDuration()) {
-    std::cerr << "arbiter: --qps must be > 0 and --duration a duration such "
-                 "as 60s or 2m\n";
+    std::cerr << "arbiter: --qps must be > 0, --units >= 1 and --duration a "
+                 "duration such as 60s or 2m\n";
     return 2;
   }
   absl::StatusOr<std::string> text =
@@ -271,7 +275,8 @@ int RunLoadgen(int argc, char** argv) {
     }
     const auto& question =
         (*questions)[absl::Uniform<size_t>(gen, 0, questions->size())];
-    loadgen.Send(question);
+    loadgen.Send(question,
+                 absl::StrCat("user-", absl::Uniform<int>(gen, 0, *units)));
     loadgen.CountSent();
     next_send += interval;
   }

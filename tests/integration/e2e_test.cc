@@ -474,6 +474,20 @@ TEST_F(EndToEndTest, ExperimentAssignsStickilyAndAnalyzes) {
                                                         request, &analysis);
   EXPECT_EQ(status.error_code(), grpc::NOT_FOUND);
 
+  std::string metrics = Metrics();
+  double arm_requests =
+      Sample(metrics, "arbiter_experiment_requests_total",
+             {{"experiment", "prompt-vs-tuned"},
+              {"arm", "A"},
+              {"outcome", "ok"}}) +
+      Sample(
+          metrics, "arbiter_experiment_requests_total",
+          {{"experiment", "prompt-vs-tuned"}, {"arm", "B"}, {"outcome", "ok"}});
+  EXPECT_EQ(arm_requests, requests);
+  EXPECT_EQ(Sample(metrics, "arbiter_experiment_feedback_score_total",
+                   {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}),
+            0);
+
   auto show = Subprocess::Start({ARBITER_BINARY, "experiment", "show",
                                  "prompt-vs-tuned", "--target",
                                  absl::StrCat("127.0.0.1:", grpc_port_)});
