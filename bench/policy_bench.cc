@@ -1,6 +1,8 @@
 // ns per routing decision, with 3 and 30 routes, for each strategy.
 //   ./build/bench/policy_bench
 
+#include <cmath>
+#include <random>
 #include <string>
 
 #include "absl/random/random.h"
@@ -22,7 +24,14 @@ v1::Config MakeConfig(int routes, const std::string& strategy) {
     route->set_kind("fine_tuned");
   }
   v1::Policy* policy = config.mutable_policy();
-  if (strategy == "weighted") {
+  if (strategy == "thompson") {
+    policy->mutable_thompson()->set_cost_weight(100);
+  } else if (strategy == "best_utility") {
+    policy->mutable_best_utility()->set_cost_weight(100);
+  } else if (strategy == "contextual") {
+    policy->mutable_contextual()->set_cost_weight(100);
+    config.mutable_retrieval()->set_embedding_dim(256);
+  } else if (strategy == "weighted") {
     for (int r = 0; r < routes; ++r) {
       (*policy->mutable_weighted()
             ->mutable_weights())[absl::StrCat("route-", r)] = 1 + r;
@@ -56,9 +65,21 @@ void BM_Decide(benchmark::State& state, const std::string& strategy) {
     for (int i = 0; i < 10; ++i)
       stats.RecordCompletion(r, 0, {100, 50, 0.001 * (r + 1), 0.1});
   }
+  // A memory of 10,000 judged prompts for the contextual strategy.
+  std::vector<float> embedding(256);
+  std::normal_distribution<float> normal;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 10000; ++i) {
+    for (float& x : embedding) x = normal(rng);
+    float norm = 0;
+    for (float x : embedding) norm += x * x;
+    for (float& x : embedding) x /= std::sqrt(norm);
+    (*engine)->ObserveOutcome(0, i % routes, embedding, i % 3 != 0);
+  }
   auto snapshot = stats.Snapshot();
   RequestFeatures features;
   features.unit_id = "user-42";
+  features.embedding = embedding;
   double u = 0;
   for (auto _ : state) {
     features.uniform = u;
@@ -69,6 +90,15 @@ void BM_Decide(benchmark::State& state, const std::string& strategy) {
 }
 
 BENCHMARK_CAPTURE(BM_Decide, weighted, std::string("weighted"))
+    ->Arg(3)
+    ->Arg(30);
+BENCHMARK_CAPTURE(BM_Decide, best_utility, std::string("best_utility"))
+    ->Arg(3)
+    ->Arg(30);
+BENCHMARK_CAPTURE(BM_Decide, thompson, std::string("thompson"))
+    ->Arg(3)
+    ->Arg(30);
+BENCHMARK_CAPTURE(BM_Decide, contextual_10k_memory, std::string("contextual"))
     ->Arg(3)
     ->Arg(30);
 BENCHMARK_CAPTURE(BM_Decide, cheapest_meeting_accuracy,

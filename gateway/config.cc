@@ -347,10 +347,26 @@ class Validator {
         }
         break;
       }
+      case v1::Policy::kContextual: {
+        const auto& contextual = policy.contextual();
+        std::string sub = path + ".contextual";
+        NonNegative(contextual.k(), sub + ".k");
+        NonNegative(contextual.cost_weight(), sub + ".cost_weight");
+        NonNegative(contextual.latency_weight(), sub + ".latency_weight");
+        NonNegative(contextual.memory_size(), sub + ".memory_size");
+        NonNegative(contextual.min_feedback(), sub + ".min_feedback");
+        if (contextual.has_prior_weight()) {
+          NonNegative(contextual.prior_weight(), sub + ".prior_weight");
+        }
+        if (contextual.has_explore_share()) {
+          Probability(contextual.explore_share(), sub + ".explore_share");
+        }
+        break;
+      }
       case v1::Policy::STRATEGY_NOT_SET:
         Error(path,
               "set one of: pinned, weighted, cheapest_meeting_accuracy, "
-              "best_utility, thompson, budget");
+              "best_utility, thompson, budget, contextual");
         break;
     }
   }

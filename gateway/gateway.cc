@@ -182,6 +182,10 @@ absl::Status Gateway::Init() {
     metrics_.SetCorpus(retriever_->document_count(),
                        retriever_->chunks().size());
   }
+  if (retriever_ == nullptr) {
+    prompt_embedder_ = std::make_unique<retrieval::HashedNgramEmbedder>(
+        config.retrieval().embedding_dim());
+  }
   auto engine = policy::Engine::Create(config, prior_costs);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
@@ -226,6 +230,11 @@ absl::Status Gateway::InitExperiments(const std::vector<double>& prior_costs) {
     experiments_.push_back(std::move(runtime));
   }
   return absl::OkStatus();
+}
+
+std::vector<float> Gateway::EmbedPrompt(absl::string_view text) const {
+  return retriever_ != nullptr ? retriever_->Embed(text)
+                               : prompt_embedder_->Embed(text);
 }
 
 int Gateway::ExperimentFor(int task) const {
@@ -426,6 +435,11 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
       engine = runtime.arm_engine[arm].get();
     }
   }
+  std::vector<float> embedding;
+  if (engine->UsesContext(task)) {
+    embedding = EmbedPrompt(request.messages().rbegin()->content());
+    features.embedding = embedding;
+  }
   auto decision = engine->Decide(features, *stats_.Snapshot());
   if (decision.ok() && experiment >= 0) {
     const v1::Experiment& spec = loaded_.config.experiments(experiment);
@@ -493,7 +507,8 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   route_backend_[route_index]->Complete(
       *std::move(backend_request),
       [this, route_index, task, start, propensity, response, experiment, arm,
-       engine, request_id = std::move(request_id),
+       engine, embedding = std::move(embedding),
+       request_id = std::move(request_id),
        done = std::move(done)](absl::StatusOr<BackendResponse> result) mutable {
         const v1::Route& route = loaded_.config.routes(route_index);
         double latency = absl::ToDoubleSeconds(absl::Now() - start);
@@ -529,9 +544,9 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
           experiment_stats_->RecordCompletion(experiment, arm, cost, latency);
           metrics_.RecordExperimentRequest(experiment, arm, true);
         }
-        decisions_.Record(
-            std::move(request_id),
-            {route_index, task, propensity, cost, false, experiment, arm});
+        decisions_.Record(std::move(request_id),
+                          {route_index, task, propensity, cost, false,
+                           experiment, arm, std::move(embedding)});
         std::move(done)(absl::OkStatus());
       });
 }
@@ -594,8 +609,17 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   } else {
     return recorded.status();
   }
-  if (experiment >= 0)
+  if (recorded.ok() && !recorded->embedding.empty()) {
+    policy::Engine* engine =
+        experiment >= 0 && experiments_[experiment].arm_engine[arm] != nullptr
+            ? experiments_[experiment].arm_engine[arm].get()
+            : engine_.get();
+    engine->ObserveOutcome(task, route, recorded->embedding, score);
+  }
+  if (experiment >= 0) {
     experiment_stats_->RecordFeedback(experiment, arm, score);
+    metrics_.RecordExperimentFeedback(experiment, arm, score);
+  }
   stats_.RecordFeedback(route, task, score);
   metrics_.RecordFeedback(route, task, score, graded);
   v1::FeedbackResponse response;

@@ -72,6 +72,7 @@ class Gateway final {
   absl::Status InitExperiments(const std::vector<double>& prior_costs);
   // The experiment a request of this task takes part in, or -1.
   int ExperimentFor(int task) const;
+  std::vector<float> EmbedPrompt(absl::string_view text) const;
   void SchedulePublish();
   absl::Status Validate(const v1::InferRequest& request, int* task,
                         int* pinned_route) const;
@@ -87,6 +88,8 @@ class Gateway final {
   std::vector<absl::Duration> route_timeout_;  // Per route, from its backend.
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
   std::unique_ptr<retrieval::Retriever> retriever_;
+  // Embeds prompts for contextual policies when there is no corpus.
+  std::unique_ptr<retrieval::HashedNgramEmbedder> prompt_embedder_;
   std::unique_ptr<policy::Engine> engine_;
   // Per configured experiment: how each arm routes. Constant after Init.
   struct ExperimentRuntime {

@@ -65,6 +65,16 @@ double BetaPosterior::ProbabilityAtLeast(double x) const {
 }
 
 double BetaPosterior::Sample(std::mt19937_64& rng) const {
+  // With plenty of evidence the posterior is close to normal, and a normal
+  // draw is several times cheaper than two gamma draws.
+  constexpr double kNormalFrom = 10;
+  if (alpha >= kNormalFrom && beta >= kNormalFrom) {
+    double n = alpha + beta;
+    double m = alpha / n;
+    double sd = std::sqrt(m * (1 - m) / (n + 1));
+    return std::clamp(m + sd * std::normal_distribution<double>()(rng), 0.0,
+                      1.0);
+  }
   double x = SampleGamma(alpha, rng);
   double y = SampleGamma(beta, rng);
   return x + y > 0 ? x / (x + y) : mean();

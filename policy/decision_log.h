@@ -5,6 +5,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -21,6 +22,8 @@ struct DecisionRecord {
   bool feedback_received = false;
   int experiment = -1;  // Index into the config's experiments, or -1.
   int arm = -1;
+  // The prompt's embedding, kept only when a contextual policy decided.
+  std::vector<float> embedding;
 };
 
 // The decisions of recent requests, keyed by request id, oldest evicted

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "policy/context_memory.h"
 #include "policy/hash.h"
 
 namespace arbiter::policy {
@@ -21,7 +22,7 @@ constexpr double kMinRequestsForCost = 5;
 // no evidence threshold of its own.
 constexpr double kDefaultMinFeedback = 20;
 // Posterior draws used to compute Thompson sampling's propensities.
-constexpr int kThompsonDraws = 256;
+constexpr int kThompsonDraws = 128;
 
 // Why a route got its probability; formatted only for the chosen route.
 enum class Why {
@@ -36,6 +37,7 @@ enum class Why {
   kBestUtility,
   kThompson,
   kBudget,
+  kContextual,
 };
 
 struct Note {
@@ -46,8 +48,10 @@ struct Note {
   double latency_seconds = 0;
   double utility = 0;
   double floor = 0;
-  double weight = 0;    // The budget's current cost weight.
-  double feedback = 0;  // Effective judged answers.
+  double weight = 0;         // The budget's current cost weight.
+  double feedback = 0;       // Effective judged answers.
+  double neighbours = 0;     // Similar judged prompts (contextual).
+  double task_accuracy = 0;  // The task-level estimate (contextual).
 };
 
 }  // namespace
@@ -80,6 +84,9 @@ class Engine::Strategy {
   // FAILED_PRECONDITION when no eligible route fits the strategy.
   virtual absl::Status Propose(ProposalContext& ctx) const = 0;
   virtual void ObserveCost(double cost_usd) const {}
+  [[nodiscard]] virtual bool UsesContext() const { return false; }
+  virtual void ObserveOutcome(int route, absl::Span<const float> embedding,
+                              double score) const {}
 };
 
 namespace {
@@ -348,6 +355,69 @@ class BudgetStrategy final : public Strategy {
   mutable std::atomic<double> weight_;  // The dual variable.
 };
 
+class ContextualStrategy final : public Strategy {
+ public:
+  ContextualStrategy(const v1::ContextualPolicy& config, int dim)
+      : k_(config.k() > 0 ? config.k() : 20),
+        cost_weight_(config.cost_weight()),
+        latency_weight_(config.latency_weight()),
+        prior_weight_(config.has_prior_weight() ? config.prior_weight() : 5),
+        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
+        explore_share_(config.has_explore_share() ? config.explore_share()
+                                                  : 0.1),
+        memory_(dim, config.memory_size() > 0 ? config.memory_size() : 10000) {}
+  absl::string_view name() const override { return "contextual"; }
+  bool UsesContext() const override { return true; }
+
+  absl::Status Propose(ProposalContext& ctx) const override {
+    const int n = ctx.engine.num_routes();
+    // Similarity-weighted outcomes of the nearest judged prompts, per route.
+    std::vector<double> weight(n, 0), score(n, 0), count(n, 0);
+    for (const ContextMemory::Neighbour& neighbour :
+         memory_.Nearest(ctx.features.embedding, k_)) {
+      if (neighbour.route < 0 || neighbour.route >= n) continue;
+      double w = std::max(0.0f, neighbour.similarity);
+      weight[neighbour.route] += w;
+      score[neighbour.route] += w * neighbour.score;
+      count[neighbour.route] += 1;
+    }
+    int best = -1;
+    std::vector<int> thin;
+    for (int r = 0; r < n; ++r) {
+      if (!ctx.eligible[r]) continue;
+      ctx.Describe(r);
+      Note& note = ctx.notes[r];
+      note.task_accuracy = note.accuracy;
+      note.neighbours = count[r];
+      // The task-level estimate counts as prior_weight similar prompts.
+      note.accuracy = (score[r] + prior_weight_ * note.task_accuracy) /
+                      (weight[r] + prior_weight_);
+      note.utility = note.accuracy - cost_weight_ * note.cost_usd -
+                     latency_weight_ * note.latency_seconds;
+      if (note.feedback < min_feedback_) {
+        thin.push_back(r);
+      } else if (best < 0 || note.utility > ctx.notes[best].utility) {
+        best = r;
+      }
+    }
+    return ExploitOrExplore(ctx, best, Why::kContextual, thin, explore_share_);
+  }
+
+  void ObserveOutcome(int route, absl::Span<const float> embedding,
+                      double score) const override {
+    memory_.Add(embedding, route, score);
+  }
+
+ private:
+  const int k_;
+  const double cost_weight_;
+  const double latency_weight_;
+  const double prior_weight_;
+  const double min_feedback_;
+  const double explore_share_;
+  mutable ContextMemory memory_;  // Thread-safe on its own.
+};
+
 std::string Explain(const Note& note, absl::string_view route) {
   switch (note.why) {
     case Why::kPinnedByRequest:
@@ -385,6 +455,12 @@ std::string Explain(const Note& note, absl::string_view route) {
           "%s: best accuracy for the money (accuracy %.2f, $%.6f/request; "
           "budget $%.6f/request, cost weight %.2f)",
           route, note.accuracy, note.cost_usd, note.floor, note.weight);
+    case Why::kContextual:
+      return absl::StrFormat(
+          "%s: best for similar prompts: accuracy %.2f from %.0f neighbours "
+          "(task %.2f), $%.6f/request",
+          route, note.accuracy, note.neighbours, note.task_accuracy,
+          note.cost_usd);
     case Why::kNone:
       break;
   }
@@ -453,6 +529,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
               absl::StrCat(path, ".budget.target_cost_usd: must be > 0"));
         }
         return std::make_unique<BudgetStrategy>(policy.budget());
+      case v1::Policy::kContextual:
+        return std::make_unique<ContextualStrategy>(
+            policy.contextual(), config.retrieval().embedding_dim() > 0
+                                     ? config.retrieval().embedding_dim()
+                                     : 512);
       case v1::Policy::STRATEGY_NOT_SET:
         break;
     }
@@ -514,6 +595,17 @@ BetaPosterior Engine::Posterior(int route, int task,
   posterior.alpha += cell.score;
   posterior.beta += std::max(0.0, cell.feedback - cell.score);
   return posterior;
+}
+
+bool Engine::UsesContext(int task) const {
+  return task >= 0 && task < static_cast<int>(strategy_by_task_.size()) &&
+         strategy_by_task_[task]->UsesContext();
+}
+
+void Engine::ObserveOutcome(int task, int route,
+                            absl::Span<const float> embedding, double score) {
+  if (!UsesContext(task)) return;
+  strategy_by_task_[task]->ObserveOutcome(route, embedding, score);
 }
 
 void Engine::ObserveCost(int task, double cost_usd) {

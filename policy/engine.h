@@ -26,6 +26,9 @@ struct RequestFeatures {
   // Routes that can serve this request (replay: those with a logged
   // outcome); empty means all.
   absl::Span<const bool> available;
+  // The prompt's unit-length embedding, for contextual policies (see
+  // Engine::UsesContext); empty otherwise.
+  absl::Span<const float> embedding;
 };
 
 struct Decision {
@@ -84,6 +87,12 @@ class Engine final {
   // Tells budget strategies what a completed request cost, so they can steer
   // spending to their target. Thread-safe.
   void ObserveCost(int task, double cost_usd);
+
+  // Whether the task's policy reads RequestFeatures::embedding.
+  [[nodiscard]] bool UsesContext(int task) const;
+  // Tells contextual strategies how a route did on a prompt. Thread-safe.
+  void ObserveOutcome(int task, int route, absl::Span<const float> embedding,
+                      double score);
 
   [[nodiscard]] int num_routes() const {
     return static_cast<int>(route_names_.size());

@@ -62,6 +62,11 @@ class Retriever final {
   [[nodiscard]] absl::StatusOr<std::vector<Hit>> Search(absl::string_view query,
                                                         int k) const;
 
+  // The query-side embedding, e.g. for a policy that compares prompts.
+  [[nodiscard]] std::vector<float> Embed(absl::string_view text) const {
+    return embedder_.Embed(text);
+  }
+
   [[nodiscard]] size_t document_count() const { return document_count_; }
   [[nodiscard]] const std::vector<Chunk>& chunks() const { return chunks_; }
 

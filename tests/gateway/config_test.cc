@@ -201,7 +201,7 @@ TEST(ConfigTest, MissingPolicyIsRejected) {
           "policy:\n  cheapest_meeting_accuracy: {accuracy_floor: 0.8}", "")),
       Contains(
           "policy: set one of: pinned, weighted, cheapest_meeting_accuracy, "
-          "best_utility, thompson, budget"));
+          "best_utility, thompson, budget, contextual"));
 }
 
 TEST(ConfigTest, UnknownDefaultTaskAndTaskPolicyAreRejected) {

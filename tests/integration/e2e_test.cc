@@ -72,6 +72,8 @@ routes:
     model: m
 policy:
   weighted: {weights: {prompted: 1, fine-tuned: 1, rag: 1}}
+task_policies:
+  troubleshooting: {contextual: {k: 5, min_feedback: 2, explore_share: 0}}
 experiments:
   - name: prompt-vs-tuned
     salt: e2e
@@ -487,6 +489,11 @@ TEST_F(EndToEndTest, ExperimentAssignsStickilyAndAnalyzes) {
   EXPECT_EQ(Sample(metrics, "arbiter_experiment_feedback_score_total",
                    {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}),
             0);
+  EXPECT_EQ(Sample(metrics, "arbiter_experiment_feedback_total",
+                   {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}) +
+                Sample(metrics, "arbiter_experiment_feedback_total",
+                       {{"experiment", "prompt-vs-tuned"}, {"arm", "B"}}),
+            requests);
 
   auto show = Subprocess::Start({ARBITER_BINARY, "experiment", "show",
                                  "prompt-vs-tuned", "--target",
@@ -496,6 +503,28 @@ TEST_F(EndToEndTest, ExperimentAssignsStickilyAndAnalyzes) {
   ASSERT_TRUE(verdict.ok()) << verdict.status();
   EXPECT_THAT(*verdict, HasSubstr("B beats A on accuracy"));
   EXPECT_EQ((*show)->Wait(), 0);
+}
+
+TEST_F(EndToEndTest, ContextualPolicyLearnsFromFeedbackOnSimilarPrompts) {
+  const std::string question = "Why does sync keep failing on my laptop?";
+  // Teach it: on this prompt, fine-tuned is right and rag is wrong.
+  for (int i = 0; i < 3; ++i) {
+    for (const char* route : {"fine-tuned", "rag"}) {
+      v1::InferResponse response;
+      ASSERT_TRUE(
+          Infer(Ask(question, route, "troubleshooting"), &response).ok());
+      v1::FeedbackRequest feedback;
+      feedback.set_request_id(response.request_id());
+      feedback.set_correct(std::string(route) == "fine-tuned");
+      ASSERT_TRUE(Feedback(feedback).ok());
+    }
+  }
+  v1::InferResponse response;
+  ASSERT_TRUE(Infer(Ask(question, "", "troubleshooting"), &response).ok());
+  EXPECT_EQ(response.decision().policy(), "contextual");
+  EXPECT_EQ(response.route(), "fine-tuned") << response.decision().reason();
+  EXPECT_THAT(response.decision().reason(),
+              ::testing::ContainsRegex("from [1-5] neighbours"));
 }
 
 TEST_F(EndToEndTest, MetricsPassPromtool) {

@@ -7,7 +7,12 @@ namespace {
 
 TEST(DecisionLogTest, FeedbackFindsTheRecordOnce) {
   DecisionLog log(10);
-  log.Record("a", {2, 1, 0.25, 0.003, false});
+  policy::DecisionRecord record_in;
+  record_in.route = 2;
+  record_in.task = 1;
+  record_in.propensity = 0.25;
+  record_in.cost_usd = 0.003;
+  log.Record("a", record_in);
   auto record = log.TakeFeedback("a");
   ASSERT_TRUE(record.ok());
   EXPECT_EQ(record->route, 2);

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "policy/context_memory.h"
 #include "policy/route_stats.h"
 #include "tests/policy/test_config.h"
 
@@ -428,6 +429,59 @@ TEST(EngineTest, BudgetRaisesThePriceOfCostWhenOverspending) {
   // Underspending lowers it again.
   for (int i = 0; i < 1000; ++i) engine->ObserveCost(0, 0.0);
   EXPECT_EQ(engine->Decide({}, *stats.Snapshot())->route, kExpensive);
+}
+
+TEST(EngineTest, ContextualRoutesSimilarPromptsByWhatWorkedForThem) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { contextual { k: 10 explore_share: 0 min_feedback: 20 } }
+           retrieval { embedding_dim: 4 })pb"));
+  ASSERT_TRUE(engine->UsesContext(0));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  // Two kinds of prompt in one task: on "password" prompts only kMid is
+  // right, on "invoice" prompts only kCheap; overall both sit at 50%.
+  const std::vector<float> password = {1, 0, 0, 0};
+  const std::vector<float> invoice = {0, 1, 0, 0};
+  for (int i = 0; i < 40; ++i) {
+    for (int r : {kMid, kCheap}) {
+      bool on_password = i % 2 == 0;
+      double score = (r == kMid) == on_password ? 1 : 0;
+      stats.RecordFeedback(r, 0, score);
+      engine->ObserveOutcome(0, r, on_password ? password : invoice, score);
+    }
+    stats.RecordFeedback(kExpensive, 0, 0.4);
+  }
+  RequestFeatures features;
+  features.embedding = password;
+  auto decision = engine->Decide(features, *stats.Snapshot());
+  ASSERT_TRUE(decision.ok()) << decision.status();
+  EXPECT_EQ(decision->route, kMid);
+  EXPECT_EQ(decision->policy, "contextual");
+  EXPECT_THAT(decision->reason, HasSubstr("mid: best for similar prompts"));
+  features.embedding = invoice;
+  EXPECT_EQ(engine->Decide(features, *stats.Snapshot())->route, kCheap);
+  // A prompt like neither falls back to the task-level figures.
+  const std::vector<float> other = {0, 0, 1, 0};
+  features.embedding = other;
+  auto fallback = engine->Decide(features, *stats.Snapshot());
+  ASSERT_TRUE(fallback.ok());
+  EXPECT_NE(fallback->route, kExpensive);  // 0.4 < 0.5.
+}
+
+TEST(EngineTest, ContextMemoryForgetsTheOldestWhenFull) {
+  ContextMemory memory(2, 3);
+  const std::vector<float> a = {1, 0};
+  const std::vector<float> b = {0, 1};
+  memory.Add(a, 0, 1);
+  memory.Add(a, 0, 1);
+  memory.Add(a, 0, 1);
+  memory.Add(b, 1, 0);  // Overwrites the first.
+  EXPECT_EQ(memory.size(), 3);
+  auto nearest = memory.Nearest(b, 3);
+  ASSERT_EQ(nearest.size(), 3u);
+  EXPECT_EQ(nearest[0].route, 1);
+  EXPECT_FLOAT_EQ(nearest[0].similarity, 1);
+  EXPECT_TRUE(memory.Nearest(std::vector<float>{1, 0, 0}, 3).empty())
+      << "wrong dimension";
 }
 
 TEST(EngineTest, BudgetNeedsAPositiveTarget) {
