@@ -163,6 +163,9 @@ bool SetCostWeight(v1::Config& config, double weight) {
     } else if (policy.has_thompson()) {
       policy.mutable_thompson()->set_cost_weight(weight);
       any = true;
+    } else if (policy.has_contextual()) {
+      policy.mutable_contextual()->set_cost_weight(weight);
+      any = true;
     }
   };
   set(*config.mutable_policy());

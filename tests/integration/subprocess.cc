@@ -99,6 +99,8 @@ int Subprocess::Wait() {
         WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     pid_ = -1;
   }
+  // All output is read once the pipe closes; Output() after Wait() is whole.
+  if (reader_.joinable()) reader_.join();
   return exit_code_;
 }
 

@@ -29,7 +29,8 @@ class Subprocess final {
                                           absl::Duration timeout);
   // Sends SIGTERM and returns the exit code (or 128 + signal).
   int Stop();
-  // Waits for the process to exit by itself; returns as Stop does.
+  // Waits for the process to exit by itself and for all its output; returns
+  // as Stop does.
   int Wait();
   std::string Output();
 

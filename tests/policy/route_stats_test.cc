@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "policy/context_memory.h"
 
 namespace arbiter::policy {
 namespace {
@@ -124,6 +125,29 @@ TEST(RouteStatsTest, ConcurrentWritersAndReadersAgreeOnTotals) {
   }
   EXPECT_EQ(requests, 4 * kPerThread);
   EXPECT_EQ(feedback, 4 * kPerThread);
+}
+
+// Run under TSan: the contextual memory read and written at once.
+TEST(ContextMemoryTest, ConcurrentAddsAndSearches) {
+  ContextMemory memory(8, 500);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&memory, t] {
+      std::vector<float> v(8, 0);
+      for (int i = 0; i < 2000; ++i) {
+        std::fill(v.begin(), v.end(), 0);
+        v[(i + t) % 8] = 1;
+        if (t == 0) {
+          memory.Add(v, i % 3, i % 2);
+        } else {
+          auto nearest = memory.Nearest(v, 5);
+          ASSERT_LE(nearest.size(), 5u);
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(memory.size(), 500);
 }
 
 }  // namespace
