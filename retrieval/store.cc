@@ -1,0 +1,427 @@
+#include "retrieval/store.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <map>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "retrieval/tokenizer.h"
+
+namespace arbiter::retrieval {
+namespace {
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS collections(
+  name TEXT PRIMARY KEY,
+  created_at INTEGER NOT NULL DEFAULT (unixepoch()));
+CREATE TABLE IF NOT EXISTS documents(
+  collection TEXT NOT NULL REFERENCES collections(name),
+  id TEXT NOT NULL,
+  title TEXT NOT NULL,
+  source TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  PRIMARY KEY(collection, id));
+CREATE TABLE IF NOT EXISTS chunks(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  collection TEXT NOT NULL,
+  doc_id TEXT NOT NULL,
+  position INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  embedding BLOB);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(collection, doc_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+  text, content='chunks', content_rowid='id');
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+  INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+  INSERT INTO chunks_fts(chunks_fts, rowid, text)
+    VALUES ('delete', old.id, old.text);
+END;
+CREATE TABLE IF NOT EXISTS changes(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  collection TEXT NOT NULL,
+  doc_id TEXT NOT NULL,
+  op TEXT NOT NULL);
+)sql";
+
+bool IsName(absl::string_view name) {
+  if (name.empty() || name.size() > 128) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '.';
+  });
+}
+
+// One prepared statement, finalized on scope exit.
+class Statement final {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    status_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  absl::Status status() const {
+    return status_ == SQLITE_OK ? absl::OkStatus()
+                                : absl::InternalError(absl::StrCat(
+                                      "sqlite: ", sqlite3_errmsg(db_)));
+  }
+  Statement& Bind(int i, absl::string_view text) {
+    sqlite3_bind_text(stmt_, i, text.data(), static_cast<int>(text.size()),
+                      SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& Bind(int i, int64_t value) {
+    sqlite3_bind_int64(stmt_, i, value);
+    return *this;
+  }
+  Statement& BindBlob(int i, const void* data, size_t size) {
+    sqlite3_bind_blob(stmt_, i, data, static_cast<int>(size), SQLITE_TRANSIENT);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return sqlite3_step(stmt_); }
+  absl::Status Run() {
+    int rc = Step();
+    return rc == SQLITE_DONE || rc == SQLITE_ROW
+               ? absl::OkStatus()
+               : absl::InternalError(
+                     absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  int64_t Int(int column) { return sqlite3_column_int64(stmt_, column); }
+  double Double(int column) { return sqlite3_column_double(stmt_, column); }
+  std::string Text(int column) {
+    const unsigned char* text = sqlite3_column_text(stmt_, column);
+    return text ? std::string(reinterpret_cast<const char*>(text)) : "";
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int status_;
+};
+
+absl::Status Exec(sqlite3* db, const char* sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    absl::Status status =
+        absl::InternalError(absl::StrCat("sqlite: ", error ? error : "?"));
+    sqlite3_free(error);
+    return status;
+  }
+  return absl::OkStatus();
+}
+
+// Rolls back unless committed.
+class Transaction final {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {
+    status_ = Exec(db, "BEGIN IMMEDIATE");
+  }
+  ~Transaction() {
+    if (status_.ok() && !done_) Exec(db_, "ROLLBACK").IgnoreError();
+  }
+  absl::Status status() const { return status_; }
+  absl::Status Commit() {
+    done_ = true;
+    return Exec(db_, "COMMIT");
+  }
+
+ private:
+  sqlite3* db_;
+  absl::Status status_;
+  bool done_ = false;
+};
+
+absl::Status RecordChange(sqlite3* db, absl::string_view collection,
+                          absl::string_view doc_id, const char* op) {
+  Statement insert(
+      db, "INSERT INTO changes(collection, doc_id, op) VALUES (?,?,?)");
+  insert.Bind(1, collection).Bind(2, doc_id).Bind(3, op);
+  return insert.Run();
+}
+
+absl::Status DeleteChunks(sqlite3* db, absl::string_view collection,
+                          absl::string_view doc_id) {
+  Statement remove(db,
+                   "DELETE FROM chunks WHERE collection = ? AND doc_id = ?");
+  remove.Bind(1, collection).Bind(2, doc_id);
+  return remove.Run();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DocumentStore>> DocumentStore::Open(
+    const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(
+      path.c_str(), &db,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+      nullptr);
+  if (rc != SQLITE_OK) {
+    std::string message = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(
+        absl::StrCat("cannot open store \"", path, "\": ", message));
+  }
+  auto store = std::unique_ptr<DocumentStore>(new DocumentStore(db));
+  sqlite3_busy_timeout(db, 5000);
+  for (const char* pragma :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+        "PRAGMA foreign_keys=ON"}) {
+    absl::Status status = Exec(db, pragma);
+    if (!status.ok()) return status;
+  }
+  absl::Status schema = Exec(db, kSchema);
+  if (!schema.ok()) return schema;
+  return store;
+}
+
+DocumentStore::~DocumentStore() { sqlite3_close(db_); }
+
+absl::Status DocumentStore::CreateCollection(absl::string_view name) {
+  if (!IsName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("collection: \"", name,
+                     "\" must be 1-128 letters, digits, '_', '-' or '.'"));
+  }
+  Statement insert(db_, "INSERT OR IGNORE INTO collections(name) VALUES (?)");
+  insert.Bind(1, name);
+  return insert.Run();
+}
+
+absl::StatusOr<std::vector<std::string>> DocumentStore::Collections() {
+  Statement select(db_, "SELECT name FROM collections ORDER BY name");
+  std::vector<std::string> names;
+  while (select.Step() == SQLITE_ROW) names.push_back(select.Text(0));
+  return names;
+}
+
+absl::Status DocumentStore::RequireCollection(absl::string_view collection) {
+  Statement select(db_, "SELECT 1 FROM collections WHERE name = ?");
+  select.Bind(1, collection);
+  if (select.Step() != SQLITE_ROW) {
+    return absl::NotFoundError(
+        absl::StrCat("collection: unknown collection \"", collection, "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> DocumentStore::Upsert(absl::string_view collection,
+                                              const StoredDocument& document) {
+  if (document.id.empty()) {
+    return absl::InvalidArgumentError("id: must not be empty");
+  }
+  bool has_text = std::any_of(
+      document.chunks.begin(), document.chunks.end(),
+      [](const std::string& chunk) { return !Words(chunk).empty(); });
+  if (!has_text) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("document \"", document.id, "\": text must not be empty"));
+  }
+  if (!document.embeddings.empty() &&
+      document.embeddings.size() != document.chunks.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "document \"", document.id, "\": ", document.embeddings.size(),
+        " embeddings for ", document.chunks.size(), " chunks"));
+  }
+  {
+    Statement check(db_, "SELECT json_valid(?1) AND json_type(?1) = 'object'");
+    check.Bind(1, document.metadata_json);
+    if (check.Step() != SQLITE_ROW || check.Int(0) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "document \"", document.id, "\": metadata must be a JSON object"));
+    }
+  }
+  Transaction transaction(db_);
+  if (!transaction.status().ok()) return transaction.status();
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  int64_t version = 1;
+  {
+    Statement select(
+        db_, "SELECT version FROM documents WHERE collection = ? AND id = ?");
+    select.Bind(1, collection).Bind(2, document.id);
+    if (select.Step() == SQLITE_ROW) version = select.Int(0) + 1;
+  }
+  {
+    Statement upsert(db_,
+                     "INSERT OR REPLACE INTO documents(collection, id, title, "
+                     "source, metadata, version) VALUES (?,?,?,?,?,?)");
+    upsert.Bind(1, collection)
+        .Bind(2, document.id)
+        .Bind(3, document.title)
+        .Bind(4, document.source)
+        .Bind(5, document.metadata_json)
+        .Bind(6, version);
+    if (absl::Status s = upsert.Run(); !s.ok()) return s;
+  }
+  if (absl::Status s = DeleteChunks(db_, collection, document.id); !s.ok()) {
+    return s;
+  }
+  for (size_t i = 0; i < document.chunks.size(); ++i) {
+    Statement insert(db_,
+                     "INSERT INTO chunks(collection, doc_id, position, text, "
+                     "embedding) VALUES (?,?,?,?,?)");
+    insert.Bind(1, collection)
+        .Bind(2, document.id)
+        .Bind(3, static_cast<int64_t>(i))
+        .Bind(4, document.chunks[i]);
+    if (!document.embeddings.empty()) {
+      const std::vector<float>& embedding = document.embeddings[i];
+      insert.BindBlob(5, embedding.data(), embedding.size() * sizeof(float));
+    }
+    if (absl::Status s = insert.Run(); !s.ok()) return s;
+  }
+  if (absl::Status s = RecordChange(db_, collection, document.id, "upsert");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = transaction.Commit(); !s.ok()) return s;
+  return version;
+}
+
+absl::Status DocumentStore::Delete(absl::string_view collection,
+                                   absl::string_view doc_id) {
+  Transaction transaction(db_);
+  if (!transaction.status().ok()) return transaction.status();
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  Statement remove(db_,
+                   "DELETE FROM documents WHERE collection = ? AND id = ?");
+  remove.Bind(1, collection).Bind(2, doc_id);
+  if (absl::Status s = remove.Run(); !s.ok()) return s;
+  if (sqlite3_changes(db_) == 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "document \"", doc_id, "\" is not in collection \"", collection, "\""));
+  }
+  if (absl::Status s = DeleteChunks(db_, collection, doc_id); !s.ok()) return s;
+  if (absl::Status s = RecordChange(db_, collection, doc_id, "delete");
+      !s.ok()) {
+    return s;
+  }
+  return transaction.Commit();
+}
+
+absl::StatusOr<int64_t> DocumentStore::DeleteWhere(
+    absl::string_view collection, absl::string_view key,
+    absl::string_view value_json) {
+  if (!IsName(key)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "filter key: \"", key, "\" must be letters, digits, '_', '-' or '.'"));
+  }
+  {
+    Statement check(db_,
+                    "SELECT json_valid(?1) AND json_type(?1) NOT IN "
+                    "('object', 'array')");
+    check.Bind(1, value_json);
+    if (check.Step() != SQLITE_ROW || check.Int(0) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("filter value: ", value_json, " is not a JSON scalar"));
+    }
+  }
+  Transaction transaction(db_);
+  if (!transaction.status().ok()) return transaction.status();
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  std::vector<std::string> ids;
+  {
+    Statement select(db_,
+                     "SELECT id FROM documents WHERE collection = ? AND "
+                     "json_extract(metadata, ?) = json_extract(?, '$')");
+    select.Bind(1, collection)
+        .Bind(2, absl::StrCat("$.\"", key, "\""))
+        .Bind(3, value_json);
+    while (select.Step() == SQLITE_ROW) ids.push_back(select.Text(0));
+  }
+  for (const std::string& id : ids) {
+    Statement remove(db_,
+                     "DELETE FROM documents WHERE collection = ? AND id = ?");
+    remove.Bind(1, collection).Bind(2, id);
+    if (absl::Status s = remove.Run(); !s.ok()) return s;
+    if (absl::Status s = DeleteChunks(db_, collection, id); !s.ok()) return s;
+    if (absl::Status s = RecordChange(db_, collection, id, "delete"); !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = transaction.Commit(); !s.ok()) return s;
+  return static_cast<int64_t>(ids.size());
+}
+
+absl::StatusOr<int64_t> DocumentStore::DocumentCount(
+    absl::string_view collection) {
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  Statement count(db_, "SELECT count(*) FROM documents WHERE collection = ?");
+  count.Bind(1, collection);
+  return count.Step() == SQLITE_ROW ? count.Int(0) : 0;
+}
+
+absl::StatusOr<int64_t> DocumentStore::ChunkCount(
+    absl::string_view collection) {
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  Statement count(db_, "SELECT count(*) FROM chunks WHERE collection = ?");
+  count.Bind(1, collection);
+  return count.Step() == SQLITE_ROW ? count.Int(0) : 0;
+}
+
+absl::StatusOr<int64_t> DocumentStore::LastChange() {
+  Statement select(db_, "SELECT coalesce(max(seq), 0) FROM changes");
+  return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+}
+
+absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
+    absl::string_view collection, absl::string_view query, int k) {
+  if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
+  std::vector<std::string> words = Words(query);
+  if (words.empty()) {
+    return absl::InvalidArgumentError("query: has no words to search for");
+  }
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  // Quoted words joined by OR: user text never reaches FTS5's query syntax.
+  std::vector<std::string> terms;
+  for (const std::string& word : words)
+    terms.push_back(absl::StrCat("\"", word, "\""));
+  Statement select(db_,
+                   "SELECT c.id, c.doc_id, c.position, c.text, "
+                   "bm25(chunks_fts) AS rank FROM chunks_fts "
+                   "JOIN chunks c ON c.id = chunks_fts.rowid "
+                   "WHERE chunks_fts MATCH ? AND c.collection = ? "
+                   "ORDER BY rank LIMIT ?");
+  if (absl::Status s = select.status(); !s.ok()) return s;
+  select.Bind(1, absl::StrJoin(terms, " OR "))
+      .Bind(2, collection)
+      .Bind(3, static_cast<int64_t>(k));
+  std::vector<KeywordHit> hits;
+  int rc;
+  while ((rc = select.Step()) == SQLITE_ROW) {
+    // FTS5's bm25() is lower-is-better; flip it so higher is better.
+    hits.push_back({select.Int(0), select.Text(1),
+                    static_cast<int>(select.Int(2)), select.Text(3),
+                    -select.Double(4)});
+  }
+  if (rc != SQLITE_DONE) {
+    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  return hits;
+}
+
+std::vector<FusedHit> ReciprocalRankFusion(
+    const std::vector<std::vector<int64_t>>& ranked_lists, double k) {
+  std::map<int64_t, double> votes;
+  for (const std::vector<int64_t>& list : ranked_lists) {
+    for (size_t rank = 0; rank < list.size(); ++rank) {
+      votes[list[rank]] += 1.0 / (k + static_cast<double>(rank + 1));
+    }
+  }
+  std::vector<FusedHit> fused;
+  for (const auto& [id, score] : votes) fused.push_back({id, score});
+  std::stable_sort(
+      fused.begin(), fused.end(),
+      [](const FusedHit& a, const FusedHit& b) { return a.score > b.score; });
+  return fused;
+}
+
+}  // namespace arbiter::retrieval

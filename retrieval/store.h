@@ -1,0 +1,96 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+struct sqlite3;
+
+namespace arbiter::retrieval {
+
+// A document as stored: its chunks and their embeddings come with it, so a
+// write is one transaction and never half-applied.
+struct StoredDocument {
+  std::string id;
+  std::string title;
+  std::string source;
+  std::string metadata_json = "{}";  // A JSON object.
+  std::vector<std::string> chunks;
+  std::vector<std::vector<float>> embeddings;  // One per chunk (may be empty).
+};
+
+struct KeywordHit {
+  int64_t chunk_id = 0;
+  std::string doc_id;
+  int position = 0;
+  std::string text;
+  double score = 0;  // BM25; higher is better.
+};
+
+// The durable source of truth of retrieval: collections, documents (id,
+// title, source, metadata, version), chunks and their embeddings, in SQLite
+// (WAL mode, synchronous commits: a write returns only once it is durable).
+// Keyword search is SQLite's FTS5 with BM25 ranking. Every change is
+// numbered, so a derived index can say which position it covers.
+// Thread-safe: one connection, serialized by SQLite (FULLMUTEX).
+class DocumentStore final {
+ public:
+  // Opens or creates the database at `path` (":memory:" for a private one).
+  static absl::StatusOr<std::unique_ptr<DocumentStore>> Open(
+      const std::string& path);
+  ~DocumentStore();
+
+  DocumentStore(const DocumentStore&) = delete;
+  DocumentStore& operator=(const DocumentStore&) = delete;
+
+  // Idempotent. INVALID_ARGUMENT for a malformed name.
+  absl::Status CreateCollection(absl::string_view name);
+  [[nodiscard]] absl::StatusOr<std::vector<std::string>> Collections();
+
+  // Inserts or replaces a document and all its chunks atomically; returns
+  // its new version (1 for a new document). NOT_FOUND for an unknown
+  // collection; INVALID_ARGUMENT for an empty id or text, or metadata that
+  // is not a JSON object.
+  absl::StatusOr<int64_t> Upsert(absl::string_view collection,
+                                 const StoredDocument& document);
+  // NOT_FOUND if the document does not exist.
+  absl::Status Delete(absl::string_view collection, absl::string_view doc_id);
+  // Deletes the documents whose metadata has `key` equal to `value` (a JSON
+  // scalar as text, e.g. "\"faq\"" or "3"); returns how many.
+  absl::StatusOr<int64_t> DeleteWhere(absl::string_view collection,
+                                      absl::string_view key,
+                                      absl::string_view value_json);
+
+  [[nodiscard]] absl::StatusOr<int64_t> DocumentCount(
+      absl::string_view collection);
+  [[nodiscard]] absl::StatusOr<int64_t> ChunkCount(
+      absl::string_view collection);
+  // The number of the latest change (0 for an empty store).
+  [[nodiscard]] absl::StatusOr<int64_t> LastChange();
+
+  // BM25 over the collection's chunks; any query word may match.
+  [[nodiscard]] absl::StatusOr<std::vector<KeywordHit>> KeywordSearch(
+      absl::string_view collection, absl::string_view query, int k);
+
+ private:
+  explicit DocumentStore(sqlite3* db) : db_(db) {}
+  absl::Status RequireCollection(absl::string_view collection);
+
+  sqlite3* const db_;  // Owned.
+};
+
+// Reciprocal rank fusion: each list votes 1 / (k + rank) for its items
+// (rank from 1); items are returned by total vote, best first. k = 60 is
+// the usual choice.
+struct FusedHit {
+  int64_t id = 0;
+  double score = 0;
+};
+[[nodiscard]] std::vector<FusedHit> ReciprocalRankFusion(
+    const std::vector<std::vector<int64_t>>& ranked_lists, double k = 60);
+
+}  // namespace arbiter::retrieval

@@ -1,0 +1,225 @@
+#include "retrieval/store.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace arbiter::retrieval {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           absl::StrCat("arbiter-store-", getpid(), "-",
+                        ::testing::UnitTest::GetInstance()->random_seed(), "-",
+                        counter_++);
+    std::filesystem::create_directories(dir_);
+    path_ = (dir_ / "store.db").string();
+    auto store = DocumentStore::Open(path_);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    ASSERT_TRUE(store_->CreateCollection("help").ok());
+  }
+  void TearDown() override {
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  static StoredDocument Doc(std::string id, std::vector<std::string> chunks,
+                            std::string metadata = "{}") {
+    StoredDocument document;
+    document.id = std::move(id);
+    document.title = "Title of " + document.id;
+    document.source = "test";
+    document.metadata_json = std::move(metadata);
+    document.chunks = std::move(chunks);
+    for (size_t i = 0; i < document.chunks.size(); ++i) {
+      document.embeddings.push_back({1.0f * i, 2.0f});
+    }
+    return document;
+  }
+
+  static inline int counter_ = 0;
+  std::filesystem::path dir_;
+  std::string path_;
+  std::unique_ptr<DocumentStore> store_;
+};
+
+TEST_F(StoreTest, UpsertStoresAndReplacesDocuments) {
+  auto version = store_->Upsert(
+      "help", Doc("reset", {"Open Settings to reset your password.",
+                            "The link expires after 45 minutes."}));
+  ASSERT_TRUE(version.ok()) << version.status();
+  EXPECT_EQ(*version, 1);
+  EXPECT_EQ(*store_->DocumentCount("help"), 1);
+  EXPECT_EQ(*store_->ChunkCount("help"), 2);
+  version =
+      store_->Upsert("help", Doc("reset", {"Passwords reset by email now."}));
+  EXPECT_EQ(*version, 2);
+  EXPECT_EQ(*store_->ChunkCount("help"), 1);
+  auto hits = store_->KeywordSearch("help", "expires", 5);
+  ASSERT_TRUE(hits.ok());
+  EXPECT_TRUE(hits->empty()) << "a replaced chunk is still searchable";
+  EXPECT_EQ(*store_->LastChange(), 2);
+}
+
+TEST_F(StoreTest, KeywordSearchRanksByBm25) {
+  ASSERT_TRUE(
+      store_
+          ->Upsert("help", Doc("reset", {"Reset your password in Settings. "
+                                         "The password link expires."}))
+          .ok());
+  ASSERT_TRUE(store_
+                  ->Upsert("help", Doc("billing",
+                                       {"Invoices arrive monthly by email."}))
+                  .ok());
+  ASSERT_TRUE(
+      store_->Upsert("help", Doc("sync", {"Sync needs a password only once."}))
+          .ok());
+  auto hits = store_->KeywordSearch("help", "How do I reset my password?", 3);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 2u);
+  EXPECT_EQ((*hits)[0].doc_id, "reset");
+  EXPECT_GT((*hits)[0].score, (*hits)[1].score);
+  // FTS5 operators in user text are just words.
+  auto odd = store_->KeywordSearch("help", "NEAR( password OR \"AND* )", 3);
+  EXPECT_TRUE(odd.ok()) << odd.status();
+}
+
+TEST_F(StoreTest, DeleteAndDeleteWhereRemoveEverything) {
+  ASSERT_TRUE(
+      store_->Upsert("help", Doc("a", {"alpha text"}, R"({"team": "faq"})"))
+          .ok());
+  ASSERT_TRUE(
+      store_->Upsert("help", Doc("b", {"beta text"}, R"({"team": "faq"})"))
+          .ok());
+  ASSERT_TRUE(
+      store_->Upsert("help", Doc("c", {"gamma text"}, R"({"team": "billing"})"))
+          .ok());
+  EXPECT_TRUE(store_->Delete("help", "c").ok());
+  EXPECT_EQ(store_->Delete("help", "c").code(), absl::StatusCode::kNotFound);
+  auto deleted = store_->DeleteWhere("help", "team", "\"faq\"");
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 2);
+  EXPECT_EQ(*store_->DocumentCount("help"), 0);
+  EXPECT_EQ(*store_->ChunkCount("help"), 0);
+  EXPECT_TRUE(store_->KeywordSearch("help", "text", 5)->empty());
+}
+
+TEST_F(StoreTest, BadInputGetsClearErrors) {
+  EXPECT_EQ(store_->Upsert("nope", Doc("a", {"text"})).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_THAT(store_->Upsert("nope", Doc("a", {"text"})).status().message(),
+              HasSubstr("unknown collection \"nope\""));
+  EXPECT_THAT(store_->Upsert("help", Doc("a", {"  ", ""})).status().message(),
+              HasSubstr("text must not be empty"));
+  EXPECT_THAT(store_->Upsert("help", Doc("", {"text"})).status().message(),
+              HasSubstr("id: must not be empty"));
+  EXPECT_THAT(
+      store_->Upsert("help", Doc("a", {"text"}, "[1]")).status().message(),
+      HasSubstr("metadata must be a JSON object"));
+  EXPECT_THAT(store_->DeleteWhere("help", "bad key!", "1").status().message(),
+              HasSubstr("filter key"));
+  EXPECT_THAT(
+      store_->DeleteWhere("help", "team", "{\"x\": 1}").status().message(),
+      HasSubstr("not a JSON scalar"));
+  EXPECT_EQ(store_->CreateCollection("no spaces").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->KeywordSearch("help", "?!", 3).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  StoredDocument mismatched = Doc("m", {"one", "two"});
+  mismatched.embeddings.pop_back();
+  EXPECT_THAT(store_->Upsert("help", mismatched).status().message(),
+              HasSubstr("1 embeddings for 2 chunks"));
+}
+
+TEST_F(StoreTest, SurvivesReopening) {
+  ASSERT_TRUE(store_->Upsert("help", Doc("a", {"durable words"})).ok());
+  store_.reset();
+  auto reopened = DocumentStore::Open(path_);
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_THAT(*(*reopened)->Collections(), ElementsAre("help"));
+  EXPECT_EQ(*(*reopened)->DocumentCount("help"), 1);
+  EXPECT_EQ((*(*reopened)->KeywordSearch("help", "durable", 1))[0].doc_id, "a");
+}
+
+// A process killed with SIGKILL in the middle of a bulk ingest loses no
+// acknowledged document and leaves no half-written one.
+TEST_F(StoreTest, SigkillDuringIngestLosesNoAcknowledgedWrite) {
+  store_.reset();
+  int acks[2];
+  ASSERT_EQ(pipe(acks), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(acks[0]);
+    auto store = DocumentStore::Open(path_);
+    if (!store.ok()) _exit(2);
+    for (int i = 0;; ++i) {
+      std::vector<std::string> chunks;
+      for (int c = 0; c < 5; ++c) {
+        chunks.push_back(absl::StrCat("document ", i, " chunk ", c, " words"));
+      }
+      if (!(*store)
+               ->Upsert("help", Doc(absl::StrCat("doc-", i), chunks))
+               .ok()) {
+        _exit(3);
+      }
+      std::string ack = absl::StrCat(i, "\n");
+      if (write(acks[1], ack.data(), ack.size()) < 0) _exit(4);
+    }
+  }
+  close(acks[1]);
+  // Let it acknowledge a good number of writes, then kill it mid-stream.
+  std::string received;
+  char buffer[256];
+  int acknowledged = -1;
+  while (acknowledged < 200) {
+    ssize_t n = read(acks[0], buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << "the writer died early";
+    received.append(buffer, n);
+    size_t end = received.rfind('\n');
+    if (end == std::string::npos) continue;
+    size_t start = received.rfind('\n', end - 1);
+    start = start == std::string::npos ? 0 : start + 1;
+    ASSERT_TRUE(
+        absl::SimpleAtoi(received.substr(start, end - start), &acknowledged));
+  }
+  kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  close(acks[0]);
+  auto store = DocumentStore::Open(path_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  int64_t documents = *(*store)->DocumentCount("help");
+  EXPECT_GT(documents, acknowledged) << "an acknowledged document was lost";
+  // Every stored document is whole: five chunks each, no more, no fewer.
+  EXPECT_EQ(*(*store)->ChunkCount("help"), documents * 5);
+  EXPECT_EQ((*(*store)->KeywordSearch(
+                 "help", absl::StrCat("document ", acknowledged), 5))
+                .size(),
+            5u);
+}
+
+TEST(RankFusionTest, VotesByReciprocalRank) {
+  auto fused = ReciprocalRankFusion({{1, 2, 3}, {3, 1}}, 60);
+  ASSERT_EQ(fused.size(), 3u);
+  EXPECT_EQ(fused[0].id, 1);  // 1/61 + 1/62
+  EXPECT_EQ(fused[1].id, 3);  // 1/63 + 1/61
+  EXPECT_EQ(fused[2].id, 2);  // 1/62
+  EXPECT_NEAR(fused[0].score, 1.0 / 61 + 1.0 / 62, 1e-12);
+}
+
+}  // namespace
+}  // namespace arbiter::retrieval
