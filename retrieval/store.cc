@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
 #include "absl/status/status.h"
@@ -96,6 +97,8 @@ class Statement final {
   }
   int64_t Int(int column) { return sqlite3_column_int64(stmt_, column); }
   double Double(int column) { return sqlite3_column_double(stmt_, column); }
+  const void* Blob(int column) { return sqlite3_column_blob(stmt_, column); }
+  int Bytes(int column) { return sqlite3_column_bytes(stmt_, column); }
   std::string Text(int column) {
     const unsigned char* text = sqlite3_column_text(stmt_, column);
     return text ? std::string(reinterpret_cast<const char*>(text)) : "";
@@ -370,6 +373,52 @@ absl::StatusOr<int64_t> DocumentStore::ChunkCount(
 absl::StatusOr<int64_t> DocumentStore::LastChange() {
   Statement select(db_, "SELECT coalesce(max(seq), 0) FROM changes");
   return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+}
+
+namespace {
+
+StoredChunk ReadChunk(Statement& select) {
+  StoredChunk chunk;
+  chunk.id = select.Int(0);
+  chunk.doc_id = select.Text(1);
+  chunk.position = static_cast<int>(select.Int(2));
+  chunk.text = select.Text(3);
+  const void* blob = select.Blob(4);
+  int bytes = select.Bytes(4);
+  if (blob != nullptr && bytes > 0) {
+    chunk.embedding.resize(bytes / sizeof(float));
+    std::memcpy(chunk.embedding.data(), blob,
+                chunk.embedding.size() * sizeof(float));
+  }
+  return chunk;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
+    absl::string_view collection, absl::string_view doc_id) {
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  Statement select(db_,
+                   "SELECT id, doc_id, position, text, embedding FROM chunks "
+                   "WHERE collection = ?1 AND (?2 = '' OR doc_id = ?2) "
+                   "ORDER BY id");
+  select.Bind(1, collection).Bind(2, doc_id);
+  std::vector<StoredChunk> chunks;
+  while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
+  return chunks;
+}
+
+absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
+    const std::vector<int64_t>& ids) {
+  std::vector<StoredChunk> chunks;
+  for (int64_t id : ids) {
+    Statement select(db_,
+                     "SELECT id, doc_id, position, text, embedding FROM chunks "
+                     "WHERE id = ?");
+    select.Bind(1, id);
+    if (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
+  }
+  return chunks;
 }
 
 absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(

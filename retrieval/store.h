@@ -23,6 +23,14 @@ struct StoredDocument {
   std::vector<std::vector<float>> embeddings;  // One per chunk (may be empty).
 };
 
+struct StoredChunk {
+  int64_t id = 0;
+  std::string doc_id;
+  int position = 0;
+  std::string text;
+  std::vector<float> embedding;  // Empty if none was stored.
+};
+
 struct KeywordHit {
   int64_t chunk_id = 0;
   std::string doc_id;
@@ -71,6 +79,13 @@ class DocumentStore final {
       absl::string_view collection);
   // The number of the latest change (0 for an empty store).
   [[nodiscard]] absl::StatusOr<int64_t> LastChange();
+
+  // Every chunk of the collection, or of one document, in id order.
+  [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> Chunks(
+      absl::string_view collection, absl::string_view doc_id = "");
+  // The chunks with these ids (missing ids are skipped), in the given order.
+  [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunksById(
+      const std::vector<int64_t>& ids);
 
   // BM25 over the collection's chunks; any query word may match.
   [[nodiscard]] absl::StatusOr<std::vector<KeywordHit>> KeywordSearch(
