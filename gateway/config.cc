@@ -454,6 +454,11 @@ class Validator {
       Error("retrieval.chunk_overlap_tokens",
             "must be smaller than chunk_tokens");
     }
+    if (!retrieval.search().empty() && retrieval.search() != "hybrid" &&
+        retrieval.search() != "keyword" && retrieval.search() != "vector") {
+      Error("retrieval.search", "must be hybrid, keyword or vector, got \"",
+            retrieval.search(), "\"");
+    }
     if (retrieval.embedding_dim() != 0 &&
         (retrieval.embedding_dim() < 16 || retrieval.embedding_dim() > 8192)) {
       Error("retrieval.embedding_dim", "must be in [16, 8192]");
@@ -533,6 +538,7 @@ void ApplyConfigDefaults(v1::Config& config) {
         std::min(40, retrieval.chunk_tokens() / 4));
   }
   if (retrieval.embedding_dim() == 0) retrieval.set_embedding_dim(512);
+  if (retrieval.search().empty()) retrieval.set_search("hybrid");
 }
 
 absl::StatusOr<LoadedConfig> LoadConfigText(

@@ -172,17 +172,41 @@ absl::Status Gateway::Init() {
           absl::StrCat("retrieval.corpus_dir: no .md or .txt files in \"",
                        config.retrieval().corpus_dir(), "\""));
     }
-    retrieval::RetrieverOptions options;
-    options.chunking.chunk_tokens = config.retrieval().chunk_tokens();
-    options.chunking.overlap_tokens = config.retrieval().chunk_overlap_tokens();
-    options.embedding_dim = config.retrieval().embedding_dim();
-    auto retriever = retrieval::Retriever::Build(std::move(documents), options);
-    if (!retriever.ok()) return retriever.status();
-    retriever_ = *std::move(retriever);
-    metrics_.SetCorpus(retriever_->document_count(),
-                       retriever_->chunks().size());
+    const v1::Retrieval& settings = config.retrieval();
+    auto store = retrieval::DocumentStore::Open(
+        settings.store_path().empty() ? ":memory:" : settings.store_path());
+    if (!store.ok()) return store.status();
+    store_ = *std::move(store);
+    retrieval::ChunkOptions chunking{settings.chunk_tokens(),
+                                     settings.chunk_overlap_tokens()};
+    // The corpus folder is loaded into the store, then the index is derived.
+    absl::Status created = store_->CreateCollection("corpus");
+    if (!created.ok()) return created;
+    for (const retrieval::Document& document : documents) {
+      retrieval::StoredDocument stored;
+      stored.id = document.id;
+      stored.title = document.title;
+      stored.source = settings.corpus_dir();
+      stored.chunks = retrieval::ChunkText(document.text, chunking);
+      auto version = store_->Upsert("corpus", stored);
+      if (!version.ok()) {
+        return absl::Status(
+            version.status().code(),
+            absl::StrCat("retrieval.corpus_dir: ", version.status().message()));
+      }
+    }
+    auto corpus = retrieval::Collection::Open(*store_, "corpus", chunking,
+                                              settings.embedding_dim());
+    if (!corpus.ok()) return corpus.status();
+    corpus_ = *std::move(corpus);
+    search_mode_ =
+        settings.search() == "keyword"  ? retrieval::SearchMode::kKeyword
+        : settings.search() == "vector" ? retrieval::SearchMode::kVector
+                                        : retrieval::SearchMode::kHybrid;
+    metrics_.SetCorpus(*store_->DocumentCount("corpus"),
+                       *store_->ChunkCount("corpus"));
   }
-  if (retriever_ == nullptr) {
+  if (corpus_ == nullptr) {
     prompt_embedder_ = std::make_unique<retrieval::HashedNgramEmbedder>(
         config.retrieval().embedding_dim());
   }
@@ -233,8 +257,8 @@ absl::Status Gateway::InitExperiments(const std::vector<double>& prior_costs) {
 }
 
 std::vector<float> Gateway::EmbedPrompt(absl::string_view text) const {
-  return retriever_ != nullptr ? retriever_->Embed(text)
-                               : prompt_embedder_->Embed(text);
+  return corpus_ != nullptr ? corpus_->Embed(text)
+                            : prompt_embedder_->Embed(text);
 }
 
 int Gateway::ExperimentFor(int task) const {
@@ -271,10 +295,12 @@ std::string Gateway::Describe() const {
   }
   absl::StrAppend(&text, "tasks: ", absl::StrJoin(config.tasks(), ", "),
                   " (default ", config.default_task(), ")\n");
-  if (retriever_ != nullptr) {
-    absl::StrAppend(&text, "corpus: ", retriever_->document_count(),
-                    " documents, ", retriever_->chunks().size(), " chunks\n");
+  if (corpus_ != nullptr) {
+    absl::StrAppend(&text, "corpus: ", *store_->DocumentCount("corpus"),
+                    " documents, ", *store_->ChunkCount("corpus"), " chunks (",
+                    config.retrieval().search(), " search)\n");
   }
+
   return text;
 }
 
@@ -364,14 +390,23 @@ absl::StatusOr<BackendRequest> Gateway::BuildBackendRequest(
   if (route.kind() == "rag") {
     const std::string& question = request.messages().rbegin()->content();
     absl::Time start = absl::Now();
-    auto hits = retriever_->Search(question, route.rag().top_k());
-    if (!hits.ok()) {
-      return absl::Status(hits.status().code(),
+    auto found = corpus_->Search(question, route.rag().top_k(), search_mode_);
+    if (!found.ok()) {
+      return absl::Status(found.status().code(),
                           absl::StrCat("retrieval for route \"", route.name(),
-                                       "\": ", hits.status().message()));
+                                       "\": ", found.status().message()));
+    }
+    std::vector<retrieval::Chunk> chunks;
+    for (retrieval::SearchHit& hit : *found) {
+      chunks.push_back({hit.chunk_id, std::move(hit.doc_id),
+                        std::move(hit.doc_title), 0, std::move(hit.text)});
+    }
+    std::vector<retrieval::Hit> hits;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      hits.push_back({&chunks[i], static_cast<float>((*found)[i].score)});
     }
     retrieval::Context context =
-        retrieval::AssembleContext(*hits, route.rag().max_context_tokens());
+        retrieval::AssembleContext(hits, route.rag().max_context_tokens());
     metrics_.RecordRetrieval(absl::ToDoubleSeconds(absl::Now() - start));
     absl::StrAppend(&system, system.empty() ? "" : "\n\n",
                     "Answer from the context below and cite the sources you "

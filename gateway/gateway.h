@@ -18,6 +18,7 @@
 #include "policy/engine.h"
 #include "policy/experiment.h"
 #include "policy/route_stats.h"
+#include "retrieval/collection.h"
 #include "retrieval/retriever.h"
 
 namespace arbiter {
@@ -87,7 +88,10 @@ class Gateway final {
   std::vector<Backend*> route_backend_;        // Per route; owned by backends_.
   std::vector<absl::Duration> route_timeout_;  // Per route, from its backend.
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
-  std::unique_ptr<retrieval::Retriever> retriever_;
+  // The corpus: SQLite store as truth, a derived index for search.
+  std::unique_ptr<retrieval::DocumentStore> store_;
+  std::unique_ptr<retrieval::Collection> corpus_;
+  retrieval::SearchMode search_mode_ = retrieval::SearchMode::kHybrid;
   // Embeds prompts for contextual policies when there is no corpus.
   std::unique_ptr<retrieval::HashedNgramEmbedder> prompt_embedder_;
   std::unique_ptr<policy::Engine> engine_;

@@ -41,18 +41,22 @@ absl::StatusOr<std::unique_ptr<Collection>> Collection::Open(
 absl::Status Collection::Rebuild() {
   auto chunks = store_.Chunks(name_);
   if (!chunks.ok()) return chunks.status();
-  std::vector<absl::string_view> texts;
-  for (const StoredChunk& chunk : *chunks) texts.push_back(chunk.text);
-  embedder_.Fit(texts);
+  // A chunk is embedded with its document's title: it names the subject.
+  std::vector<std::string> texts;
+  for (const StoredChunk& chunk : *chunks) {
+    texts.push_back(absl::StrCat(chunk.doc_title, "\n", chunk.text));
+  }
+  embedder_.Fit(std::vector<absl::string_view>(texts.begin(), texts.end()));
   auto index =
       std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(dim_));
   index->own_fields = true;
   std::vector<float> matrix;
   std::vector<faiss::Index::idx_t> ids;
-  for (const StoredChunk& chunk : *chunks) {
+  for (size_t i = 0; i < chunks->size(); ++i) {
+    const StoredChunk& chunk = (*chunks)[i];
     std::vector<float> vector = static_cast<int>(chunk.embedding.size()) == dim_
                                     ? chunk.embedding
-                                    : embedder_.Embed(chunk.text);
+                                    : embedder_.Embed(texts[i]);
     matrix.insert(matrix.end(), vector.begin(), vector.end());
     ids.push_back(chunk.id);
   }
@@ -152,7 +156,8 @@ absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
   for (size_t i = 0; i < chunks->size(); ++i) {
     const StoredChunk& chunk = (*chunks)[i];
     size_t rank = std::find(ids.begin(), ids.end(), chunk.id) - ids.begin();
-    hits.push_back({chunk.id, chunk.doc_id, chunk.text, scores[rank]});
+    hits.push_back(
+        {chunk.id, chunk.doc_id, chunk.doc_title, chunk.text, scores[rank]});
   }
   return hits;
 }
@@ -171,7 +176,8 @@ absl::StatusOr<std::vector<SearchHit>> Collection::Search(
   if (mode == SearchMode::kKeyword) {
     std::vector<SearchHit> hits;
     for (KeywordHit& hit : *keyword) {
-      hits.push_back({hit.chunk_id, std::move(hit.doc_id), std::move(hit.text),
+      hits.push_back({hit.chunk_id, std::move(hit.doc_id),
+                      std::move(hit.doc_title), std::move(hit.text),
                       hit.score});
     }
     return hits;
@@ -182,7 +188,8 @@ absl::StatusOr<std::vector<SearchHit>> Collection::Search(
   absl::flat_hash_map<int64_t, SearchHit> by_id;
   for (const KeywordHit& hit : *keyword) {
     keyword_ids.push_back(hit.chunk_id);
-    by_id[hit.chunk_id] = {hit.chunk_id, hit.doc_id, hit.text, 0};
+    by_id[hit.chunk_id] = {hit.chunk_id, hit.doc_id, hit.doc_title, hit.text,
+                           0};
   }
   for (const SearchHit& hit : *vector) {
     vector_ids.push_back(hit.chunk_id);

@@ -23,6 +23,7 @@ enum class SearchMode { kKeyword, kVector, kHybrid };
 struct SearchHit {
   int64_t chunk_id = 0;
   std::string doc_id;
+  std::string doc_title;
   std::string text;
   double score = 0;  // Mode-specific: BM25, cosine, or fused votes.
 };
@@ -47,6 +48,11 @@ class Collection final {
 
   [[nodiscard]] absl::StatusOr<std::vector<SearchHit>> Search(
       absl::string_view query, int k, SearchMode mode) const;
+
+  // The query-side embedding, e.g. for a policy that compares prompts.
+  [[nodiscard]] std::vector<float> Embed(absl::string_view text) const {
+    return embedder_.Embed(text);
+  }
 
  private:
   Collection(DocumentStore& store, std::string name, ChunkOptions chunking,

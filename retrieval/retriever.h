@@ -1,17 +1,10 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "retrieval/chunker.h"
-#include "retrieval/embedder.h"
-
-namespace faiss {
-struct Index;
-}
+#include "absl/strings/string_view.h"
 
 namespace arbiter::retrieval {
 
@@ -21,13 +14,8 @@ struct Document {
   std::string text;
 };
 
-struct RetrieverOptions {
-  ChunkOptions chunking;
-  int embedding_dim = 512;
-};
-
 struct Chunk {
-  int64_t id = 0;  // Dense, 0-based, stable for one build.
+  int64_t id = 0;  // The store's chunk id.
   std::string doc_id;
   std::string doc_title;
   int position = 0;  // Index of the chunk within its document.
@@ -35,48 +23,8 @@ struct Chunk {
 };
 
 struct Hit {
-  const Chunk* chunk = nullptr;  // Owned by the Retriever.
-  float score = 0;               // Cosine similarity.
-};
-
-// An in-memory corpus: documents are chunked, embedded and indexed in FAISS
-// (exact inner product over unit vectors, with chunk ids) once, at Build.
-//
-//   auto retriever = Retriever::Build(docs, {});
-//   auto hits = (*retriever)->Search("reset my password", 4);
-//
-// Immutable after Build, so Search is safe from any number of threads.
-class Retriever final {
- public:
-  // Fails with INVALID_ARGUMENT on an empty document id or duplicate ids,
-  // and with INTERNAL if FAISS fails.
-  static absl::StatusOr<std::unique_ptr<Retriever>> Build(
-      std::vector<Document> documents, const RetrieverOptions& options);
-
-  ~Retriever();
-  Retriever(const Retriever&) = delete;
-  Retriever& operator=(const Retriever&) = delete;
-
-  // Top-k chunks by cosine similarity, best first. INVALID_ARGUMENT for
-  // k < 1 or an empty query.
-  [[nodiscard]] absl::StatusOr<std::vector<Hit>> Search(absl::string_view query,
-                                                        int k) const;
-
-  // The query-side embedding, e.g. for a policy that compares prompts.
-  [[nodiscard]] std::vector<float> Embed(absl::string_view text) const {
-    return embedder_.Embed(text);
-  }
-
-  [[nodiscard]] size_t document_count() const { return document_count_; }
-  [[nodiscard]] const std::vector<Chunk>& chunks() const { return chunks_; }
-
- private:
-  Retriever(int dim);
-
-  HashedNgramEmbedder embedder_;
-  std::vector<Chunk> chunks_;
-  size_t document_count_ = 0;
-  std::unique_ptr<faiss::Index> index_;
+  const Chunk* chunk = nullptr;  // Owned by the caller.
+  float score = 0;               // The search's score; higher is better.
 };
 
 // Parses a Markdown or text file into a Document: the id is the file name

@@ -383,6 +383,7 @@ StoredChunk ReadChunk(Statement& select) {
   chunk.doc_id = select.Text(1);
   chunk.position = static_cast<int>(select.Int(2));
   chunk.text = select.Text(3);
+  chunk.doc_title = select.Text(5);
   const void* blob = select.Blob(4);
   int bytes = select.Bytes(4);
   if (blob != nullptr && bytes > 0) {
@@ -398,10 +399,13 @@ StoredChunk ReadChunk(Statement& select) {
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
     absl::string_view collection, absl::string_view doc_id) {
   if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
-  Statement select(db_,
-                   "SELECT id, doc_id, position, text, embedding FROM chunks "
-                   "WHERE collection = ?1 AND (?2 = '' OR doc_id = ?2) "
-                   "ORDER BY id");
+  Statement select(
+      db_,
+      "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
+      "FROM chunks c JOIN documents d ON d.collection = "
+      "c.collection AND d.id = c.doc_id "
+      "WHERE c.collection = ?1 AND (?2 = '' OR c.doc_id = ?2) "
+      "ORDER BY c.id");
   select.Bind(1, collection).Bind(2, doc_id);
   std::vector<StoredChunk> chunks;
   while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
@@ -413,8 +417,9 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
   std::vector<StoredChunk> chunks;
   for (int64_t id : ids) {
     Statement select(db_,
-                     "SELECT id, doc_id, position, text, embedding FROM chunks "
-                     "WHERE id = ?");
+                     "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, "
+                     "d.title FROM chunks c JOIN documents d ON d.collection "
+                     "= c.collection AND d.id = c.doc_id WHERE c.id = ?");
     select.Bind(1, id);
     if (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
   }
@@ -435,8 +440,10 @@ absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
     terms.push_back(absl::StrCat("\"", word, "\""));
   Statement select(db_,
                    "SELECT c.id, c.doc_id, c.position, c.text, "
-                   "bm25(chunks_fts) AS rank FROM chunks_fts "
+                   "bm25(chunks_fts) AS rank, d.title FROM chunks_fts "
                    "JOIN chunks c ON c.id = chunks_fts.rowid "
+                   "JOIN documents d ON d.collection = c.collection AND "
+                   "d.id = c.doc_id "
                    "WHERE chunks_fts MATCH ? AND c.collection = ? "
                    "ORDER BY rank LIMIT ?");
   if (absl::Status s = select.status(); !s.ok()) return s;
@@ -447,7 +454,7 @@ absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
   int rc;
   while ((rc = select.Step()) == SQLITE_ROW) {
     // FTS5's bm25() is lower-is-better; flip it so higher is better.
-    hits.push_back({select.Int(0), select.Text(1),
+    hits.push_back({select.Int(0), select.Text(1), select.Text(5),
                     static_cast<int>(select.Int(2)), select.Text(3),
                     -select.Double(4)});
   }

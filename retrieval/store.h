@@ -26,6 +26,7 @@ struct StoredDocument {
 struct StoredChunk {
   int64_t id = 0;
   std::string doc_id;
+  std::string doc_title;
   int position = 0;
   std::string text;
   std::vector<float> embedding;  // Empty if none was stored.
@@ -34,6 +35,7 @@ struct StoredChunk {
 struct KeywordHit {
   int64_t chunk_id = 0;
   std::string doc_id;
+  std::string doc_title;
   int position = 0;
   std::string text;
   double score = 0;  // BM25; higher is better.
