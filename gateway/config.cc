@@ -442,7 +442,7 @@ class Validator {
   }
 
   void CheckRetrieval() {
-    const v1::Retrieval& retrieval = config_.retrieval();
+    const v1::RetrievalSettings& retrieval = config_.retrieval();
     if (retrieval.chunk_tokens() < 0) {
       Error("retrieval.chunk_tokens", "must be >= 0");
     }
@@ -531,7 +531,7 @@ void ApplyConfigDefaults(v1::Config& config) {
       if (rag.max_context_tokens() == 0) rag.set_max_context_tokens(1024);
     }
   }
-  v1::Retrieval& retrieval = *config.mutable_retrieval();
+  v1::RetrievalSettings& retrieval = *config.mutable_retrieval();
   if (retrieval.chunk_tokens() == 0) retrieval.set_chunk_tokens(200);
   if (retrieval.chunk_overlap_tokens() == 0) {
     retrieval.set_chunk_overlap_tokens(

@@ -155,6 +155,14 @@ absl::Status Gateway::Init() {
                              route.max_output_tokens(), rag)
             .total_usd());
   }
+  // Collections live in the store even without a corpus: the Retrieval
+  // service can fill them.
+  auto store =
+      retrieval::DocumentStore::Open(config.retrieval().store_path().empty()
+                                         ? ":memory:"
+                                         : config.retrieval().store_path());
+  if (!store.ok()) return store.status();
+  store_ = *std::move(store);
   if (needs_retrieval || !config.retrieval().corpus_dir().empty()) {
     auto files = loaded_.files->ReadFolder(config.retrieval().corpus_dir());
     if (!files.ok()) {
@@ -172,11 +180,7 @@ absl::Status Gateway::Init() {
           absl::StrCat("retrieval.corpus_dir: no .md or .txt files in \"",
                        config.retrieval().corpus_dir(), "\""));
     }
-    const v1::Retrieval& settings = config.retrieval();
-    auto store = retrieval::DocumentStore::Open(
-        settings.store_path().empty() ? ":memory:" : settings.store_path());
-    if (!store.ok()) return store.status();
-    store_ = *std::move(store);
+    const v1::RetrievalSettings& settings = config.retrieval();
     retrieval::ChunkOptions chunking{settings.chunk_tokens(),
                                      settings.chunk_overlap_tokens()};
     // The corpus folder is loaded into the store, then the index is derived.
@@ -195,10 +199,9 @@ absl::Status Gateway::Init() {
             absl::StrCat("retrieval.corpus_dir: ", version.status().message()));
       }
     }
-    auto corpus = retrieval::Collection::Open(*store_, "corpus", chunking,
-                                              settings.embedding_dim());
+    auto corpus = FindCollection("corpus", true);
     if (!corpus.ok()) return corpus.status();
-    corpus_ = *std::move(corpus);
+    corpus_ = *corpus;
     search_mode_ =
         settings.search() == "keyword"  ? retrieval::SearchMode::kKeyword
         : settings.search() == "vector" ? retrieval::SearchMode::kVector
@@ -254,6 +257,30 @@ absl::Status Gateway::InitExperiments(const std::vector<double>& prior_costs) {
     experiments_.push_back(std::move(runtime));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<retrieval::Collection*> Gateway::FindCollection(
+    const std::string& name, bool create) {
+  std::lock_guard lock(collections_mu_);
+  auto it = collections_.find(name);
+  if (it != collections_.end()) return it->second.get();
+  if (!create) {
+    auto names = store_->Collections();
+    bool stored = names.ok() &&
+                  std::find(names->begin(), names->end(), name) != names->end();
+    if (!stored) {
+      return absl::NotFoundError(
+          absl::StrCat("collection: unknown collection \"", name, "\""));
+    }
+  }
+  const v1::RetrievalSettings& settings = loaded_.config.retrieval();
+  auto collection = retrieval::Collection::Open(
+      *store_, name, {settings.chunk_tokens(), settings.chunk_overlap_tokens()},
+      settings.embedding_dim());
+  if (!collection.ok()) return collection.status();
+  retrieval::Collection* opened = collection->get();
+  collections_[name] = *std::move(collection);
+  return opened;
 }
 
 std::vector<float> Gateway::EmbedPrompt(absl::string_view text) const {
@@ -759,6 +786,130 @@ absl::StatusOr<v1::ExperimentAnalysis> Gateway::GetExperiment(
   }
   return absl::NotFoundError(
       absl::StrCat("name: no experiment \"", request.name(), "\""));
+}
+
+}  // namespace arbiter
+
+namespace arbiter {
+namespace {
+
+// Search inputs larger than this are refused rather than scanned.
+constexpr size_t kMaxQueryBytes = 4096;
+
+}  // namespace
+
+absl::StatusOr<v1::UpsertResponse> Gateway::Upsert(
+    const v1::UpsertRequest& request) {
+  if (request.documents().empty()) {
+    return absl::InvalidArgumentError("documents: must not be empty");
+  }
+  for (int i = 0; i < request.documents_size(); ++i) {
+    const v1::RetrievalDocument& document = request.documents(i);
+    if (document.id().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("documents[", i, "].id: must not be empty"));
+    }
+    if (retrieval::Words(document.text()).empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("documents[", i, "].text: must not be empty"));
+    }
+  }
+  auto collection = FindCollection(request.collection(), true);
+  if (!collection.ok()) return collection.status();
+  v1::UpsertResponse response;
+  for (const v1::RetrievalDocument& wire : request.documents()) {
+    retrieval::Document document{
+        wire.id(), wire.title().empty() ? wire.id() : wire.title(),
+        wire.text()};
+    auto version = (*collection)
+                       ->Upsert(document, wire.metadata_json().empty()
+                                              ? "{}"
+                                              : wire.metadata_json());
+    if (!version.ok()) return version.status();
+    response.add_versions(*version);
+  }
+  return response;
+}
+
+absl::StatusOr<v1::DeleteResponse> Gateway::Delete(
+    const v1::DeleteRequest& request) {
+  auto collection = FindCollection(request.collection(), false);
+  if (!collection.ok()) return collection.status();
+  v1::DeleteResponse response;
+  if (!request.id().empty()) {
+    absl::Status deleted = (*collection)->Delete(request.id());
+    if (!deleted.ok()) return deleted;
+    response.set_deleted(1);
+    return response;
+  }
+  if (request.metadata_key().empty()) {
+    return absl::InvalidArgumentError(
+        "set id, or metadata_key and metadata_value_json");
+  }
+  auto deleted =
+      (*collection)
+          ->DeleteWhere(request.metadata_key(), request.metadata_value_json());
+  if (!deleted.ok()) return deleted.status();
+  response.set_deleted(*deleted);
+  return response;
+}
+
+absl::StatusOr<v1::SearchResponse> Gateway::Search(
+    const v1::SearchRequest& request) {
+  if (request.query().size() > kMaxQueryBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("query: ", request.query().size(),
+                     " bytes exceeds the limit of ", kMaxQueryBytes));
+  }
+  int k = request.k() == 0 ? 5 : request.k();
+  if (k < 1 || k > 100) {
+    return absl::InvalidArgumentError("k: must be in [1, 100]");
+  }
+  retrieval::SearchMode mode;
+  if (request.mode().empty() || request.mode() == "hybrid") {
+    mode = retrieval::SearchMode::kHybrid;
+  } else if (request.mode() == "keyword") {
+    mode = retrieval::SearchMode::kKeyword;
+  } else if (request.mode() == "vector") {
+    mode = retrieval::SearchMode::kVector;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mode: must be hybrid, keyword or vector, got \"",
+                     request.mode(), "\""));
+  }
+  auto collection = FindCollection(request.collection(), false);
+  if (!collection.ok()) return collection.status();
+  auto hits = (*collection)->Search(request.query(), k, mode);
+  if (!hits.ok()) return hits.status();
+  v1::SearchResponse response;
+  for (const retrieval::SearchHit& hit : *hits) {
+    v1::SearchResult* result = response.add_results();
+    result->set_doc_id(hit.doc_id);
+    result->set_chunk_id(hit.chunk_id);
+    result->set_title(hit.doc_title);
+    result->set_text(hit.text);
+    result->set_score(hit.score);
+  }
+  return response;
+}
+
+absl::StatusOr<v1::CollectionInfo> Gateway::GetCollection(
+    const v1::GetCollectionRequest& request) {
+  auto collection = FindCollection(request.name(), false);
+  if (!collection.ok()) return collection.status();
+  v1::CollectionInfo info;
+  info.set_name(request.name());
+  auto documents = store_->DocumentCount(request.name());
+  auto chunks = store_->ChunkCount(request.name());
+  auto last = store_->LastChange();
+  if (!documents.ok()) return documents.status();
+  if (!chunks.ok()) return chunks.status();
+  if (!last.ok()) return last.status();
+  info.set_documents(*documents);
+  info.set_chunks(*chunks);
+  info.set_last_change(*last);
+  info.set_index_kind("flat");
+  return info;
 }
 
 }  // namespace arbiter

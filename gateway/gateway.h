@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,16 @@ class Gateway final {
   [[nodiscard]] absl::StatusOr<v1::GetRouteStatsResponse> GetRouteStats(
       const v1::GetRouteStatsRequest& request);
 
+  // The Retrieval service: ingestion and search of document collections.
+  [[nodiscard]] absl::StatusOr<v1::UpsertResponse> Upsert(
+      const v1::UpsertRequest& request);
+  [[nodiscard]] absl::StatusOr<v1::DeleteResponse> Delete(
+      const v1::DeleteRequest& request);
+  [[nodiscard]] absl::StatusOr<v1::SearchResponse> Search(
+      const v1::SearchRequest& request);
+  [[nodiscard]] absl::StatusOr<v1::CollectionInfo> GetCollection(
+      const v1::GetCollectionRequest& request);
+
   // NOT_FOUND for an experiment the config does not define.
   [[nodiscard]] absl::StatusOr<v1::ExperimentAnalysis> GetExperiment(
       const v1::GetExperimentRequest& request);
@@ -90,7 +101,13 @@ class Gateway final {
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
   // The corpus: SQLite store as truth, a derived index for search.
   std::unique_ptr<retrieval::DocumentStore> store_;
-  std::unique_ptr<retrieval::Collection> corpus_;
+  retrieval::Collection* corpus_ = nullptr;  // In collections_, if any.
+  // A collection by name, opened (and created) on demand for `create`.
+  absl::StatusOr<retrieval::Collection*> FindCollection(const std::string& name,
+                                                        bool create);
+  std::mutex collections_mu_;  // std:: so ThreadSanitizer sees it.
+  absl::flat_hash_map<std::string, std::unique_ptr<retrieval::Collection>>
+      collections_ ABSL_GUARDED_BY(collections_mu_);
   retrieval::SearchMode search_mode_ = retrieval::SearchMode::kHybrid;
   // Embeds prompts for contextual policies when there is no corpus.
   std::unique_ptr<retrieval::HashedNgramEmbedder> prompt_embedder_;

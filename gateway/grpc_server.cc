@@ -83,13 +83,63 @@ class AdminService final : public v1::Admin::CallbackService {
   Gateway& gateway_;
 };
 
+// Answers a unary call at once from a synchronous gateway method: these
+// touch only local state (statistics, the document store), never a backend.
+template <typename Request, typename Response, typename Method>
+grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* context,
+                                    const Request* request, Response* response,
+                                    Method method) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto result = method(*request);
+  if (result.ok()) *response = *std::move(result);
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
+}
+
+class RetrievalService final : public v1::Retrieval::CallbackService {
+ public:
+  explicit RetrievalService(Gateway& gateway) : gateway_(gateway) {}
+
+  grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* context,
+                                   const v1::UpsertRequest* request,
+                                   v1::UpsertResponse* response) override {
+    return AnswerNow(context, request, response,
+                     [this](const auto& r) { return gateway_.Upsert(r); });
+  }
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
+                                   const v1::DeleteRequest* request,
+                                   v1::DeleteResponse* response) override {
+    return AnswerNow(context, request, response,
+                     [this](const auto& r) { return gateway_.Delete(r); });
+  }
+  grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
+                                   const v1::SearchRequest* request,
+                                   v1::SearchResponse* response) override {
+    return AnswerNow(context, request, response,
+                     [this](const auto& r) { return gateway_.Search(r); });
+  }
+  grpc::ServerUnaryReactor* GetCollection(
+      grpc::CallbackServerContext* context,
+      const v1::GetCollectionRequest* request,
+      v1::CollectionInfo* response) override {
+    return AnswerNow(context, request, response, [this](const auto& r) {
+      return gateway_.GetCollection(r);
+    });
+  }
+
+ private:
+  Gateway& gateway_;
+};
+
 }  // namespace
 
 class GrpcServer::Services {
  public:
-  explicit Services(Gateway& gateway) : gateway(gateway), admin(gateway) {}
+  explicit Services(Gateway& gateway)
+      : gateway(gateway), admin(gateway), retrieval(gateway) {}
   GatewayService gateway;
   AdminService admin;
+  RetrievalService retrieval;
 };
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
@@ -107,6 +157,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
       std::max(4 << 20, 2 * gateway.config().server().max_request_bytes()));
   builder.RegisterService(&server->services_->gateway);
   builder.RegisterService(&server->services_->admin);
+  builder.RegisterService(&server->services_->retrieval);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(

@@ -24,6 +24,9 @@ Commands:
   loadgen       [--target ADDR] [--dataset FILE] [--qps N] [--duration 60s]
                 [--feedback] [--task T] [--units N]
                 Drive labeled traffic and print a live per-route table.
+  index         add PATH... | search QUERY | stats  --collection C
+                [--mode hybrid|keyword|vector] [--k N] [--target ADDR]
+                Ingest files (.md, .txt, .jsonl) and search a collection.
   experiment    show NAME [--target ADDR]
                 Per-arm analysis of an experiment with a verdict.
   replay        --log outcomes.jsonl --config FILE [--seed N] [--json]
@@ -53,6 +56,7 @@ int main(int argc, char** argv) {
   if (command == "loadgen") return RunLoadgen(rest_argc, rest_argv);
   if (command == "replay") return RunReplay(rest_argc, rest_argv);
   if (command == "experiment") return RunExperiment(rest_argc, rest_argv);
+  if (command == "index") return RunIndex(rest_argc, rest_argv);
   std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1],
                kUsage);
   return 2;

@@ -52,7 +52,8 @@ std::vector<ContextMemory::Neighbour> ContextMemory::Nearest(
   }
   for (int i = 0; i < n; ++i) {
     if (slots[i] < 0) continue;
-    neighbours.push_back({routes_[slots[i]], scores_[slots[i]], similarities[i]});
+    neighbours.push_back(
+        {routes_[slots[i]], scores_[slots[i]], similarities[i]});
   }
   return neighbours;
 }

@@ -34,8 +34,8 @@ class ContextMemory final {
     float similarity;
   };
   // Up to k most similar remembered prompts, best first.
-  [[nodiscard]] std::vector<Neighbour> Nearest(absl::Span<const float> embedding,
-                                               int k) const;
+  [[nodiscard]] std::vector<Neighbour> Nearest(
+      absl::Span<const float> embedding, int k) const;
   [[nodiscard]] int dim() const { return dim_; }
   [[nodiscard]] int64_t size() const;
 
@@ -44,9 +44,9 @@ class ContextMemory final {
   const int capacity_;
   mutable std::shared_mutex mu_;
   std::unique_ptr<faiss::IndexFlatIP> index_ ABSL_GUARDED_BY(mu_);
-  std::vector<int> routes_ ABSL_GUARDED_BY(mu_);       // Per slot.
-  std::vector<double> scores_ ABSL_GUARDED_BY(mu_);    // Per slot.
-  int64_t next_slot_ ABSL_GUARDED_BY(mu_) = 0;         // Ring position.
+  std::vector<int> routes_ ABSL_GUARDED_BY(mu_);     // Per slot.
+  std::vector<double> scores_ ABSL_GUARDED_BY(mu_);  // Per slot.
+  int64_t next_slot_ ABSL_GUARDED_BY(mu_) = 0;       // Ring position.
 };
 
 }  // namespace arbiter::policy

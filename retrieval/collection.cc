@@ -128,6 +128,31 @@ absl::Status Collection::Delete(const std::string& doc_id) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> Collection::DeleteWhere(const std::string& key,
+                                                const std::string& value_json) {
+  std::lock_guard write_lock(write_mu_);
+  auto before = store_.Chunks(name_);
+  if (!before.ok()) return before.status();
+  auto deleted = store_.DeleteWhere(name_, key, value_json);
+  if (!deleted.ok()) return deleted.status();
+  auto after = store_.Chunks(name_);
+  if (!after.ok()) return after.status();
+  absl::flat_hash_map<int64_t, bool> remaining;
+  for (const StoredChunk& chunk : *after) remaining[chunk.id] = true;
+  std::vector<faiss::Index::idx_t> gone;
+  for (const StoredChunk& chunk : *before) {
+    if (!remaining.contains(chunk.id)) gone.push_back(chunk.id);
+  }
+  std::unique_lock lock(mu_);
+  try {
+    faiss::IDSelectorBatch selector(gone.size(), gone.data());
+    index_->remove_ids(selector);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("unindexing: ", e.what()));
+  }
+  return deleted;
+}
+
 absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
     absl::string_view query, int k) const {
   std::vector<float> vector = embedder_.Embed(query);

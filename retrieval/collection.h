@@ -45,6 +45,10 @@ class Collection final {
   absl::StatusOr<int64_t> Upsert(const Document& document,
                                  const std::string& metadata_json = "{}");
   absl::Status Delete(const std::string& doc_id);
+  // Deletes the documents whose metadata has `key` equal to the JSON scalar
+  // `value_json`; returns how many.
+  absl::StatusOr<int64_t> DeleteWhere(const std::string& key,
+                                      const std::string& value_json);
 
   [[nodiscard]] absl::StatusOr<std::vector<SearchHit>> Search(
       absl::string_view query, int k, SearchMode mode) const;

@@ -25,5 +25,6 @@ int RunStats(int argc, char** argv);
 int RunLoadgen(int argc, char** argv);
 int RunReplay(int argc, char** argv);
 int RunExperiment(int argc, char** argv);
+int RunIndex(int argc, char** argv);
 
 }  // namespace arbiter::cli

@@ -527,6 +527,114 @@ TEST_F(EndToEndTest, ContextualPolicyLearnsFromFeedbackOnSimilarPrompts) {
               ::testing::ContainsRegex("from [1-5] neighbours"));
 }
 
+TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
+  std::string target = absl::StrCat("127.0.0.1:", grpc_port_);
+  auto add = Subprocess::Start({ARBITER_BINARY, "index", "add", "--collection",
+                                "kb", "--target", target,
+                                ARBITER_SOURCE_DIR "/quickstart/corpus"});
+  ASSERT_TRUE(add.ok());
+  EXPECT_EQ((*add)->Wait(), 0) << (*add)->Output();
+  EXPECT_THAT((*add)->Output(), HasSubstr("added 48 documents to \"kb\""));
+
+  auto search =
+      Subprocess::Start({ARBITER_BINARY, "index", "search", "--collection",
+                         "kb", "--target", target, "I forgot my password"});
+  ASSERT_TRUE(search.ok());
+  auto first = (*search)->WaitForLine(" 1. ", absl::Seconds(30));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_THAT(*first, HasSubstr("reset-your-password"));
+  EXPECT_EQ((*search)->Wait(), 0);
+
+  auto stub = v1::Retrieval::NewStub(*channel_);
+  {
+    grpc::ClientContext context;
+    v1::GetCollectionRequest request;
+    request.set_name("kb");
+    v1::CollectionInfo info;
+    ASSERT_TRUE(stub->GetCollection(&context, request, &info).ok());
+    EXPECT_EQ(info.documents(), 48);
+    EXPECT_GT(info.chunks(), 48);
+  }
+  {
+    grpc::ClientContext context;
+    v1::UpsertRequest request;
+    request.set_collection("kb");
+    v1::RetrievalDocument* document = request.add_documents();
+    document->set_id("zebra-policy");
+    document->set_text("Zebras may not be kept in shared workspaces.");
+    document->set_metadata_json(R"({"team": "zoo"})");
+    v1::UpsertResponse response;
+    ASSERT_TRUE(stub->Upsert(&context, request, &response).ok());
+    EXPECT_EQ(response.versions(0), 1);
+  }
+  auto search_zebra = [&](const std::string& mode) {
+    grpc::ClientContext context;
+    v1::SearchRequest request;
+    request.set_collection("kb");
+    request.set_query("zebras in workspaces");
+    request.set_mode(mode);
+    request.set_k(3);
+    v1::SearchResponse response;
+    EXPECT_TRUE(stub->Search(&context, request, &response).ok());
+    return response;
+  };
+  for (const char* mode : {"hybrid", "keyword", "vector"}) {
+    v1::SearchResponse response = search_zebra(mode);
+    ASSERT_GT(response.results_size(), 0) << mode;
+    EXPECT_EQ(response.results(0).doc_id(), "zebra-policy") << mode;
+  }
+  {
+    grpc::ClientContext context;
+    v1::DeleteRequest request;
+    request.set_collection("kb");
+    request.set_metadata_key("team");
+    request.set_metadata_value_json("\"zoo\"");
+    v1::DeleteResponse response;
+    ASSERT_TRUE(stub->Delete(&context, request, &response).ok());
+    EXPECT_EQ(response.deleted(), 1);
+  }
+  for (const char* mode : {"hybrid", "keyword", "vector"}) {
+    v1::SearchResponse after = search_zebra(mode);
+    for (const auto& result : after.results()) {
+      EXPECT_NE(result.doc_id(), "zebra-policy") << "deleted but found";
+    }
+  }
+  // Bad input: each gets a clear error naming what is wrong.
+  struct Case {
+    v1::SearchRequest request;
+    grpc::StatusCode code;
+    std::string message;
+  };
+  v1::SearchRequest unknown;
+  unknown.set_collection("nope");
+  unknown.set_query("x");
+  v1::SearchRequest huge;
+  huge.set_collection("kb");
+  huge.set_query(std::string(5000, 'a'));
+  v1::SearchRequest bad_mode;
+  bad_mode.set_collection("kb");
+  bad_mode.set_query("password");
+  bad_mode.set_mode("fuzzy");
+  for (const Case& c : std::vector<Case>{
+           {unknown, grpc::NOT_FOUND, "unknown collection \"nope\""},
+           {huge, grpc::INVALID_ARGUMENT, "query: 5000 bytes"},
+           {bad_mode, grpc::INVALID_ARGUMENT, "mode: must be hybrid"}}) {
+    grpc::ClientContext context;
+    v1::SearchResponse response;
+    grpc::Status status = stub->Search(&context, c.request, &response);
+    EXPECT_EQ(status.error_code(), c.code);
+    EXPECT_THAT(status.error_message(), HasSubstr(c.message));
+  }
+  grpc::ClientContext context;
+  v1::UpsertRequest empty;
+  empty.set_collection("kb");
+  empty.add_documents()->set_id("blank");
+  v1::UpsertResponse response;
+  grpc::Status status = stub->Upsert(&context, empty, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("documents[0].text"));
+}
+
 TEST_F(EndToEndTest, MetricsPassPromtool) {
   if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
     GTEST_SKIP() << "promtool not installed (Debian package prometheus)";

@@ -1,0 +1,216 @@
+// index add | search | stats: the Retrieval service from the command line.
+
+#include <filesystem>
+#include <iostream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "arbiter/v1/gateway.grpc.pb.h"
+#include "gateway/cli/args.h"
+#include "gateway/cli/client.h"
+#include "gateway/cli/commands.h"
+#include "gateway/file_source.h"
+#include "nlohmann/json.hpp"
+#include "retrieval/retriever.h"
+
+namespace arbiter::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kBatch = 32;
+
+int Fail(absl::string_view message) {
+  std::cerr << "arbiter: " << message << "\n";
+  return 1;
+}
+
+int FailRpc(const grpc::Status& status) {
+  return Fail(absl::StrCat(StatusCodeName(status.error_code()), ": ",
+                           status.error_message()));
+}
+
+// Plain text and Markdown files are one document each; JSON Lines files hold
+// one {"id", "title", "text", "metadata"} object per line.
+absl::Status ReadDocuments(const fs::path& path,
+                           std::vector<v1::RetrievalDocument>& out) {
+  auto content = MakeDiskFileSource(".")->Read(path.string());
+  if (!content.ok()) return content.status();
+  std::string extension = path.extension().string();
+  if (extension == ".jsonl") {
+    int line_number = 0;
+    for (absl::string_view line : absl::StrSplit(*content, '\n')) {
+      ++line_number;
+      if (absl::StripAsciiWhitespace(line).empty()) continue;
+      auto item = nlohmann::json::parse(line, nullptr, false);
+      if (item.is_discarded() || !item.is_object() || !item.contains("id") ||
+          !item.contains("text") || !item["text"].is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path.string(), ":", line_number,
+                         ": needs a JSON object with \"id\" and \"text\""));
+      }
+      v1::RetrievalDocument document;
+      document.set_id(item["id"].is_string() ? item["id"].get<std::string>()
+                                             : item["id"].dump());
+      document.set_title(item.value("title", document.id()));
+      document.set_text(item["text"].get<std::string>());
+      document.set_source(path.string());
+      if (item.contains("metadata")) {
+        document.set_metadata_json(item["metadata"].dump());
+      }
+      out.push_back(std::move(document));
+    }
+    return absl::OkStatus();
+  }
+  if (extension != ".md" && extension != ".txt" && extension != ".markdown") {
+    return absl::OkStatus();  // Not a document: skipped.
+  }
+  retrieval::Document parsed =
+      retrieval::ParseDocument(path.filename().string(), *content);
+  v1::RetrievalDocument document;
+  document.set_id(parsed.id);
+  document.set_title(parsed.title);
+  document.set_text(parsed.text);
+  document.set_source(path.string());
+  out.push_back(std::move(document));
+  return absl::OkStatus();
+}
+
+int IndexAdd(const Args& args) {
+  if (args.positional().size() < 2) {
+    std::cerr << "usage: arbiter index add --collection C PATH...\n";
+    return 2;
+  }
+  std::vector<v1::RetrievalDocument> documents;
+  for (size_t i = 1; i < args.positional().size(); ++i) {
+    fs::path path = args.positional()[i];
+    std::error_code error;
+    if (fs::is_directory(path, error)) {
+      std::vector<fs::path> files;
+      for (const auto& entry : fs::recursive_directory_iterator(path, error)) {
+        if (entry.is_regular_file()) files.push_back(entry.path());
+      }
+      std::sort(files.begin(), files.end());
+      for (const fs::path& file : files) {
+        if (absl::Status s = ReadDocuments(file, documents); !s.ok()) {
+          return Fail(s.message());
+        }
+      }
+    } else if (absl::Status s = ReadDocuments(path, documents); !s.ok()) {
+      return Fail(s.message());
+    }
+  }
+  if (documents.empty()) return Fail("no .md, .txt or .jsonl documents found");
+  auto stub =
+      v1::Retrieval::NewStub(Connect(args.Get("target", kDefaultTarget)));
+  const absl::Time start = absl::Now();
+  size_t done = 0;
+  for (size_t begin = 0; begin < documents.size(); begin += kBatch) {
+    v1::UpsertRequest request;
+    request.set_collection(args.Get("collection"));
+    for (size_t i = begin; i < std::min(documents.size(), begin + kBatch);
+         ++i) {
+      *request.add_documents() = documents[i];
+    }
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(120));
+    v1::UpsertResponse response;
+    grpc::Status status = stub->Upsert(&context, request, &response);
+    if (!status.ok()) {
+      std::cerr << "\n";
+      return FailRpc(status);
+    }
+    done += request.documents_size();
+    double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    double rate = seconds > 0 ? done / seconds : 0;
+    int width = 30;
+    int filled = static_cast<int>(width * done / documents.size());
+    std::cerr << absl::StrFormat(
+        "\r[%s%s] %d/%d documents, %.0f docs/s, ETA %.0f s",
+        std::string(filled, '#'), std::string(width - filled, ' '), done,
+        documents.size(), rate,
+        rate > 0 ? (documents.size() - done) / rate : 0);
+  }
+  std::cerr << "\n";
+  std::cout << absl::StrFormat("added %d documents to \"%s\" in %.2f s\n",
+                               documents.size(), args.Get("collection"),
+                               absl::ToDoubleSeconds(absl::Now() - start));
+  return 0;
+}
+
+int IndexSearch(const Args& args) {
+  if (args.positional().size() != 2) {
+    std::cerr
+        << "usage: arbiter index search --collection C [--mode M] [--k N] "
+           "QUERY\n";
+    return 2;
+  }
+  auto k = args.GetInt("k", 5);
+  if (!k.ok()) return Fail(k.status().message());
+  v1::SearchRequest request;
+  request.set_collection(args.Get("collection"));
+  request.set_query(args.positional()[1]);
+  request.set_k(*k);
+  request.set_mode(args.Get("mode"));
+  auto stub =
+      v1::Retrieval::NewStub(Connect(args.Get("target", kDefaultTarget)));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  v1::SearchResponse response;
+  grpc::Status status = stub->Search(&context, request, &response);
+  if (!status.ok()) return FailRpc(status);
+  int rank = 0;
+  for (const v1::SearchResult& result : response.results()) {
+    std::string text = result.text().substr(0, 160);
+    std::replace(text.begin(), text.end(), '\n', ' ');
+    std::cout << absl::StrFormat("%2d. %-32s chunk %-6d score %.4f\n    %s\n",
+                                 ++rank, result.doc_id(), result.chunk_id(),
+                                 result.score(), text);
+  }
+  if (rank == 0) std::cout << "no results\n";
+  return 0;
+}
+
+int IndexStats(const Args& args) {
+  v1::GetCollectionRequest request;
+  request.set_name(args.Get("collection"));
+  auto stub =
+      v1::Retrieval::NewStub(Connect(args.Get("target", kDefaultTarget)));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(10));
+  v1::CollectionInfo info;
+  grpc::Status status = stub->GetCollection(&context, request, &info);
+  if (!status.ok()) return FailRpc(status);
+  std::cout << absl::StrFormat(
+      "collection  %s\ndocuments   %d\nchunks      %d\nindex       %s\n"
+      "store at    change %d\n",
+      info.name(), info.documents(), info.chunks(), info.index_kind(),
+      info.last_change());
+  return 0;
+}
+
+}  // namespace
+
+int RunIndex(int argc, char** argv) {
+  auto args =
+      Args::Parse(argc, argv, {"target", "collection", "mode", "k"}, {});
+  if (!args.ok()) return Fail(args.status().message());
+  if (args->positional().empty() || !args->Has("collection")) {
+    std::cerr << "usage: arbiter index (add PATH... | search QUERY | stats) "
+                 "--collection C [--target ADDR]\n";
+    return 2;
+  }
+  const std::string& verb = args->positional().front();
+  if (verb == "add") return IndexAdd(*args);
+  if (verb == "search") return IndexSearch(*args);
+  if (verb == "stats") return IndexStats(*args);
+  return Fail(absl::StrCat("index: unknown command \"", verb, "\""));
+}
+
+}  // namespace arbiter::cli
