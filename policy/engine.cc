@@ -161,6 +161,28 @@ absl::Status ExploitOrExplore(ProposalContext& ctx, int exploit, Why why,
   return absl::OkStatus();
 }
 
+// Exploits the eligible route of highest utility among those with at least
+// min_feedback judged answers and explores the rest. `score(route, note)`
+// sets note.utility (and anything else the reason needs) after Describe.
+template <typename Score>
+absl::Status BestOrExplore(ProposalContext& ctx, double min_feedback,
+                           double explore_share, Why why, Score score) {
+  int best = -1;
+  std::vector<int> thin;
+  for (int r = 0; r < ctx.engine.num_routes(); ++r) {
+    if (!ctx.eligible[r]) continue;
+    ctx.Describe(r);
+    Note& note = ctx.notes[r];
+    score(r, note);
+    if (note.feedback < min_feedback) {
+      thin.push_back(r);
+    } else if (best < 0 || note.utility > ctx.notes[best].utility) {
+      best = r;
+    }
+  }
+  return ExploitOrExplore(ctx, best, why, thin, explore_share);
+}
+
 class CheapestMeetingAccuracyStrategy final : public Strategy {
  public:
   explicit CheapestMeetingAccuracyStrategy(
@@ -226,21 +248,12 @@ class BestUtilityStrategy final : public Strategy {
   absl::string_view name() const override { return "best_utility"; }
 
   absl::Status Propose(ProposalContext& ctx) const override {
-    int best = -1;
-    std::vector<int> thin;
-    for (int r = 0; r < ctx.engine.num_routes(); ++r) {
-      if (!ctx.eligible[r]) continue;
-      ctx.Describe(r);
-      Note& note = ctx.notes[r];
-      note.utility = note.accuracy - cost_weight_ * note.cost_usd -
-                     latency_weight_ * note.latency_seconds;
-      if (note.feedback < min_feedback_) {
-        thin.push_back(r);
-      } else if (best < 0 || note.utility > ctx.notes[best].utility) {
-        best = r;
-      }
-    }
-    return ExploitOrExplore(ctx, best, Why::kBestUtility, thin, explore_share_);
+    return BestOrExplore(ctx, min_feedback_, explore_share_, Why::kBestUtility,
+                         [this](int, Note& note) {
+                           note.utility =
+                               note.accuracy - cost_weight_ * note.cost_usd -
+                               latency_weight_ * note.latency_seconds;
+                         });
   }
 
  private:
@@ -319,22 +332,13 @@ class BudgetStrategy final : public Strategy {
 
   absl::Status Propose(ProposalContext& ctx) const override {
     const double weight = weight_.load(std::memory_order_relaxed);
-    int best = -1;
-    std::vector<int> thin;
-    for (int r = 0; r < ctx.engine.num_routes(); ++r) {
-      if (!ctx.eligible[r]) continue;
-      ctx.Describe(r);
-      Note& note = ctx.notes[r];
-      note.weight = weight;
-      note.floor = target_;
-      note.utility = note.accuracy - weight * note.cost_usd / target_;
-      if (note.feedback < min_feedback_) {
-        thin.push_back(r);
-      } else if (best < 0 || note.utility > ctx.notes[best].utility) {
-        best = r;
-      }
-    }
-    return ExploitOrExplore(ctx, best, Why::kBudget, thin, explore_share_);
+    return BestOrExplore(ctx, min_feedback_, explore_share_, Why::kBudget,
+                         [this, weight](int, Note& note) {
+                           note.weight = weight;
+                           note.floor = target_;
+                           note.utility =
+                               note.accuracy - weight * note.cost_usd / target_;
+                         });
   }
 
   // Dual ascent on the budget constraint: overspending raises the price of
@@ -381,26 +385,17 @@ class ContextualStrategy final : public Strategy {
       score[neighbour.route] += w * neighbour.score;
       count[neighbour.route] += 1;
     }
-    int best = -1;
-    std::vector<int> thin;
-    for (int r = 0; r < n; ++r) {
-      if (!ctx.eligible[r]) continue;
-      ctx.Describe(r);
-      Note& note = ctx.notes[r];
-      note.task_accuracy = note.accuracy;
-      note.neighbours = count[r];
-      // The task-level estimate counts as prior_weight similar prompts.
-      note.accuracy = (score[r] + prior_weight_ * note.task_accuracy) /
-                      (weight[r] + prior_weight_);
-      note.utility = note.accuracy - cost_weight_ * note.cost_usd -
-                     latency_weight_ * note.latency_seconds;
-      if (note.feedback < min_feedback_) {
-        thin.push_back(r);
-      } else if (best < 0 || note.utility > ctx.notes[best].utility) {
-        best = r;
-      }
-    }
-    return ExploitOrExplore(ctx, best, Why::kContextual, thin, explore_share_);
+    return BestOrExplore(
+        ctx, min_feedback_, explore_share_, Why::kContextual,
+        [&](int r, Note& note) {
+          note.task_accuracy = note.accuracy;
+          note.neighbours = count[r];
+          // The task-level estimate counts as prior_weight similar prompts.
+          note.accuracy = (score[r] + prior_weight_ * note.task_accuracy) /
+                          (weight[r] + prior_weight_);
+          note.utility = note.accuracy - cost_weight_ * note.cost_usd -
+                         latency_weight_ * note.latency_seconds;
+        });
   }
 
   void ObserveOutcome(int route, absl::Span<const float> embedding,
