@@ -879,7 +879,13 @@ absl::StatusOr<v1::SearchResponse> Gateway::Search(
   }
   auto collection = FindCollection(request.collection(), false);
   if (!collection.ok()) return collection.status();
-  auto hits = (*collection)->Search(request.query(), k, mode);
+  std::vector<retrieval::MetadataFilter> filters;
+  for (const v1::MetadataFilter& filter : request.filters()) {
+    filters.push_back(
+        {filter.key(),
+         {filter.values_json().begin(), filter.values_json().end()}});
+  }
+  auto hits = (*collection)->Search(request.query(), k, mode, filters);
   if (!hits.ok()) return hits.status();
   v1::SearchResponse response;
   for (const retrieval::SearchHit& hit : *hits) {

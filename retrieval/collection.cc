@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "retrieval/tokenizer.h"
@@ -154,49 +155,71 @@ absl::StatusOr<int64_t> Collection::DeleteWhere(const std::string& key,
 }
 
 absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
-    absl::string_view query, int k) const {
+    absl::string_view query, int k,
+    const std::vector<MetadataFilter>& filters) const {
+  absl::flat_hash_set<int64_t> allowed;
+  if (!filters.empty()) {
+    auto ids = store_.ChunkIdsMatching(name_, filters);
+    if (!ids.ok()) return ids.status();
+    allowed.insert(ids->begin(), ids->end());
+    k = std::min<int>(k, static_cast<int>(allowed.size()));
+    if (k == 0) return std::vector<SearchHit>{};
+  }
   std::vector<float> vector = embedder_.Embed(query);
   std::vector<faiss::Index::idx_t> ids;
   std::vector<float> scores;
+  std::vector<int64_t> found;
+  std::vector<float> found_scores;
   {
     std::shared_lock lock(mu_);
-    const int n = static_cast<int>(std::min<int64_t>(k, index_->ntotal));
-    if (n == 0) return std::vector<SearchHit>{};
-    ids.resize(n);
-    scores.resize(n);
     omp_set_num_threads(1);  // One query: no OpenMP team per request.
-    try {
-      index_->search(1, vector.data(), n, scores.data(), ids.data());
-    } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("search: ", e.what()));
+    // Over-fetch when filtering, and widen until k allowed chunks are in.
+    int64_t fetch = filters.empty() ? k : std::max<int64_t>(4 * k, 32);
+    for (;;) {
+      const int n = static_cast<int>(std::min<int64_t>(fetch, index_->ntotal));
+      if (n == 0) return std::vector<SearchHit>{};
+      ids.assign(n, -1);
+      scores.assign(n, 0);
+      try {
+        index_->search(1, vector.data(), n, scores.data(), ids.data());
+      } catch (const std::exception& e) {
+        return absl::InternalError(absl::StrCat("search: ", e.what()));
+      }
+      found.clear();
+      found_scores.clear();
+      for (int i = 0; i < n && static_cast<int>(found.size()) < k; ++i) {
+        if (ids[i] < 0) continue;
+        if (!filters.empty() && !allowed.contains(ids[i])) continue;
+        found.push_back(ids[i]);
+        found_scores.push_back(scores[i]);
+      }
+      if (static_cast<int>(found.size()) >= k || n >= index_->ntotal) break;
+      fetch *= 4;
     }
-  }
-  std::vector<int64_t> found;
-  for (faiss::Index::idx_t id : ids) {
-    if (id >= 0) found.push_back(id);
   }
   auto chunks = store_.ChunksById(found);
   if (!chunks.ok()) return chunks.status();
   std::vector<SearchHit> hits;
-  for (size_t i = 0; i < chunks->size(); ++i) {
-    const StoredChunk& chunk = (*chunks)[i];
-    size_t rank = std::find(ids.begin(), ids.end(), chunk.id) - ids.begin();
-    hits.push_back(
-        {chunk.id, chunk.doc_id, chunk.doc_title, chunk.text, scores[rank]});
+  for (const StoredChunk& chunk : *chunks) {
+    size_t rank =
+        std::find(found.begin(), found.end(), chunk.id) - found.begin();
+    hits.push_back({chunk.id, chunk.doc_id, chunk.doc_title, chunk.text,
+                    found_scores[rank]});
   }
   return hits;
 }
 
 absl::StatusOr<std::vector<SearchHit>> Collection::Search(
-    absl::string_view query, int k, SearchMode mode) const {
+    absl::string_view query, int k, SearchMode mode,
+    const std::vector<MetadataFilter>& filters) const {
   if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
   if (Words(query).empty()) {
     return absl::InvalidArgumentError("query: has no words to search for");
   }
-  if (mode == SearchMode::kVector) return VectorSearch(query, k);
+  if (mode == SearchMode::kVector) return VectorSearch(query, k, filters);
   // Hybrid looks deeper into each list than it returns.
   const int depth = mode == SearchMode::kHybrid ? std::max(k * 4, 50) : k;
-  auto keyword = store_.KeywordSearch(name_, query, depth);
+  auto keyword = store_.KeywordSearch(name_, query, depth, filters);
   if (!keyword.ok()) return keyword.status();
   if (mode == SearchMode::kKeyword) {
     std::vector<SearchHit> hits;
@@ -207,7 +230,7 @@ absl::StatusOr<std::vector<SearchHit>> Collection::Search(
     }
     return hits;
   }
-  auto vector = VectorSearch(query, depth);
+  auto vector = VectorSearch(query, depth, filters);
   if (!vector.ok()) return vector.status();
   std::vector<int64_t> keyword_ids, vector_ids;
   absl::flat_hash_map<int64_t, SearchHit> by_id;

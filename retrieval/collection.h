@@ -50,8 +50,12 @@ class Collection final {
   absl::StatusOr<int64_t> DeleteWhere(const std::string& key,
                                       const std::string& value_json);
 
+  // With filters, only chunks of documents whose metadata passes every
+  // filter are returned, still k of them when k exist (the vector search
+  // over-fetches and retries until it has them).
   [[nodiscard]] absl::StatusOr<std::vector<SearchHit>> Search(
-      absl::string_view query, int k, SearchMode mode) const;
+      absl::string_view query, int k, SearchMode mode,
+      const std::vector<MetadataFilter>& filters = {}) const;
 
   // The query-side embedding, e.g. for a policy that compares prompts.
   [[nodiscard]] std::vector<float> Embed(absl::string_view text) const {
@@ -62,8 +66,9 @@ class Collection final {
   Collection(DocumentStore& store, std::string name, ChunkOptions chunking,
              int dim);
   absl::Status Rebuild();
-  absl::StatusOr<std::vector<SearchHit>> VectorSearch(absl::string_view query,
-                                                      int k) const;
+  absl::StatusOr<std::vector<SearchHit>> VectorSearch(
+      absl::string_view query, int k,
+      const std::vector<MetadataFilter>& filters) const;
 
   DocumentStore& store_;
   const std::string name_;

@@ -426,8 +426,72 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
   return chunks;
 }
 
+namespace {
+
+// The SQL condition of the filters on documents aliased `d`, with one `?`
+// per key and value, in the order of `params`.
+absl::StatusOr<std::string> FilterClause(
+    sqlite3* db, const std::vector<MetadataFilter>& filters,
+    std::vector<std::string>& params) {
+  std::string clause;
+  for (size_t i = 0; i < filters.size(); ++i) {
+    const MetadataFilter& filter = filters[i];
+    if (!IsName(filter.key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("filters[", i, "].key: \"", filter.key,
+                       "\" must be letters, digits, '_', '-' or '.'"));
+    }
+    if (filter.values_json.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("filters[", i, "].values: at least one is needed"));
+    }
+    std::vector<std::string> slots;
+    for (const std::string& value : filter.values_json) {
+      Statement check(db,
+                      "SELECT json_valid(?1) AND json_type(?1) NOT IN "
+                      "('object', 'array')");
+      check.Bind(1, value);
+      if (check.Step() != SQLITE_ROW || check.Int(0) != 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "filters[", i, "].values: ", value, " is not a JSON scalar"));
+      }
+      slots.push_back("json_extract(?, '$')");
+      params.push_back(value);
+    }
+    params.insert(params.end() - filter.values_json.size(),
+                  absl::StrCat("$.\"", filter.key, "\""));
+    absl::StrAppend(&clause, " AND json_extract(d.metadata, ?) IN (",
+                    absl::StrJoin(slots, ", "), ")");
+  }
+  return clause;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int64_t>> DocumentStore::ChunkIdsMatching(
+    absl::string_view collection, const std::vector<MetadataFilter>& filters) {
+  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  std::vector<std::string> params;
+  auto clause = FilterClause(db_, filters, params);
+  if (!clause.ok()) return clause.status();
+  std::string sql = absl::StrCat(
+      "SELECT c.id FROM chunks c JOIN documents d ON d.collection = "
+      "c.collection AND d.id = c.doc_id WHERE c.collection = ?",
+      *clause, " ORDER BY c.id");
+  Statement select(db_, sql.c_str());
+  if (absl::Status s = select.status(); !s.ok()) return s;
+  select.Bind(1, collection);
+  for (size_t i = 0; i < params.size(); ++i) {
+    select.Bind(static_cast<int>(i + 2), params[i]);
+  }
+  std::vector<int64_t> ids;
+  while (select.Step() == SQLITE_ROW) ids.push_back(select.Int(0));
+  return ids;
+}
+
 absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
-    absl::string_view collection, absl::string_view query, int k) {
+    absl::string_view collection, absl::string_view query, int k,
+    const std::vector<MetadataFilter>& filters) {
   if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
   std::vector<std::string> words = Words(query);
   if (words.empty()) {
@@ -438,18 +502,24 @@ absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
   std::vector<std::string> terms;
   for (const std::string& word : words)
     terms.push_back(absl::StrCat("\"", word, "\""));
-  Statement select(db_,
-                   "SELECT c.id, c.doc_id, c.position, c.text, "
-                   "bm25(chunks_fts) AS rank, d.title FROM chunks_fts "
-                   "JOIN chunks c ON c.id = chunks_fts.rowid "
-                   "JOIN documents d ON d.collection = c.collection AND "
-                   "d.id = c.doc_id "
-                   "WHERE chunks_fts MATCH ? AND c.collection = ? "
-                   "ORDER BY rank LIMIT ?");
+  std::vector<std::string> params;
+  auto clause = FilterClause(db_, filters, params);
+  if (!clause.ok()) return clause.status();
+  std::string sql = absl::StrCat(
+      "SELECT c.id, c.doc_id, c.position, c.text, "
+      "bm25(chunks_fts) AS rank, d.title FROM chunks_fts "
+      "JOIN chunks c ON c.id = chunks_fts.rowid "
+      "JOIN documents d ON d.collection = c.collection AND "
+      "d.id = c.doc_id "
+      "WHERE chunks_fts MATCH ? AND c.collection = ?",
+      *clause, " ORDER BY rank LIMIT ?");
+  Statement select(db_, sql.c_str());
   if (absl::Status s = select.status(); !s.ok()) return s;
-  select.Bind(1, absl::StrJoin(terms, " OR "))
-      .Bind(2, collection)
-      .Bind(3, static_cast<int64_t>(k));
+  select.Bind(1, absl::StrJoin(terms, " OR ")).Bind(2, collection);
+  for (size_t i = 0; i < params.size(); ++i) {
+    select.Bind(static_cast<int>(i + 3), params[i]);
+  }
+  select.Bind(static_cast<int>(params.size() + 3), static_cast<int64_t>(k));
   std::vector<KeywordHit> hits;
   int rc;
   while ((rc = select.Step()) == SQLITE_ROW) {

@@ -41,6 +41,13 @@ struct KeywordHit {
   double score = 0;  // BM25; higher is better.
 };
 
+// Keeps documents whose metadata has `key` equal to one of `values_json`
+// (JSON scalars as text: "\"faq\"", "3", "true").
+struct MetadataFilter {
+  std::string key;
+  std::vector<std::string> values_json;
+};
+
 // The durable source of truth of retrieval: collections, documents (id,
 // title, source, metadata, version), chunks and their embeddings, in SQLite
 // (WAL mode, synchronous commits: a write returns only once it is durable).
@@ -89,9 +96,15 @@ class DocumentStore final {
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunksById(
       const std::vector<int64_t>& ids);
 
-  // BM25 over the collection's chunks; any query word may match.
+  // BM25 over the collection's chunks; any query word may match. Only
+  // chunks of documents passing every filter are returned. INVALID_ARGUMENT
+  // names a malformed filter key or value.
   [[nodiscard]] absl::StatusOr<std::vector<KeywordHit>> KeywordSearch(
-      absl::string_view collection, absl::string_view query, int k);
+      absl::string_view collection, absl::string_view query, int k,
+      const std::vector<MetadataFilter>& filters = {});
+  // The ids of the chunks whose documents pass every filter.
+  [[nodiscard]] absl::StatusOr<std::vector<int64_t>> ChunkIdsMatching(
+      absl::string_view collection, const std::vector<MetadataFilter>& filters);
 
  private:
   explicit DocumentStore(sqlite3* db) : db_(db) {}

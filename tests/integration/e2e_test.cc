@@ -584,6 +584,20 @@ TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
     EXPECT_EQ(response.results(0).doc_id(), "zebra-policy") << mode;
   }
   {
+    // Filtered: only the zoo team's document, though others match the words.
+    grpc::ClientContext context;
+    v1::SearchRequest request;
+    request.set_collection("kb");
+    request.set_query("shared workspaces");
+    v1::MetadataFilter* filter = request.add_filters();
+    filter->set_key("team");
+    filter->add_values_json("\"zoo\"");
+    v1::SearchResponse response;
+    ASSERT_TRUE(stub->Search(&context, request, &response).ok());
+    ASSERT_EQ(response.results_size(), 1);
+    EXPECT_EQ(response.results(0).doc_id(), "zebra-policy");
+  }
+  {
     grpc::ClientContext context;
     v1::DeleteRequest request;
     request.set_collection("kb");

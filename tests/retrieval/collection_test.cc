@@ -102,6 +102,54 @@ TEST(CollectionTest, IndexIsRebuiltFromTheStoreOnOpen) {
   std::filesystem::remove(path + "-shm");
 }
 
+TEST(CollectionTest, FilteredSearchStillReturnsKMatches) {
+  auto store = MemoryStore();
+  auto collection = Collection::Open(*store, "help", {}, 256);
+  ASSERT_TRUE(collection.ok());
+  // Forty close matches for the query in team "faq", four weaker ones in
+  // team "billing": the billing ones rank below every faq one.
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE((*collection)
+                    ->Upsert(Doc("faq-" + std::to_string(i),
+                                 "Reset your password from the Settings page."),
+                             R"({"team": "faq"})")
+                    .ok());
+  }
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE((*collection)
+                    ->Upsert(Doc("billing-" + std::to_string(i),
+                                 "Invoices list the password reset fee."),
+                             R"({"team": "billing", "tier": )" +
+                                 std::to_string(i) + "}")
+                    .ok());
+  }
+  std::vector<MetadataFilter> billing = {{"team", {"\"billing\""}}};
+  for (SearchMode mode :
+       {SearchMode::kKeyword, SearchMode::kVector, SearchMode::kHybrid}) {
+    auto hits =
+        (*collection)->Search("reset password settings", 3, mode, billing);
+    ASSERT_TRUE(hits.ok()) << hits.status();
+    ASSERT_EQ(hits->size(), 3u) << static_cast<int>(mode);
+    for (const SearchHit& hit : *hits) {
+      EXPECT_THAT(hit.doc_id, ::testing::StartsWith("billing-"));
+    }
+  }
+  // "in": several values of one key; filters combine with AND.
+  std::vector<MetadataFilter> tiers = {{"team", {"\"billing\""}},
+                                       {"tier", {"1", "3"}}};
+  auto hits = (*collection)->Search("password", 10, SearchMode::kHybrid, tiers);
+  ASSERT_TRUE(hits.ok());
+  ASSERT_EQ(hits->size(), 2u);
+  auto bad =
+      (*collection)
+          ->Search("password", 3, SearchMode::kKeyword, {{"bad key!", {"1"}}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("filters[0].key"));
+  bad = (*collection)
+            ->Search("password", 3, SearchMode::kVector, {{"team", {"[1]"}}});
+  EXPECT_THAT(bad.status().message(), HasSubstr("is not a JSON scalar"));
+}
+
 // The quickstart's labeled questions as an evaluation: the share of
 // questions whose answer's document is among the top 4 hits.
 TEST(CollectionTest, HybridIsNotWorseThanBm25OnTheQuickstart) {
