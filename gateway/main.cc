@@ -24,7 +24,8 @@ Commands:
   loadgen       [--target ADDR] [--dataset FILE] [--qps N] [--duration 60s]
                 [--feedback] [--task T] [--units N]
                 Drive labeled traffic and print a live per-route table.
-  index         add PATH... | search QUERY | stats  --collection C
+  index         add PATH... | search QUERY | stats |
+                eval --queries Q --qrels R [--format beir|trec]  --collection C
                 [--mode hybrid|keyword|vector] [--k N] [--target ADDR]
                 Ingest files (.md, .txt, .jsonl) and search a collection.
   experiment    show NAME [--target ADDR]

@@ -14,6 +14,7 @@
 #include "gateway/cli/commands.h"
 #include "gateway/file_source.h"
 #include "nlohmann/json.hpp"
+#include "retrieval/eval.h"
 #include "retrieval/retriever.h"
 
 namespace arbiter::cli {
@@ -195,21 +196,86 @@ int IndexStats(const Args& args) {
   return 0;
 }
 
+// Ranks every query in every mode through the Retrieval service and scores
+// the rankings against the judgements (BEIR or TREC files).
+int IndexEval(const Args& args) {
+  if (!args.Has("queries") || !args.Has("qrels")) {
+    std::cerr << "usage: arbiter index eval --collection C --queries Q "
+                 "--qrels R [--format beir|trec]\n";
+    return 2;
+  }
+  auto files = MakeDiskFileSource(".");
+  auto queries_text = files->Read(args.Get("queries"));
+  auto qrels_text = files->Read(args.Get("qrels"));
+  if (!queries_text.ok()) return Fail(queries_text.status().message());
+  if (!qrels_text.ok()) return Fail(qrels_text.status().message());
+  std::string format =
+      args.Get("format",
+               absl::EndsWith(args.Get("queries"), ".jsonl") ? "beir" : "trec");
+  absl::StatusOr<std::map<std::string, std::string>> queries;
+  absl::StatusOr<retrieval::Qrels> qrels;
+  if (format == "beir") {
+    queries = retrieval::ParseBeirQueries(*queries_text);
+    qrels = retrieval::ParseBeirQrels(*qrels_text);
+  } else if (format == "trec") {
+    queries = retrieval::ParseTrecTopics(*queries_text);
+    qrels = retrieval::ParseTrecQrels(*qrels_text);
+  } else {
+    return Fail(
+        absl::StrCat("--format: must be beir or trec, got \"", format, "\""));
+  }
+  if (!queries.ok()) return Fail(queries.status().message());
+  if (!qrels.ok()) return Fail(qrels.status().message());
+  auto stub =
+      v1::Retrieval::NewStub(Connect(args.Get("target", kDefaultTarget)));
+  std::cout << absl::StrFormat("%-8s %8s %9s %9s %10s %7s\n", "mode", "queries",
+                               "nDCG@10", "R@10", "R@100", "MRR");
+  for (const char* mode : {"keyword", "vector", "hybrid"}) {
+    std::map<std::string, std::vector<std::string>> runs;
+    for (const auto& [id, text] : *queries) {
+      if (!qrels->contains(id)) continue;
+      v1::SearchRequest request;
+      request.set_collection(args.Get("collection"));
+      request.set_query(text);
+      request.set_k(100);
+      request.set_mode(mode);
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() +
+                           std::chrono::seconds(30));
+      v1::SearchResponse response;
+      grpc::Status status = stub->Search(&context, request, &response);
+      if (status.error_code() == grpc::INVALID_ARGUMENT) continue;  // No words.
+      if (!status.ok()) return FailRpc(status);
+      for (const v1::SearchResult& result : response.results()) {
+        runs[id].push_back(result.doc_id());
+      }
+    }
+    retrieval::RankingMetrics metrics = retrieval::Evaluate(*qrels, runs);
+    std::cout << absl::StrFormat("%-8s %8d %9.4f %9.4f %10.4f %7.4f\n", mode,
+                                 metrics.queries, metrics.ndcg_at_10,
+                                 metrics.recall_at_10, metrics.recall_at_100,
+                                 metrics.mrr);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunIndex(int argc, char** argv) {
-  auto args =
-      Args::Parse(argc, argv, {"target", "collection", "mode", "k"}, {});
+  auto args = Args::Parse(
+      argc, argv,
+      {"target", "collection", "mode", "k", "queries", "qrels", "format"}, {});
   if (!args.ok()) return Fail(args.status().message());
   if (args->positional().empty() || !args->Has("collection")) {
-    std::cerr << "usage: arbiter index (add PATH... | search QUERY | stats) "
-                 "--collection C [--target ADDR]\n";
+    std::cerr << "usage: arbiter index (add PATH... | search QUERY | stats | "
+                 "eval --queries Q --qrels R) --collection C [--target ADDR]\n";
     return 2;
   }
   const std::string& verb = args->positional().front();
   if (verb == "add") return IndexAdd(*args);
   if (verb == "search") return IndexSearch(*args);
   if (verb == "stats") return IndexStats(*args);
+  if (verb == "eval") return IndexEval(*args);
   return Fail(absl::StrCat("index: unknown command \"", verb, "\""));
 }
 

@@ -545,6 +545,39 @@ TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
   EXPECT_THAT(*first, HasSubstr("reset-your-password"));
   EXPECT_EQ((*search)->Wait(), 0);
 
+  // The quickstart questions as a BEIR test collection.
+  std::string dir = std::filesystem::temp_directory_path() /
+                    absl::StrCat("arbiter-eval-", getpid());
+  std::filesystem::create_directories(dir);
+  {
+    std::ifstream questions(ARBITER_SOURCE_DIR "/quickstart/questions.jsonl");
+    std::ofstream queries(dir + "/queries.jsonl");
+    std::ofstream qrels(dir + "/qrels.tsv");
+    qrels << "query-id\tcorpus-id\tscore\n";
+    std::string line;
+    while (std::getline(questions, line)) {
+      auto id = line.substr(line.find("\"id\": \"") + 7);
+      id = id.substr(0, id.find('"'));
+      auto question = line.substr(line.find("\"question\": \"") + 13);
+      question = question.substr(0, question.find("\", \"answer\""));
+      auto doc = line.substr(line.find("\"doc\": \"") + 8);
+      doc = doc.substr(0, doc.find('"'));
+      queries << "{\"_id\": \"" << id << "\", \"text\": \"" << question
+              << "\"}\n";
+      qrels << id << "\t" << doc << "\t1\n";
+    }
+  }
+  auto eval = Subprocess::Start({ARBITER_BINARY, "index", "eval",
+                                 "--collection", "kb", "--target", target,
+                                 "--queries", dir + "/queries.jsonl", "--qrels",
+                                 dir + "/qrels.tsv"});
+  ASSERT_TRUE(eval.ok());
+  auto hybrid_line = (*eval)->WaitForLine("hybrid ", absl::Seconds(120));
+  ASSERT_TRUE(hybrid_line.ok()) << hybrid_line.status();
+  EXPECT_EQ((*eval)->Wait(), 0) << (*eval)->Output();
+  EXPECT_THAT((*eval)->Output(), HasSubstr("keyword       253"));
+  std::filesystem::remove_all(dir);
+
   auto stub = v1::Retrieval::NewStub(*channel_);
   {
     grpc::ClientContext context;
