@@ -24,6 +24,19 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(deadline);
 }
 
+// Answers a unary call at once from a synchronous gateway method: these
+// touch only local state (statistics, the document store), never a backend.
+template <typename Request, typename Response, typename Method>
+grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* context,
+                                    const Request* request, Response* response,
+                                    Method method) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto result = method(*request);
+  if (result.ok()) *response = *std::move(result);
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
+}
+
 class GatewayService final : public v1::Gateway::CallbackService {
  public:
   explicit GatewayService(Gateway& gateway) : gateway_(gateway) {}
@@ -42,11 +55,8 @@ class GatewayService final : public v1::Gateway::CallbackService {
   grpc::ServerUnaryReactor* Feedback(grpc::CallbackServerContext* context,
                                      const v1::FeedbackRequest* request,
                                      v1::FeedbackResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    auto result = gateway_.Feedback(*request);
-    if (result.ok()) *response = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
-    return reactor;
+    return AnswerNow(context, request, response,
+                     [this](const auto& r) { return gateway_.Feedback(r); });
   }
 
  private:
@@ -61,40 +71,23 @@ class AdminService final : public v1::Admin::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::GetRouteStatsRequest* request,
       v1::GetRouteStatsResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    auto result = gateway_.GetRouteStats(*request);
-    if (result.ok()) *response = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
-    return reactor;
+    return AnswerNow(context, request, response, [this](const auto& r) {
+      return gateway_.GetRouteStats(r);
+    });
   }
 
   grpc::ServerUnaryReactor* GetExperiment(
       grpc::CallbackServerContext* context,
       const v1::GetExperimentRequest* request,
       v1::ExperimentAnalysis* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    auto result = gateway_.GetExperiment(*request);
-    if (result.ok()) *response = *std::move(result);
-    reactor->Finish(ToGrpcStatus(result.status()));
-    return reactor;
+    return AnswerNow(context, request, response, [this](const auto& r) {
+      return gateway_.GetExperiment(r);
+    });
   }
 
  private:
   Gateway& gateway_;
 };
-
-// Answers a unary call at once from a synchronous gateway method: these
-// touch only local state (statistics, the document store), never a backend.
-template <typename Request, typename Response, typename Method>
-grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* context,
-                                    const Request* request, Response* response,
-                                    Method method) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto result = method(*request);
-  if (result.ok()) *response = *std::move(result);
-  reactor->Finish(ToGrpcStatus(result.status()));
-  return reactor;
-}
 
 class RetrievalService final : public v1::Retrieval::CallbackService {
  public:

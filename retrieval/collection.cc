@@ -96,20 +96,26 @@ absl::StatusOr<int64_t> Collection::Upsert(const Document& document,
   if (!chunks.ok()) return chunks.status();
   std::vector<faiss::Index::idx_t> stale;
   for (const StoredChunk& chunk : *old_chunks) stale.push_back(chunk.id);
+  if (absl::Status s = Reindex(stale, *chunks); !s.ok()) return s;
+  return version;
+}
+
+absl::Status Collection::Reindex(const std::vector<faiss::Index::idx_t>& remove,
+                                 const std::vector<StoredChunk>& add) {
   std::unique_lock lock(mu_);
   try {
-    if (!stale.empty()) {
-      faiss::IDSelectorBatch selector(stale.size(), stale.data());
+    if (!remove.empty()) {
+      faiss::IDSelectorBatch selector(remove.size(), remove.data());
       index_->remove_ids(selector);
     }
-    for (const StoredChunk& chunk : *chunks) {
+    for (const StoredChunk& chunk : add) {
       faiss::Index::idx_t id = chunk.id;
       index_->add_with_ids(1, chunk.embedding.data(), &id);
     }
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("indexing: ", e.what()));
   }
-  return version;
+  return absl::OkStatus();
 }
 
 absl::Status Collection::Delete(const std::string& doc_id) {
@@ -119,14 +125,7 @@ absl::Status Collection::Delete(const std::string& doc_id) {
   if (absl::Status s = store_.Delete(name_, doc_id); !s.ok()) return s;
   std::vector<faiss::Index::idx_t> ids;
   for (const StoredChunk& chunk : *chunks) ids.push_back(chunk.id);
-  std::unique_lock lock(mu_);
-  try {
-    faiss::IDSelectorBatch selector(ids.size(), ids.data());
-    index_->remove_ids(selector);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("unindexing: ", e.what()));
-  }
-  return absl::OkStatus();
+  return Reindex(ids, {});
 }
 
 absl::StatusOr<int64_t> Collection::DeleteWhere(const std::string& key,
@@ -144,13 +143,7 @@ absl::StatusOr<int64_t> Collection::DeleteWhere(const std::string& key,
   for (const StoredChunk& chunk : *before) {
     if (!remaining.contains(chunk.id)) gone.push_back(chunk.id);
   }
-  std::unique_lock lock(mu_);
-  try {
-    faiss::IDSelectorBatch selector(gone.size(), gone.data());
-    index_->remove_ids(selector);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("unindexing: ", e.what()));
-  }
+  if (absl::Status s = Reindex(gone, {}); !s.ok()) return s;
   return deleted;
 }
 

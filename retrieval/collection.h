@@ -66,6 +66,9 @@ class Collection final {
   Collection(DocumentStore& store, std::string name, ChunkOptions chunking,
              int dim);
   absl::Status Rebuild();
+  // Removes chunk ids from the index and adds chunks (with embeddings).
+  absl::Status Reindex(const std::vector<faiss::Index::idx_t>& remove,
+                       const std::vector<StoredChunk>& add);
   absl::StatusOr<std::vector<SearchHit>> VectorSearch(
       absl::string_view query, int k,
       const std::vector<MetadataFilter>& filters) const;

@@ -142,6 +142,15 @@ class Transaction final {
   bool done_ = false;
 };
 
+// Whether `value` is a JSON number, string, boolean or null.
+bool IsJsonScalar(sqlite3* db, absl::string_view value) {
+  Statement check(db,
+                  "SELECT json_valid(?1) AND json_type(?1) NOT IN "
+                  "('object', 'array')");
+  check.Bind(1, value);
+  return check.Step() == SQLITE_ROW && check.Int(0) == 1;
+}
+
 absl::Status RecordChange(sqlite3* db, absl::string_view collection,
                           absl::string_view doc_id, const char* op) {
   Statement insert(
@@ -317,15 +326,9 @@ absl::StatusOr<int64_t> DocumentStore::DeleteWhere(
     return absl::InvalidArgumentError(absl::StrCat(
         "filter key: \"", key, "\" must be letters, digits, '_', '-' or '.'"));
   }
-  {
-    Statement check(db_,
-                    "SELECT json_valid(?1) AND json_type(?1) NOT IN "
-                    "('object', 'array')");
-    check.Bind(1, value_json);
-    if (check.Step() != SQLITE_ROW || check.Int(0) != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("filter value: ", value_json, " is not a JSON scalar"));
-    }
+  if (!IsJsonScalar(db_, value_json)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("filter value: ", value_json, " is not a JSON scalar"));
   }
   Transaction transaction(db_);
   if (!transaction.status().ok()) return transaction.status();
@@ -447,11 +450,7 @@ absl::StatusOr<std::string> FilterClause(
     }
     std::vector<std::string> slots;
     for (const std::string& value : filter.values_json) {
-      Statement check(db,
-                      "SELECT json_valid(?1) AND json_type(?1) NOT IN "
-                      "('object', 'array')");
-      check.Bind(1, value);
-      if (check.Step() != SQLITE_ROW || check.Int(0) != 1) {
+      if (!IsJsonScalar(db, value)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "filters[", i, "].values: ", value, " is not a JSON scalar"));
       }

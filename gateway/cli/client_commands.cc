@@ -9,21 +9,6 @@
 #include "gateway/cli/commands.h"
 
 namespace arbiter::cli {
-namespace {
-
-int Fail(const absl::Status& status) {
-  std::cerr << "arbiter: " << status.message() << "\n";
-  return 1;
-}
-
-int FailRpc(const grpc::Status& status) {
-  std::cerr << "arbiter: " << StatusCodeName(status.error_code()) << ": "
-            << status.error_message() << "\n";
-  return 1;
-}
-
-}  // namespace
-
 int RunInfer(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"target", "task", "route", "unit-id", "max-cost-usd",

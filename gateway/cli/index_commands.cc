@@ -24,16 +24,6 @@ namespace fs = std::filesystem;
 
 constexpr int kBatch = 32;
 
-int Fail(absl::string_view message) {
-  std::cerr << "arbiter: " << message << "\n";
-  return 1;
-}
-
-int FailRpc(const grpc::Status& status) {
-  return Fail(absl::StrCat(StatusCodeName(status.error_code()), ": ",
-                           status.error_message()));
-}
-
 // Plain text and Markdown files are one document each; JSON Lines files hold
 // one {"id", "title", "text", "metadata"} object per line.
 absl::Status ReadDocuments(const fs::path& path,

@@ -8,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gateway/cli/args.h"
+#include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
 #include "gateway/config.h"
 #include "gateway/file_source.h"
@@ -18,11 +19,6 @@ namespace arbiter::cli {
 namespace {
 
 using nlohmann::json;
-
-int Fail(absl::string_view message) {
-  std::cerr << "arbiter: " << message << "\n";
-  return 1;
-}
 
 }  // namespace
 

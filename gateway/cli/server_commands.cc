@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gateway/cli/args.h"
+#include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
 #include "gateway/config.h"
 #include "gateway/gateway.h"
@@ -18,11 +19,6 @@
 
 namespace arbiter::cli {
 namespace {
-
-int Fail(const absl::Status& status) {
-  std::cerr << "arbiter: " << status.message() << "\n";
-  return 1;
-}
 
 // Blocks SIGINT and SIGTERM in every thread started after this, so the
 // calling thread can wait for them with sigwait.
