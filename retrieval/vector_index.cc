@@ -1,0 +1,468 @@
+#include "retrieval/vector_index.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <queue>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace arbiter::retrieval {
+namespace {
+
+using faiss_idx = faiss::Index::idx_t;
+
+// Keeps labels whose id is live and, with an allow-list, allowed.
+class LiveSelector final : public faiss::IDSelector {
+ public:
+  LiveSelector(const std::vector<int64_t>& id_of_label,
+               const absl::flat_hash_set<int64_t>* allowed)
+      : id_of_label_(id_of_label), allowed_(allowed) {}
+  bool is_member(faiss_idx label) const override {
+    const int64_t id = id_of_label_[label];
+    return id >= 0 && (allowed_ == nullptr || allowed_->contains(id));
+  }
+
+ private:
+  const std::vector<int64_t>& id_of_label_;
+  const absl::flat_hash_set<int64_t>* allowed_;
+};
+
+int64_t DefaultNlist(int64_t n) {
+  return std::max<int64_t>(1, static_cast<int64_t>(4 * std::sqrt(n)));
+}
+
+// The largest divisor of dim that keeps sub-vectors at least 4 wide.
+int DefaultPqM(int dim) {
+  for (int m = std::max(1, dim / 4); m > 1; --m) {
+    if (dim % m == 0) return m;
+  }
+  return 1;
+}
+
+constexpr char kMagic[8] = {'A', 'R', 'B', 'V', 'I', 'D', 'X', '1'};
+
+void Put(std::string& out, const void* data, size_t size) {
+  out.append(static_cast<const char*>(data), size);
+}
+template <typename T>
+void PutValue(std::string& out, T value) {
+  Put(out, &value, sizeof(value));
+}
+
+// Reads fixed-size values off the front of a byte image.
+class Reader {
+ public:
+  explicit Reader(absl::string_view bytes) : rest_(bytes) {}
+  template <typename T>
+  bool Get(T& value) {
+    if (rest_.size() < sizeof(T)) return false;
+    std::memcpy(&value, rest_.data(), sizeof(T));
+    rest_.remove_prefix(sizeof(T));
+    return true;
+  }
+  bool GetArray(std::vector<int64_t>& values, int64_t n) {
+    if (n < 0 || rest_.size() / sizeof(int64_t) < static_cast<size_t>(n)) {
+      return false;
+    }
+    values.resize(n);
+    std::memcpy(values.data(), rest_.data(), n * sizeof(int64_t));
+    rest_.remove_prefix(n * sizeof(int64_t));
+    return true;
+  }
+  absl::string_view rest() const { return rest_; }
+
+ private:
+  absl::string_view rest_;
+};
+
+}  // namespace
+
+absl::string_view IndexKindName(IndexKind kind) {
+  switch (kind) {
+    case IndexKind::kAuto:
+      return "auto";
+    case IndexKind::kFlat:
+      return "flat";
+    case IndexKind::kHnsw:
+      return "hnsw";
+    case IndexKind::kIvfFlat:
+      return "ivf_flat";
+    case IndexKind::kIvfPq:
+      return "ivf_pq";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<IndexKind> ParseIndexKind(absl::string_view name) {
+  for (IndexKind kind : {IndexKind::kAuto, IndexKind::kFlat, IndexKind::kHnsw,
+                         IndexKind::kIvfFlat, IndexKind::kIvfPq}) {
+    if (name == IndexKindName(kind)) return kind;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown index kind \"", name,
+                   "\"; expected auto, flat, hnsw, ivf_flat or ivf_pq"));
+}
+
+IndexKind ChooseIndexKind(int64_t vectors, int dim,
+                          const IndexOptions& options) {
+  if (options.kind != IndexKind::kAuto) return options.kind;
+  if (vectors < options.auto_exact_below) return IndexKind::kFlat;
+  // HNSW keeps every vector plus ~2M links of 4 bytes at the bottom layer.
+  const int64_t hnsw_bytes =
+      vectors * (int64_t{4} * dim + int64_t{8} * options.hnsw_m + 16);
+  return hnsw_bytes <= options.auto_memory_budget_bytes ? IndexKind::kHnsw
+                                                        : IndexKind::kIvfPq;
+}
+
+VectorIndex::VectorIndex(IndexKind kind, int dim, IndexOptions options,
+                         std::unique_ptr<faiss::Index> index)
+    : kind_(kind), dim_(dim), options_(options), index_(std::move(index)) {}
+
+VectorIndex::~VectorIndex() = default;
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(
+    int dim, const IndexOptions& options, absl::Span<const int64_t> ids,
+    absl::Span<const float> vectors) {
+  if (dim < 1) return absl::InvalidArgumentError("dim: must be >= 1");
+  if (vectors.size() != ids.size() * dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vectors: expected ", ids.size(), " rows of ", dim,
+                     " floats, got ", vectors.size(), " floats"));
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  IndexKind kind = ChooseIndexKind(n, dim, options);
+  int64_t nlist = options.ivf_nlist > 0 ? options.ivf_nlist : DefaultNlist(n);
+  int pq_m = options.pq_m > 0 ? options.pq_m : DefaultPqM(dim);
+  if (kind == IndexKind::kIvfPq && (dim % pq_m != 0 || n < 256 * 39)) {
+    // PQ needs 256 centroids per sub-quantizer, each trained on ~39 points.
+    kind = IndexKind::kIvfFlat;
+  }
+  if (kind == IndexKind::kIvfFlat || kind == IndexKind::kIvfPq) {
+    nlist = std::min<int64_t>(nlist, n / 39);
+    if (nlist < 2) kind = IndexKind::kFlat;  // Too few vectors to cluster.
+  }
+  try {
+    std::unique_ptr<faiss::Index> index;
+    switch (kind) {
+      case IndexKind::kAuto:
+      case IndexKind::kFlat:
+        index = std::make_unique<faiss::IndexFlatIP>(dim);
+        break;
+      case IndexKind::kHnsw: {
+        auto hnsw = std::make_unique<faiss::IndexHNSWFlat>(
+            dim, options.hnsw_m, faiss::METRIC_INNER_PRODUCT);
+        hnsw->hnsw.efConstruction = options.hnsw_ef_construction;
+        hnsw->hnsw.efSearch = options.hnsw_ef_search;
+        index = std::move(hnsw);
+        break;
+      }
+      case IndexKind::kIvfFlat:
+      case IndexKind::kIvfPq: {
+        auto* quantizer = new faiss::IndexFlatIP(dim);
+        std::unique_ptr<faiss::IndexIVF> ivf;
+        if (kind == IndexKind::kIvfFlat) {
+          ivf = std::make_unique<faiss::IndexIVFFlat>(
+              quantizer, dim, nlist, faiss::METRIC_INNER_PRODUCT);
+        } else {
+          ivf = std::make_unique<faiss::IndexIVFPQ>(
+              quantizer, dim, nlist, pq_m, 8, faiss::METRIC_INNER_PRODUCT);
+        }
+        ivf->own_fields = true;
+        ivf->nprobe = std::min<int64_t>(options.ivf_nprobe, nlist);
+        ivf->cp.seed = 1234;  // Same data, same index.
+        omp_set_num_threads(omp_get_num_procs());
+        ivf->train(n, vectors.data());
+        // Exact fallback searches reconstruct vectors by label.
+        ivf->set_direct_map_type(faiss::DirectMap::Array);
+        index = std::move(ivf);
+        break;
+      }
+    }
+    auto built = std::unique_ptr<VectorIndex>(
+        new VectorIndex(kind, dim, options, std::move(index)));
+    if (absl::Status s = built->AddRows(ids, vectors); !s.ok()) return s;
+    return built;
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("building a ", IndexKindName(kind), " index: ", e.what()));
+  }
+}
+
+absl::Status VectorIndex::Add(absl::Span<const int64_t> ids,
+                              absl::Span<const float> vectors) {
+  if (vectors.size() != ids.size() * dim_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vectors: expected ", ids.size(), " rows of ", dim_,
+                     " floats, got ", vectors.size(), " floats"));
+  }
+  Remove(ids);
+  return AddRows(ids, vectors);
+}
+
+absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
+                                  absl::Span<const float> vectors) {
+  if (ids.empty()) return absl::OkStatus();
+  const int64_t first = index_->ntotal;
+  try {
+    // Large adds (builds) may use every core; small ones stay on this thread.
+    omp_set_num_threads(ids.size() > 1000 ? omp_get_num_procs() : 1);
+    index_->add(static_cast<faiss_idx>(ids.size()), vectors.data());
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("adding vectors: ", e.what()));
+  }
+  id_of_label_.reserve(first + ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    id_of_label_.push_back(ids[i]);
+    label_of_[ids[i]] = first + static_cast<int64_t>(i);
+  }
+  return absl::OkStatus();
+}
+
+int64_t VectorIndex::Remove(absl::Span<const int64_t> ids) {
+  int64_t removed = 0;
+  for (int64_t id : ids) {
+    auto it = label_of_.find(id);
+    if (it == label_of_.end()) continue;
+    id_of_label_[it->second] = -1;
+    label_of_.erase(it);
+    ++tombstones_;
+    ++removed;
+  }
+  return removed;
+}
+
+double VectorIndex::tombstone_share() const {
+  return id_of_label_.empty()
+             ? 0
+             : static_cast<double>(tombstones_) / id_of_label_.size();
+}
+
+absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
+    absl::Span<const float> query, int k,
+    const absl::flat_hash_set<int64_t>* allowed, int effort) const {
+  if (static_cast<int>(query.size()) != dim_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "query: has ", query.size(), " dimensions; the index has ", dim_));
+  }
+  if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
+  int64_t available = size();
+  if (allowed != nullptr) {
+    available = 0;
+    for (int64_t id : *allowed) available += label_of_.contains(id) ? 1 : 0;
+  }
+  const int want = static_cast<int>(std::min<int64_t>(k, available));
+  if (want == 0) return std::vector<Neighbor>{};
+
+  omp_set_num_threads(1);  // One query: no OpenMP team per request.
+  const bool filtered = allowed != nullptr || tombstones_ > 0;
+  LiveSelector selector(id_of_label_, allowed);
+  std::vector<float> scores(want);
+  std::vector<faiss_idx> labels(want);
+  std::vector<Neighbor> found;
+  // Approximate kinds can miss allowed vectors when few pass the filter:
+  // widen the search, then fall back to scoring every candidate exactly.
+  int breadth = effort;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    try {
+      switch (kind_) {
+        case IndexKind::kHnsw: {
+          faiss::SearchParametersHNSW params;
+          params.efSearch =
+              std::max(want, (breadth > 0 ? breadth : options_.hnsw_ef_search)
+                                 << (2 * attempt));
+          params.sel = filtered ? &selector : nullptr;
+          index_->search(1, query.data(), want, scores.data(), labels.data(),
+                         &params);
+          break;
+        }
+        case IndexKind::kIvfFlat:
+        case IndexKind::kIvfPq: {
+          const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
+          faiss::SearchParametersIVF params;
+          params.nprobe = std::min<size_t>(
+              ivf->nlist,
+              static_cast<size_t>(breadth > 0 ? breadth : ivf->nprobe)
+                  << (2 * attempt));
+          params.sel = filtered ? &selector : nullptr;
+          index_->search(1, query.data(), want, scores.data(), labels.data(),
+                         &params);
+          break;
+        }
+        default: {
+          faiss::SearchParameters params;
+          params.sel = filtered ? &selector : nullptr;
+          index_->search(1, query.data(), want, scores.data(), labels.data(),
+                         &params);
+          attempt = 2;  // Exact: nothing to widen.
+          break;
+        }
+      }
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("vector search: ", e.what()));
+    }
+    found.clear();
+    for (int i = 0; i < want; ++i) {
+      if (labels[i] < 0) continue;
+      const int64_t id = id_of_label_[labels[i]];
+      if (id >= 0) found.push_back({id, scores[i]});
+    }
+    if (static_cast<int>(found.size()) == want) return found;
+  }
+
+  // Exact scoring of the candidates: the allow-list, or every live row.
+  using Entry = std::pair<float, int64_t>;  // Min-heap of the best `want`.
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> best;
+  std::vector<float> row(dim_);
+  auto consider = [&](int64_t id, int64_t label) {
+    index_->reconstruct(label, row.data());
+    const float score = faiss::fvec_inner_product(query.data(), row.data(),
+                                                  static_cast<size_t>(dim_));
+    if (static_cast<int>(best.size()) < want) {
+      best.push({score, id});
+    } else if (score > best.top().first) {
+      best.pop();
+      best.push({score, id});
+    }
+  };
+  try {
+    if (allowed != nullptr) {
+      for (int64_t id : *allowed) {
+        auto it = label_of_.find(id);
+        if (it != label_of_.end()) consider(id, it->second);
+      }
+    } else {
+      for (const auto& [id, label] : label_of_) consider(id, label);
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("vector search: ", e.what()));
+  }
+  found.assign(best.size(), {});
+  for (size_t i = found.size(); i-- > 0; best.pop()) {
+    found[i] = {best.top().second, best.top().first};
+  }
+  return found;
+}
+
+int64_t VectorIndex::MemoryBytes() const {
+  const int64_t n = index_->ntotal;
+  int64_t bytes = 0;
+  switch (kind_) {
+    case IndexKind::kAuto:
+    case IndexKind::kFlat:
+      bytes = n * dim_ * 4;
+      break;
+    case IndexKind::kHnsw: {
+      const auto& hnsw =
+          static_cast<const faiss::IndexHNSW*>(index_.get())->hnsw;
+      bytes = n * dim_ * 4 + hnsw.neighbors.size() * 4 +
+              hnsw.offsets.size() * 8 + hnsw.levels.size() * 4;
+      break;
+    }
+    case IndexKind::kIvfFlat:
+    case IndexKind::kIvfPq: {
+      const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
+      // Codes and ids in the lists, the centroids, the direct map.
+      bytes = n * (static_cast<int64_t>(ivf->code_size) + 8 + 8) +
+              static_cast<int64_t>(ivf->nlist) * dim_ * 4;
+      if (kind_ == IndexKind::kIvfPq) {
+        bytes += int64_t{256} * dim_ * 4;  // PQ centroids.
+      }
+      break;
+    }
+  }
+  // The id maps: one int64 per row, a hash slot (key, value, control byte)
+  // per live id.
+  bytes += static_cast<int64_t>(id_of_label_.capacity()) * 8 +
+           static_cast<int64_t>(label_of_.capacity()) * 17;
+  return bytes;
+}
+
+std::vector<int64_t> VectorIndex::Ids() const {
+  std::vector<int64_t> ids;
+  ids.reserve(label_of_.size());
+  for (const auto& [id, label] : label_of_) ids.push_back(id);
+  return ids;
+}
+
+absl::StatusOr<std::string> VectorIndex::Serialize() const {
+  faiss::VectorIOWriter writer;
+  try {
+    faiss::write_index(index_.get(), &writer);
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("serializing the index: ", e.what()));
+  }
+  std::string out;
+  out.reserve(64 + id_of_label_.size() * 8 + writer.data.size());
+  Put(out, kMagic, sizeof(kMagic));
+  PutValue<int32_t>(out, static_cast<int32_t>(kind_));
+  PutValue<int32_t>(out, dim_);
+  PutValue(out, options_);
+  PutValue<int64_t>(out, static_cast<int64_t>(id_of_label_.size()));
+  Put(out, id_of_label_.data(), id_of_label_.size() * sizeof(int64_t));
+  Put(out, writer.data.data(), writer.data.size());
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
+    absl::string_view bytes) {
+  auto corrupt = [](absl::string_view what) {
+    return absl::DataLossError(absl::StrCat("index image: ", what));
+  };
+  if (bytes.size() < sizeof(kMagic) ||
+      std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return corrupt("not an arbiter index (bad magic)");
+  }
+  Reader reader(bytes.substr(sizeof(kMagic)));
+  int32_t kind_value = 0, dim = 0;
+  IndexOptions options;
+  int64_t rows = 0;
+  std::vector<int64_t> id_of_label;
+  if (!reader.Get(kind_value) || !reader.Get(dim) || !reader.Get(options) ||
+      !reader.Get(rows) || !reader.GetArray(id_of_label, rows)) {
+    return corrupt("truncated header");
+  }
+  if (kind_value < static_cast<int32_t>(IndexKind::kFlat) ||
+      kind_value > static_cast<int32_t>(IndexKind::kIvfPq) || dim < 1) {
+    return corrupt("bad kind or dimension");
+  }
+  std::unique_ptr<faiss::Index> index;
+  try {
+    faiss::VectorIOReader io;
+    io.data.assign(reader.rest().begin(), reader.rest().end());
+    index.reset(faiss::read_index(&io));
+  } catch (const std::exception& e) {
+    return corrupt(absl::StrCat("FAISS could not read it: ", e.what()));
+  }
+  if (index == nullptr || index->d != dim || index->ntotal != rows) {
+    return corrupt("FAISS index does not match its id map");
+  }
+  auto loaded = std::unique_ptr<VectorIndex>(new VectorIndex(
+      static_cast<IndexKind>(kind_value), dim, options, std::move(index)));
+  loaded->label_of_.reserve(rows);
+  for (int64_t label = 0; label < rows; ++label) {
+    const int64_t id = id_of_label[label];
+    if (id < 0) {
+      ++loaded->tombstones_;
+    } else if (!loaded->label_of_.emplace(id, label).second) {
+      return corrupt("an id appears twice");
+    }
+  }
+  loaded->id_of_label_ = std::move(id_of_label);
+  return loaded;
+}
+
+}  // namespace arbiter::retrieval

@@ -1,0 +1,124 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace faiss {
+struct Index;
+}  // namespace faiss
+
+namespace arbiter::retrieval {
+
+// The FAISS index kinds a collection can use. kAuto is resolved by
+// ChooseIndexKind when an index is built.
+enum class IndexKind { kAuto, kFlat, kHnsw, kIvfFlat, kIvfPq };
+
+// "auto", "flat", "hnsw", "ivf_flat", "ivf_pq".
+[[nodiscard]] absl::string_view IndexKindName(IndexKind kind);
+[[nodiscard]] absl::StatusOr<IndexKind> ParseIndexKind(absl::string_view name);
+
+struct IndexOptions {
+  IndexKind kind = IndexKind::kAuto;
+  int hnsw_m = 32;  // Graph degree (links per node).
+  int hnsw_ef_construction = 80;
+  int hnsw_ef_search = 64;  // Default search breadth.
+  int ivf_nlist = 0;        // Inverted lists; 0: 4 * sqrt(n).
+  int ivf_nprobe = 16;      // Lists searched by default.
+  int pq_m = 0;             // PQ sub-quantizers; 0: dim / 4 (or less).
+  // For auto: vectors below which the exact index is used, and the memory
+  // an HNSW graph may take before IVF-PQ is chosen instead.
+  int64_t auto_exact_below = 50'000;
+  int64_t auto_memory_budget_bytes = int64_t{4} << 30;
+};
+
+// The FAISS guideline, in short: exact search below ~50k vectors; above,
+// HNSW when its graph and vectors fit the memory budget, else IVF-PQ.
+[[nodiscard]] IndexKind ChooseIndexKind(int64_t vectors, int dim,
+                                        const IndexOptions& options);
+
+struct Neighbor {
+  int64_t id = 0;
+  float score =
+      0;  // Inner product (cosine for unit vectors); higher is better.
+};
+
+// A FAISS index over inner product with 64-bit external ids, and the same
+// behaviour for every kind: ids map to FAISS's sequential labels, removals
+// are tombstones (HNSW cannot remove; the others would shift labels), and
+// searches skip tombstones and unwanted ids inside FAISS with an id selector,
+// so k results come back whenever k live (allowed) vectors exist.
+// Callers rebuild once tombstone_share() grows (Collection does, in the
+// background). Not thread-safe for writes; concurrent const calls are fine.
+// FAISS exceptions never escape: they become INTERNAL statuses.
+class VectorIndex final {
+ public:
+  // Builds an index of `options.kind` (kAuto resolved over ids.size())
+  // holding `vectors` (ids.size() rows of dim floats). IVF kinds train on
+  // them; with too few vectors to train, the exact index is used instead.
+  static absl::StatusOr<std::unique_ptr<VectorIndex>> Build(
+      int dim, const IndexOptions& options, absl::Span<const int64_t> ids,
+      absl::Span<const float> vectors);
+  ~VectorIndex();
+
+  VectorIndex(const VectorIndex&) = delete;
+  VectorIndex& operator=(const VectorIndex&) = delete;
+
+  // Adds rows; an id already present is replaced (its old row tombstoned).
+  absl::Status Add(absl::Span<const int64_t> ids,
+                   absl::Span<const float> vectors);
+  // Tombstones the ids that are present; returns how many were.
+  int64_t Remove(absl::Span<const int64_t> ids);
+
+  // The k best live vectors, best first. With `allowed`, only those ids.
+  // `effort` overrides the search breadth (efSearch for HNSW, nprobe for
+  // IVF); 0 keeps the index's default.
+  [[nodiscard]] absl::StatusOr<std::vector<Neighbor>> Search(
+      absl::Span<const float> query, int k,
+      const absl::flat_hash_set<int64_t>* allowed = nullptr,
+      int effort = 0) const;
+
+  [[nodiscard]] bool Contains(int64_t id) const {
+    return label_of_.contains(id);
+  }
+  [[nodiscard]] IndexKind kind() const { return kind_; }
+  [[nodiscard]] int dim() const { return dim_; }
+  [[nodiscard]] int64_t size() const {
+    return static_cast<int64_t>(label_of_.size());
+  }
+  [[nodiscard]] int64_t tombstones() const { return tombstones_; }
+  // Tombstoned rows over all rows (0 for an empty index).
+  [[nodiscard]] double tombstone_share() const;
+  // Bytes held by FAISS plus the id maps (an estimate for PQ codes).
+  [[nodiscard]] int64_t MemoryBytes() const;
+  // The live ids, in no particular order.
+  [[nodiscard]] std::vector<int64_t> Ids() const;
+
+  // A self-contained byte image (FAISS index, id map, tombstones) and back.
+  [[nodiscard]] absl::StatusOr<std::string> Serialize() const;
+  static absl::StatusOr<std::unique_ptr<VectorIndex>> Deserialize(
+      absl::string_view bytes);
+
+ private:
+  VectorIndex(IndexKind kind, int dim, IndexOptions options,
+              std::unique_ptr<faiss::Index> index);
+  absl::Status AddRows(absl::Span<const int64_t> ids,
+                       absl::Span<const float> vectors);
+
+  const IndexKind kind_;
+  const int dim_;
+  const IndexOptions options_;
+  std::unique_ptr<faiss::Index> index_;
+  std::vector<int64_t> id_of_label_;                // -1 once tombstoned.
+  absl::flat_hash_map<int64_t, int64_t> label_of_;  // Live ids only.
+  int64_t tombstones_ = 0;
+};
+
+}  // namespace arbiter::retrieval
