@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "retrieval/vector_index.h"
 #include "yaml-cpp/yaml.h"
 
 namespace arbiter {
@@ -441,6 +442,38 @@ class Validator {
     }
   }
 
+  void ValidateIndex(const v1::IndexSettings& index, const std::string& path) {
+    if (!index.kind().empty()) {
+      if (auto kind = retrieval::ParseIndexKind(index.kind()); !kind.ok()) {
+        Error(path + ".kind", kind.status().message());
+      }
+    }
+    if (index.hnsw_m() < 0 || index.hnsw_m() == 1 || index.hnsw_m() > 256) {
+      Error(path + ".hnsw_m", "must be in [2, 256]");
+    }
+    for (auto [value, field] :
+         {std::pair{index.hnsw_ef_construction(), "hnsw_ef_construction"},
+          std::pair{index.hnsw_ef_search(), "hnsw_ef_search"},
+          std::pair{index.ivf_nlist(), "ivf_nlist"},
+          std::pair{index.ivf_nprobe(), "ivf_nprobe"},
+          std::pair{index.pq_m(), "pq_m"}}) {
+      if (value < 0) Error(absl::StrCat(path, ".", field), "must be >= 0");
+    }
+    if (index.auto_exact_below() < 0) {
+      Error(path + ".auto_exact_below", "must be >= 0");
+    }
+    if (index.auto_memory_budget_mb() < 0) {
+      Error(path + ".auto_memory_budget_mb", "must be >= 0");
+    }
+    if (index.rebuild_tombstone_share() < 0 ||
+        index.rebuild_tombstone_share() > 1) {
+      Error(path + ".rebuild_tombstone_share", "must be in [0, 1]");
+    }
+    if (index.snapshot_every_changes() < 0) {
+      Error(path + ".snapshot_every_changes", "must be >= 0");
+    }
+  }
+
   void CheckRetrieval() {
     const v1::RetrievalSettings& retrieval = config_.retrieval();
     if (retrieval.chunk_tokens() < 0) {
@@ -458,6 +491,29 @@ class Validator {
         retrieval.search() != "keyword" && retrieval.search() != "vector") {
       Error("retrieval.search", "must be hybrid, keyword or vector, got \"",
             retrieval.search(), "\"");
+    }
+    ValidateIndex(retrieval.index(), "retrieval.index");
+    for (const auto& [name, index] : retrieval.collection_index()) {
+      ValidateIndex(index,
+                    absl::StrCat("retrieval.collection_index[\"", name, "\"]"));
+    }
+    const v1::EmbeddingServer& server = retrieval.embedding_server();
+    if (!server.url().empty() && !absl::StartsWith(server.url(), "http://") &&
+        !absl::StartsWith(server.url(), "https://")) {
+      Error("retrieval.embedding_server.url",
+            "must start with http:// or https://, got \"", server.url(), "\"");
+    }
+    if (!server.url().empty() && server.model().empty()) {
+      Error("retrieval.embedding_server.model", "is required with a url");
+    }
+    if (server.batch_size() < 0 || server.batch_size() > 2048) {
+      Error("retrieval.embedding_server.batch_size", "must be in [1, 2048]");
+    }
+    if (server.timeout_ms() < 0) {
+      Error("retrieval.embedding_server.timeout_ms", "must be >= 0");
+    }
+    if (server.max_retries() < 0 || server.max_retries() > 10) {
+      Error("retrieval.embedding_server.max_retries", "must be in [0, 10]");
     }
     if (retrieval.embedding_dim() != 0 &&
         (retrieval.embedding_dim() < 16 || retrieval.embedding_dim() > 8192)) {
@@ -539,6 +595,9 @@ void ApplyConfigDefaults(v1::Config& config) {
   }
   if (retrieval.embedding_dim() == 0) retrieval.set_embedding_dim(512);
   if (retrieval.search().empty()) retrieval.set_search("hybrid");
+  if (retrieval.snapshot_dir().empty() && !retrieval.store_path().empty()) {
+    retrieval.set_snapshot_dir(retrieval.store_path() + ".index");
+  }
 }
 
 absl::StatusOr<LoadedConfig> LoadConfigText(

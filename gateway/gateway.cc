@@ -163,6 +163,30 @@ absl::Status Gateway::Init() {
                                          : config.retrieval().store_path());
   if (!store.ok()) return store.status();
   store_ = *std::move(store);
+  if (const v1::EmbeddingServer& server = config.retrieval().embedding_server();
+      !server.url().empty()) {
+    retrieval::EmbeddingServerOptions options;
+    options.url = server.url();
+    options.model = server.model();
+    if (!server.api_key_env().empty()) {
+      const char* key = std::getenv(server.api_key_env().c_str());
+      if (key == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("retrieval.embedding_server.api_key_env: $",
+                         server.api_key_env(), " is not set"));
+      }
+      options.api_key = key;
+    }
+    options.dim = config.retrieval().embedding_dim();
+    if (server.batch_size() > 0) options.max_batch = server.batch_size();
+    if (server.timeout_ms() > 0) {
+      options.timeout = absl::Milliseconds(server.timeout_ms());
+    }
+    options.max_retries = server.max_retries() > 0 ? server.max_retries() : 3;
+    auto client = retrieval::EmbeddingClient::Create(options);
+    if (!client.ok()) return client.status();
+    embedding_client_ = *std::move(client);
+  }
   if (needs_retrieval || !config.retrieval().corpus_dir().empty()) {
     auto files = loaded_.files->ReadFolder(config.retrieval().corpus_dir());
     if (!files.ok()) {
@@ -209,7 +233,7 @@ absl::Status Gateway::Init() {
     metrics_.SetCorpus(*store_->DocumentCount("corpus"),
                        *store_->ChunkCount("corpus"));
   }
-  if (corpus_ == nullptr) {
+  if (corpus_ == nullptr || embedding_client_ != nullptr) {
     prompt_embedder_ = std::make_unique<retrieval::HashedNgramEmbedder>(
         config.retrieval().embedding_dim());
   }
@@ -273,19 +297,76 @@ absl::StatusOr<retrieval::Collection*> Gateway::FindCollection(
           absl::StrCat("collection: unknown collection \"", name, "\""));
     }
   }
-  const v1::RetrievalSettings& settings = loaded_.config.retrieval();
-  auto collection = retrieval::Collection::Open(
-      *store_, name, {settings.chunk_tokens(), settings.chunk_overlap_tokens()},
-      settings.embedding_dim());
+  auto collection =
+      retrieval::Collection::Open(*store_, name, CollectionOptionsFor(name));
   if (!collection.ok()) return collection.status();
   retrieval::Collection* opened = collection->get();
   collections_[name] = *std::move(collection);
   return opened;
 }
 
+retrieval::CollectionOptions Gateway::CollectionOptionsFor(
+    const std::string& name) const {
+  const v1::RetrievalSettings& settings = loaded_.config.retrieval();
+  retrieval::CollectionOptions options;
+  options.chunking = {settings.chunk_tokens(), settings.chunk_overlap_tokens()};
+  options.embedding_dim = settings.embedding_dim();
+  auto custom = settings.collection_index().find(name);
+  const v1::IndexSettings& index = custom != settings.collection_index().end()
+                                       ? custom->second
+                                       : settings.index();
+  // Validated with the config: the kind parses.
+  options.index.kind =
+      retrieval::ParseIndexKind(index.kind().empty() ? "auto" : index.kind())
+          .value_or(retrieval::IndexKind::kAuto);
+  if (index.hnsw_m() > 0) options.index.hnsw_m = index.hnsw_m();
+  if (index.hnsw_ef_construction() > 0) {
+    options.index.hnsw_ef_construction = index.hnsw_ef_construction();
+  }
+  if (index.hnsw_ef_search() > 0) {
+    options.index.hnsw_ef_search = index.hnsw_ef_search();
+  }
+  options.index.ivf_nlist = index.ivf_nlist();
+  if (index.ivf_nprobe() > 0) options.index.ivf_nprobe = index.ivf_nprobe();
+  options.index.pq_m = index.pq_m();
+  if (index.auto_exact_below() > 0) {
+    options.index.auto_exact_below = index.auto_exact_below();
+  }
+  if (index.auto_memory_budget_mb() > 0) {
+    options.index.auto_memory_budget_bytes = index.auto_memory_budget_mb()
+                                             << 20;
+  }
+  if (index.rebuild_tombstone_share() > 0) {
+    options.rebuild_tombstone_share = index.rebuild_tombstone_share();
+  }
+  if (index.snapshot_every_changes() > 0) {
+    options.snapshot_every_changes = index.snapshot_every_changes();
+  }
+  if (!settings.snapshot_dir().empty()) {
+    options.snapshot_path =
+        absl::StrCat(settings.snapshot_dir(), "/", name, ".index");
+  }
+  if (embedding_client_ != nullptr) {
+    const retrieval::EmbeddingClient* client = embedding_client_.get();
+    options.remote_embedder = [client](absl::Span<const std::string> texts)
+        -> absl::StatusOr<std::vector<std::vector<float>>> {
+      auto embeddings = client->Embed(texts);
+      if (!embeddings.ok()) return embeddings.status();
+      return std::move(embeddings->vectors);
+    };
+  }
+  return options;
+}
+
 std::vector<float> Gateway::EmbedPrompt(absl::string_view text) const {
-  return corpus_ != nullptr ? corpus_->Embed(text)
-                            : prompt_embedder_->Embed(text);
+  // Prompts stay on the local embedder when vectors come from a server:
+  // a routing decision should not wait on the network.
+  if (prompt_embedder_ == nullptr) {
+    if (auto vector = corpus_->Embed(text); vector.ok()) return *vector;
+  }
+  return prompt_embedder_ != nullptr
+             ? prompt_embedder_->Embed(text)
+             : std::vector<float>(loaded_.config.retrieval().embedding_dim());
 }
 
 int Gateway::ExperimentFor(int task) const {
@@ -914,7 +995,24 @@ absl::StatusOr<v1::CollectionInfo> Gateway::GetCollection(
   info.set_documents(*documents);
   info.set_chunks(*chunks);
   info.set_last_change(*last);
-  info.set_index_kind("flat");
+  const retrieval::IndexStats stats = (*collection)->Stats();
+  info.set_index_kind(std::string(retrieval::IndexKindName(stats.kind)));
+  info.set_index_vectors(stats.vectors);
+  info.set_index_tombstones(stats.tombstones);
+  info.set_index_memory_bytes(stats.memory_bytes);
+  info.set_index_rebuilds(stats.rebuilds);
+  info.set_index_opened_from(stats.opened_from);
+  v1::IndexSnapshotInfo& snapshot = *info.mutable_snapshot();
+  snapshot.set_path(stats.snapshot_path);
+  snapshot.set_saved(stats.snapshot_saved);
+  snapshot.set_position_removal(stats.snapshot_position.removal);
+  snapshot.set_position_chunk(stats.snapshot_position.chunk);
+  if (stats.snapshot_saved) {
+    snapshot.set_written_at(absl::FormatTime(
+        absl::RFC3339_sec, stats.snapshot_time, absl::UTCTimeZone()));
+  }
+  snapshot.set_bytes(stats.snapshot_bytes);
+  snapshot.set_changes_since(stats.changes_since_snapshot);
   return info;
 }
 

@@ -20,6 +20,7 @@
 #include "policy/experiment.h"
 #include "policy/route_stats.h"
 #include "retrieval/collection.h"
+#include "retrieval/embedding_client.h"
 #include "retrieval/retriever.h"
 
 namespace arbiter {
@@ -85,6 +86,8 @@ class Gateway final {
   // The experiment a request of this task takes part in, or -1.
   int ExperimentFor(int task) const;
   std::vector<float> EmbedPrompt(absl::string_view text) const;
+  retrieval::CollectionOptions CollectionOptionsFor(
+      const std::string& name) const;
   void SchedulePublish();
   absl::Status Validate(const v1::InferRequest& request, int* task,
                         int* pinned_route) const;
@@ -101,6 +104,8 @@ class Gateway final {
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
   // The corpus: SQLite store as truth, a derived index for search.
   std::unique_ptr<retrieval::DocumentStore> store_;
+  // Embeds chunks and queries when retrieval.embedding_server is set.
+  std::unique_ptr<retrieval::EmbeddingClient> embedding_client_;
   retrieval::Collection* corpus_ = nullptr;  // In collections_, if any.
   // A collection by name, opened (and created) on demand for `create`.
   absl::StatusOr<retrieval::Collection*> FindCollection(const std::string& name,
@@ -109,7 +114,8 @@ class Gateway final {
   absl::flat_hash_map<std::string, std::unique_ptr<retrieval::Collection>>
       collections_ ABSL_GUARDED_BY(collections_mu_);
   retrieval::SearchMode search_mode_ = retrieval::SearchMode::kHybrid;
-  // Embeds prompts for contextual policies when there is no corpus.
+  // Embeds prompts for contextual policies unless the corpus's built-in
+  // embedder does.
   std::unique_ptr<retrieval::HashedNgramEmbedder> prompt_embedder_;
   std::unique_ptr<policy::Engine> engine_;
   // Per configured experiment: how each arm routes. Constant after Init.

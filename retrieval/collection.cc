@@ -1,76 +1,341 @@
 #include "retrieval/collection.h"
 
-#include <faiss/IndexFlat.h>
-#include <faiss/impl/IDSelector.h>
-#include <omp.h>
-
+#include <algorithm>
+#include <iostream>
 #include <mutex>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "retrieval/index_snapshot.h"
 #include "retrieval/tokenizer.h"
 
 namespace arbiter::retrieval {
+namespace {
+
+// A chunk is embedded with its document's title: it names the subject.
+std::string EmbeddingText(absl::string_view title, absl::string_view text) {
+  return absl::StrCat(title, "\n", text);
+}
+
+std::string Describe(StorePosition position) {
+  return absl::StrCat("removal ", position.removal, ", chunk ", position.chunk);
+}
+
+}  // namespace
 
 Collection::Collection(DocumentStore& store, std::string name,
-                       ChunkOptions chunking, int dim)
+                       CollectionOptions options)
     : store_(store),
       name_(std::move(name)),
-      chunking_(chunking),
-      dim_(dim),
-      embedder_(dim) {}
+      options_(std::move(options)),
+      remote_(static_cast<bool>(options_.remote_embedder)) {}
 
-Collection::~Collection() = default;
+Collection::~Collection() {
+  if (maintenance_.joinable()) {
+    {
+      std::lock_guard lock(maintenance_mu_);
+      stopping_ = true;
+    }
+    maintenance_cv_.notify_all();
+    maintenance_.join();
+  }
+  if (changes_since_snapshot_ > 0) {
+    if (absl::Status s = SaveSnapshot(); !s.ok()) Log(s.message());
+  }
+}
 
 absl::StatusOr<std::unique_ptr<Collection>> Collection::Open(
-    DocumentStore& store, const std::string& name, const ChunkOptions& chunking,
-    int embedding_dim) {
-  if (embedding_dim < 1) {
+    DocumentStore& store, const std::string& name,
+    const CollectionOptions& options) {
+  if (options.embedding_dim < 1) {
     return absl::InvalidArgumentError("embedding_dim: must be >= 1");
   }
   if (absl::Status s = store.CreateCollection(name); !s.ok()) return s;
-  auto collection = std::unique_ptr<Collection>(
-      new Collection(store, name, chunking, embedding_dim));
-  if (absl::Status s = collection->Rebuild(); !s.ok()) return s;
+  auto collection =
+      std::unique_ptr<Collection>(new Collection(store, name, options));
+  if (absl::Status s = collection->Load(); !s.ok()) return s;
+  if (options.background_maintenance) {
+    collection->maintenance_ =
+        std::thread([raw = collection.get()] { raw->MaintenanceLoop(); });
+  }
   return collection;
 }
 
-// The index is derived: rebuilt from the store's chunks, re-embedding those
-// stored without a vector of this dimension.
-absl::Status Collection::Rebuild() {
-  auto chunks = store_.Chunks(name_);
-  if (!chunks.ok()) return chunks.status();
-  // A chunk is embedded with its document's title: it names the subject.
-  std::vector<std::string> texts;
-  for (const StoredChunk& chunk : *chunks) {
-    texts.push_back(absl::StrCat(chunk.doc_title, "\n", chunk.text));
+void Collection::Log(absl::string_view line) const {
+  const std::string text = absl::StrCat("collection ", name_, ": ", line);
+  if (options_.log) {
+    options_.log(text);
+  } else {
+    std::cerr << text << std::endl;
   }
-  embedder_.Fit(std::vector<absl::string_view>(texts.begin(), texts.end()));
-  auto index =
-      std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(dim_));
-  index->own_fields = true;
-  std::vector<float> matrix;
-  std::vector<faiss::Index::idx_t> ids;
-  for (size_t i = 0; i < chunks->size(); ++i) {
-    const StoredChunk& chunk = (*chunks)[i];
-    std::vector<float> vector = static_cast<int>(chunk.embedding.size()) == dim_
-                                    ? chunk.embedding
-                                    : embedder_.Embed(texts[i]);
-    matrix.insert(matrix.end(), vector.begin(), vector.end());
-    ids.push_back(chunk.id);
-  }
-  try {
-    if (!ids.empty()) {
-      index->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()),
-                          matrix.data(), ids.data());
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> Collection::EmbedTexts(
+    const std::vector<std::string>& texts,
+    const HashedNgramEmbedder* embedder) const {
+  if (remote_) {
+    if (texts.empty()) return std::vector<std::vector<float>>{};
+    auto vectors = options_.remote_embedder(texts);
+    if (!vectors.ok()) return vectors.status();
+    for (const std::vector<float>& vector : *vectors) {
+      if (static_cast<int>(vector.size()) != options_.embedding_dim) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the embedding server returned ", vector.size(),
+            "-dim vectors; the collection expects ", options_.embedding_dim));
+      }
     }
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("building the index: ", e.what()));
+    return vectors;
   }
+  std::vector<std::vector<float>> vectors;
+  vectors.reserve(texts.size());
+  for (const std::string& text : texts) {
+    vectors.push_back(embedder->Embed(text));
+  }
+  return vectors;
+}
+
+absl::StatusOr<std::vector<float>> Collection::Embed(
+    absl::string_view text) const {
+  if (remote_) {
+    auto vectors = EmbedTexts({std::string(text)}, nullptr);
+    if (!vectors.ok()) return vectors.status();
+    return std::move(vectors->front());
+  }
+  std::shared_ptr<const HashedNgramEmbedder> embedder;
+  {
+    std::shared_lock lock(mu_);
+    embedder = embedder_;
+  }
+  return embedder->Embed(text);
+}
+
+absl::Status Collection::Load() {
+  const std::string& path = options_.snapshot_path;
+  std::string reason;
+  if (!path.empty()) {
+    auto snapshot = ReadIndexSnapshot(path);
+    if (snapshot.ok()) {
+      auto index = VectorIndex::Deserialize(snapshot->index_image);
+      const IndexKind wanted = options_.index.kind;
+      if (!index.ok()) {
+        reason = absl::StrCat("index snapshot ", path,
+                              " is corrupt: ", index.status().message());
+      } else if ((*index)->dim() != options_.embedding_dim) {
+        reason = absl::StrCat(
+            "index snapshot ", path, " holds ", (*index)->dim(),
+            "-d vectors, the config asks for ", options_.embedding_dim);
+      } else if (wanted != IndexKind::kAuto && wanted != (*index)->kind()) {
+        reason = absl::StrCat("index snapshot ", path, " is ",
+                              IndexKindName((*index)->kind()),
+                              ", the config asks for ", IndexKindName(wanted));
+      } else if (!remote_ &&
+                 static_cast<int>(snapshot->embedder_weights.size()) !=
+                     options_.embedding_dim) {
+        reason = absl::StrCat("index snapshot ", path,
+                              " has no built-in embedder weights");
+      } else {
+        std::lock_guard write_lock(write_mu_);
+        std::shared_ptr<HashedNgramEmbedder> embedder;
+        if (!remote_) {
+          embedder =
+              std::make_shared<HashedNgramEmbedder>(options_.embedding_dim);
+          embedder->SetWeights(std::move(snapshot->embedder_weights));
+        }
+        auto pending = Gather(snapshot->position, embedder.get(), false);
+        if (!pending.ok()) return pending.status();
+        (*index)->Remove(pending->removed);
+        if (absl::Status s = (*index)->Add(pending->ids, pending->vectors);
+            !s.ok()) {
+          return s;
+        }
+        const std::string opened = absl::StrFormat(
+            "loaded index snapshot %s (%s, %d vectors, at %s); replayed %d "
+            "removals and %d additions",
+            path, IndexKindName((*index)->kind()), (*index)->size(),
+            Describe(snapshot->position), pending->removed.size(),
+            pending->ids.size());
+        {
+          std::unique_lock lock(mu_);
+          fitted_on_ = (*index)->size();
+          built_size_ = (*index)->size();
+          index_ = *std::move(index);
+          embedder_ = std::move(embedder);
+          position_ = pending->position;
+        }
+        changes_since_snapshot_ =
+            static_cast<int64_t>(pending->removed.size() + pending->ids.size());
+        {
+          std::lock_guard lock(stats_mu_);
+          opened_from_ = opened;
+          snapshot_saved_ = true;
+          snapshot_position_ = snapshot->position;
+          snapshot_time_ = snapshot->written;
+          snapshot_bytes_ = static_cast<int64_t>(snapshot->index_image.size());
+        }
+        Log(opened);
+        return absl::OkStatus();
+      }
+    } else if (absl::IsNotFound(snapshot.status())) {
+      reason = absl::StrCat("no index snapshot at ", path);
+    } else {
+      reason = std::string(snapshot.status().message());
+    }
+    Log(absl::StrCat(reason, "; rebuilding the index from the store"));
+  }
+  if (absl::Status s = Rebuild(); !s.ok()) return s;
+  {
+    std::lock_guard lock(stats_mu_);
+    opened_from_ = path.empty()
+                       ? "built from the store (no snapshot path)"
+                       : absl::StrCat("rebuilt from the store: ", reason);
+  }
+  if (!path.empty()) {
+    if (absl::Status s = SaveSnapshot(); !s.ok()) Log(s.message());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Collection::Rebuild() {
+  StorePosition position;
+  std::vector<StoredChunk> chunks;
+  std::shared_ptr<const HashedNgramEmbedder> embedder;
+  int64_t fitted_on = 0;
+  {
+    // A consistent read: no writer of this collection in between.
+    std::lock_guard write_lock(write_mu_);
+    auto at = store_.Position();
+    if (!at.ok()) return at.status();
+    auto all = store_.Chunks(name_);
+    if (!all.ok()) return all.status();
+    position = *at;
+    chunks = *std::move(all);
+    std::shared_lock lock(mu_);
+    embedder = embedder_;
+    fitted_on = fitted_on_;
+  }
+  const int dim = options_.embedding_dim;
+  const int64_t n = static_cast<int64_t>(chunks.size());
+  std::vector<int64_t> ids;
+  std::vector<float> matrix;
+  ids.reserve(n);
+  matrix.reserve(n * dim);
+  if (remote_) {
+    // Server vectors are costly: use the stored ones, embed only the rest.
+    std::vector<std::string> missing;
+    for (const StoredChunk& chunk : chunks) {
+      if (static_cast<int>(chunk.embedding.size()) != dim) {
+        missing.push_back(EmbeddingText(chunk.doc_title, chunk.text));
+      }
+    }
+    auto embedded = EmbedTexts(missing, nullptr);
+    if (!embedded.ok()) return embedded.status();
+    size_t next = 0;
+    for (const StoredChunk& chunk : chunks) {
+      const std::vector<float>& vector =
+          static_cast<int>(chunk.embedding.size()) == dim ? chunk.embedding
+                                                          : (*embedded)[next++];
+      ids.push_back(chunk.id);
+      matrix.insert(matrix.end(), vector.begin(), vector.end());
+    }
+  } else {
+    std::vector<std::string> texts;
+    texts.reserve(n);
+    for (const StoredChunk& chunk : chunks) {
+      texts.push_back(EmbeddingText(chunk.doc_title, chunk.text));
+    }
+    // Weights are learned again when the corpus has doubled since.
+    if (embedder == nullptr || n >= std::max<int64_t>(64, 2 * fitted_on)) {
+      auto fitted = std::make_shared<HashedNgramEmbedder>(dim);
+      fitted->Fit(std::vector<absl::string_view>(texts.begin(), texts.end()));
+      embedder = std::move(fitted);
+      fitted_on = n;
+    }
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      std::vector<float> vector = embedder->Embed(texts[i]);
+      ids.push_back(chunks[i].id);
+      matrix.insert(matrix.end(), vector.begin(), vector.end());
+    }
+  }
+  auto index = VectorIndex::Build(dim, options_.index, ids, matrix);
+  if (!index.ok()) return index.status();
+  matrix = {};
+  // Writes went on meanwhile: catch up with them, then swap.
+  std::lock_guard write_lock(write_mu_);
+  auto pending = Gather(position, embedder.get(), false);
+  if (!pending.ok()) return pending.status();
+  (*index)->Remove(pending->removed);
+  if (absl::Status s = (*index)->Add(pending->ids, pending->vectors); !s.ok()) {
+    return s;
+  }
+  {
+    std::unique_lock lock(mu_);
+    index_ = *std::move(index);
+    embedder_ = std::move(embedder);
+    fitted_on_ = fitted_on;
+    built_size_ = index_->size();
+    position_ = pending->position;
+  }
+  ++rebuilds_;
+  // The whole index is new: the next snapshot should not wait for changes.
+  changes_since_snapshot_ += std::max<int64_t>(1, n);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Collection::Pending> Collection::Gather(
+    StorePosition since, const HashedNgramEmbedder* embedder,
+    bool stored_vectors) {
+  auto position = store_.Position();
+  if (!position.ok()) return position.status();
+  auto changes = store_.ChangesSince(name_, since);
+  if (!changes.ok()) return changes.status();
+  Pending pending;
+  pending.position = *position;
+  pending.removed = std::move(changes->removed_chunk_ids);
+  const int dim = options_.embedding_dim;
+  std::vector<std::string> to_embed;
+  std::vector<size_t> to_embed_at;
+  for (const StoredChunk& chunk : changes->added) {
+    pending.ids.push_back(chunk.id);
+    if ((stored_vectors || remote_) &&
+        static_cast<int>(chunk.embedding.size()) == dim) {
+      pending.vectors.insert(pending.vectors.end(), chunk.embedding.begin(),
+                             chunk.embedding.end());
+    } else {
+      to_embed_at.push_back(pending.vectors.size());
+      pending.vectors.resize(pending.vectors.size() + dim);
+      to_embed.push_back(EmbeddingText(chunk.doc_title, chunk.text));
+    }
+  }
+  auto embedded = EmbedTexts(to_embed, embedder);
+  if (!embedded.ok()) return embedded.status();
+  for (size_t i = 0; i < to_embed.size(); ++i) {
+    std::copy((*embedded)[i].begin(), (*embedded)[i].end(),
+              pending.vectors.begin() + to_embed_at[i]);
+  }
+  return pending;
+}
+
+absl::Status Collection::CatchUpLive(bool stored_vectors) {
+  StorePosition since;
+  std::shared_ptr<const HashedNgramEmbedder> embedder;
+  {
+    std::shared_lock lock(mu_);
+    since = position_;
+    embedder = embedder_;
+  }
+  auto pending = Gather(since, embedder.get(), stored_vectors);
+  if (!pending.ok()) return pending.status();
   std::unique_lock lock(mu_);
-  index_ = std::move(index);
+  index_->Remove(pending->removed);
+  if (absl::Status s = index_->Add(pending->ids, pending->vectors); !s.ok()) {
+    return s;
+  }
+  position_ = pending->position;
+  changes_since_snapshot_ +=
+      static_cast<int64_t>(pending->removed.size() + pending->ids.size());
   return absl::OkStatus();
 }
 
@@ -81,70 +346,157 @@ absl::StatusOr<int64_t> Collection::Upsert(const Document& document,
   stored.title = document.title;
   stored.source = document.id;
   stored.metadata_json = metadata_json;
-  stored.chunks = ChunkText(document.text, chunking_);
+  stored.chunks = ChunkText(document.text, options_.chunking);
+  std::vector<std::string> texts;
   for (const std::string& chunk : stored.chunks) {
-    stored.embeddings.push_back(
-        embedder_.Embed(absl::StrCat(document.title, "\n", chunk)));
+    texts.push_back(EmbeddingText(document.title, chunk));
+  }
+  // Server calls happen before taking the write lock; built-in vectors are
+  // made under it, so they match the embedder the index uses.
+  if (remote_) {
+    auto vectors = EmbedTexts(texts, nullptr);
+    if (!vectors.ok()) return vectors.status();
+    stored.embeddings = *std::move(vectors);
   }
   std::lock_guard write_lock(write_mu_);
-  auto old_chunks = store_.Chunks(name_, document.id);
-  if (!old_chunks.ok()) return old_chunks.status();
+  if (!remote_) {
+    std::shared_ptr<const HashedNgramEmbedder> embedder;
+    {
+      std::shared_lock lock(mu_);
+      embedder = embedder_;
+    }
+    for (const std::string& text : texts) {
+      stored.embeddings.push_back(embedder->Embed(text));
+    }
+  }
   auto version = store_.Upsert(name_, stored);
   if (!version.ok()) return version.status();
   // The store is the truth; bring the index in step with it.
-  auto chunks = store_.Chunks(name_, document.id);
-  if (!chunks.ok()) return chunks.status();
-  std::vector<faiss::Index::idx_t> stale;
-  for (const StoredChunk& chunk : *old_chunks) stale.push_back(chunk.id);
-  if (absl::Status s = Reindex(stale, *chunks); !s.ok()) return s;
+  if (absl::Status s = CatchUpLive(true); !s.ok()) return s;
   return version;
-}
-
-absl::Status Collection::Reindex(const std::vector<faiss::Index::idx_t>& remove,
-                                 const std::vector<StoredChunk>& add) {
-  std::unique_lock lock(mu_);
-  try {
-    if (!remove.empty()) {
-      faiss::IDSelectorBatch selector(remove.size(), remove.data());
-      index_->remove_ids(selector);
-    }
-    for (const StoredChunk& chunk : add) {
-      faiss::Index::idx_t id = chunk.id;
-      index_->add_with_ids(1, chunk.embedding.data(), &id);
-    }
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("indexing: ", e.what()));
-  }
-  return absl::OkStatus();
 }
 
 absl::Status Collection::Delete(const std::string& doc_id) {
   std::lock_guard write_lock(write_mu_);
-  auto chunks = store_.Chunks(name_, doc_id);
-  if (!chunks.ok()) return chunks.status();
   if (absl::Status s = store_.Delete(name_, doc_id); !s.ok()) return s;
-  std::vector<faiss::Index::idx_t> ids;
-  for (const StoredChunk& chunk : *chunks) ids.push_back(chunk.id);
-  return Reindex(ids, {});
+  return CatchUpLive(true);
 }
 
 absl::StatusOr<int64_t> Collection::DeleteWhere(const std::string& key,
                                                 const std::string& value_json) {
   std::lock_guard write_lock(write_mu_);
-  auto before = store_.Chunks(name_);
-  if (!before.ok()) return before.status();
   auto deleted = store_.DeleteWhere(name_, key, value_json);
   if (!deleted.ok()) return deleted.status();
-  auto after = store_.Chunks(name_);
-  if (!after.ok()) return after.status();
-  absl::flat_hash_map<int64_t, bool> remaining;
-  for (const StoredChunk& chunk : *after) remaining[chunk.id] = true;
-  std::vector<faiss::Index::idx_t> gone;
-  for (const StoredChunk& chunk : *before) {
-    if (!remaining.contains(chunk.id)) gone.push_back(chunk.id);
-  }
-  if (absl::Status s = Reindex(gone, {}); !s.ok()) return s;
+  if (absl::Status s = CatchUpLive(true); !s.ok()) return s;
   return deleted;
+}
+
+absl::Status Collection::SaveSnapshot() {
+  if (options_.snapshot_path.empty()) return absl::OkStatus();
+  std::lock_guard snapshot_lock(snapshot_mu_);
+  IndexSnapshot snapshot;
+  int64_t covered = 0;
+  {
+    // Freeze writers so the image and its position agree.
+    std::lock_guard write_lock(write_mu_);
+    std::shared_lock lock(mu_);
+    auto image = index_->Serialize();
+    if (!image.ok()) return image.status();
+    snapshot.index_image = *std::move(image);
+    snapshot.position = position_;
+    if (embedder_ != nullptr) snapshot.embedder_weights = embedder_->weights();
+    covered = changes_since_snapshot_.exchange(0);
+  }
+  if (absl::Status s = WriteIndexSnapshot(options_.snapshot_path, snapshot);
+      !s.ok()) {
+    changes_since_snapshot_ += covered;
+    return s;
+  }
+  std::lock_guard lock(stats_mu_);
+  snapshot_saved_ = true;
+  snapshot_position_ = snapshot.position;
+  snapshot_time_ = absl::Now();
+  snapshot_bytes_ = static_cast<int64_t>(snapshot.index_image.size());
+  return absl::OkStatus();
+}
+
+bool Collection::RebuildDue() const {
+  std::shared_lock lock(mu_);
+  const IndexOptions& index = options_.index;
+  const int64_t size = index_->size();
+  if (index_->tombstones() >= 64 &&
+      index_->tombstone_share() >= options_.rebuild_tombstone_share) {
+    return true;
+  }
+  // Grown past what `auto` chose for (with slack, so it does not flap).
+  if (index.kind == IndexKind::kAuto && index_->kind() == IndexKind::kFlat &&
+      size >= index.auto_exact_below) {
+    return true;
+  }
+  if (index.kind == IndexKind::kAuto && index_->kind() != IndexKind::kFlat &&
+      size < index.auto_exact_below / 2) {
+    return true;
+  }
+  const bool ivf = index_->kind() == IndexKind::kIvfFlat ||
+                   index_->kind() == IndexKind::kIvfPq;
+  if (ivf && size >= 4 * std::max<int64_t>(built_size_, 1)) return true;
+  return !remote_ && size >= std::max<int64_t>(64, 2 * fitted_on_);
+}
+
+void Collection::MaintenanceLoop() {
+  absl::Time last_snapshot = absl::Now();
+  for (;;) {
+    {
+      std::unique_lock lock(maintenance_mu_);
+      maintenance_cv_.wait_for(lock, std::chrono::seconds(1),
+                               [this] { return stopping_; });
+      if (stopping_) return;
+    }
+    if (RebuildDue()) {
+      const IndexStats before = Stats();
+      const absl::Time start = absl::Now();
+      if (absl::Status s = Rebuild(); !s.ok()) {
+        Log(absl::StrCat("background rebuild failed: ", s.message()));
+      } else {
+        const IndexStats after = Stats();
+        Log(absl::StrFormat(
+            "rebuilt the index in the background in %s: %s with %d vectors "
+            "and %d tombstones -> %s with %d vectors",
+            absl::FormatDuration(absl::Now() - start),
+            IndexKindName(before.kind), before.vectors, before.tombstones,
+            IndexKindName(after.kind), after.vectors));
+      }
+    }
+    const int64_t changes = changes_since_snapshot_;
+    if (!options_.snapshot_path.empty() && changes > 0 &&
+        (changes >= options_.snapshot_every_changes ||
+         absl::Now() - last_snapshot >= options_.snapshot_interval)) {
+      if (absl::Status s = SaveSnapshot(); !s.ok()) Log(s.message());
+      last_snapshot = absl::Now();
+    }
+  }
+}
+
+IndexStats Collection::Stats() const {
+  IndexStats stats;
+  {
+    std::shared_lock lock(mu_);
+    stats.kind = index_->kind();
+    stats.vectors = index_->size();
+    stats.tombstones = index_->tombstones();
+    stats.memory_bytes = index_->MemoryBytes();
+    stats.position = position_;
+  }
+  stats.rebuilds = rebuilds_;
+  stats.snapshot_path = options_.snapshot_path;
+  stats.changes_since_snapshot = changes_since_snapshot_;
+  std::lock_guard lock(stats_mu_);
+  stats.opened_from = opened_from_;
+  stats.snapshot_saved = snapshot_saved_;
+  stats.snapshot_position = snapshot_position_;
+  stats.snapshot_time = snapshot_time_;
+  stats.snapshot_bytes = snapshot_bytes_;
+  return stats;
 }
 
 absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
@@ -155,49 +507,33 @@ absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
     auto ids = store_.ChunkIdsMatching(name_, filters);
     if (!ids.ok()) return ids.status();
     allowed.insert(ids->begin(), ids->end());
-    k = std::min<int>(k, static_cast<int>(allowed.size()));
-    if (k == 0) return std::vector<SearchHit>{};
+    if (allowed.empty()) return std::vector<SearchHit>{};
   }
-  std::vector<float> vector = embedder_.Embed(query);
-  std::vector<faiss::Index::idx_t> ids;
-  std::vector<float> scores;
-  std::vector<int64_t> found;
-  std::vector<float> found_scores;
+  std::vector<float> vector;
+  if (remote_) {
+    auto embedded = Embed(query);
+    if (!embedded.ok()) return embedded.status();
+    vector = *std::move(embedded);
+  }
+  absl::StatusOr<std::vector<Neighbor>> found;
   {
     std::shared_lock lock(mu_);
-    omp_set_num_threads(1);  // One query: no OpenMP team per request.
-    // Over-fetch when filtering, and widen until k allowed chunks are in.
-    int64_t fetch = filters.empty() ? k : std::max<int64_t>(4 * k, 32);
-    for (;;) {
-      const int n = static_cast<int>(std::min<int64_t>(fetch, index_->ntotal));
-      if (n == 0) return std::vector<SearchHit>{};
-      ids.assign(n, -1);
-      scores.assign(n, 0);
-      try {
-        index_->search(1, vector.data(), n, scores.data(), ids.data());
-      } catch (const std::exception& e) {
-        return absl::InternalError(absl::StrCat("search: ", e.what()));
-      }
-      found.clear();
-      found_scores.clear();
-      for (int i = 0; i < n && static_cast<int>(found.size()) < k; ++i) {
-        if (ids[i] < 0) continue;
-        if (!filters.empty() && !allowed.contains(ids[i])) continue;
-        found.push_back(ids[i]);
-        found_scores.push_back(scores[i]);
-      }
-      if (static_cast<int>(found.size()) >= k || n >= index_->ntotal) break;
-      fetch *= 4;
-    }
+    // The query is embedded like the index's vectors were.
+    if (!remote_) vector = embedder_->Embed(query);
+    found = index_->Search(vector, k, filters.empty() ? nullptr : &allowed);
   }
-  auto chunks = store_.ChunksById(found);
+  if (!found.ok()) return found.status();
+  std::vector<int64_t> ids;
+  for (const Neighbor& neighbor : *found) ids.push_back(neighbor.id);
+  // A chunk deleted since the index search is simply not found here.
+  auto chunks = store_.ChunksById(ids);
   if (!chunks.ok()) return chunks.status();
   std::vector<SearchHit> hits;
   for (const StoredChunk& chunk : *chunks) {
-    size_t rank =
-        std::find(found.begin(), found.end(), chunk.id) - found.begin();
+    const size_t rank =
+        std::find(ids.begin(), ids.end(), chunk.id) - ids.begin();
     hits.push_back({chunk.id, chunk.doc_id, chunk.doc_title, chunk.text,
-                    found_scores[rank]});
+                    (*found)[rank].score});
   }
   return hits;
 }

@@ -138,4 +138,10 @@ std::vector<float> HashedNgramEmbedder::Embed(absl::string_view text) const {
   return vector;
 }
 
+bool HashedNgramEmbedder::SetWeights(std::vector<float> weights) {
+  if (static_cast<int>(weights.size()) != dim_) return false;
+  idf_ = std::move(weights);
+  return true;
+}
+
 }  // namespace arbiter::retrieval

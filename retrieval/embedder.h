@@ -35,6 +35,12 @@ class HashedNgramEmbedder final {
 
   [[nodiscard]] int dim() const { return dim_; }
 
+  // The learned bucket weights, to save beside vectors made with them and
+  // restore later, so queries and stored vectors stay comparable.
+  [[nodiscard]] const std::vector<float>& weights() const { return idf_; }
+  // False (and no change) unless there are exactly dim() weights.
+  bool SetWeights(std::vector<float> weights);
+
  private:
   const int dim_;
   std::vector<float> idf_;  // Per bucket; constant after Fit.

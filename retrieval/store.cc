@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <mutex>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -43,6 +44,15 @@ END;
 CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
   INSERT INTO chunks_fts(chunks_fts, rowid, text)
     VALUES ('delete', old.id, old.text);
+END;
+-- Every removed chunk, numbered, so a derived index can catch up.
+CREATE TABLE IF NOT EXISTS removed_chunks(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  collection TEXT NOT NULL,
+  chunk_id INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS chunks_removed AFTER DELETE ON chunks BEGIN
+  INSERT INTO removed_chunks(collection, chunk_id)
+    VALUES (old.collection, old.id);
 END;
 CREATE TABLE IF NOT EXISTS changes(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -198,6 +208,7 @@ absl::StatusOr<std::unique_ptr<DocumentStore>> DocumentStore::Open(
 DocumentStore::~DocumentStore() { sqlite3_close(db_); }
 
 absl::Status DocumentStore::CreateCollection(absl::string_view name) {
+  std::lock_guard lock(mu_);
   if (!IsName(name)) {
     return absl::InvalidArgumentError(
         absl::StrCat("collection: \"", name,
@@ -209,6 +220,7 @@ absl::Status DocumentStore::CreateCollection(absl::string_view name) {
 }
 
 absl::StatusOr<std::vector<std::string>> DocumentStore::Collections() {
+  std::lock_guard lock(mu_);
   Statement select(db_, "SELECT name FROM collections ORDER BY name");
   std::vector<std::string> names;
   while (select.Step() == SQLITE_ROW) names.push_back(select.Text(0));
@@ -227,6 +239,7 @@ absl::Status DocumentStore::RequireCollection(absl::string_view collection) {
 
 absl::StatusOr<int64_t> DocumentStore::Upsert(absl::string_view collection,
                                               const StoredDocument& document) {
+  std::lock_guard lock(mu_);
   if (document.id.empty()) {
     return absl::InvalidArgumentError("id: must not be empty");
   }
@@ -300,6 +313,7 @@ absl::StatusOr<int64_t> DocumentStore::Upsert(absl::string_view collection,
 
 absl::Status DocumentStore::Delete(absl::string_view collection,
                                    absl::string_view doc_id) {
+  std::lock_guard lock(mu_);
   Transaction transaction(db_);
   if (!transaction.status().ok()) return transaction.status();
   if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
@@ -322,6 +336,7 @@ absl::Status DocumentStore::Delete(absl::string_view collection,
 absl::StatusOr<int64_t> DocumentStore::DeleteWhere(
     absl::string_view collection, absl::string_view key,
     absl::string_view value_json) {
+  std::lock_guard lock(mu_);
   if (!IsName(key)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "filter key: \"", key, "\" must be letters, digits, '_', '-' or '.'"));
@@ -359,6 +374,7 @@ absl::StatusOr<int64_t> DocumentStore::DeleteWhere(
 
 absl::StatusOr<int64_t> DocumentStore::DocumentCount(
     absl::string_view collection) {
+  std::lock_guard lock(mu_);
   if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
   Statement count(db_, "SELECT count(*) FROM documents WHERE collection = ?");
   count.Bind(1, collection);
@@ -367,6 +383,7 @@ absl::StatusOr<int64_t> DocumentStore::DocumentCount(
 
 absl::StatusOr<int64_t> DocumentStore::ChunkCount(
     absl::string_view collection) {
+  std::lock_guard lock(mu_);
   if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
   Statement count(db_, "SELECT count(*) FROM chunks WHERE collection = ?");
   count.Bind(1, collection);
@@ -374,8 +391,20 @@ absl::StatusOr<int64_t> DocumentStore::ChunkCount(
 }
 
 absl::StatusOr<int64_t> DocumentStore::LastChange() {
+  std::lock_guard lock(mu_);
   Statement select(db_, "SELECT coalesce(max(seq), 0) FROM changes");
   return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+}
+
+absl::StatusOr<StorePosition> DocumentStore::Position() {
+  std::lock_guard lock(mu_);
+  // AUTOINCREMENT counters never go back, even when the last row is deleted.
+  Statement select(db_,
+                   "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE "
+                   "name = 'removed_chunks'), 0), coalesce((SELECT seq FROM "
+                   "sqlite_sequence WHERE name = 'chunks'), 0)");
+  if (select.Step() != SQLITE_ROW) return select.status();
+  return StorePosition{select.Int(0), select.Int(1)};
 }
 
 namespace {
@@ -401,6 +430,7 @@ StoredChunk ReadChunk(Statement& select) {
 
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
     absl::string_view collection, absl::string_view doc_id) {
+  std::lock_guard lock(mu_);
   if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
   Statement select(
       db_,
@@ -415,8 +445,31 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
   return chunks;
 }
 
+absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
+    absl::string_view collection, StorePosition since) {
+  std::lock_guard lock(mu_);
+  StoreChanges changes;
+  Statement removed(db_,
+                    "SELECT chunk_id FROM removed_chunks WHERE seq > ? AND "
+                    "collection = ? ORDER BY seq");
+  removed.Bind(1, since.removal).Bind(2, collection);
+  while (removed.Step() == SQLITE_ROW) {
+    changes.removed_chunk_ids.push_back(removed.Int(0));
+  }
+  Statement added(
+      db_,
+      "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
+      "FROM chunks c JOIN documents d ON d.collection = "
+      "c.collection AND d.id = c.doc_id "
+      "WHERE c.id > ? AND c.collection = ? ORDER BY c.id");
+  added.Bind(1, since.chunk).Bind(2, collection);
+  while (added.Step() == SQLITE_ROW) changes.added.push_back(ReadChunk(added));
+  return changes;
+}
+
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
     const std::vector<int64_t>& ids) {
+  std::lock_guard lock(mu_);
   std::vector<StoredChunk> chunks;
   for (int64_t id : ids) {
     Statement select(db_,
@@ -469,6 +522,7 @@ absl::StatusOr<std::string> FilterClause(
 
 absl::StatusOr<std::vector<int64_t>> DocumentStore::ChunkIdsMatching(
     absl::string_view collection, const std::vector<MetadataFilter>& filters) {
+  std::lock_guard lock(mu_);
   if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
   std::vector<std::string> params;
   auto clause = FilterClause(db_, filters, params);
@@ -491,6 +545,7 @@ absl::StatusOr<std::vector<int64_t>> DocumentStore::ChunkIdsMatching(
 absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
     absl::string_view collection, absl::string_view query, int k,
     const std::vector<MetadataFilter>& filters) {
+  std::lock_guard lock(mu_);
   if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
   std::vector<std::string> words = Words(query);
   if (words.empty()) {

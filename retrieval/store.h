@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,20 @@ struct KeywordHit {
   double score = 0;  // BM25; higher is better.
 };
 
+// How far the store has gone: the last removal and the last chunk added.
+// Chunk ids only grow, so a derived index at a position catches up with the
+// removals after it and the chunks above it.
+struct StorePosition {
+  int64_t removal = 0;
+  int64_t chunk = 0;
+  bool operator==(const StorePosition&) const = default;
+};
+
+struct StoreChanges {
+  std::vector<int64_t> removed_chunk_ids;
+  std::vector<StoredChunk> added;  // In id order, with their embeddings.
+};
+
 // Keeps documents whose metadata has `key` equal to one of `values_json`
 // (JSON scalars as text: "\"faq\"", "3", "true").
 struct MetadataFilter {
@@ -53,7 +68,7 @@ struct MetadataFilter {
 // (WAL mode, synchronous commits: a write returns only once it is durable).
 // Keyword search is SQLite's FTS5 with BM25 ranking. Every change is
 // numbered, so a derived index can say which position it covers.
-// Thread-safe: one connection, serialized by SQLite (FULLMUTEX).
+// Thread-safe: one connection; each call holds it for its whole work.
 class DocumentStore final {
  public:
   // Opens or creates the database at `path` (":memory:" for a private one).
@@ -89,6 +104,12 @@ class DocumentStore final {
   // The number of the latest change (0 for an empty store).
   [[nodiscard]] absl::StatusOr<int64_t> LastChange();
 
+  // The current position, and what changed in a collection since one.
+  // Callers that need the two consistent hold off the collection's writers.
+  [[nodiscard]] absl::StatusOr<StorePosition> Position();
+  [[nodiscard]] absl::StatusOr<StoreChanges> ChangesSince(
+      absl::string_view collection, StorePosition since);
+
   // Every chunk of the collection, or of one document, in id order.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> Chunks(
       absl::string_view collection, absl::string_view doc_id = "");
@@ -110,6 +131,9 @@ class DocumentStore final {
   explicit DocumentStore(sqlite3* db) : db_(db) {}
   absl::Status RequireCollection(absl::string_view collection);
 
+  // One connection: a transaction must not take in another thread's
+  // statements, and a reader must not see a write half done.
+  std::mutex mu_;
   sqlite3* const db_;  // Owned.
 };
 

@@ -178,11 +178,27 @@ int IndexStats(const Args& args) {
   v1::CollectionInfo info;
   grpc::Status status = stub->GetCollection(&context, request, &info);
   if (!status.ok()) return FailRpc(status);
+  const v1::IndexSnapshotInfo& snapshot = info.snapshot();
   std::cout << absl::StrFormat(
-      "collection  %s\ndocuments   %d\nchunks      %d\nindex       %s\n"
-      "store at    change %d\n",
-      info.name(), info.documents(), info.chunks(), info.index_kind(),
-      info.last_change());
+      "collection  %s\ndocuments   %d\nchunks      %d\nstore at    change %d\n"
+      "index       %s, %d vectors, %d tombstones, %.1f MiB, %d rebuilds\n"
+      "opened      %s\n",
+      info.name(), info.documents(), info.chunks(), info.last_change(),
+      info.index_kind(), info.index_vectors(), info.index_tombstones(),
+      info.index_memory_bytes() / 1048576.0, info.index_rebuilds(),
+      info.index_opened_from());
+  if (snapshot.path().empty()) {
+    std::cout << "snapshot    off (in-memory store)\n";
+  } else if (!snapshot.saved()) {
+    std::cout << "snapshot    none yet at " << snapshot.path() << "\n";
+  } else {
+    std::cout << absl::StrFormat(
+        "snapshot    %s\n            written %s, %.1f MiB, covers removal %d "
+        "and chunk %d; %d changes since\n",
+        snapshot.path(), snapshot.written_at(), snapshot.bytes() / 1048576.0,
+        snapshot.position_removal(), snapshot.position_chunk(),
+        snapshot.changes_since());
+  }
   return 0;
 }
 
