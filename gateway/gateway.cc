@@ -216,6 +216,17 @@ absl::Status Gateway::Init() {
       stored.title = document.title;
       stored.source = settings.corpus_dir();
       stored.chunks = retrieval::ChunkText(document.text, chunking);
+      // A persistent store keeps what an earlier start loaded: rewriting an
+      // unchanged document would only make the index replay it.
+      if (auto existing = store_->Chunks("corpus", document.id);
+          existing.ok() && existing->size() == stored.chunks.size() &&
+          std::equal(
+              existing->begin(), existing->end(), stored.chunks.begin(),
+              [&](const retrieval::StoredChunk& old, const std::string& text) {
+                return old.text == text && old.doc_title == stored.title;
+              })) {
+        continue;
+      }
       auto version = store_->Upsert("corpus", stored);
       if (!version.ok()) {
         return absl::Status(

@@ -126,7 +126,8 @@ int RunCheckConfig(int argc, char** argv) {
 }
 
 int RunSimServer(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"listen", "config", "backend"}, {});
+  auto args = Args::Parse(argc, argv,
+                          {"listen", "config", "backend", "embedding-dim"}, {});
   if (!args.ok()) return Fail(args.status());
   std::string host;
   int port = 0;
@@ -153,14 +154,22 @@ int RunSimServer(int argc, char** argv) {
   sigset_t signals = BlockStopSignals();
   auto simulator = MakeSimulator(chosen->sim(), *loaded->files);
   if (!simulator.ok()) return Fail(simulator.status());
-  auto server = sim::SimServer::Start(*simulator, host, port);
+  int embedding_dim = 384;
+  if (args->Has("embedding-dim") &&
+      (!absl::SimpleAtoi(args->Get("embedding-dim"), &embedding_dim) ||
+       embedding_dim < 1 || embedding_dim > 8192)) {
+    return Fail(
+        absl::InvalidArgumentError("--embedding-dim: an integer in [1, 8192]"));
+  }
+  auto server = sim::SimServer::Start(*simulator, host, port, embedding_dim);
   if (!server.ok()) return Fail(server.status());
   std::cout << "arbiter sim-server (simulated LLM, backend \"" << chosen->name()
             << "\", " << (*simulator)->question_count() << " known questions)\n"
             << "sim-server listening on " << host << ":" << (*server)->port()
             << "\n"
             << "OpenAI-compatible endpoint: http://" << host << ":"
-            << (*server)->port() << "/v1/chat/completions" << std::endl;
+            << (*server)->port() << "/v1/chat/completions (and /v1/embeddings, "
+            << embedding_dim << "-d)" << std::endl;
   WaitForStopSignal(signals);
   (*server)->Stop();
   return 0;

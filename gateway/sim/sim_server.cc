@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "retrieval/embedder.h"
 #include "retrieval/tokenizer.h"
 
 namespace arbiter::sim {
@@ -86,11 +87,57 @@ void HandleChat(const Simulator& simulator, const httplib::Request& request,
   response.set_content(reply.dump(), "application/json");
 }
 
+void HandleEmbeddings(int default_dim, const httplib::Request& request,
+                      httplib::Response& response) {
+  json body = json::parse(request.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    return SendError(response, 400, "invalid_request_error",
+                     "body: not a JSON object");
+  }
+  std::vector<std::string> inputs;
+  const json& input = body.value("input", json());
+  if (input.is_string()) {
+    inputs.push_back(input.get<std::string>());
+  } else if (input.is_array() && !input.empty()) {
+    for (const json& item : input) {
+      if (!item.is_string()) {
+        return SendError(response, 400, "invalid_request_error",
+                         "input: every item must be a string");
+      }
+      inputs.push_back(item.get<std::string>());
+    }
+  } else {
+    return SendError(response, 400, "invalid_request_error",
+                     "input: a string or a non-empty array of strings");
+  }
+  const json& dimensions = body.value("dimensions", json(default_dim));
+  if (!dimensions.is_number_integer() || dimensions.get<int>() < 1 ||
+      dimensions.get<int>() > 8192) {
+    return SendError(response, 400, "invalid_request_error",
+                     "dimensions: an integer in [1, 8192]");
+  }
+  const retrieval::HashedNgramEmbedder embedder(dimensions.get<int>());
+  json data = json::array();
+  int64_t tokens = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    tokens += static_cast<int64_t>(retrieval::Words(inputs[i]).size());
+    data.push_back({{"object", "embedding"},
+                    {"index", i},
+                    {"embedding", embedder.Embed(inputs[i])}});
+  }
+  json reply = {
+      {"object", "list"},
+      {"model", body.value("model", "sim-embedding")},
+      {"data", std::move(data)},
+      {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
+  response.set_content(reply.dump(), "application/json");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
     std::shared_ptr<const Simulator> simulator, const std::string& host,
-    int port) {
+    int port, int embedding_dim) {
   auto server = std::unique_ptr<SimServer>(new SimServer());
   server->simulator_ = std::move(simulator);
   server->server_ = std::make_unique<httplib::Server>();
@@ -102,6 +149,10 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
   http.Post("/v1/chat/completions", [sim](const httplib::Request& request,
                                           httplib::Response& response) {
     HandleChat(*sim, request, response);
+  });
+  http.Post("/v1/embeddings", [embedding_dim](const httplib::Request& request,
+                                              httplib::Response& response) {
+    HandleEmbeddings(embedding_dim, request, response);
   });
   http.Get("/v1/models", [sim](const httplib::Request&,
                                httplib::Response& response) {

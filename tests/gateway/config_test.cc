@@ -225,6 +225,45 @@ TEST(ConfigTest, BadBaseUrlAndListenAddressAreRejected) {
       Contains("server.grpc_listen: must be host:port, got \"localhost\""));
 }
 
+TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
+  auto errors = ErrorsOf(ValidWith(
+      "corpus_dir: corpus",
+      "corpus_dir: corpus\n"
+      "  index: {kind: annoy, hnsw_m: 1, rebuild_tombstone_share: 2}\n"
+      "  collection_index: {tenant-a: {kind: hnsw, ivf_nprobe: -1}}\n"
+      "  embedding_server: {url: \"localhost:8080\", max_retries: 11}"));
+  EXPECT_THAT(errors,
+              Contains(HasSubstr(
+                  "retrieval.index.kind: unknown index kind \"annoy\"")));
+  EXPECT_THAT(errors, Contains("retrieval.index.hnsw_m: must be in [2, 256]"));
+  EXPECT_THAT(errors, Contains("retrieval.index.rebuild_tombstone_share: must "
+                               "be in [0, 1]"));
+  EXPECT_THAT(errors, Contains("retrieval.collection_index[\"tenant-a\"]."
+                               "ivf_nprobe: must be >= 0"));
+  EXPECT_THAT(errors, Contains("retrieval.embedding_server.url: must start "
+                               "with http:// or https://, got "
+                               "\"localhost:8080\""));
+  EXPECT_THAT(errors,
+              Contains("retrieval.embedding_server.model: is required with a "
+                       "url"));
+  EXPECT_THAT(errors, Contains("retrieval.embedding_server.max_retries: must "
+                               "be in [0, 10]"));
+}
+
+TEST(ConfigTest, SnapshotsLiveBesideAPersistentStore) {
+  auto config =
+      ParseConfigYaml(ValidWith("corpus_dir: corpus",
+                                "corpus_dir: corpus\n"
+                                "  store_path: /var/lib/arbiter/kb.db"));
+  ASSERT_TRUE(config.ok());
+  ApplyConfigDefaults(*config);
+  EXPECT_EQ(config->retrieval().snapshot_dir(), "/var/lib/arbiter/kb.db.index");
+  auto memory = ParseConfigYaml(kValid);
+  ASSERT_TRUE(memory.ok());
+  ApplyConfigDefaults(*memory);
+  EXPECT_EQ(memory->retrieval().snapshot_dir(), "");
+}
+
 TEST(ConfigTest, SimAccuracyMustBeAProbability) {
   EXPECT_THAT(
       ErrorsOf(

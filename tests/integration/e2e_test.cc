@@ -785,5 +785,92 @@ TEST_F(EndToEndTest, CheckConfigRejectsABadConfigWithEveryError) {
   std::filesystem::remove(path);
 }
 
+// A gateway whose vectors come from an embedding server (sim-server's
+// /v1/embeddings), with a persistent store and an HNSW index: ingest, search,
+// restart from the snapshot, and refuse a server of the wrong dimension.
+TEST_F(EndToEndTest, EmbeddingServerPersistentStoreAndSnapshots) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    absl::StrCat("arbiter-embed-", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto write_config = [&](int dim) {
+    const std::string path = (dir / "gateway.yaml").string();
+    std::ofstream(path) << absl::StrReplaceAll(
+        R"yaml(
+tasks: [faq]
+policy: {pinned: {route: rag}}
+backends:
+  - name: sim-http
+    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1"}
+routes:
+  - name: rag
+    kind: rag
+    backend: sim-http
+    model: quill-large
+retrieval:
+  corpus_dir: QUICKSTART/corpus
+  store_path: DIR/store.db
+  embedding_dim: DIM
+  index: {kind: hnsw}
+  embedding_server: {url: "http://127.0.0.1:SIM_PORT/v1", model: sim-embed, batch_size: 16}
+)yaml",
+        {{"SIM_PORT", std::to_string(sim_port_)},
+         {"QUICKSTART", ARBITER_SOURCE_DIR "/quickstart"},
+         {"DIR", dir.string()},
+         {"DIM", std::to_string(dim)}});
+    return path;
+  };
+  auto start = [&](int dim) {
+    return Subprocess::Start({ARBITER_BINARY, "serve", "--config",
+                              write_config(dim), "--grpc-listen", "127.0.0.1:0",
+                              "--metrics-listen", "127.0.0.1:0"});
+  };
+  auto stats = [](int port) {
+    auto run = Subprocess::Start({ARBITER_BINARY, "index", "stats",
+                                  "--collection", "corpus", "--target",
+                                  absl::StrCat("127.0.0.1:", port)});
+    EXPECT_TRUE(run.ok());
+    EXPECT_EQ((*run)->Wait(), 0) << (*run)->Output();
+    return (*run)->Output();
+  };
+  for (int round = 0; round < 2; ++round) {
+    auto gateway = start(384);  // sim-server's default dimension.
+    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    auto line =
+        (*gateway)->WaitForLine("grpc listening on ", absl::Seconds(60));
+    ASSERT_TRUE(line.ok()) << line.status() << (*gateway)->Output();
+    const int port = PortOf(*line);
+    const std::string output = stats(port);
+    EXPECT_THAT(output, HasSubstr("index       hnsw"));
+    EXPECT_THAT(output, HasSubstr("corpus.index"));
+    // The first start builds and saves the index; the second loads it.
+    EXPECT_THAT(output, HasSubstr(round == 0 ? "rebuilt from the store: no "
+                                               "index snapshot"
+                                             : "loaded index snapshot"));
+    auto search = Subprocess::Start(
+        {ARBITER_BINARY, "index", "search", "--collection", "corpus", "--mode",
+         "vector", "--target", absl::StrCat("127.0.0.1:", port),
+         "I forgot my password and cannot sign in"});
+    ASSERT_TRUE(search.ok());
+    EXPECT_EQ((*search)->Wait(), 0) << (*search)->Output();
+    EXPECT_THAT((*search)->Output(), HasSubstr("password"));
+    EXPECT_EQ((*gateway)->Stop(), 0) << (*gateway)->Output();
+    if (round == 1) {
+      // The unchanged corpus was not written again, so nothing to replay.
+      EXPECT_THAT((*gateway)->Output(),
+                  HasSubstr("replayed 0 removals and 0 additions"));
+    }
+  }
+  // A server answering with 384-d vectors for a 128-d config: refused at
+  // start, naming both dimensions.
+  std::filesystem::remove_all(dir / "store.db.index");
+  auto wrong = start(128);
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_NE((*wrong)->Wait(), 0);
+  EXPECT_THAT((*wrong)->Output(), HasSubstr("384-dim vectors"));
+  EXPECT_THAT((*wrong)->Output(), HasSubstr("expects 128"));
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace arbiter
