@@ -15,7 +15,7 @@ Commands:
   serve         [--config FILE] [--grpc-listen ADDR] [--metrics-listen ADDR]
                 Start the gateway (default: the embedded quickstart config).
   check-config  FILE     Validate a config without serving.
-  sim-server    --listen ADDR [--config FILE] [--backend NAME]
+  sim-server    --listen ADDR [--config FILE] [--backend NAME] [--embedding-dim N]
                 Serve the simulated LLM over OpenAI-compatible HTTP.
   infer         [--target ADDR] [--task T] [--route R] [--unit-id U]
                 [--max-cost-usd X] [--min-accuracy X] [--max-tokens N] TEXT
