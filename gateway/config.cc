@@ -11,6 +11,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "retrieval/vector_index.h"
@@ -102,6 +104,7 @@ class Validator {
     CheckBackends();
     CheckTasks();
     CheckRoutes();
+    CheckTraining();
     CheckPolicy(config_.policy(), "policy");
     for (const auto& [task, policy] : config_.task_policies()) {
       std::string path = absl::StrCat("task_policies.", task);
@@ -110,6 +113,12 @@ class Validator {
     }
     CheckRetrieval();
     CheckExperiments();
+    if (config_.economics().window_minutes() < 0 ||
+        config_.economics().window_minutes() > 7 * 24 * 60) {
+      Error("economics.window_minutes", "must be in [1, 10080]");
+    }
+    NonNegative(config_.economics().budget_usd_per_day(),
+                "economics.budget_usd_per_day");
     NonNegative(config_.statistics().half_life_seconds(),
                 "statistics.half_life_seconds");
     if (config_.statistics().has_prior_strength()) {
@@ -272,8 +281,49 @@ class Validator {
       NonNegative(pricing.request_usd(), path + ".pricing.request_usd");
       NonNegative(pricing.retrieval_usd_per_query(),
                   path + ".pricing.retrieval_usd_per_query");
+      NonNegative(pricing.embedding_usd_per_ktok(),
+                  path + ".pricing.embedding_usd_per_ktok");
+      NonNegative(pricing.hosting_usd_per_hour(),
+                  path + ".pricing.hosting_usd_per_hour");
       if (route.max_output_tokens() < 0) {
         Error(path + ".max_output_tokens", "must be >= 0");
+      }
+    }
+  }
+
+  // After CheckRoutes: a baseline may be any route, listed before or after.
+  void CheckTraining() {
+    for (int i = 0; i < config_.routes_size(); ++i) {
+      const v1::Route& route = config_.routes(i);
+      if (!route.has_training()) continue;
+      const v1::Training& training = route.training();
+      const std::string path = absl::StrCat("routes[", i, "].training");
+      if (route.kind() != "fine_tuned") {
+        Error(path, "only fine_tuned routes have a training cost");
+      }
+      NonNegative(training.cost_usd(), path + ".cost_usd");
+      if (training.baseline_route().empty()) {
+        Error(path + ".baseline_route",
+              "a fine-tuned route needs the route it replaces, to measure "
+              "savings and break-even against");
+      } else if (!routes_.contains(training.baseline_route())) {
+        Error(path + ".baseline_route", "unknown route \"",
+              training.baseline_route(), "\"");
+      } else if (training.baseline_route() == route.name()) {
+        Error(path + ".baseline_route", "a route cannot be its own baseline");
+      }
+      absl::Time date;
+      std::string error;
+      if (training.date().empty()) {
+        Error(path + ".date", "required (YYYY-MM-DD)");
+      } else if (!absl::ParseTime("%Y-%m-%d", training.date(), &date, &error)) {
+        Error(path + ".date", "must be YYYY-MM-DD, got \"", training.date(),
+              "\"");
+      } else if (date > absl::Now()) {
+        Error(path + ".date", training.date(), " is in the future");
+      }
+      if (training.amortization_days() < 0) {
+        Error(path + ".amortization_days", "must be >= 1");
       }
     }
   }
@@ -595,6 +645,14 @@ void ApplyConfigDefaults(v1::Config& config) {
   }
   if (retrieval.embedding_dim() == 0) retrieval.set_embedding_dim(512);
   if (retrieval.search().empty()) retrieval.set_search("hybrid");
+  for (v1::Route& route : *config.mutable_routes()) {
+    if (route.has_training() && route.training().amortization_days() == 0) {
+      route.mutable_training()->set_amortization_days(365);
+    }
+  }
+  if (config.economics().window_minutes() == 0) {
+    config.mutable_economics()->set_window_minutes(60);
+  }
   if (retrieval.snapshot_dir().empty() && !retrieval.store_path().empty()) {
     retrieval.set_snapshot_dir(retrieval.store_path() + ".index");
   }

@@ -20,6 +20,8 @@ namespace {
 // Typical question length, for a route's prior cost before any traffic.
 constexpr int64_t kTypicalQuestionTokens = 24;
 constexpr absl::Duration kPublishInterval = absl::Milliseconds(10);
+// Hosting and training accrue by time: the metrics follow every second.
+constexpr absl::Duration kEconomicsInterval = absl::Seconds(1);
 // Sim backends have no timeout of their own; the caller's deadline rules.
 constexpr absl::Duration kDefaultBackendTimeout = absl::Seconds(30);
 
@@ -248,6 +250,8 @@ absl::Status Gateway::Init() {
     prompt_embedder_ = std::make_unique<retrieval::HashedNgramEmbedder>(
         config.retrieval().embedding_dim());
   }
+  economics_ = std::make_unique<policy::EconomicsLedger>(config, absl::Now(),
+                                                         prior_costs);
   auto engine = policy::Engine::Create(config, prior_costs);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
@@ -255,6 +259,8 @@ absl::Status Gateway::Init() {
   if (!experiments.ok()) return experiments;
   ticker_ = std::make_unique<TimerQueue>();
   SchedulePublish();
+  metrics_.UpdateEconomics(EconomicsNow());
+  ScheduleEconomics();
   return absl::OkStatus();
 }
 
@@ -393,6 +399,19 @@ void Gateway::SchedulePublish() {
     stats_.PublishIfChanged();
     SchedulePublish();
   });
+}
+
+void Gateway::ScheduleEconomics() {
+  if (stopping_) return;
+  ticker_->RunAfter(kEconomicsInterval, [this] {
+    metrics_.UpdateEconomics(EconomicsNow());
+    ScheduleEconomics();
+  });
+}
+
+policy::EconomicsSnapshot Gateway::EconomicsNow() const {
+  std::lock_guard lock(economics_mu_);
+  return economics_->Snapshot(absl::Now());
 }
 
 std::string Gateway::Describe() const {
@@ -601,6 +620,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
     decision->reason =
         absl::StrCat("experiment ", spec.name(), " arm ", spec.arms(arm).name(),
                      ": ", decision->reason);
+    decision->reason_class = "experiment";
   }
   if (!decision.ok()) {
     metrics_.RecordRejected(absl::StatusCodeToString(decision.status().code()));
@@ -609,7 +629,8 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   }
   const int route_index = decision->route;
   const v1::Route& route = loaded_.config.routes(route_index);
-  metrics_.RecordDecision(route_index, task);
+  metrics_.RecordDecision(route_index, task, decision->policy,
+                          decision->reason_class);
 
   const std::string& task_name = loaded_.config.tasks(task);
   RequestIdParts id_parts;
@@ -658,10 +679,16 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   }
   backend_request->timeout = timeout;
   double propensity = decision->propensity;
+  // A rag request embeds its question to search: priced per token.
+  const int64_t embedding_tokens =
+      route.kind() == "rag"
+          ? static_cast<int64_t>(
+                retrieval::Words(request.messages().rbegin()->content()).size())
+          : 0;
   route_backend_[route_index]->Complete(
       *std::move(backend_request),
       [this, route_index, task, start, propensity, response, experiment, arm,
-       engine, embedding = std::move(embedding),
+       engine, embedding_tokens, embedding = std::move(embedding),
        request_id = std::move(request_id),
        done = std::move(done)](absl::StatusOr<BackendResponse> result) mutable {
         const v1::Route& route = loaded_.config.routes(route_index);
@@ -677,10 +704,14 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
           std::move(done)(result.status());
           return;
         }
-        double cost =
-            policy::PriceRequest(route.pricing(), result->input_tokens,
-                                 result->output_tokens, route.kind() == "rag")
-                .total_usd();
+        const policy::RequestCost priced = policy::PriceRequest(
+            route.pricing(), result->input_tokens, result->output_tokens,
+            route.kind() == "rag", embedding_tokens);
+        const double cost = priced.total_usd();
+        {
+          std::lock_guard lock(economics_mu_);
+          economics_->RecordRequest(route_index, task, priced, absl::Now());
+        }
         response->set_text(std::move(result->text));
         v1::Usage* usage = response->mutable_usage();
         usage->set_input_tokens(result->input_tokens);
@@ -692,7 +723,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
             route_index, task,
             {result->input_tokens, result->output_tokens, cost, latency});
         metrics_.RecordCompletion(route_index, task, result->input_tokens,
-                                  result->output_tokens, cost, latency);
+                                  result->output_tokens, priced, latency);
         engine->ObserveCost(task, cost);
         if (experiment >= 0) {
           experiment_stats_->RecordCompletion(experiment, arm, cost, latency);
@@ -776,9 +807,124 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   }
   stats_.RecordFeedback(route, task, score);
   metrics_.RecordFeedback(route, task, score, graded);
+  {
+    std::lock_guard lock(economics_mu_);
+    economics_->RecordFeedback(route, task, score, absl::Now());
+  }
   v1::FeedbackResponse response;
   response.set_route(loaded_.config.routes(route).name());
   response.set_task(loaded_.config.tasks(task));
+  return response;
+}
+
+namespace {
+
+v1::CostBreakdown Breakdown(const policy::RequestCost& cost) {
+  v1::CostBreakdown breakdown;
+  breakdown.set_input_tokens_usd(cost.input_usd);
+  breakdown.set_output_tokens_usd(cost.output_usd);
+  breakdown.set_request_fee_usd(cost.request_usd);
+  breakdown.set_retrieval_usd(cost.retrieval_usd);
+  breakdown.set_embedding_usd(cost.embedding_usd);
+  breakdown.set_total_usd(cost.total_usd());
+  return breakdown;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::GetEconomicsResponse> Gateway::GetEconomics(
+    const v1::GetEconomicsRequest& request) {
+  int only = -1;
+  if (!request.route().empty()) {
+    auto it = route_index_.find(request.route());
+    if (it == route_index_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("route: unknown route \"", request.route(), "\""));
+    }
+    only = it->second;
+  }
+  const policy::EconomicsSnapshot snapshot = EconomicsNow();
+  const v1::Config& config = loaded_.config;
+  v1::GetEconomicsResponse response;
+  response.set_as_of(
+      absl::FormatTime(absl::RFC3339_sec, snapshot.as_of, absl::UTCTimeZone()));
+  response.set_uptime_seconds(absl::ToDoubleSeconds(snapshot.uptime));
+  response.set_window_seconds(absl::ToDoubleSeconds(snapshot.window));
+  auto set = [](const std::optional<double>& value, auto setter) {
+    if (value.has_value()) setter(*value);
+  };
+  for (const policy::RouteEconomics& economics : snapshot.routes) {
+    if (only >= 0 && economics.route != only) continue;
+    const v1::Route& route = config.routes(economics.route);
+    v1::RouteEconomics& out = *response.add_routes();
+    out.set_route(route.name());
+    out.set_kind(route.kind());
+    out.set_requests(economics.requests);
+    *out.mutable_request_cost() = Breakdown(economics.request_cost);
+    out.set_hosting_usd(economics.hosting_usd);
+    out.set_training_amortized_usd(economics.training_amortized_usd);
+    out.set_total_usd(economics.total_usd());
+    out.set_judged(economics.judged);
+    out.set_correct(economics.correct);
+    set(economics.accuracy, [&](double v) { out.set_accuracy(v); });
+    set(economics.cost_per_request_usd,
+        [&](double v) { out.set_cost_per_request_usd(v); });
+    set(economics.cost_per_correct_usd,
+        [&](double v) { out.set_cost_per_correct_usd(v); });
+    set(economics.window_cost_per_correct_usd,
+        [&](double v) { out.set_window_cost_per_correct_usd(v); });
+    out.set_requests_per_day(economics.requests_per_day);
+    if (!economics.breakeven.has_value()) continue;
+    const policy::BreakEven& be = *economics.breakeven;
+    v1::BreakEven& wire = *out.mutable_breakeven();
+    wire.set_baseline_route(config.routes(be.baseline).name());
+    wire.set_training_cost_usd(be.training_cost_usd);
+    wire.set_training_date(route.training().date());
+    set(be.baseline_cost_per_request_usd,
+        [&](double v) { wire.set_baseline_cost_per_request_usd(v); });
+    set(be.savings_per_request_usd,
+        [&](double v) { wire.set_savings_per_request_usd(v); });
+    wire.set_savings_usd(be.savings_usd);
+    wire.set_remaining_usd(be.remaining_usd);
+    wire.set_recovered_share(be.recovered_share);
+    wire.set_recovered(be.recovered);
+    wire.set_never(be.never);
+    wire.set_never_reason(be.never_reason);
+    set(be.requests_remaining,
+        [&](double v) { wire.set_requests_remaining(v); });
+    if (be.days_remaining.has_value()) {
+      wire.set_days_remaining(*be.days_remaining);
+      // Far futures are capped: absl::Time saturates, a date does not.
+      const double days = std::min(*be.days_remaining, 365.0 * 1000);
+      wire.set_break_even_date(
+          absl::FormatTime("%Y-%m-%d", snapshot.as_of + absl::Hours(24 * days),
+                           absl::UTCTimeZone()));
+    }
+    set(be.cost_per_correct_usd,
+        [&](double v) { wire.set_cost_per_correct_usd(v); });
+    set(be.baseline_cost_per_correct_usd,
+        [&](double v) { wire.set_baseline_cost_per_correct_usd(v); });
+    wire.set_verdict(be.verdict);
+  }
+  for (const policy::TaskEconomics& economics : snapshot.tasks) {
+    if (only >= 0 && economics.route != only) continue;
+    v1::TaskEconomics& out = *response.add_tasks();
+    out.set_route(config.routes(economics.route).name());
+    out.set_task(config.tasks(economics.task));
+    out.set_requests(economics.requests);
+    *out.mutable_request_cost() = Breakdown(economics.request_cost);
+    out.set_fixed_usd(economics.fixed_usd);
+    out.set_judged(economics.judged);
+    out.set_correct(economics.correct);
+    set(economics.accuracy, [&](double v) { out.set_accuracy(v); });
+    set(economics.cost_per_request_usd,
+        [&](double v) { out.set_cost_per_request_usd(v); });
+    set(economics.cost_per_correct_usd,
+        [&](double v) { out.set_cost_per_correct_usd(v); });
+    out.set_window_requests(economics.window_requests);
+    set(economics.window_cost_per_correct_usd,
+        [&](double v) { out.set_window_cost_per_correct_usd(v); });
+  }
   return response;
 }
 

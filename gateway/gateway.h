@@ -16,6 +16,7 @@
 #include "gateway/metrics.h"
 #include "gateway/timer_queue.h"
 #include "policy/decision_log.h"
+#include "policy/economics.h"
 #include "policy/engine.h"
 #include "policy/experiment.h"
 #include "policy/route_stats.h"
@@ -73,6 +74,10 @@ class Gateway final {
   // NOT_FOUND for an experiment the config does not define.
   [[nodiscard]] absl::StatusOr<v1::ExperimentAnalysis> GetExperiment(
       const v1::GetExperimentRequest& request);
+  [[nodiscard]] absl::StatusOr<v1::GetEconomicsResponse> GetEconomics(
+      const v1::GetEconomicsRequest& request);
+  // The unit economics as of now.
+  [[nodiscard]] policy::EconomicsSnapshot EconomicsNow() const;
 
   // What was loaded, for the start-up banner.
   [[nodiscard]] std::string Describe() const;
@@ -89,6 +94,7 @@ class Gateway final {
   retrieval::CollectionOptions CollectionOptionsFor(
       const std::string& name) const;
   void SchedulePublish();
+  void ScheduleEconomics();
   absl::Status Validate(const v1::InferRequest& request, int* task,
                         int* pinned_route) const;
   // Fails only for a rag route whose retrieval fails.
@@ -128,6 +134,10 @@ class Gateway final {
   std::vector<ExperimentRuntime> experiments_;
   std::unique_ptr<policy::ExperimentStats> experiment_stats_;
   policy::RouteStats stats_;
+  // Costs and feedback for unit economics; small critical sections.
+  mutable std::mutex economics_mu_;
+  std::unique_ptr<policy::EconomicsLedger> economics_
+      ABSL_GUARDED_BY(economics_mu_);
   policy::DecisionLog decisions_;
   Metrics metrics_;
   // Publishes statistics periodically; declared last so it stops first.

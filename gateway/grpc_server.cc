@@ -85,6 +85,15 @@ class AdminService final : public v1::Admin::CallbackService {
     });
   }
 
+  grpc::ServerUnaryReactor* GetEconomics(
+      grpc::CallbackServerContext* context,
+      const v1::GetEconomicsRequest* request,
+      v1::GetEconomicsResponse* response) override {
+    return AnswerNow(context, request, response, [this](const auto& r) {
+      return gateway_.GetEconomics(r);
+    });
+  }
+
  private:
   Gateway& gateway_;
 };

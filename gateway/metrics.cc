@@ -1,5 +1,8 @@
 #include "gateway/metrics.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/ascii.h"
 
 namespace arbiter {
@@ -29,17 +32,23 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                        .Name("arbiter_requests_total")
                        .Help("Requests that reached a route, by outcome.")
                        .Register(registry);
-  auto& decisions = BuildCounter()
-                        .Name("arbiter_decisions_total")
-                        .Help("Routing decisions, by chosen route.")
-                        .Register(registry);
+  decisions_ = &BuildCounter()
+                    .Name("arbiter_decisions_total")
+                    .Help(
+                        "Routing decisions, by chosen route, policy and "
+                        "reason class (requested, fixed, explore, exploit, "
+                        "experiment).")
+                    .Register(registry);
   auto& tokens = BuildCounter()
                      .Name("arbiter_tokens_total")
                      .Help("Tokens billed, by direction (input or output).")
                      .Register(registry);
   auto& cost = BuildCounter()
                    .Name("arbiter_cost_usd_total")
-                   .Help("Cost of answered requests in US dollars.")
+                   .Help(
+                       "Cost of answered requests in US dollars, by component "
+                       "(input_tokens, output_tokens, request_fee, retrieval, "
+                       "embedding).")
                    .Register(registry);
   auto& duration = BuildHistogram()
                        .Name("arbiter_request_duration_seconds")
@@ -75,10 +84,14 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
       cell.unavailable = &requests.Add(with("outcome", "unavailable"));
       cell.timeout = &requests.Add(with("outcome", "timeout"));
       cell.error = &requests.Add(with("outcome", "error"));
-      cell.decisions = &decisions.Add(labels);
+      cell.labels = labels;
       cell.input_tokens = &tokens.Add(with("direction", "input"));
       cell.output_tokens = &tokens.Add(with("direction", "output"));
-      cell.cost_usd = &cost.Add(labels);
+      cell.cost_input = &cost.Add(with("component", "input_tokens"));
+      cell.cost_output = &cost.Add(with("component", "output_tokens"));
+      cell.cost_fee = &cost.Add(with("component", "request_fee"));
+      cell.cost_retrieval = &cost.Add(with("component", "retrieval"));
+      cell.cost_embedding = &cost.Add(with("component", "embedding"));
       cell.duration = &duration.Add(labels, LatencyBuckets());
       cell.feedback_correct = &feedback.Add(with("outcome", "correct"));
       cell.feedback_incorrect = &feedback.Add(with("outcome", "incorrect"));
@@ -135,6 +148,7 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                      .Register(registry);
   corpus_documents_ = &corpus.Add({{"item", "documents"}});
   corpus_chunks_ = &corpus.Add({{"item", "chunks"}});
+  RegisterEconomics(registry, config);
   BuildGauge()
       .Name("arbiter_build_info")
       .Help("Always 1; the version label tells which build is running.")
@@ -143,19 +157,185 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
       .Set(1);
 }
 
-void Metrics::RecordDecision(int route, int task) {
-  At(route, task).decisions->Increment();
+void Metrics::RecordDecision(int route, int task, absl::string_view policy,
+                             absl::string_view reason_class) {
+  prometheus::Labels labels = At(route, task).labels;
+  labels["policy"] = std::string(policy);
+  labels["reason"] = std::string(reason_class);
+  // Policies and reason classes are few: the family keeps one series each.
+  decisions_->Add(labels).Increment();
 }
 
 void Metrics::RecordCompletion(int route, int task, int64_t input_tokens,
-                               int64_t output_tokens, double cost_usd,
+                               int64_t output_tokens,
+                               const policy::RequestCost& cost,
                                double latency_seconds) {
   Cell& cell = At(route, task);
   cell.ok->Increment();
   cell.input_tokens->Increment(static_cast<double>(input_tokens));
   cell.output_tokens->Increment(static_cast<double>(output_tokens));
-  cell.cost_usd->Increment(cost_usd);
+  cell.cost_input->Increment(cost.input_usd);
+  cell.cost_output->Increment(cost.output_usd);
+  cell.cost_fee->Increment(cost.request_usd);
+  cell.cost_retrieval->Increment(cost.retrieval_usd);
+  cell.cost_embedding->Increment(cost.embedding_usd);
   cell.duration->Observe(latency_seconds);
+}
+
+void Metrics::RegisterEconomics(prometheus::Registry& registry,
+                                const v1::Config& config) {
+  auto& fixed = BuildCounter()
+                    .Name("arbiter_fixed_cost_usd_total")
+                    .Help(
+                        "Costs accrued by time rather than by request, in US "
+                        "dollars, by component: hosting (the route's "
+                        "deployment per hour) and training (its one-time "
+                        "cost amortised evenly over its amortisation "
+                        "period).")
+                    .Register(registry);
+  auto& training = BuildGauge()
+                       .Name("arbiter_training_cost_usd")
+                       .Help("One-time training cost of a fine-tuned route.")
+                       .Register(registry);
+  cost_per_correct_ =
+      &BuildGauge()
+           .Name("arbiter_cost_per_correct_answer_usd")
+           .Help(
+               "Cost per correct answer of a route on a task (request costs "
+               "plus the task's share of hosting and amortised training, "
+               "over answers judged correct), over the recent window (1h by "
+               "default) or all time since start; absent until one answer "
+               "is judged correct.")
+           .Register(registry);
+  route_cost_per_correct_ =
+      &BuildGauge()
+           .Name("arbiter_route_cost_per_correct_answer_usd")
+           .Help(
+               "Cost per correct answer of a route over all its tasks, fixed "
+               "costs included; absent until one answer is judged correct.")
+           .Register(registry);
+  auto gauge = [&](const char* name, const char* help) {
+    return &BuildGauge().Name(name).Help(help).Register(registry);
+  };
+  recovered_ = gauge("arbiter_breakeven_recovered_ratio",
+                     "Share of a fine-tune's training cost recovered by its "
+                     "savings against its baseline so far (0 to 1).");
+  savings_ = gauge("arbiter_breakeven_savings_usd",
+                   "A fine-tune's savings against its baseline since start, "
+                   "net of its hosting; negative while it costs more.");
+  savings_per_request_ =
+      gauge("arbiter_breakeven_savings_per_request_usd",
+            "What the baseline would have cost per request on the "
+            "fine-tune's traffic minus what the fine-tune cost.");
+  remaining_ = gauge("arbiter_breakeven_remaining_usd",
+                     "Training cost a fine-tune has still to recover.");
+  requests_remaining_ =
+      gauge("arbiter_breakeven_requests_remaining",
+            "Requests until a fine-tune breaks even at today's rate; absent "
+            "when it never does.");
+  days_remaining_ = gauge("arbiter_breakeven_days_remaining",
+                          "Days until a fine-tune breaks even at today's "
+                          "request rate; absent when it never does.");
+  never_ = gauge("arbiter_breakeven_never",
+                 "1 when a fine-tune never breaks even at today's rate "
+                 "(costs more per request, hosting outruns savings, or no "
+                 "traffic), else 0.");
+  auto& floor = BuildGauge()
+                    .Name("arbiter_accuracy_floor")
+                    .Help(
+                        "Accuracy a cheapest_meeting_accuracy policy holds a "
+                        "route to on a task.")
+                    .Register(registry);
+  for (int r = 0; r < config.routes_size(); ++r) {
+    const v1::Route& route = config.routes(r);
+    RouteGauges gauges;
+    gauges.route = route.name();
+    gauges.hosting = &fixed.Add({{"route", route.name()},
+                                 {"kind", route.kind()},
+                                 {"component", "hosting"}});
+    gauges.training = &fixed.Add({{"route", route.name()},
+                                  {"kind", route.kind()},
+                                  {"component", "training"}});
+    if (route.has_training()) {
+      training.Add({{"route", route.name()}}).Set(route.training().cost_usd());
+      gauges.baseline = route.training().baseline_route();
+    }
+    routes_.push_back(std::move(gauges));
+    for (const std::string& task : config.tasks()) {
+      const v1::Policy& policy = config.task_policies().contains(task)
+                                     ? config.task_policies().at(task)
+                                     : config.policy();
+      if (policy.has_cheapest_meeting_accuracy()) {
+        floor.Add({{"route", route.name()}, {"task", task}})
+            .Set(policy.cheapest_meeting_accuracy().accuracy_floor());
+      }
+    }
+  }
+  for (const std::string& task : config.tasks()) task_names_.push_back(task);
+  if (config.economics().budget_usd_per_day() > 0) {
+    BuildGauge()
+        .Name("arbiter_budget_usd_per_day")
+        .Help("The configured spend budget per day, in US dollars.")
+        .Register(registry)
+        .Add({})
+        .Set(config.economics().budget_usd_per_day());
+  }
+}
+
+namespace {
+
+// Sets the series to `value`, or removes it when there is no value, so a
+// dashboard shows a gap rather than a made-up zero.
+void SetOrRemove(prometheus::Family<prometheus::Gauge>& family,
+                 const prometheus::Labels& labels,
+                 const std::optional<double>& value) {
+  if (value.has_value() && std::isfinite(*value)) {
+    family.Add(labels).Set(*value);
+  } else if (family.Has(labels)) {
+    family.Remove(&family.Add(labels));
+  }
+}
+
+}  // namespace
+
+void Metrics::UpdateEconomics(const policy::EconomicsSnapshot& snapshot) {
+  std::lock_guard lock(economics_mu_);
+  for (const policy::RouteEconomics& route : snapshot.routes) {
+    RouteGauges& gauges = routes_[route.route];
+    // Counters take what accrued since the last update.
+    gauges.hosting->Increment(
+        std::max(0.0, route.hosting_usd - gauges.hosting->Value()));
+    gauges.training->Increment(
+        std::max(0.0, route.training_amortized_usd - gauges.training->Value()));
+    for (const auto& [window, value] :
+         {std::pair{"all", route.cost_per_correct_usd},
+          std::pair{"1h", route.window_cost_per_correct_usd}}) {
+      SetOrRemove(*route_cost_per_correct_,
+                  {{"route", gauges.route}, {"window", window}}, value);
+    }
+    if (!route.breakeven.has_value()) continue;
+    const policy::BreakEven& be = *route.breakeven;
+    const prometheus::Labels labels{{"route", gauges.route},
+                                    {"baseline", gauges.baseline}};
+    recovered_->Add(labels).Set(be.recovered_share);
+    savings_->Add(labels).Set(be.savings_usd);
+    SetOrRemove(*savings_per_request_, labels, be.savings_per_request_usd);
+    remaining_->Add(labels).Set(be.remaining_usd);
+    SetOrRemove(*requests_remaining_, labels, be.requests_remaining);
+    SetOrRemove(*days_remaining_, labels, be.days_remaining);
+    never_->Add(labels).Set(be.never ? 1 : 0);
+  }
+  for (const policy::TaskEconomics& task : snapshot.tasks) {
+    for (const auto& [window, value] :
+         {std::pair{"all", task.cost_per_correct_usd},
+          std::pair{"1h", task.window_cost_per_correct_usd}}) {
+      SetOrRemove(*cost_per_correct_,
+                  {{"route", routes_[task.route].route},
+                   {"task", task_names_[task.task]},
+                   {"window", window}},
+                  value);
+    }
+  }
 }
 
 void Metrics::RecordFailure(int route, int task, Outcome outcome,

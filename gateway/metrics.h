@@ -1,11 +1,13 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
 #include "arbiter/v1/config.pb.h"
+#include "policy/economics.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -28,9 +30,10 @@ class Metrics final {
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  void RecordDecision(int route, int task);
+  void RecordDecision(int route, int task, absl::string_view policy,
+                      absl::string_view reason_class);
   void RecordCompletion(int route, int task, int64_t input_tokens,
-                        int64_t output_tokens, double cost_usd,
+                        int64_t output_tokens, const policy::RequestCost& cost,
                         double latency_seconds);
   void RecordFailure(int route, int task, Outcome outcome,
                      double latency_seconds);
@@ -43,17 +46,27 @@ class Metrics final {
   void RecordExperimentRequest(int experiment, int arm, bool ok);
   void RecordExperimentFeedback(int experiment, int arm, double score);
   void SetCorpus(size_t documents, size_t chunks);
+  // Fixed costs accrued, cost per correct answer and break-even; called
+  // periodically with the ledger's latest figures.
+  void UpdateEconomics(const policy::EconomicsSnapshot& snapshot);
 
  private:
+  void RegisterEconomics(prometheus::Registry& registry,
+                         const v1::Config& config);
+
   struct Cell {
     prometheus::Counter* ok;
     prometheus::Counter* unavailable;
     prometheus::Counter* timeout;
     prometheus::Counter* error;
-    prometheus::Counter* decisions;
+    prometheus::Labels labels;  // route, kind, backend, task.
     prometheus::Counter* input_tokens;
     prometheus::Counter* output_tokens;
-    prometheus::Counter* cost_usd;
+    prometheus::Counter* cost_input;
+    prometheus::Counter* cost_output;
+    prometheus::Counter* cost_fee;
+    prometheus::Counter* cost_retrieval;
+    prometheus::Counter* cost_embedding;
     prometheus::Histogram* duration;
     prometheus::Counter* feedback_correct;
     prometheus::Counter* feedback_incorrect;
@@ -65,6 +78,25 @@ class Metrics final {
   const int num_tasks_;
   std::vector<Cell> cells_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Family<prometheus::Counter>* decisions_;
+  struct RouteGauges {
+    std::string route;
+    std::string baseline;
+    prometheus::Counter* hosting;
+    prometheus::Counter* training;
+  };
+  std::mutex economics_mu_;  // One updater at a time.
+  std::vector<RouteGauges> routes_;
+  std::vector<std::string> task_names_;
+  prometheus::Family<prometheus::Gauge>* cost_per_correct_;
+  prometheus::Family<prometheus::Gauge>* route_cost_per_correct_;
+  prometheus::Family<prometheus::Gauge>* recovered_;
+  prometheus::Family<prometheus::Gauge>* savings_;
+  prometheus::Family<prometheus::Gauge>* savings_per_request_;
+  prometheus::Family<prometheus::Gauge>* remaining_;
+  prometheus::Family<prometheus::Gauge>* requests_remaining_;
+  prometheus::Family<prometheus::Gauge>* days_remaining_;
+  prometheus::Family<prometheus::Gauge>* never_;
   struct ArmCounters {
     prometheus::Counter* ok;
     prometheus::Counter* error;

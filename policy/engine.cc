@@ -40,6 +40,21 @@ enum class Why {
   kContextual,
 };
 
+absl::string_view ReasonClass(Why why) {
+  switch (why) {
+    case Why::kPinnedByRequest:
+      return "requested";
+    case Why::kPinnedByPolicy:
+    case Why::kWeighted:
+      return "fixed";
+    case Why::kExploring:
+    case Why::kNoEvidenceAnywhere:
+      return "explore";
+    default:
+      return "exploit";
+  }
+}
+
 struct Note {
   Why why = Why::kNone;
   double accuracy = 0;    // Posterior mean.
@@ -722,6 +737,7 @@ absl::StatusOr<Decision> Engine::Decide(const RequestFeatures& features,
   decision.policy = std::string(eval->policy);
   decision.propensity = eval->probability[chosen];
   decision.reason = Explain(eval->notes[chosen], route_names_[chosen]);
+  decision.reason_class = std::string(ReasonClass(eval->notes[chosen].why));
   return decision;
 }
 

@@ -37,6 +37,10 @@ struct Decision {
   std::string
       reason;  // For people: "rag: cheapest with accuracy 0.91 >= 0.85".
   double propensity = 1;
+  // A bounded class of the reason, for metrics: "requested" (the request
+  // named the route), "fixed" (pinned or weighted by config), "explore",
+  // "exploit" (the strategy's best), or "experiment" (set by the gateway).
+  std::string reason_class;
 };
 
 // The probability the policy gives each route for one request (sums to 1).

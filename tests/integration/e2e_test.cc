@@ -188,6 +188,28 @@ class EndToEndTest : public ::testing::Test {
   static inline int metrics_port_ = 0;
 };
 
+// The sum of the samples `name{labels...}` whose labels include all of
+// `want` (e.g. over a label left out), or -1 if there is none.
+double SumOfSamples(const std::string& metrics, const std::string& name,
+                    const std::map<std::string, std::string>& want) {
+  std::istringstream lines(metrics);
+  std::string line;
+  double sum = 0;
+  bool found = false;
+  while (std::getline(lines, line)) {
+    if (!line.starts_with(name + "{")) continue;
+    bool all = true;
+    for (const auto& [key, value] : want) {
+      all = all && line.find(absl::StrCat(key, "=\"", value, "\"")) !=
+                       std::string::npos;
+    }
+    if (!all) continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+    found = true;
+  }
+  return found ? sum : -1;
+}
+
 // The value of the sample `name{labels...}` whose labels include all of
 // `want`, or -1.
 double Sample(const std::string& metrics, const std::string& name,
@@ -293,9 +315,15 @@ TEST_F(EndToEndTest, EachRouteKindAnswersPricesAndTakesFeedback) {
     };
     EXPECT_EQ(Sample(metrics, "arbiter_requests_total", with("outcome", "ok")),
               3);
-    EXPECT_EQ(Sample(metrics, "arbiter_decisions_total", labels), 3);
-    EXPECT_NEAR(Sample(metrics, "arbiter_cost_usd_total", labels),
+    EXPECT_EQ(SumOfSamples(metrics, "arbiter_decisions_total", labels), 3);
+    EXPECT_EQ(SumOfSamples(metrics, "arbiter_decisions_total",
+                           with("reason", "requested")),
+              3);
+    EXPECT_NEAR(SumOfSamples(metrics, "arbiter_cost_usd_total", labels),
                 faq->cost_usd(), 1e-9);
+    EXPECT_GT(Sample(metrics, "arbiter_cost_usd_total",
+                     with("component", "input_tokens")),
+              0);
     EXPECT_EQ(
         Sample(metrics, "arbiter_tokens_total", with("direction", "input")),
         faq->input_tokens());
