@@ -30,6 +30,8 @@ Commands:
                 Ingest files (.md, .txt, .jsonl) and search a collection.
   experiment    show NAME [--target ADDR]
                 Per-arm analysis of an experiment with a verdict.
+  economics     [--target ADDR] [--route R] [--json]
+                Live cost per request and per correct answer, break-even.
   replay        --log outcomes.jsonl --config FILE [--seed N] [--json]
                 Run the config's policy over logged outcomes, offline.
 
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   if (command == "stats") return RunStats(rest_argc, rest_argv);
   if (command == "loadgen") return RunLoadgen(rest_argc, rest_argv);
   if (command == "replay") return RunReplay(rest_argc, rest_argv);
+  if (command == "economics") return RunEconomics(rest_argc, rest_argv);
   if (command == "experiment") return RunExperiment(rest_argc, rest_argv);
   if (command == "index") return RunIndex(rest_argc, rest_argv);
   std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1],

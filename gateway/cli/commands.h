@@ -26,5 +26,6 @@ int RunLoadgen(int argc, char** argv);
 int RunReplay(int argc, char** argv);
 int RunExperiment(int argc, char** argv);
 int RunIndex(int argc, char** argv);
+int RunEconomics(int argc, char** argv);
 
 }  // namespace arbiter::cli
