@@ -264,6 +264,61 @@ TEST(ConfigTest, SnapshotsLiveBesideAPersistentStore) {
   EXPECT_EQ(memory->retrieval().snapshot_dir(), "");
 }
 
+TEST(ConfigTest, TrainingNeedsABaselineRouteAndAPastDate) {
+  auto errors = ErrorsOf(ValidWith(
+      "    model: small\n",
+      "    model: small\n"
+      "    pricing: {hosting_usd_per_hour: -2, embedding_usd_per_ktok: -1}\n"
+      "    training: {cost_usd: -5, date: \"2999-01-01\"}\n"));
+  EXPECT_THAT(errors, Contains("routes[1].pricing.hosting_usd_per_hour: must "
+                               "be >= 0"));
+  EXPECT_THAT(errors, Contains("routes[1].pricing.embedding_usd_per_ktok: "
+                               "must be >= 0"));
+  EXPECT_THAT(errors, Contains("routes[1].training.cost_usd: must be >= 0"));
+  EXPECT_THAT(errors, Contains(HasSubstr("routes[1].training.baseline_route: "
+                                         "a fine-tuned route needs the route "
+                                         "it replaces")));
+  EXPECT_THAT(errors,
+              Contains("routes[1].training.date: 2999-01-01 is in the future"));
+
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("    model: small\n",
+                         "    model: small\n    training: {cost_usd: 5, "
+                         "date: \"2026-13-01\", baseline_route: ghost}\n")),
+      ::testing::AllOf(
+          Contains("routes[1].training.baseline_route: unknown route "
+                   "\"ghost\""),
+          Contains("routes[1].training.date: must be YYYY-MM-DD, got "
+                   "\"2026-13-01\"")));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("    model: small\n",
+                         "    model: small\n    training: {cost_usd: 5, "
+                         "date: \"2026-01-01\", baseline_route: tuned}\n")),
+      Contains("routes[1].training.baseline_route: a route cannot be its own "
+               "baseline"));
+  // Only fine-tuned routes are trained; a good one passes.
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("    model: big\n",
+                         "    model: big\n    training: {cost_usd: 5, date: "
+                         "\"2026-01-01\", baseline_route: tuned}\n")),
+      Contains("routes[0].training: only fine_tuned routes have a training "
+               "cost"));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("    model: small\n",
+                         "    model: small\n    training: {cost_usd: 5, "
+                         "date: \"2026-01-01\", baseline_route: prompted}\n")),
+      IsEmpty());
+}
+
+TEST(ConfigTest, EconomicsSettingsAreValidated) {
+  EXPECT_THAT(ErrorsOf(std::string(kValid) +
+                       "economics: {window_minutes: -1, budget_usd_per_day: "
+                       "-3}\n"),
+              ::testing::AllOf(
+                  Contains("economics.window_minutes: must be in [1, 10080]"),
+                  Contains("economics.budget_usd_per_day: must be >= 0")));
+}
+
 TEST(ConfigTest, SimAccuracyMustBeAProbability) {
   EXPECT_THAT(
       ErrorsOf(
