@@ -67,9 +67,11 @@ absl::Status WriteIndexSnapshot(const std::string& path,
   Put(payload, snapshot.position.removal);
   Put(payload, snapshot.position.chunk);
   Put(payload, static_cast<int64_t>(snapshot.embedder_weights.size()));
-  payload.append(
-      reinterpret_cast<const char*>(snapshot.embedder_weights.data()),
-      snapshot.embedder_weights.size() * sizeof(float));
+  if (!snapshot.embedder_weights.empty()) {
+    payload.append(
+        reinterpret_cast<const char*>(snapshot.embedder_weights.data()),
+        snapshot.embedder_weights.size() * sizeof(float));
+  }
   payload.append(snapshot.index_image);
   std::string header(kMagic, sizeof(kMagic));
   Put(header, static_cast<uint64_t>(payload.size()));
@@ -148,8 +150,10 @@ absl::StatusOr<IndexSnapshot> ReadIndexSnapshot(const std::string& path) {
     return corrupt("bad embedder weight count");
   }
   snapshot.embedder_weights.resize(weights);
-  std::memcpy(snapshot.embedder_weights.data(), payload.data() + 24,
-              weights * sizeof(float));
+  if (weights > 0) {
+    std::memcpy(snapshot.embedder_weights.data(), payload.data() + 24,
+                weights * sizeof(float));
+  }
   snapshot.index_image =
       std::string(payload.substr(24 + weights * sizeof(float)));
   struct stat info;

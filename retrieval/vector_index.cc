@@ -78,7 +78,7 @@ class Reader {
       return false;
     }
     values.resize(n);
-    std::memcpy(values.data(), rest_.data(), n * sizeof(int64_t));
+    if (n > 0) std::memcpy(values.data(), rest_.data(), n * sizeof(int64_t));
     rest_.remove_prefix(n * sizeof(int64_t));
     return true;
   }
@@ -412,7 +412,12 @@ absl::StatusOr<std::string> VectorIndex::Serialize() const {
   PutValue<int32_t>(out, dim_);
   PutValue(out, options_);
   PutValue<int64_t>(out, static_cast<int64_t>(id_of_label_.size()));
-  Put(out, id_of_label_.data(), id_of_label_.size() * sizeof(int64_t));
+  if (!id_of_label_.empty()) {
+    Put(out, id_of_label_.data(), id_of_label_.size() * sizeof(int64_t));
+  }
+  // FAISS leaks what it allocated when a read fails half-way: a truncated
+  // image is caught by this length before FAISS sees it.
+  PutValue<int64_t>(out, static_cast<int64_t>(writer.data.size()));
   Put(out, writer.data.data(), writer.data.size());
   return out;
 }
@@ -431,9 +436,17 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
   IndexOptions options;
   int64_t rows = 0;
   std::vector<int64_t> id_of_label;
+  int64_t faiss_bytes = 0;
   if (!reader.Get(kind_value) || !reader.Get(dim) || !reader.Get(options) ||
-      !reader.Get(rows) || !reader.GetArray(id_of_label, rows)) {
+      !reader.Get(rows) || !reader.GetArray(id_of_label, rows) ||
+      !reader.Get(faiss_bytes)) {
     return corrupt("truncated header");
+  }
+  if (faiss_bytes < 0 ||
+      reader.rest().size() != static_cast<uint64_t>(faiss_bytes)) {
+    return corrupt(absl::StrCat("expected ", faiss_bytes,
+                                " bytes of FAISS index, found ",
+                                reader.rest().size()));
   }
   if (kind_value < static_cast<int32_t>(IndexKind::kFlat) ||
       kind_value > static_cast<int32_t>(IndexKind::kIvfPq) || dim < 1) {
