@@ -205,7 +205,8 @@ class Loadgen final {
 
 int RunLoadgen(int argc, char** argv) {
   auto args = Args::Parse(
-      argc, argv, {"target", "dataset", "qps", "duration", "task", "seed"},
+      argc, argv,
+      {"target", "dataset", "qps", "duration", "task", "seed", "units"},
       {"feedback"});
   if (!args.ok()) {
     std::cerr << "arbiter: " << args.status().message() << "\n";

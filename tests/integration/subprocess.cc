@@ -28,7 +28,7 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
     for (const std::string& arg : argv)
       args.push_back(const_cast<char*>(arg.c_str()));
     args.push_back(nullptr);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());
     _exit(127);
   }
   close(pipe_fds[1]);
