@@ -34,6 +34,9 @@ Commands:
                 Live cost per request and per correct answer, break-even.
   replay        --log outcomes.jsonl --config FILE [--seed N] [--json]
                 Run the config's policy over logged outcomes, offline.
+  breakeven     --requests-per-day N --training-usd X --base-... --tuned-...
+                [--rag-...] [--start YYYY-MM-DD] [--json]
+                Plan, offline, when a fine-tune repays its training (--help).
 
 ADDR defaults to 127.0.0.1:50051.
 )";
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
   if (command == "loadgen") return RunLoadgen(rest_argc, rest_argv);
   if (command == "replay") return RunReplay(rest_argc, rest_argv);
   if (command == "economics") return RunEconomics(rest_argc, rest_argv);
+  if (command == "breakeven") return RunBreakeven(rest_argc, rest_argv);
   if (command == "experiment") return RunExperiment(rest_argc, rest_argv);
   if (command == "index") return RunIndex(rest_argc, rest_argv);
   std::fprintf(stderr, "arbiter: unknown command \"%s\"\n\n%s", argv[1],

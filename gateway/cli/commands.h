@@ -1,9 +1,11 @@
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/civil_time.h"
 #include "policy/replay.h"
 
 namespace arbiter::cli {
@@ -13,6 +15,12 @@ namespace arbiter::cli {
 // "latency_ms"}}}. INVALID_ARGUMENT naming the line.
 [[nodiscard]] absl::StatusOr<std::vector<policy::LoggedRequest>>
 ParseOutcomeLog(absl::string_view jsonl);
+
+// What `arbiter breakeven ARGS` prints: a table, JSON with --json, or the
+// help with --help; `today` is the default --start. INVALID_ARGUMENT naming
+// the flag.
+[[nodiscard]] absl::StatusOr<std::string> BreakevenOutput(int argc, char** argv,
+                                                          absl::CivilDay today);
 
 // Each runs one `arbiter` subcommand on the arguments after its name and
 // returns the process exit code.
@@ -27,5 +35,6 @@ int RunReplay(int argc, char** argv);
 int RunExperiment(int argc, char** argv);
 int RunIndex(int argc, char** argv);
 int RunEconomics(int argc, char** argv);
+int RunBreakeven(int argc, char** argv);
 
 }  // namespace arbiter::cli
