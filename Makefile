@@ -15,7 +15,7 @@ DEB_PACKAGES := build-essential cmake pkg-config ccache git \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-sanitize test-tsan bench clean node-deps
+.PHONY: deps build run test test-sanitize test-tsan bench clean node-deps monitor
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -39,6 +39,12 @@ build: deps $(BUILD_DIR)/CMakeCache.txt
 
 run: build
 	./$(BUILD_DIR)/arbiter serve
+
+# The gateway, traffic with feedback, and a real Prometheus with
+# deploy/prometheus's rules (UI on http://127.0.0.1:9090); Ctrl-C stops all.
+# Ports and rates: see deploy/monitor.sh (e.g. PROMETHEUS_PORT=9091).
+monitor: build
+	ARBITER_BIN=./$(BUILD_DIR)/arbiter deploy/monitor.sh
 
 node-deps: deps
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
