@@ -18,6 +18,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "retrieval/index_search.h"
+#include "retrieval/inner_product.h"
 
 namespace arbiter::retrieval {
 namespace {
@@ -224,6 +226,7 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
     return absl::InternalError(absl::StrCat("adding vectors: ", e.what()));
   }
   id_of_label_.reserve(first + ids.size());
+  live_.resize(first + ids.size(), 1);
   for (size_t i = 0; i < ids.size(); ++i) {
     id_of_label_.push_back(ids[i]);
     label_of_[ids[i]] = first + static_cast<int64_t>(i);
@@ -237,6 +240,7 @@ int64_t VectorIndex::Remove(absl::Span<const int64_t> ids) {
     auto it = label_of_.find(id);
     if (it == label_of_.end()) continue;
     id_of_label_[it->second] = -1;
+    live_[it->second] = 0;
     label_of_.erase(it);
     ++tombstones_;
     ++removed;
@@ -260,66 +264,75 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
   int64_t available = size();
   if (allowed != nullptr) {
+    // Only whether k of them are live matters: stop counting there.
     available = 0;
-    for (int64_t id : *allowed) available += label_of_.contains(id) ? 1 : 0;
+    for (int64_t id : *allowed) {
+      if (label_of_.contains(id) && ++available >= k) break;
+    }
   }
   const int want = static_cast<int>(std::min<int64_t>(k, available));
   if (want == 0) return std::vector<Neighbor>{};
 
-  omp_set_num_threads(1);  // One query: no OpenMP team per request.
   const bool filtered = allowed != nullptr || tombstones_ > 0;
-  LiveSelector selector(id_of_label_, allowed);
-  std::vector<float> scores(want);
-  std::vector<faiss_idx> labels(want);
   std::vector<Neighbor> found;
+  found.reserve(want);
   // Approximate kinds can miss allowed vectors when few pass the filter:
   // widen the search, then fall back to scoring every candidate exactly.
-  int breadth = effort;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    try {
-      switch (kind_) {
-        case IndexKind::kHnsw: {
-          faiss::SearchParametersHNSW params;
-          params.efSearch =
-              std::max(want, (breadth > 0 ? breadth : options_.hnsw_ef_search)
-                                 << (2 * attempt));
-          params.sel = filtered ? &selector : nullptr;
-          index_->search(1, query.data(), want, scores.data(), labels.data(),
-                         &params);
-          break;
+  try {
+    if (kind_ == IndexKind::kHnsw || kind_ == IndexKind::kFlat) {
+      // Our own loops (index_search.h); the filter reads a byte per label
+      // and, with an allow-list, looks the id up.
+      auto accept_live = [&](int64_t label) {
+        return live_[label] != 0 &&
+               (allowed == nullptr || allowed->contains(id_of_label_[label]));
+      };
+      auto accept_any = [](int64_t) { return true; };
+      const absl::FunctionRef<bool(int64_t)> accept =
+          filtered ? absl::FunctionRef<bool(int64_t)>(accept_live)
+                   : absl::FunctionRef<bool(int64_t)>(accept_any);
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        const std::vector<ScoredLabel> best =
+            kind_ == IndexKind::kFlat
+                ? ScanFlat(static_cast<const faiss::IndexFlat&>(*index_),
+                           query.data(), want, accept)
+                : SearchHnswGraph(
+                      static_cast<const faiss::IndexHNSWFlat&>(*index_),
+                      query.data(), want,
+                      (effort > 0 ? effort : options_.hnsw_ef_search)
+                          << (2 * attempt),
+                      accept);
+        found.clear();
+        for (const ScoredLabel& hit : best) {
+          found.push_back({id_of_label_[hit.label], hit.score});
         }
-        case IndexKind::kIvfFlat:
-        case IndexKind::kIvfPq: {
-          const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
-          faiss::SearchParametersIVF params;
-          params.nprobe = std::min<size_t>(
-              ivf->nlist,
-              static_cast<size_t>(breadth > 0 ? breadth : ivf->nprobe)
-                  << (2 * attempt));
-          params.sel = filtered ? &selector : nullptr;
-          index_->search(1, query.data(), want, scores.data(), labels.data(),
-                         &params);
-          break;
-        }
-        default: {
-          faiss::SearchParameters params;
-          params.sel = filtered ? &selector : nullptr;
-          index_->search(1, query.data(), want, scores.data(), labels.data(),
-                         &params);
-          attempt = 2;  // Exact: nothing to widen.
-          break;
-        }
+        if (static_cast<int>(found.size()) == want) return found;
+        if (kind_ == IndexKind::kFlat) break;  // Exact: nothing to widen.
       }
-    } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("vector search: ", e.what()));
+    } else {
+      omp_set_num_threads(1);  // One query: no OpenMP team per request.
+      LiveSelector selector(id_of_label_, allowed);
+      std::vector<float> scores(want);
+      std::vector<faiss_idx> labels(want);
+      const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        faiss::SearchParametersIVF params;
+        params.nprobe = std::min<size_t>(
+            ivf->nlist, static_cast<size_t>(effort > 0 ? effort : ivf->nprobe)
+                            << (2 * attempt));
+        params.sel = filtered ? &selector : nullptr;
+        index_->search(1, query.data(), want, scores.data(), labels.data(),
+                       &params);
+        found.clear();
+        for (int i = 0; i < want; ++i) {
+          if (labels[i] < 0) continue;
+          const int64_t id = id_of_label_[labels[i]];
+          if (id >= 0) found.push_back({id, scores[i]});
+        }
+        if (static_cast<int>(found.size()) == want) return found;
+      }
     }
-    found.clear();
-    for (int i = 0; i < want; ++i) {
-      if (labels[i] < 0) continue;
-      const int64_t id = id_of_label_[labels[i]];
-      if (id >= 0) found.push_back({id, scores[i]});
-    }
-    if (static_cast<int>(found.size()) == want) return found;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("vector search: ", e.what()));
   }
 
   // Exact scoring of the candidates: the allow-list, or every live row.
@@ -328,8 +341,8 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   std::vector<float> row(dim_);
   auto consider = [&](int64_t id, int64_t label) {
     index_->reconstruct(label, row.data());
-    const float score = faiss::fvec_inner_product(query.data(), row.data(),
-                                                  static_cast<size_t>(dim_));
+    const float score =
+        InnerProduct(query.data(), row.data(), static_cast<size_t>(dim_));
     if (static_cast<int>(best.size()) < want) {
       best.push({score, id});
     } else if (score > best.top().first) {
@@ -383,9 +396,9 @@ int64_t VectorIndex::MemoryBytes() const {
       break;
     }
   }
-  // The id maps: one int64 per row, a hash slot (key, value, control byte)
-  // per live id.
-  bytes += static_cast<int64_t>(id_of_label_.capacity()) * 8 +
+  // The id maps: one int64 and a live byte per row, a hash slot (key, value,
+  // control byte) per live id.
+  bytes += static_cast<int64_t>(id_of_label_.capacity()) * 9 +
            static_cast<int64_t>(label_of_.capacity()) * 17;
   return bytes;
 }
@@ -466,8 +479,10 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
   auto loaded = std::unique_ptr<VectorIndex>(new VectorIndex(
       static_cast<IndexKind>(kind_value), dim, options, std::move(index)));
   loaded->label_of_.reserve(rows);
+  loaded->live_.assign(rows, 0);
   for (int64_t label = 0; label < rows; ++label) {
     const int64_t id = id_of_label[label];
+    loaded->live_[label] = id >= 0 ? 1 : 0;
     if (id < 0) {
       ++loaded->tombstones_;
     } else if (!loaded->label_of_.emplace(id, label).second) {
