@@ -499,7 +499,7 @@ IndexStats Collection::Stats() const {
   return stats;
 }
 
-absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
+absl::StatusOr<std::vector<Neighbor>> Collection::VectorNeighbors(
     absl::string_view query, int k,
     const std::vector<MetadataFilter>& filters) const {
   absl::flat_hash_set<int64_t> allowed;
@@ -507,7 +507,7 @@ absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
     auto ids = store_.ChunkIdsMatching(name_, filters);
     if (!ids.ok()) return ids.status();
     allowed.insert(ids->begin(), ids->end());
-    if (allowed.empty()) return std::vector<SearchHit>{};
+    if (allowed.empty()) return std::vector<Neighbor>{};
   }
   std::vector<float> vector;
   if (remote_) {
@@ -522,6 +522,14 @@ absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
     if (!remote_) vector = embedder_->Embed(query);
     found = index_->Search(vector, k, filters.empty() ? nullptr : &allowed);
   }
+  return found;
+}
+
+absl::StatusOr<std::vector<SearchHit>> Collection::VectorSearch(
+    absl::string_view query, int k,
+    const std::vector<MetadataFilter>& filters) const {
+  absl::StatusOr<std::vector<Neighbor>> found =
+      VectorNeighbors(query, k, filters);
   if (!found.ok()) return found.status();
   std::vector<int64_t> ids;
   for (const Neighbor& neighbor : *found) ids.push_back(neighbor.id);
@@ -559,7 +567,9 @@ absl::StatusOr<std::vector<SearchHit>> Collection::Search(
     }
     return hits;
   }
-  auto vector = VectorSearch(query, depth, filters);
+  // Vector hits are ids and scores only: of `depth`, just the fused top k
+  // that keyword search did not return are read from the store.
+  auto vector = VectorNeighbors(query, depth, filters);
   if (!vector.ok()) return vector.status();
   std::vector<int64_t> keyword_ids, vector_ids;
   absl::flat_hash_map<int64_t, SearchHit> by_id;
@@ -568,15 +578,29 @@ absl::StatusOr<std::vector<SearchHit>> Collection::Search(
     by_id[hit.chunk_id] = {hit.chunk_id, hit.doc_id, hit.doc_title, hit.text,
                            0};
   }
-  for (const SearchHit& hit : *vector) {
-    vector_ids.push_back(hit.chunk_id);
-    by_id.try_emplace(hit.chunk_id, hit);
-  }
-  std::vector<SearchHit> hits;
+  for (const Neighbor& neighbor : *vector) vector_ids.push_back(neighbor.id);
+  std::vector<FusedHit> top;
+  std::vector<int64_t> to_read;
   for (const FusedHit& fused :
        ReciprocalRankFusion({keyword_ids, vector_ids})) {
-    if (static_cast<int>(hits.size()) == k) break;
-    SearchHit hit = by_id.at(fused.id);
+    if (static_cast<int>(top.size()) == k) break;
+    top.push_back(fused);
+    if (!by_id.contains(fused.id)) to_read.push_back(fused.id);
+  }
+  if (!to_read.empty()) {
+    auto chunks = store_.ChunksById(to_read);
+    if (!chunks.ok()) return chunks.status();
+    for (StoredChunk& chunk : *chunks) {
+      by_id[chunk.id] = {chunk.id, std::move(chunk.doc_id),
+                         std::move(chunk.doc_title), std::move(chunk.text), 0};
+    }
+  }
+  std::vector<SearchHit> hits;
+  for (const FusedHit& fused : top) {
+    // A chunk deleted since the index search is simply not found.
+    auto it = by_id.find(fused.id);
+    if (it == by_id.end()) continue;
+    SearchHit hit = it->second;
     hit.score = fused.score;
     hits.push_back(std::move(hit));
   }

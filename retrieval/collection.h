@@ -151,6 +151,10 @@ class Collection final {
       const HashedNgramEmbedder* embedder) const;
   // Loads the snapshot if it matches, else builds from the store.
   absl::Status Load();
+  // The index's best k (ids and scores), filters applied.
+  absl::StatusOr<std::vector<Neighbor>> VectorNeighbors(
+      absl::string_view query, int k,
+      const std::vector<MetadataFilter>& filters) const;
   absl::StatusOr<std::vector<SearchHit>> VectorSearch(
       absl::string_view query, int k,
       const std::vector<MetadataFilter>& filters) const;

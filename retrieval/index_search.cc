@@ -2,6 +2,8 @@
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/invlists/InvertedLists.h>
 
 #include <algorithm>
 #include <functional>
@@ -45,6 +47,7 @@ struct Scratch {
   VisitedTable visited;
   std::vector<ScoredLabel> candidates;  // Max-heap: best first.
   std::vector<ScoredLabel> results;     // Min-heap: worst kept on top.
+  std::vector<int64_t> fresh;           // Unvisited neighbours of a node.
 };
 
 bool BetterFirst(const ScoredLabel& a, const ScoredLabel& b) {
@@ -130,12 +133,16 @@ std::vector<ScoredLabel> SearchHnswGraph(
     for (size_t j = begin; j < end && links[j] >= 0; ++j) {
       scratch.visited.Prefetch(links[j]);
     }
+    // Gather the unvisited neighbours and start loading all their vectors
+    // before scoring any: the loads overlap instead of queueing.
+    auto& fresh = scratch.fresh;
+    fresh.clear();
     for (size_t j = begin; j < end && links[j] >= 0; ++j) {
-      const int64_t node = links[j];
-      if (j + 1 < end && links[j + 1] >= 0) {
-        __builtin_prefetch(vectors + links[j + 1] * dim);
-      }
-      if (!scratch.visited.Visit(node)) continue;
+      if (!scratch.visited.Visit(links[j])) continue;
+      fresh.push_back(links[j]);
+      __builtin_prefetch(vectors + links[j] * dim);
+    }
+    for (const int64_t node : fresh) {
       const float score = score_of(node);
       if (results.size() >= beam && score <= worst_kept()) continue;
       candidates.push_back({score, node});
@@ -150,6 +157,40 @@ std::vector<ScoredLabel> SearchHnswGraph(
     }
   }
 
+  return BestFirst(results, k);
+}
+
+std::vector<ScoredLabel> SearchIvfFlat(
+    const faiss::IndexIVFFlat& index, const float* query, int k, int nprobe,
+    absl::FunctionRef<bool(int64_t)> accept) {
+  if (k < 1 || nprobe < 1) return {};
+  const auto& quantizer =
+      static_cast<const faiss::IndexFlat&>(*index.quantizer);
+  const std::vector<ScoredLabel> lists =
+      ScanFlat(quantizer, query, nprobe, [](int64_t) { return true; });
+  const size_t dim = static_cast<size_t>(index.d);
+  thread_local Scratch scratch;
+  auto& results = scratch.results;
+  results.clear();
+  const size_t keep = static_cast<size_t>(k);
+  for (const ScoredLabel& list : lists) {
+    const size_t size = index.invlists->list_size(list.label);
+    if (size == 0) continue;
+    faiss::InvertedLists::ScopedCodes codes(index.invlists, list.label);
+    faiss::InvertedLists::ScopedIds labels(index.invlists, list.label);
+    const auto* vectors = reinterpret_cast<const float*>(codes.get());
+    for (size_t i = 0; i < size; ++i) {
+      const float score = InnerProduct(query, vectors + i * dim, dim);
+      if (results.size() >= keep && score <= results.front().score) continue;
+      if (!accept(labels[i])) continue;
+      results.push_back({score, labels[i]});
+      std::push_heap(results.begin(), results.end(), WorstFirst);
+      if (results.size() > keep) {
+        std::pop_heap(results.begin(), results.end(), WorstFirst);
+        results.pop_back();
+      }
+    }
+  }
   return BestFirst(results, k);
 }
 

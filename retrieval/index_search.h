@@ -17,6 +17,7 @@
 namespace faiss {
 struct IndexFlat;
 struct IndexHNSWFlat;
+struct IndexIVFFlat;
 }  // namespace faiss
 
 namespace arbiter::retrieval {
@@ -30,6 +31,13 @@ struct ScoredLabel {
 // beam of max(ef, k). Thread-safe for concurrent calls on one const index.
 [[nodiscard]] std::vector<ScoredLabel> SearchHnswGraph(
     const faiss::IndexHNSWFlat& index, const float* query, int k, int ef,
+    absl::FunctionRef<bool(int64_t)> accept);
+
+// The k best labels that `accept` keeps among the `nprobe` inverted lists
+// whose centroids score highest, best first: what IndexIVFFlat::search
+// returns (an inner-product index with a flat coarse quantizer).
+[[nodiscard]] std::vector<ScoredLabel> SearchIvfFlat(
+    const faiss::IndexIVFFlat& index, const float* query, int k, int nprobe,
     absl::FunctionRef<bool(int64_t)> accept);
 
 // The exact k best labels that `accept` keeps, best first, by scanning every

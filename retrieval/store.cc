@@ -96,6 +96,11 @@ class Statement final {
     sqlite3_bind_blob(stmt_, i, data, static_cast<int>(size), SQLITE_TRANSIENT);
     return *this;
   }
+  // Ready to run again with new bindings.
+  void Reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
   // SQLITE_ROW, SQLITE_DONE or an error code.
   int Step() { return sqlite3_step(stmt_); }
   absl::Status Run() {
@@ -471,11 +476,14 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
     const std::vector<int64_t>& ids) {
   std::lock_guard lock(mu_);
   std::vector<StoredChunk> chunks;
+  // One statement for all ids: preparing it costs more than a lookup.
+  Statement select(db_,
+                   "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, "
+                   "d.title FROM chunks c JOIN documents d ON d.collection "
+                   "= c.collection AND d.id = c.doc_id WHERE c.id = ?");
+  if (absl::Status s = select.status(); !s.ok()) return s;
   for (int64_t id : ids) {
-    Statement select(db_,
-                     "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, "
-                     "d.title FROM chunks c JOIN documents d ON d.collection "
-                     "= c.collection AND d.id = c.doc_id WHERE c.id = ?");
+    select.Reset();
     select.Bind(1, id);
     if (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
   }

@@ -279,7 +279,7 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   // Approximate kinds can miss allowed vectors when few pass the filter:
   // widen the search, then fall back to scoring every candidate exactly.
   try {
-    if (kind_ == IndexKind::kHnsw || kind_ == IndexKind::kFlat) {
+    if (kind_ != IndexKind::kIvfPq) {
       // Our own loops (index_search.h); the filter reads a byte per label
       // and, with an allow-list, looks the id up.
       auto accept_live = [&](int64_t label) {
@@ -291,16 +291,26 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
           filtered ? absl::FunctionRef<bool(int64_t)>(accept_live)
                    : absl::FunctionRef<bool(int64_t)>(accept_any);
       for (int attempt = 0; attempt < 3; ++attempt) {
-        const std::vector<ScoredLabel> best =
-            kind_ == IndexKind::kFlat
-                ? ScanFlat(static_cast<const faiss::IndexFlat&>(*index_),
-                           query.data(), want, accept)
-                : SearchHnswGraph(
-                      static_cast<const faiss::IndexHNSWFlat&>(*index_),
-                      query.data(), want,
-                      (effort > 0 ? effort : options_.hnsw_ef_search)
-                          << (2 * attempt),
-                      accept);
+        std::vector<ScoredLabel> best;
+        if (kind_ == IndexKind::kHnsw) {
+          best = SearchHnswGraph(
+              static_cast<const faiss::IndexHNSWFlat&>(*index_), query.data(),
+              want,
+              (effort > 0 ? effort : options_.hnsw_ef_search) << (2 * attempt),
+              accept);
+        } else if (kind_ == IndexKind::kIvfFlat) {
+          const auto& ivf = static_cast<const faiss::IndexIVFFlat&>(*index_);
+          best = SearchIvfFlat(
+              ivf, query.data(), want,
+              static_cast<int>(std::min<size_t>(
+                  ivf.nlist,
+                  static_cast<size_t>(effort > 0 ? effort : ivf.nprobe)
+                      << (2 * attempt))),
+              accept);
+        } else {
+          best = ScanFlat(static_cast<const faiss::IndexFlat&>(*index_),
+                          query.data(), want, accept);
+        }
         found.clear();
         for (const ScoredLabel& hit : best) {
           found.push_back({id_of_label_[hit.label], hit.score});

@@ -116,7 +116,7 @@ class VectorIndex final {
   const int dim_;
   const IndexOptions options_;
   std::unique_ptr<faiss::Index> index_;
-  std::vector<int64_t> id_of_label_;                // -1 once tombstoned.
+  std::vector<int64_t> id_of_label_;  // -1 once tombstoned.
   // 1 per live label: the byte a search's filter reads, not the 8-byte id.
   std::vector<uint8_t> live_;
   absl::flat_hash_map<int64_t, int64_t> label_of_;  // Live ids only.
