@@ -461,12 +461,14 @@ absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
   while (removed.Step() == SQLITE_ROW) {
     changes.removed_chunk_ids.push_back(removed.Int(0));
   }
+  // `+c.collection` keeps SQLite on the id range: through chunks_by_doc it
+  // would scan the whole collection on every catch-up.
   Statement added(
       db_,
       "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
       "FROM chunks c JOIN documents d ON d.collection = "
       "c.collection AND d.id = c.doc_id "
-      "WHERE c.id > ? AND c.collection = ? ORDER BY c.id");
+      "WHERE c.id > ? AND +c.collection = ? ORDER BY c.id");
   added.Bind(1, since.chunk).Bind(2, collection);
   while (added.Step() == SQLITE_ROW) changes.added.push_back(ReadChunk(added));
   return changes;
