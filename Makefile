@@ -65,9 +65,13 @@ test-tsan: deps
 	cmake --build build-tsan -j$(JOBS) --target concurrency_test
 	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" ./build-tsan/tests/concurrency_test
 
+# The index and retrieval benchmarks at reduced size; bench/README.md has
+# the full-size commands (1M vectors take about half an hour).
 bench: build
 	./$(BUILD_DIR)/bench/policy_bench
 	./$(BUILD_DIR)/bench/gateway_load_bench
+	./$(BUILD_DIR)/bench/index_bench --quick
+	./$(BUILD_DIR)/bench/retrieval_bench --quick
 
 clean:
 	rm -rf build build-asan build-tsan

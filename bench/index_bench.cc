@@ -574,7 +574,8 @@ std::function<void(int, int64_t*, bool)> BareRun(
   };
 }
 
-// arbiter's search loop (SearchHnswGraph or ScanFlat) called directly on
+// arbiter's search loop (SearchHnswGraph, SearchIvfFlat or ScanFlat) called
+// directly on
 // arbiter's FAISS index: what VectorIndex adds on top (id map, tombstones,
 // allow-list lookups, result conversion) is the difference. Labels are rows.
 std::function<void(int, int64_t*, bool)> CoreRun(
@@ -589,11 +590,14 @@ std::function<void(int, int64_t*, bool)> CoreRun(
         keep_rows != nullptr ? absl::FunctionRef<bool(int64_t)>(accept_kept)
                              : absl::FunctionRef<bool(int64_t)>(accept_any);
     const auto* hnsw = dynamic_cast<const faiss::IndexHNSWFlat*>(&index);
+    const auto* ivf = dynamic_cast<const faiss::IndexIVFFlat*>(&index);
     const auto* flat = dynamic_cast<const faiss::IndexFlat*>(&index);
     for (int q = 0; q < nq; ++q) {
       const std::vector<ScoredLabel> found =
           hnsw != nullptr
               ? SearchHnswGraph(*hnsw, data.query(q), k, setting, accept)
+          : ivf != nullptr
+              ? SearchIvfFlat(*ivf, data.query(q), k, setting, accept)
               : ScanFlat(*flat, data.query(q), k, accept);
       int64_t* dst = out + static_cast<size_t>(q) * k;
       std::fill(dst, dst + k, -1);
@@ -1081,14 +1085,27 @@ void IvfGroup(const Dataset& data, const Options& options, bool pq,
       *arbiter_index, data, data.nq, k, nullptr, [](int64_t) { return true; },
       pq, &checks);
   std::unique_ptr<faiss::Index> same = FaissIndexOf(*arbiter_index);
-  Contender same_lists = NewContender(name, bare.impl, "nprobe", data.nq,
-                                      &truth, "arbiter's lists, bare");
+  // IVF-Flat is searched by arbiter's own loop, IVF-PQ by FAISS: the bare
+  // search of the same lists is that loop, or FAISS.
+  Contender same_lists =
+      pq ? NewContender(name, bare.impl, "nprobe", data.nq, &truth,
+                        "arbiter's lists, bare")
+         : NewContender(name, "arbiter SearchIvfFlat", "nprobe", data.nq,
+                        &truth, "arbiter's lists, bare: no id map, no filter");
+  Contender faiss_lists = NewContender(name, bare.impl, "nprobe", data.nq,
+                                       &truth, "arbiter's lists");
   std::vector<Contender*> group = {&bare, &arb};
   if (same != nullptr) {
-    same_lists.run = BareRun<faiss::SearchParametersIVF>(
-        *same, data, data.nq, k, nullptr, ivf_params);
+    same_lists.run = pq ? BareRun<faiss::SearchParametersIVF>(
+                              *same, data, data.nq, k, nullptr, ivf_params)
+                        : CoreRun(*same, data, data.nq, k, nullptr);
     arb.same_index = &same_lists;
     group.push_back(&same_lists);
+    if (!pq) {
+      faiss_lists.run = BareRun<faiss::SearchParametersIVF>(
+          *same, data, data.nq, k, nullptr, ivf_params);
+      group.push_back(&faiss_lists);
+    }
   }
   Log(absl::StrCat(name, " sweep (recall/QPS), nlist ", nlist));
   Sweep(group, settings, options);

@@ -920,10 +920,11 @@ int Main(int argc, char** argv) {
   }
   std::cout << absl::StrFormat(
       "retrieval_bench: %d quickstart articles repeated to %d documents; "
-      "chunks of %d tokens (%d overlap), %d-d built-in embedder, index auto; "
+      "chunks of %d tokens (%d overlap), %d-d built-in embedder, index %s; "
       "%d questions; %u hardware threads\n",
       corpus.size(), options.docs, options.chunk_tokens,
-      options.chunk_overlap_tokens, options.embedding_dim, questions.size(),
+      options.chunk_overlap_tokens, options.embedding_dim,
+      IndexKindName(options.index), questions.size(),
       std::thread::hardware_concurrency());
 
   if (options.breakdown) Breakdown(options, corpus);
