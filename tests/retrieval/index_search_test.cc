@@ -2,6 +2,7 @@
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFlat.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -133,6 +134,39 @@ TEST_F(IndexSearchTest, ScanFlatKeepsOnlyAcceptedLabels) {
   auto three = [](int64_t label) { return label < 3; };
   EXPECT_THAT(ScanFlat(flat_, Query(0), kK, three), SizeIs(3));
   EXPECT_THAT(ScanFlat(flat_, Query(0), 0, Any), SizeIs(0));
+}
+
+TEST_F(IndexSearchTest, IvfFlatSearchFindsWhatFaissFinds) {
+  faiss::IndexFlatIP quantizer(kDim);
+  faiss::IndexIVFFlat ivf(&quantizer, kDim, 40, faiss::METRIC_INNER_PRODUCT);
+  ivf.cp.seed = 5;
+  ivf.train(kRows, vectors_.data());
+  ivf.add(kRows, vectors_.data());
+  std::vector<float> scores(kK);
+  std::vector<faiss::Index::idx_t> labels(kK);
+  for (int nprobe : {1, 4, 40}) {
+    ivf.nprobe = nprobe;
+    for (int q = 0; q < kQueries; ++q) {
+      ivf.search(1, Query(q), kK, scores.data(), labels.data());
+      const std::vector<ScoredLabel> found =
+          SearchIvfFlat(ivf, Query(q), kK, nprobe, Any);
+      // Same candidates, same order (a probed list may hold fewer than k:
+      // FAISS pads with -1); scores differ only by rounding.
+      const auto valid = std::count_if(labels.begin(), labels.end(),
+                                       [](auto label) { return label >= 0; });
+      ASSERT_THAT(found, SizeIs(valid)) << "nprobe " << nprobe;
+      for (int i = 0; i < valid; ++i) {
+        EXPECT_NEAR(found[i].score, scores[i], 1e-5) << "nprobe " << nprobe;
+      }
+    }
+  }
+  // Every list probed: exact.
+  EXPECT_EQ(LabelsOf(SearchIvfFlat(ivf, Query(2), kK, 40, Any)),
+            BruteForce(vectors_, Query(2), kK, Any));
+  auto odd = [](int64_t label) { return label % 2 == 1; };
+  EXPECT_EQ(LabelsOf(SearchIvfFlat(ivf, Query(3), kK, 40, odd)),
+            BruteForce(vectors_, Query(3), kK, odd));
+  EXPECT_THAT(SearchIvfFlat(ivf, Query(3), kK, 0, Any), SizeIs(0));
 }
 
 TEST_F(IndexSearchTest, HnswGraphSearchHasHighRecallAndTrueScores) {
