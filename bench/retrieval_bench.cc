@@ -723,26 +723,8 @@ OpenLoopResult OpenLoop(const Collection& collection,
   return result;
 }
 
-// The built-in embedder's stop words (retrieval/embedder.cc): a keyword
-// query keeps them today, and every chunk matches "how", "do", "i", "my".
-bool IsStopWord(absl::string_view word) {
-  static const char* const kStopWords[] = {
-      "a",     "about", "all",  "also", "am",    "an",    "and",   "any",
-      "are",   "as",    "at",   "be",   "been",  "but",   "by",    "can",
-      "could", "did",   "do",   "does", "for",   "from",  "get",   "had",
-      "has",   "have",  "how",  "i",    "if",    "in",    "into",  "is",
-      "it",    "its",   "just", "me",   "my",    "no",    "not",   "of",
-      "on",    "one",   "only", "or",   "our",   "out",   "s",     "should",
-      "so",    "t",     "than", "that", "the",   "their", "them",  "then",
-      "there", "these", "they", "this", "those", "to",    "up",    "us",
-      "was",   "we",    "were", "what", "when",  "where", "which", "will",
-      "with",  "would", "you",  "your"};
-  for (const char* stop : kStopWords) {
-    if (word == stop) return true;
-  }
-  return false;
-}
-
+// The built-in embedder's stop words: a keyword query keeps them today, and
+// every chunk matches "how", "do", "i", "my".
 std::string WithoutStopWords(absl::string_view question) {
   std::vector<std::string> kept;
   for (absl::string_view word : absl::StrSplit(

@@ -10,6 +10,23 @@
 #include "retrieval/tokenizer.h"
 
 namespace arbiter::retrieval {
+
+bool IsStopWord(absl::string_view word) {
+  static const auto* const kStopWords =
+      new absl::flat_hash_set<absl::string_view>{
+          "a",     "about", "all",  "also", "am",    "an",    "and",   "any",
+          "are",   "as",    "at",   "be",   "been",  "but",   "by",    "can",
+          "could", "did",   "do",   "does", "for",   "from",  "get",   "had",
+          "has",   "have",  "how",  "i",    "if",    "in",    "into",  "is",
+          "it",    "its",   "just", "me",   "my",    "no",    "not",   "of",
+          "on",    "one",   "only", "or",   "our",   "out",   "s",     "should",
+          "so",    "t",     "than", "that", "the",   "their", "them",  "then",
+          "there", "these", "they", "this", "those", "to",    "up",    "us",
+          "was",   "we",    "were", "what", "when",  "where", "which", "will",
+          "with",  "would", "you",  "your"};
+  return kStopWords->contains(word);
+}
+
 namespace {
 
 // FNV-1a: stable across processes, so stored embeddings stay comparable.
@@ -38,24 +55,6 @@ constexpr float kBigramWeight = 0.25f;
 constexpr float kCharWeight = 0.5f;
 constexpr size_t kMinCharN = 3;
 constexpr size_t kMaxCharN = 5;
-
-// Words that say nothing about a topic ("how do I ..."): in a few hundred
-// buckets they would collide with, and drown, the words that do.
-bool IsStopWord(absl::string_view word) {
-  static const auto* const kStopWords =
-      new absl::flat_hash_set<absl::string_view>{
-          "a",     "about", "all",  "also", "am",    "an",    "and",   "any",
-          "are",   "as",    "at",   "be",   "been",  "but",   "by",    "can",
-          "could", "did",   "do",   "does", "for",   "from",  "get",   "had",
-          "has",   "have",  "how",  "i",    "if",    "in",    "into",  "is",
-          "it",    "its",   "just", "me",   "my",    "no",    "not",   "of",
-          "on",    "one",   "only", "or",   "our",   "out",   "s",     "should",
-          "so",    "t",     "than", "that", "the",   "their", "them",  "then",
-          "there", "these", "they", "this", "those", "to",    "up",    "us",
-          "was",   "we",    "were", "what", "when",  "where", "which", "will",
-          "with",  "would", "you",  "your"};
-  return kStopWords->contains(word);
-}
 
 struct Feature {
   int count = 0;

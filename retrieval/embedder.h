@@ -8,6 +8,11 @@
 
 namespace arbiter::retrieval {
 
+// Words that say nothing about a topic ("how do I ..."): the embedder drops
+// them, since in a few hundred buckets they would collide with, and drown,
+// the words that do. `word` is lower-case.
+[[nodiscard]] bool IsStopWord(absl::string_view word);
+
 // A text embedder that needs no model download: word unigrams and bigrams and
 // character 3- to 5-grams of each word (common English stop words left out)
 // are hashed into `dim` buckets, weighted by sublinear term frequency times

@@ -55,6 +55,13 @@ TEST(EmbedderTest, FitDownweightsCommonTerms) {
             Dot(query, embedder.Embed(corpus[0])));
 }
 
+TEST(EmbedderTest, StopWordsAreCommonFunctionWords) {
+  EXPECT_TRUE(IsStopWord("the"));
+  EXPECT_TRUE(IsStopWord("how"));
+  EXPECT_FALSE(IsStopWord("password"));
+  EXPECT_FALSE(IsStopWord("The"));  // Callers lower-case first.
+}
+
 TEST(EmbedderTest, StopWordsAloneStillEmbed) {
   HashedNgramEmbedder embedder(128);
   std::vector<float> v = embedder.Embed("how do I");
