@@ -57,6 +57,16 @@ bool WorstFirst(const ScoredLabel& a, const ScoredLabel& b) {
   return a.score > b.score;
 }
 
+// Adds a hit to `results`, a min-heap kept to the best `keep`.
+void KeepBest(std::vector<ScoredLabel>& results, size_t keep, ScoredLabel hit) {
+  results.push_back(hit);
+  std::push_heap(results.begin(), results.end(), WorstFirst);
+  if (results.size() > keep) {
+    std::pop_heap(results.begin(), results.end(), WorstFirst);
+    results.pop_back();
+  }
+}
+
 // The best k of `results`, best first; copied out so the per-thread scratch
 // keeps its capacity for the next search.
 std::vector<ScoredLabel> BestFirst(std::vector<ScoredLabel>& results, int k) {
@@ -147,13 +157,7 @@ std::vector<ScoredLabel> SearchHnswGraph(
       if (results.size() >= beam && score <= worst_kept()) continue;
       candidates.push_back({score, node});
       std::push_heap(candidates.begin(), candidates.end(), BetterFirst);
-      if (!accept(node)) continue;
-      results.push_back({score, node});
-      std::push_heap(results.begin(), results.end(), WorstFirst);
-      if (results.size() > beam) {
-        std::pop_heap(results.begin(), results.end(), WorstFirst);
-        results.pop_back();
-      }
+      if (accept(node)) KeepBest(results, beam, {score, node});
     }
   }
 
@@ -182,13 +186,7 @@ std::vector<ScoredLabel> SearchIvfFlat(
     for (size_t i = 0; i < size; ++i) {
       const float score = InnerProduct(query, vectors + i * dim, dim);
       if (results.size() >= keep && score <= results.front().score) continue;
-      if (!accept(labels[i])) continue;
-      results.push_back({score, labels[i]});
-      std::push_heap(results.begin(), results.end(), WorstFirst);
-      if (results.size() > keep) {
-        std::pop_heap(results.begin(), results.end(), WorstFirst);
-        results.pop_back();
-      }
+      if (accept(labels[i])) KeepBest(results, keep, {score, labels[i]});
     }
   }
   return BestFirst(results, k);
@@ -207,13 +205,7 @@ std::vector<ScoredLabel> ScanFlat(const faiss::IndexFlat& index,
   for (int64_t row = 0; row < index.ntotal; ++row) {
     const float score = InnerProduct(query, vectors + row * dim, dim);
     if (results.size() >= keep && score <= results.front().score) continue;
-    if (!accept(row)) continue;
-    results.push_back({score, row});
-    std::push_heap(results.begin(), results.end(), WorstFirst);
-    if (results.size() > keep) {
-      std::pop_heap(results.begin(), results.end(), WorstFirst);
-      results.pop_back();
-    }
+    if (accept(row)) KeepBest(results, keep, {score, row});
   }
   return BestFirst(results, k);
 }

@@ -8,7 +8,6 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
-#include <faiss/utils/distances.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -29,15 +28,18 @@ using faiss_idx = faiss::Index::idx_t;
 // Keeps labels whose id is live and, with an allow-list, allowed.
 class LiveSelector final : public faiss::IDSelector {
  public:
-  LiveSelector(const std::vector<int64_t>& id_of_label,
+  LiveSelector(const std::vector<uint8_t>& live,
+               const std::vector<int64_t>& id_of_label,
                const absl::flat_hash_set<int64_t>* allowed)
-      : id_of_label_(id_of_label), allowed_(allowed) {}
+      : live_(live), id_of_label_(id_of_label), allowed_(allowed) {}
+  // Reads the live byte first: the 8-byte id only for an allow-list.
   bool is_member(faiss_idx label) const override {
-    const int64_t id = id_of_label_[label];
-    return id >= 0 && (allowed_ == nullptr || allowed_->contains(id));
+    return live_[label] != 0 &&
+           (allowed_ == nullptr || allowed_->contains(id_of_label_[label]));
   }
 
  private:
+  const std::vector<uint8_t>& live_;
   const std::vector<int64_t>& id_of_label_;
   const absl::flat_hash_set<int64_t>* allowed_;
 };
@@ -274,17 +276,16 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   if (want == 0) return std::vector<Neighbor>{};
 
   const bool filtered = allowed != nullptr || tombstones_ > 0;
+  LiveSelector selector(live_, id_of_label_, allowed);
   std::vector<Neighbor> found;
   found.reserve(want);
   // Approximate kinds can miss allowed vectors when few pass the filter:
   // widen the search, then fall back to scoring every candidate exactly.
   try {
     if (kind_ != IndexKind::kIvfPq) {
-      // Our own loops (index_search.h); the filter reads a byte per label
-      // and, with an allow-list, looks the id up.
+      // Our own loops (index_search.h), with the selector as their filter.
       auto accept_live = [&](int64_t label) {
-        return live_[label] != 0 &&
-               (allowed == nullptr || allowed->contains(id_of_label_[label]));
+        return selector.is_member(label);
       };
       auto accept_any = [](int64_t) { return true; };
       const absl::FunctionRef<bool(int64_t)> accept =
@@ -320,7 +321,6 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
       }
     } else {
       omp_set_num_threads(1);  // One query: no OpenMP team per request.
-      LiveSelector selector(id_of_label_, allowed);
       std::vector<float> scores(want);
       std::vector<faiss_idx> labels(want);
       const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
