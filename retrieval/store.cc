@@ -3,14 +3,17 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <mutex>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "retrieval/embedder.h"
 #include "retrieval/tokenizer.h"
 
 namespace arbiter::retrieval {
@@ -54,6 +57,9 @@ CREATE TRIGGER IF NOT EXISTS chunks_removed AFTER DELETE ON chunks BEGIN
   INSERT INTO removed_chunks(collection, chunk_id)
     VALUES (old.collection, old.id);
 END;
+-- How many chunks hold each word: keyword search's budget reads it.
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts_vocab
+  USING fts5vocab(chunks_fts, 'row');
 CREATE TABLE IF NOT EXISTS changes(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   collection TEXT NOT NULL,
@@ -68,13 +74,49 @@ bool IsName(absl::string_view name) {
   });
 }
 
-// One prepared statement, finalized on scope exit.
+}  // namespace
+
+// A connection with its prepared reads, kept for the next call.
+struct SqliteReader {
+  sqlite3* db = nullptr;
+  bool owns_db = false;
+  absl::flat_hash_map<std::string, sqlite3_stmt*> statements;
+
+  ~SqliteReader() {
+    for (auto& [sql, statement] : statements) sqlite3_finalize(statement);
+    if (owns_db) sqlite3_close(db);
+  }
+};
+
+namespace {
+
+// One prepared statement: finalized on scope exit, or, when it is a
+// reader's cached one, reset for the next call.
 class Statement final {
  public:
   Statement(sqlite3* db, const char* sql) : db_(db) {
     status_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
   }
-  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(SqliteReader& reader, const std::string& sql) : db_(reader.db) {
+    auto it = reader.statements.find(sql);
+    if (it != reader.statements.end()) {
+      stmt_ = it->second;
+      status_ = SQLITE_OK;
+    } else {
+      status_ = sqlite3_prepare_v3(reader.db, sql.c_str(), -1,
+                                   SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+      if (status_ == SQLITE_OK) reader.statements.emplace(sql, stmt_);
+    }
+    cached_ = status_ == SQLITE_OK;
+  }
+  ~Statement() {
+    if (cached_) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    } else {
+      sqlite3_finalize(stmt_);
+    }
+  }
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
 
@@ -123,6 +165,7 @@ class Statement final {
   sqlite3* db_;
   sqlite3_stmt* stmt_ = nullptr;
   int status_;
+  bool cached_ = false;
 };
 
 absl::Status Exec(sqlite3* db, const char* sql) {
@@ -184,8 +227,92 @@ absl::Status DeleteChunks(sqlite3* db, absl::string_view collection,
 
 }  // namespace
 
+// Enough for a gateway's request threads on a few cores; more would only
+// queue inside SQLite.
+constexpr int kMaxReaders = 8;
+
+// A read-only connection for one call: a pooled one for a file store, else
+// the writer's own connection, held under its mutex.
+class DocumentStore::ReadLease final {
+ public:
+  explicit ReadLease(DocumentStore& store) : store_(store) {
+    if (store.reader_path_.empty()) {
+      writer_lock_ = std::unique_lock(store.mu_);
+      reader_ = store.writer_reads_.get();
+      return;
+    }
+    std::unique_lock lock(store.readers_mu_);
+    store.reader_free_.wait(lock, [&] {
+      return !store.idle_readers_.empty() || store.open_readers_ < kMaxReaders;
+    });
+    if (!store.idle_readers_.empty()) {
+      owned_ = std::move(store.idle_readers_.back());
+      store.idle_readers_.pop_back();
+    } else {
+      ++store.open_readers_;
+      lock.unlock();
+      owned_ = OpenReader(store.reader_path_);
+      if (owned_ == nullptr) {
+        // The writer's connection does this read; the next call tries again.
+        lock.lock();
+        --store.open_readers_;
+        lock.unlock();
+        store.reader_free_.notify_one();
+        writer_lock_ = std::unique_lock(store.mu_);
+        reader_ = store.writer_reads_.get();
+        return;
+      }
+    }
+    reader_ = owned_.get();
+  }
+  ~ReadLease() {
+    if (owned_ == nullptr) return;
+    {
+      std::lock_guard lock(store_.readers_mu_);
+      store_.idle_readers_.push_back(std::move(owned_));
+    }
+    store_.reader_free_.notify_one();
+  }
+  ReadLease(const ReadLease&) = delete;
+  ReadLease& operator=(const ReadLease&) = delete;
+
+  SqliteReader& reader() { return *reader_; }
+  sqlite3* db() { return reader_->db; }
+
+ private:
+  // A read-only connection to the store's file, or null.
+  static std::unique_ptr<SqliteReader> OpenReader(const std::string& path) {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &db,
+                        SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                        nullptr) != SQLITE_OK) {
+      sqlite3_close(db);
+      return nullptr;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    auto reader = std::make_unique<SqliteReader>();
+    reader->db = db;
+    reader->owns_db = true;
+    return reader;
+  }
+
+  DocumentStore& store_;
+  std::unique_lock<std::mutex> writer_lock_;
+  std::unique_ptr<SqliteReader> owned_;
+  SqliteReader* reader_ = nullptr;
+};
+
+DocumentStore::DocumentStore(sqlite3* db, std::string reader_path,
+                             Options options)
+    : options_(options),
+      db_(db),
+      writer_reads_(std::make_unique<SqliteReader>()),
+      reader_path_(std::move(reader_path)) {
+  writer_reads_->db = db;
+}
+
 absl::StatusOr<std::unique_ptr<DocumentStore>> DocumentStore::Open(
-    const std::string& path) {
+    const std::string& path, Options options) {
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(
       path.c_str(), &db,
@@ -197,7 +324,16 @@ absl::StatusOr<std::unique_ptr<DocumentStore>> DocumentStore::Open(
     return absl::UnavailableError(
         absl::StrCat("cannot open store \"", path, "\": ", message));
   }
-  auto store = std::unique_ptr<DocumentStore>(new DocumentStore(db));
+  // Only a named file can be opened again by reader connections.
+  const bool private_memory =
+      path.empty() || path == ":memory:" || absl::StartsWith(path, "file:");
+  if (options.keyword_match_budget < 0) {
+    sqlite3_close(db);
+    return absl::InvalidArgumentError(
+        "keyword_match_budget: must be >= 0 (0: no budget)");
+  }
+  auto store = std::unique_ptr<DocumentStore>(
+      new DocumentStore(db, private_memory ? "" : path, options));
   sqlite3_busy_timeout(db, 5000);
   for (const char* pragma :
        {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
@@ -210,7 +346,11 @@ absl::StatusOr<std::unique_ptr<DocumentStore>> DocumentStore::Open(
   return store;
 }
 
-DocumentStore::~DocumentStore() { sqlite3_close(db_); }
+DocumentStore::~DocumentStore() {
+  idle_readers_.clear();
+  writer_reads_.reset();  // Finalizes its statements before the close.
+  sqlite3_close(db_);
+}
 
 absl::Status DocumentStore::CreateCollection(absl::string_view name) {
   std::lock_guard lock(mu_);
@@ -225,21 +365,31 @@ absl::Status DocumentStore::CreateCollection(absl::string_view name) {
 }
 
 absl::StatusOr<std::vector<std::string>> DocumentStore::Collections() {
-  std::lock_guard lock(mu_);
-  Statement select(db_, "SELECT name FROM collections ORDER BY name");
+  ReadLease lease(*this);
+  Statement select(lease.reader(),
+                   "SELECT name FROM collections ORDER BY name");
   std::vector<std::string> names;
   while (select.Step() == SQLITE_ROW) names.push_back(select.Text(0));
   return names;
 }
 
-absl::Status DocumentStore::RequireCollection(absl::string_view collection) {
-  Statement select(db_, "SELECT 1 FROM collections WHERE name = ?");
+namespace {
+
+absl::Status RequireCollectionIn(SqliteReader& reader,
+                                 absl::string_view collection) {
+  Statement select(reader, "SELECT 1 FROM collections WHERE name = ?");
   select.Bind(1, collection);
   if (select.Step() != SQLITE_ROW) {
     return absl::NotFoundError(
         absl::StrCat("collection: unknown collection \"", collection, "\""));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status DocumentStore::RequireCollection(absl::string_view collection) {
+  return RequireCollectionIn(*writer_reads_, collection);
 }
 
 absl::StatusOr<int64_t> DocumentStore::Upsert(absl::string_view collection,
@@ -379,32 +529,36 @@ absl::StatusOr<int64_t> DocumentStore::DeleteWhere(
 
 absl::StatusOr<int64_t> DocumentStore::DocumentCount(
     absl::string_view collection) {
-  std::lock_guard lock(mu_);
-  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
-  Statement count(db_, "SELECT count(*) FROM documents WHERE collection = ?");
+  ReadLease lease(*this);
+  if (absl::Status s = RequireCollectionIn(lease.reader(), collection); !s.ok())
+    return s;
+  Statement count(lease.reader(),
+                  "SELECT count(*) FROM documents WHERE collection = ?");
   count.Bind(1, collection);
   return count.Step() == SQLITE_ROW ? count.Int(0) : 0;
 }
 
 absl::StatusOr<int64_t> DocumentStore::ChunkCount(
     absl::string_view collection) {
-  std::lock_guard lock(mu_);
-  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
-  Statement count(db_, "SELECT count(*) FROM chunks WHERE collection = ?");
+  ReadLease lease(*this);
+  if (absl::Status s = RequireCollectionIn(lease.reader(), collection); !s.ok())
+    return s;
+  Statement count(lease.reader(),
+                  "SELECT count(*) FROM chunks WHERE collection = ?");
   count.Bind(1, collection);
   return count.Step() == SQLITE_ROW ? count.Int(0) : 0;
 }
 
 absl::StatusOr<int64_t> DocumentStore::LastChange() {
-  std::lock_guard lock(mu_);
-  Statement select(db_, "SELECT coalesce(max(seq), 0) FROM changes");
+  ReadLease lease(*this);
+  Statement select(lease.reader(), "SELECT coalesce(max(seq), 0) FROM changes");
   return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
 }
 
 absl::StatusOr<StorePosition> DocumentStore::Position() {
-  std::lock_guard lock(mu_);
+  ReadLease lease(*this);
   // AUTOINCREMENT counters never go back, even when the last row is deleted.
-  Statement select(db_,
+  Statement select(lease.reader(),
                    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE "
                    "name = 'removed_chunks'), 0), coalesce((SELECT seq FROM "
                    "sqlite_sequence WHERE name = 'chunks'), 0)");
@@ -435,10 +589,11 @@ StoredChunk ReadChunk(Statement& select) {
 
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
     absl::string_view collection, absl::string_view doc_id) {
-  std::lock_guard lock(mu_);
-  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  ReadLease lease(*this);
+  if (absl::Status s = RequireCollectionIn(lease.reader(), collection); !s.ok())
+    return s;
   Statement select(
-      db_,
+      lease.reader(),
       "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
       "FROM chunks c JOIN documents d ON d.collection = "
       "c.collection AND d.id = c.doc_id "
@@ -452,9 +607,9 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
 
 absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
     absl::string_view collection, StorePosition since) {
-  std::lock_guard lock(mu_);
+  ReadLease lease(*this);
   StoreChanges changes;
-  Statement removed(db_,
+  Statement removed(lease.reader(),
                     "SELECT chunk_id FROM removed_chunks WHERE seq > ? AND "
                     "collection = ? ORDER BY seq");
   removed.Bind(1, since.removal).Bind(2, collection);
@@ -464,7 +619,7 @@ absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
   // `+c.collection` keeps SQLite on the id range: through chunks_by_doc it
   // would scan the whole collection on every catch-up.
   Statement added(
-      db_,
+      lease.reader(),
       "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
       "FROM chunks c JOIN documents d ON d.collection = "
       "c.collection AND d.id = c.doc_id "
@@ -476,10 +631,10 @@ absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
 
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
     const std::vector<int64_t>& ids) {
-  std::lock_guard lock(mu_);
+  ReadLease lease(*this);
   std::vector<StoredChunk> chunks;
   // One statement for all ids: preparing it costs more than a lookup.
-  Statement select(db_,
+  Statement select(lease.reader(),
                    "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, "
                    "d.title FROM chunks c JOIN documents d ON d.collection "
                    "= c.collection AND d.id = c.doc_id WHERE c.id = ?");
@@ -532,16 +687,17 @@ absl::StatusOr<std::string> FilterClause(
 
 absl::StatusOr<std::vector<int64_t>> DocumentStore::ChunkIdsMatching(
     absl::string_view collection, const std::vector<MetadataFilter>& filters) {
-  std::lock_guard lock(mu_);
-  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  ReadLease lease(*this);
+  if (absl::Status s = RequireCollectionIn(lease.reader(), collection); !s.ok())
+    return s;
   std::vector<std::string> params;
-  auto clause = FilterClause(db_, filters, params);
+  auto clause = FilterClause(lease.db(), filters, params);
   if (!clause.ok()) return clause.status();
   std::string sql = absl::StrCat(
       "SELECT c.id FROM chunks c JOIN documents d ON d.collection = "
       "c.collection AND d.id = c.doc_id WHERE c.collection = ?",
       *clause, " ORDER BY c.id");
-  Statement select(db_, sql.c_str());
+  Statement select(lease.reader(), sql);
   if (absl::Status s = select.status(); !s.ok()) return s;
   select.Bind(1, collection);
   for (size_t i = 0; i < params.size(); ++i) {
@@ -552,48 +708,155 @@ absl::StatusOr<std::vector<int64_t>> DocumentStore::ChunkIdsMatching(
   return ids;
 }
 
+namespace {
+
+// How long a word's chunk count is trusted: counts only steer the budget.
+constexpr int64_t kTermCountTtlNs = 5'000'000'000;
+constexpr size_t kMaxCachedTermCounts = 100'000;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The query's words, each once; stop words only when nothing else is left.
+std::vector<std::string> DistinctWords(absl::string_view query) {
+  std::vector<std::string> all = Words(query);
+  std::vector<std::string> words;
+  for (bool keep_stop_words : {false, true}) {
+    for (const std::string& word : all) {
+      if ((keep_stop_words || !IsStopWord(word)) &&
+          std::find(words.begin(), words.end(), word) == words.end()) {
+        words.push_back(word);
+      }
+    }
+    if (!words.empty()) break;
+  }
+  return words;
+}
+
+}  // namespace
+
+int64_t DocumentStore::ChunksContaining(SqliteReader& reader,
+                                        const std::string& term) {
+  const int64_t now = NowNs();
+  {
+    std::lock_guard lock(counts_mu_);
+    auto it = term_counts_.find(term);
+    if (it != term_counts_.end() && it->second.expires_ns > now) {
+      return it->second.chunks;
+    }
+  }
+  int64_t chunks = 0;
+  if (term.empty()) {
+    // Of every collection, from the id range: deleted ids make it larger,
+    // which only costs counting the words.
+    Statement select(reader,
+                     "SELECT coalesce((SELECT max(id) FROM chunks) - "
+                     "(SELECT min(id) FROM chunks) + 1, 0)");
+    if (select.Step() == SQLITE_ROW) chunks = select.Int(0);
+  } else {
+    Statement select(reader, "SELECT doc FROM chunks_fts_vocab WHERE term = ?");
+    select.Bind(1, term);
+    if (select.Step() == SQLITE_ROW) chunks = select.Int(0);
+  }
+  std::lock_guard lock(counts_mu_);
+  if (term_counts_.size() >= kMaxCachedTermCounts) term_counts_.clear();
+  term_counts_[term] = {chunks, now + kTermCountTtlNs};
+  return chunks;
+}
+
+std::vector<std::string> DocumentStore::TermsWithinBudget(
+    SqliteReader& reader, absl::string_view query) {
+  std::vector<std::string> words = DistinctWords(query);
+  if (options_.keyword_match_budget == 0 || words.size() == 1) return words;
+  // No query can match more chunks than the store holds: below the budget,
+  // skip counting (it reads each word's whole list of chunks).
+  if (ChunksContaining(reader, "") <= options_.keyword_match_budget) {
+    return words;
+  }
+  std::vector<std::pair<int64_t, std::string>> counted;
+  for (std::string& word : words) {
+    counted.emplace_back(ChunksContaining(reader, word), std::move(word));
+  }
+  std::stable_sort(
+      counted.begin(), counted.end(),
+      [](const auto& a, const auto& b) { return a.first < b.first; });
+  // Rarest first: BM25 weighs rare words most, so the words left out are
+  // the ones that change the ranking least. A word no chunk holds costs
+  // nothing; the rarest word that some chunk holds is always kept.
+  std::vector<std::string> kept;
+  int64_t matches = 0;
+  for (auto& [count, word] : counted) {
+    if (matches > 0 && matches + count > options_.keyword_match_budget) break;
+    matches += count;
+    kept.push_back(std::move(word));
+  }
+  return kept;
+}
+
+std::vector<std::string> DocumentStore::KeywordTerms(absl::string_view query) {
+  ReadLease lease(*this);
+  return TermsWithinBudget(lease.reader(), query);
+}
+
 absl::StatusOr<std::vector<KeywordHit>> DocumentStore::KeywordSearch(
     absl::string_view collection, absl::string_view query, int k,
     const std::vector<MetadataFilter>& filters) {
-  std::lock_guard lock(mu_);
   if (k < 1) return absl::InvalidArgumentError("k: must be >= 1");
-  std::vector<std::string> words = Words(query);
-  if (words.empty()) {
+  if (Words(query).empty()) {
     return absl::InvalidArgumentError("query: has no words to search for");
   }
-  if (absl::Status s = RequireCollection(collection); !s.ok()) return s;
+  ReadLease lease(*this);
+  if (absl::Status s = RequireCollectionIn(lease.reader(), collection);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<std::string> params;
+  auto clause = FilterClause(lease.db(), filters, params);
+  if (!clause.ok()) return clause.status();
   // Quoted words joined by OR: user text never reaches FTS5's query syntax.
   std::vector<std::string> terms;
-  for (const std::string& word : words)
+  for (const std::string& word : TermsWithinBudget(lease.reader(), query)) {
     terms.push_back(absl::StrCat("\"", word, "\""));
-  std::vector<std::string> params;
-  auto clause = FilterClause(db_, filters, params);
-  if (!clause.ok()) return clause.status();
-  std::string sql = absl::StrCat(
-      "SELECT c.id, c.doc_id, c.position, c.text, "
-      "bm25(chunks_fts) AS rank, d.title FROM chunks_fts "
-      "JOIN chunks c ON c.id = chunks_fts.rowid "
-      "JOIN documents d ON d.collection = c.collection AND "
-      "d.id = c.doc_id "
-      "WHERE chunks_fts MATCH ? AND c.collection = ?",
-      *clause, " ORDER BY rank LIMIT ?");
-  Statement select(db_, sql.c_str());
-  if (absl::Status s = select.status(); !s.ok()) return s;
-  select.Bind(1, absl::StrJoin(terms, " OR ")).Bind(2, collection);
-  for (size_t i = 0; i < params.size(); ++i) {
-    select.Bind(static_cast<int>(i + 3), params[i]);
   }
-  select.Bind(static_cast<int>(params.size() + 3), static_cast<int64_t>(k));
+  const std::string match = absl::StrJoin(terms, " OR ");
+  // FTS5 ranks its matches alone, and only the best are joined to their
+  // chunks: reading a chunk row costs more than scoring it. The first pass
+  // fetches a few more than k for other collections and filters to drop;
+  // if too few remain, the second ranks every match.
+  const std::string sql = absl::StrCat(
+      "SELECT c.id, c.doc_id, c.position, c.text, f.score, d.title FROM "
+      "(SELECT rowid AS id, bm25(chunks_fts) AS score FROM chunks_fts "
+      "WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?) f "
+      "JOIN chunks c ON c.id = f.id "
+      "JOIN documents d ON d.collection = c.collection AND d.id = c.doc_id "
+      "WHERE c.collection = ?",
+      *clause, " ORDER BY f.score LIMIT ?");
+  const int64_t first_fetch =
+      filters.empty() ? 2 * int64_t{k} + 16 : 8 * int64_t{k} + 64;
   std::vector<KeywordHit> hits;
-  int rc;
-  while ((rc = select.Step()) == SQLITE_ROW) {
-    // FTS5's bm25() is lower-is-better; flip it so higher is better.
-    hits.push_back({select.Int(0), select.Text(1), select.Text(5),
-                    static_cast<int>(select.Int(2)), select.Text(3),
-                    -select.Double(4)});
-  }
-  if (rc != SQLITE_DONE) {
-    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  for (int64_t fetch : {first_fetch, int64_t{-1}}) {
+    Statement select(lease.reader(), sql);
+    if (absl::Status s = select.status(); !s.ok()) return s;
+    select.Bind(1, match).Bind(2, fetch).Bind(3, collection);
+    int slot = 4;
+    for (const std::string& param : params) select.Bind(slot++, param);
+    select.Bind(slot, static_cast<int64_t>(k));
+    hits.clear();
+    int rc;
+    while ((rc = select.Step()) == SQLITE_ROW) {
+      // FTS5's bm25() is lower-is-better; flip it so higher is better.
+      hits.push_back({select.Int(0), select.Text(1), select.Text(5),
+                      static_cast<int>(select.Int(2)), select.Text(3),
+                      -select.Double(4)});
+    }
+    if (rc != SQLITE_DONE) {
+      return absl::InternalError(
+          absl::StrCat("sqlite: ", sqlite3_errmsg(lease.db())));
+    }
+    if (static_cast<int>(hits.size()) == k) break;
   }
   return hits;
 }

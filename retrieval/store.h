@@ -1,17 +1,21 @@
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 struct sqlite3;
 
 namespace arbiter::retrieval {
+
+struct SqliteReader;  // A connection and its prepared reads (store.cc).
 
 // A document as stored: its chunks and their embeddings come with it, so a
 // write is one transaction and never half-applied.
@@ -68,12 +72,26 @@ struct MetadataFilter {
 // (WAL mode, synchronous commits: a write returns only once it is durable).
 // Keyword search is SQLite's FTS5 with BM25 ranking. Every change is
 // numbered, so a derived index can say which position it covers.
-// Thread-safe: one connection; each call holds it for its whole work.
+// Thread-safe: writes share one connection and run one at a time; reads of
+// a file store run on a pool of read-only connections beside them (WAL lets
+// each see the last commit), so searches use every core.
 class DocumentStore final {
  public:
+  struct Options {
+    // Keyword search scores every chunk its words match (FTS5 has no early
+    // cut), so a query's cost grows with its words' document frequencies.
+    // Above this many matches, its commonest words (the lowest BM25 weight)
+    // are left out until the rest fit. 0: always exact.
+    int64_t keyword_match_budget = 20'000;
+  };
+
   // Opens or creates the database at `path` (":memory:" for a private one).
   static absl::StatusOr<std::unique_ptr<DocumentStore>> Open(
-      const std::string& path);
+      const std::string& path, Options options);
+  static absl::StatusOr<std::unique_ptr<DocumentStore>> Open(
+      const std::string& path) {
+    return Open(path, Options());
+  }
   ~DocumentStore();
 
   DocumentStore(const DocumentStore&) = delete;
@@ -117,9 +135,11 @@ class DocumentStore final {
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunksById(
       const std::vector<int64_t>& ids);
 
-  // BM25 over the collection's chunks; any query word may match. Only
-  // chunks of documents passing every filter are returned. INVALID_ARGUMENT
-  // names a malformed filter key or value.
+  // BM25 over the collection's chunks; any query word may match. Stop words
+  // are left out when other words remain, and the commonest words when the
+  // rest exceed the keyword match budget. Only chunks of documents passing
+  // every filter are returned. INVALID_ARGUMENT names a malformed filter key
+  // or value.
   [[nodiscard]] absl::StatusOr<std::vector<KeywordHit>> KeywordSearch(
       absl::string_view collection, absl::string_view query, int k,
       const std::vector<MetadataFilter>& filters = {});
@@ -127,14 +147,41 @@ class DocumentStore final {
   [[nodiscard]] absl::StatusOr<std::vector<int64_t>> ChunkIdsMatching(
       absl::string_view collection, const std::vector<MetadataFilter>& filters);
 
- private:
-  explicit DocumentStore(sqlite3* db) : db_(db) {}
-  absl::Status RequireCollection(absl::string_view collection);
+  // The words KeywordSearch looks for in `query`, rarest first.
+  [[nodiscard]] std::vector<std::string> KeywordTerms(absl::string_view query);
 
-  // One connection: a transaction must not take in another thread's
-  // statements, and a reader must not see a write half done.
+ private:
+  class ReadLease;
+  struct CachedCount {
+    int64_t chunks = 0;
+    int64_t expires_ns = 0;
+  };
+
+  DocumentStore(sqlite3* db, std::string reader_path, Options options);
+  absl::Status RequireCollection(absl::string_view collection);
+  // How many chunks (of any collection) contain `term`, cached briefly;
+  // for "", an upper bound on all chunks.
+  int64_t ChunksContaining(SqliteReader& reader, const std::string& term);
+  // Query words without stop words, most specific first, within the budget.
+  std::vector<std::string> TermsWithinBudget(SqliteReader& reader,
+                                             absl::string_view query);
+
+  const Options options_;
+  // One write connection: a transaction must not take in another thread's
+  // statements.
   std::mutex mu_;
   sqlite3* const db_;  // Owned.
+  // db_'s prepared reads, used under mu_ when there is no reader pool.
+  std::unique_ptr<SqliteReader> writer_reads_;
+  // Empty for a private in-memory database, which other connections cannot
+  // open: its reads share db_.
+  const std::string reader_path_;
+  std::mutex readers_mu_;
+  std::condition_variable reader_free_;
+  std::vector<std::unique_ptr<SqliteReader>> idle_readers_;
+  int open_readers_ = 0;
+  std::mutex counts_mu_;
+  absl::flat_hash_map<std::string, CachedCount> term_counts_;
 };
 
 // Reciprocal rank fusion: each list votes 1 / (k + rank) for its items

@@ -1,7 +1,10 @@
 // Run under TSan (make test-tsan): searches while documents are written and
 // deleted.
 
+#include <unistd.h>
+
 #include <atomic>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -12,9 +15,35 @@
 namespace arbiter::retrieval {
 namespace {
 
-TEST(CollectionConcurrencyTest, SearchesWhileIngestingAndDeleting) {
-  auto store = DocumentStore::Open(":memory:");
-  ASSERT_TRUE(store.ok());
+// A private in-memory store shares its one connection; a file store reads
+// on a pool of connections beside the writer's.
+class CollectionConcurrencyTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (GetParam()) {
+      dir_ = std::filesystem::temp_directory_path() /
+             absl::StrCat("arbiter-concurrency-", getpid());
+      std::filesystem::create_directories(dir_);
+    }
+  }
+  void TearDown() override {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  std::string StorePath() const {
+    return dir_.empty() ? ":memory:" : (dir_ / "store.db").string();
+  }
+
+  std::filesystem::path dir_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Stores, CollectionConcurrencyTest, ::testing::Bool(),
+                         [](const auto& info) {
+                           return info.param ? "file" : "memory";
+                         });
+
+TEST_P(CollectionConcurrencyTest, SearchesWhileIngestingAndDeleting) {
+  auto store = DocumentStore::Open(StorePath());
+  ASSERT_TRUE(store.ok()) << store.status();
   auto collection = Collection::Open(**store, "kb", {50, 10}, 64);
   ASSERT_TRUE(collection.ok());
   for (int i = 0; i < 20; ++i) {
@@ -39,7 +68,8 @@ TEST(CollectionConcurrencyTest, SearchesWhileIngestingAndDeleting) {
     writing = false;
   });
   std::vector<std::thread> readers;
-  for (SearchMode mode : {SearchMode::kHybrid, SearchMode::kVector}) {
+  for (SearchMode mode :
+       {SearchMode::kHybrid, SearchMode::kVector, SearchMode::kKeyword}) {
     readers.emplace_back([&, mode] {
       while (writing) {
         auto hits = (*collection)->Search("passwords note", 5, mode);

@@ -4,8 +4,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -95,6 +98,152 @@ TEST_F(StoreTest, KeywordSearchRanksByBm25) {
   // FTS5 operators in user text are just words.
   auto odd = store_->KeywordSearch("help", "NEAR( password OR \"AND* )", 3);
   EXPECT_TRUE(odd.ok()) << odd.status();
+}
+
+TEST_F(StoreTest, KeywordSearchLeavesOutStopWordsUnlessOnlyTheyAreLeft) {
+  ASSERT_TRUE(
+      store_->Upsert("help", Doc("reset", {"Reset the password."})).ok());
+  ASSERT_TRUE(
+      store_->Upsert("help", Doc("chatter", {"How do I do what I do?"})).ok());
+  EXPECT_THAT(store_->KeywordTerms("How do I reset my password?"),
+              ::testing::UnorderedElementsAre("reset", "password"));
+  auto hits = store_->KeywordSearch("help", "How do I reset my password?", 5);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u) << "a chunk matching only stop words came back";
+  EXPECT_EQ((*hits)[0].doc_id, "reset");
+  // A query of nothing but stop words still searches for them.
+  hits = store_->KeywordSearch("help", "how do I", 5);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_EQ((*hits)[0].doc_id, "chatter");
+}
+
+// Above the match budget, the commonest words are left out, rarest kept;
+// without a budget every word counts.
+TEST_F(StoreTest, KeywordBudgetLeavesOutTheCommonestWords) {
+  store_.reset();
+  for (int64_t budget : {int64_t{12}, int64_t{0}}) {
+    SCOPED_TRACE(absl::StrCat("budget ", budget));
+    std::filesystem::remove(path_);
+    DocumentStore::Options options;
+    options.keyword_match_budget = budget;
+    auto store = DocumentStore::Open(path_, options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->CreateCollection("help").ok());
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE((*store)
+                      ->Upsert("help", Doc(absl::StrCat("common-", i),
+                                           {"widget widget widget setup"}))
+                      .ok());
+    }
+    ASSERT_TRUE((*store)
+                    ->Upsert("help", Doc("rare", {"invoice widget", "setup"}))
+                    .ok());
+    // More chunks than the budget: below it, words are not even counted.
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE((*store)
+                      ->Upsert("help", Doc(absl::StrCat("filler-", i),
+                                           {"unrelated filler"}))
+                      .ok());
+    }
+    auto hits = (*store)->KeywordSearch("help", "widget invoice", 20);
+    ASSERT_TRUE(hits.ok()) << hits.status();
+    if (budget > 0) {
+      // "widget" (11 chunks) + "invoice" (1) would be 12; "setup" too is
+      // left out of the three-word query.
+      EXPECT_THAT((*store)->KeywordTerms("widget invoice setup"),
+                  ElementsAre("invoice", "widget"));
+      // "setup" is as common as "widget": the query's order breaks the tie.
+      EXPECT_THAT((*store)->KeywordTerms("setup widget invoice"),
+                  ElementsAre("invoice", "setup"));
+      EXPECT_EQ(hits->size(), 11u);
+      hits = (*store)->KeywordSearch("help", "widget invoice setup", 20);
+      ASSERT_TRUE(hits.ok());
+      EXPECT_EQ(hits->size(), 11u) << "the chunk holding only \"setup\"";
+    } else {
+      EXPECT_EQ((*store)->KeywordTerms("widget invoice setup").size(), 3u);
+      hits = (*store)->KeywordSearch("help", "widget invoice setup", 20);
+      ASSERT_TRUE(hits.ok());
+      EXPECT_EQ(hits->size(), 12u);
+    }
+    EXPECT_EQ((*hits)[0].doc_id, "rare");
+  }
+  DocumentStore::Options bad;
+  bad.keyword_match_budget = -1;
+  EXPECT_THAT(DocumentStore::Open(path_, bad).status().message(),
+              HasSubstr("keyword_match_budget"));
+}
+
+// The best matches of the whole store may all belong to other collections
+// or fail the filter: k matching chunks still come back.
+TEST_F(StoreTest, KeywordSearchFindsKBehindOtherCollectionsAndFilters) {
+  ASSERT_TRUE(store_->CreateCollection("other").ok());
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE(store_
+                    ->Upsert("other", Doc(absl::StrCat("o", i),
+                                          {"password password password"}))
+                    .ok());
+    ASSERT_TRUE(store_
+                    ->Upsert("help", Doc(absl::StrCat("h", i),
+                                         {"password password once more"},
+                                         R"({"team": "sync"})"))
+                    .ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(store_
+                    ->Upsert("help", Doc(absl::StrCat("billing-", i),
+                                         {"a password among many other words "
+                                          "about invoices and plans"},
+                                         R"({"team": "billing"})"))
+                    .ok());
+  }
+  auto hits = store_->KeywordSearch("help", "password", 5);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 5u);
+  for (const KeywordHit& hit : *hits) EXPECT_EQ(hit.doc_id[0], 'h');
+  hits =
+      store_->KeywordSearch("help", "password", 5, {{"team", {"\"billing\""}}});
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 3u);
+  for (const KeywordHit& hit : *hits) {
+    EXPECT_TRUE(absl::StartsWith(hit.doc_id, "billing-")) << hit.doc_id;
+  }
+}
+
+// Reads run on their own connections beside the writer: each sees every
+// write acknowledged before it started, and none fails.
+TEST_F(StoreTest, ReadsRunBesideWritesAndSeeEachAcknowledgedOne) {
+  std::atomic<int> acknowledged{0};
+  std::atomic<bool> writing{true};
+  std::atomic<int> failures{0};
+  std::thread writer([&] {
+    for (int i = 0; i < 100; ++i) {
+      if (!store_->Upsert("help", Doc(absl::StrCat("d", i), {"shared words"}))
+               .ok()) {
+        ++failures;
+      }
+      acknowledged = i + 1;
+    }
+    writing = false;
+  });
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&] {
+      while (writing) {
+        const int before = acknowledged.load();
+        auto hits = store_->KeywordSearch("help", "shared", 1000);
+        auto count = store_->ChunkCount("help");
+        if (!hits.ok() || !count.ok() ||
+            static_cast<int>(hits->size()) < before || *count < before) {
+          ++failures;
+        }
+      }
+    });
+  }
+  writer.join();
+  for (std::thread& reader : readers) reader.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(store_->KeywordSearch("help", "shared", 1000)->size(), 100u);
 }
 
 TEST_F(StoreTest, DeleteAndDeleteWhereRemoveEverything) {
