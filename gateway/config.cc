@@ -526,6 +526,9 @@ class Validator {
 
   void CheckRetrieval() {
     const v1::RetrievalSettings& retrieval = config_.retrieval();
+    if (retrieval.keyword_match_budget() < 0) {
+      Error("retrieval.keyword_match_budget", "must be >= 0 (0: no budget)");
+    }
     if (retrieval.chunk_tokens() < 0) {
       Error("retrieval.chunk_tokens", "must be >= 0");
     }

@@ -159,10 +159,16 @@ absl::Status Gateway::Init() {
   }
   // Collections live in the store even without a corpus: the Retrieval
   // service can fill them.
-  auto store =
-      retrieval::DocumentStore::Open(config.retrieval().store_path().empty()
-                                         ? ":memory:"
-                                         : config.retrieval().store_path());
+  retrieval::DocumentStore::Options store_options;
+  if (config.retrieval().has_keyword_match_budget()) {
+    store_options.keyword_match_budget =
+        config.retrieval().keyword_match_budget();
+  }
+  auto store = retrieval::DocumentStore::Open(
+      config.retrieval().store_path().empty()
+          ? ":memory:"
+          : config.retrieval().store_path(),
+      store_options);
   if (!store.ok()) return store.status();
   store_ = *std::move(store);
   if (const v1::EmbeddingServer& server = config.retrieval().embedding_server();

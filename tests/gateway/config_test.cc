@@ -231,7 +231,10 @@ TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
       "corpus_dir: corpus\n"
       "  index: {kind: annoy, hnsw_m: 1, rebuild_tombstone_share: 2}\n"
       "  collection_index: {tenant-a: {kind: hnsw, ivf_nprobe: -1}}\n"
-      "  embedding_server: {url: \"localhost:8080\", max_retries: 11}"));
+      "  embedding_server: {url: \"localhost:8080\", max_retries: 11}\n"
+      "  keyword_match_budget: -5"));
+  EXPECT_THAT(errors, Contains("retrieval.keyword_match_budget: must be >= 0 "
+                               "(0: no budget)"));
   EXPECT_THAT(errors,
               Contains(HasSubstr(
                   "retrieval.index.kind: unknown index kind \"annoy\"")));
