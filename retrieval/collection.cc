@@ -20,6 +20,12 @@ std::string EmbeddingText(absl::string_view title, absl::string_view text) {
   return absl::StrCat(title, "\n", text);
 }
 
+// A rebuild catches up with the writes made during it in rounds that let
+// writers go on; the last round, at most this many changes (or whatever is
+// left after the last of the rounds), holds them off.
+constexpr size_t kCatchUpUnderLock = 256;
+constexpr int kMaxCatchUpRounds = 8;
+
 std::string Describe(StorePosition position) {
   return absl::StrCat("removal ", position.removal, ", chunk ", position.chunk);
 }
@@ -262,7 +268,23 @@ absl::Status Collection::Rebuild() {
   auto index = VectorIndex::Build(dim, options_.index, ids, matrix);
   if (!index.ok()) return index.status();
   matrix = {};
-  // Writes went on meanwhile: catch up with them, then swap.
+  // Writes went on meanwhile: catch up with them while writers go on, until
+  // what is left is small; only that last batch holds writers off. Changes
+  // committed between a round's Position and its ChangesSince are applied
+  // again by the next round, which is harmless: a re-added id replaces its
+  // row, a removed one is already gone.
+  for (int round = 0; round < kMaxCatchUpRounds; ++round) {
+    auto pending = Gather(position, embedder.get(), false);
+    if (!pending.ok()) return pending.status();
+    const size_t changes = pending->removed.size() + pending->ids.size();
+    (*index)->Remove(pending->removed);
+    if (absl::Status s = (*index)->Add(pending->ids, pending->vectors);
+        !s.ok()) {
+      return s;
+    }
+    position = pending->position;
+    if (changes <= kCatchUpUnderLock) break;
+  }
   std::lock_guard write_lock(write_mu_);
   auto pending = Gather(position, embedder.get(), false);
   if (!pending.ok()) return pending.status();
