@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "retrieval/index_search.h"
 #include "retrieval/inner_product.h"
+#include "retrieval/simd_flat.h"
 
 namespace arbiter::retrieval {
 namespace {
@@ -133,7 +134,12 @@ IndexKind ChooseIndexKind(int64_t vectors, int dim,
 
 VectorIndex::VectorIndex(IndexKind kind, int dim, IndexOptions options,
                          std::unique_ptr<faiss::Index> index)
-    : kind_(kind), dim_(dim), options_(options), index_(std::move(index)) {}
+    : kind_(kind), dim_(dim), options_(options), index_(std::move(index)) {
+  // Graph builds and additions compute distances with our SIMD loops.
+  if (auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
+    UseSimdDistances(*hnsw);
+  }
+}
 
 VectorIndex::~VectorIndex() = default;
 
