@@ -7,7 +7,13 @@
 //
 //   ./build/bench/index_bench [--n 1000000] [--dim 128] [--queries 1000]
 //       [--m 32] [--ef-construction 80] [--nlist 0] [--pq-m 0]
-//       [--only hnsw,filter,ivf_flat,ivf_pq,flat] [--quick] [--verbose]
+//       [--pq-refine 10] [--only hnsw,filter,ivf_flat,ivf_pq,flat] [--quick]
+//       [--verbose]
+//
+// --pq-refine lists IVF-PQ re-ranking factors (IndexOptions::
+// pq_refine_factor; default the library's): one arbiter index is built for
+// each, and FAISS's IndexRefineFlat (full float vectors) re-ranks with the
+// first as the reference.
 //
 // Builds use --threads threads (2 by default): hnswlib through a ParallelFor
 // of addPoint over std::threads, FAISS through OpenMP. arbiter's Build uses
@@ -18,6 +24,7 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexRefine.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
@@ -73,6 +80,8 @@ struct Options {
   int ef_construction = 80;
   int nlist = 0;  // 0: 4 * sqrt(n), capped at n / 39 as VectorIndex caps it.
   int pq_m = 0;   // 0: VectorIndex's default (largest divisor <= dim / 4).
+  // IVF-PQ re-ranking factors, one arbiter index each.
+  std::vector<int> pq_refine = {kDefaultPqRefineFactor};
   int clusters = 1000;
   double spread = 1.0;  // Noise norm around a (unit) cluster centre.
   double decay = 0.5;   // Noise std of coordinate j is ∝ (j + 1)^-decay.
@@ -509,7 +518,7 @@ struct Report {
 // Reads arbiter's FAISS index back out of its image, to search the very same
 // graph (or lists) bare. Layout, as VectorIndex::Serialize writes it: magic
 // (8), kind (i32), dim (i32), IndexOptions, rows (i64), rows × i64 ids, FAISS
-// length (i64), FAISS bytes.
+// length (i64), FAISS bytes, then IVF-PQ's re-ranking copy.
 class ViewReader final : public faiss::IOReader {
  public:
   explicit ViewReader(absl::string_view bytes) : rest_(bytes) {}
@@ -539,11 +548,11 @@ std::unique_ptr<faiss::Index> FaissIndexOf(const VectorIndex& index) {
   if (image->size() < offset + 8) return nullptr;
   std::memcpy(&length, image->data() + offset, 8);
   offset += 8;
-  if (image->size() != offset + static_cast<size_t>(length)) {
+  if (length < 0 || image->size() < offset + static_cast<size_t>(length)) {
     Log("arbiter's index image has an unexpected layout");
     return nullptr;
   }
-  ViewReader reader(absl::string_view(*image).substr(offset));
+  ViewReader reader(absl::string_view(*image).substr(offset, length));
   try {
     return std::unique_ptr<faiss::Index>(faiss::read_index(&reader));
   } catch (const std::exception& e) {
@@ -1070,36 +1079,93 @@ void IvfGroup(const Dataset& data, const Options& options, bool pq,
   bare.run = BareRun<faiss::SearchParametersIVF>(*faiss_index, data, data.nq, k,
                                                  nullptr, ivf_params);
 
-  Contender arb =
-      NewContender(name, "arbiter VectorIndex", "nprobe", data.nq, &truth);
-  arb.bare = &bare;
-  IndexOptions index_options;
-  index_options.kind = pq ? IndexKind::kIvfPq : IndexKind::kIvfFlat;
-  index_options.ivf_nlist = static_cast<int>(nlist);
-  index_options.pq_m = pq_m;
-  std::unique_ptr<VectorIndex> arbiter_index =
-      BuildArbiter(data, index_options, arb);
-  if (arbiter_index == nullptr) return;
-  ArbiterChecks checks;
-  arb.run = ArbiterRun(
-      *arbiter_index, data, data.nq, k, nullptr, [](int64_t) { return true; },
-      pq, &checks);
-  std::unique_ptr<faiss::Index> same = FaissIndexOf(*arbiter_index);
-  // IVF-Flat is searched by arbiter's own loop, IVF-PQ by FAISS: the bare
-  // search of the same lists is that loop, or FAISS.
+  // FAISS's own re-ranking against the full float vectors, on the bare
+  // index: the reference for arbiter's 8-bit re-ranking. IndexRefine takes
+  // no search parameters in 1.7.3, so the base index's nprobe is set.
+  const int refine_factor = options.pq_refine.front();
+  Contender refine_flat = NewContender(
+      name,
+      absl::StrFormat("FAISS IndexRefineFlat (IndexIVFPQ %d×8 bits, k_factor "
+                      "%d, float vectors)",
+                      pq_m, refine_factor),
+      "nprobe", data.nq, &truth);
+  std::unique_ptr<faiss::IndexRefineFlat> faiss_refine;
+  if (pq && refine_factor > 1) {
+    const int64_t rss = RssBaseline();
+    const Clock::time_point t = Clock::now();
+    faiss_refine = std::make_unique<faiss::IndexRefineFlat>(faiss_index.get(),
+                                                            data.base.data());
+    faiss_refine->k_factor = static_cast<float>(refine_factor);
+    // Building the bare index plus copying the vectors.
+    refine_flat.build_s = bare.build_s + SecondsSince(t);
+    refine_flat.rss_delta = bare.rss_delta + RssBytes() - rss;
+    refine_flat.memory = bare.memory + data.n * data.dim * 4;
+    refine_flat.run = [&](int nprobe, int64_t* out, bool) {
+      faiss_index->nprobe = nprobe;
+      std::vector<float> scores(k);
+      std::vector<faiss_idx> labels(k);
+      for (int q = 0; q < data.nq; ++q) {
+        faiss_refine->search(1, data.query(q), k, scores.data(), labels.data());
+        for (int j = 0; j < k; ++j) {
+          out[static_cast<size_t>(q) * k + j] =
+              labels[j] < 0 ? -1 : data.ids[labels[j]];
+        }
+      }
+    };
+  }
+
+  // arbiter: one index per re-ranking factor for IVF-PQ.
+  const std::vector<int> factors = pq ? options.pq_refine : std::vector<int>{0};
+  std::vector<Contender> arbs;
+  std::vector<std::unique_ptr<VectorIndex>> arbiter_indexes;
+  arbs.reserve(factors.size());
+  for (int factor : factors) {
+    Contender& arb = arbs.emplace_back(NewContender(
+        name,
+        pq ? (factor > 1
+                  ? absl::StrFormat(
+                        "arbiter VectorIndex (re-ranks %d×k on 8-bit codes)",
+                        factor)
+                  : "arbiter VectorIndex (no re-ranking)")
+           : "arbiter VectorIndex",
+        "nprobe", data.nq, &truth));
+    arb.bare =
+        pq && factor > 1 && faiss_refine != nullptr ? &refine_flat : &bare;
+    IndexOptions index_options;
+    index_options.kind = pq ? IndexKind::kIvfPq : IndexKind::kIvfFlat;
+    index_options.ivf_nlist = static_cast<int>(nlist);
+    index_options.pq_m = pq_m;
+    index_options.pq_refine_factor = factor;
+    std::unique_ptr<VectorIndex> index = BuildArbiter(data, index_options, arb);
+    if (index == nullptr) return;
+    arbiter_indexes.push_back(std::move(index));
+  }
+  std::vector<std::unique_ptr<ArbiterChecks>> checks;
+  for (size_t i = 0; i < arbs.size(); ++i) {
+    checks.push_back(std::make_unique<ArbiterChecks>());
+    arbs[i].run = ArbiterRun(
+        *arbiter_indexes[i], data, data.nq, k, nullptr,
+        [](int64_t) { return true; }, pq, checks.back().get());
+  }
+  std::unique_ptr<faiss::Index> same = FaissIndexOf(*arbiter_indexes.front());
+  // IVF-Flat is searched by arbiter's own loop, IVF-PQ by FAISS (then
+  // re-ranked): the bare search of the same lists is that loop, or FAISS
+  // without re-ranking.
   Contender same_lists =
       pq ? NewContender(name, bare.impl, "nprobe", data.nq, &truth,
-                        "arbiter's lists, bare")
+                        "arbiter's lists, bare, no re-ranking")
          : NewContender(name, "arbiter SearchIvfFlat", "nprobe", data.nq,
                         &truth, "arbiter's lists, bare: no id map, no filter");
   Contender faiss_lists = NewContender(name, bare.impl, "nprobe", data.nq,
                                        &truth, "arbiter's lists");
-  std::vector<Contender*> group = {&bare, &arb};
+  std::vector<Contender*> group = {&bare};
+  if (faiss_refine != nullptr) group.push_back(&refine_flat);
+  for (Contender& arb : arbs) group.push_back(&arb);
   if (same != nullptr) {
     same_lists.run = pq ? BareRun<faiss::SearchParametersIVF>(
                               *same, data, data.nq, k, nullptr, ivf_params)
                         : CoreRun(*same, data, data.nq, k, nullptr);
-    arb.same_index = &same_lists;
+    for (Contender& arb : arbs) arb.same_index = &same_lists;
     group.push_back(&same_lists);
     if (!pq) {
       faiss_lists.run = BareRun<faiss::SearchParametersIVF>(
@@ -1110,7 +1176,24 @@ void IvfGroup(const Dataset& data, const Options& options, bool pq,
   Log(absl::StrCat(name, " sweep (recall/QPS), nlist ", nlist));
   Sweep(group, settings, options);
   for (const Contender* c : group) report.Add(*c, options);
-  NoteChecks(absl::StrCat("arbiter ", name), checks, report);
+  for (size_t i = 0; i < arbs.size(); ++i) {
+    NoteChecks(pq ? absl::StrCat("arbiter ", name, " (re-ranking factor ",
+                                 factors[i], ")")
+                  : absl::StrCat("arbiter ", name),
+               *checks[i], report);
+  }
+  if (pq) {
+    std::vector<std::string> at;
+    for (const Contender* c : group) {
+      const double qps = QpsAtRecall(*c, options.target);
+      at.push_back(absl::StrCat(
+          c->impl, c->note.empty() ? "" : absl::StrCat(" (", c->note, ")"), " ",
+          qps > 0 ? Qps(qps) : "not reached"));
+    }
+    report.notes.push_back(
+        absl::StrFormat("IVF-PQ QPS at recall@%d = %.2f (interpolated): %s", k,
+                        options.target, absl::StrJoin(at, "; ")));
+  }
 }
 
 void FlatGroup(const Dataset& data, const Options& options, Report& report) {
@@ -1195,6 +1278,13 @@ bool ParseFlags(int argc, char** argv, Options& options) {
       ok = absl::SimpleAtoi(value(), &options.nlist) && options.nlist >= 0;
     } else if (flag == "--pq-m") {
       ok = absl::SimpleAtoi(value(), &options.pq_m) && options.pq_m >= 0;
+    } else if (flag == "--pq-refine") {
+      options.pq_refine.clear();
+      for (absl::string_view part : absl::StrSplit(value(), ',')) {
+        int factor = 0;
+        ok = ok && absl::SimpleAtoi(part, &factor) && factor >= 0;
+        options.pq_refine.push_back(factor);
+      }
     } else if (flag == "--clusters") {
       ok = absl::SimpleAtoi(value(), &options.clusters) && options.clusters > 0;
     } else if (flag == "--spread") {
@@ -1260,12 +1350,14 @@ int Main(int argc, char** argv) {
   std::cout << absl::StrFormat(
       "index_bench: %d × %d-d vectors (%d Gaussian clusters, spread %.2f, "
       "decay %.2f, L2-normalised, inner product), %d queries, recall@%d; "
-      "HNSW M=%d efConstruction=%d; IVF nlist=%d, PQ %d×8 bits; builds on "
+      "HNSW M=%d efConstruction=%d; IVF nlist=%d, PQ %d×8 bits, re-ranking "
+      "factors %s; builds on "
       "%d threads (OMP_WAIT_POLICY=%s), searches one query per call on 1 "
       "thread (best of %d passes after a warmup)\n\n",
       options.n, options.dim, options.clusters, options.spread, options.decay,
       options.queries, options.k, options.m, options.ef_construction,
-      Nlist(options), PqM(options), options.threads,
+      Nlist(options), PqM(options), absl::StrJoin(options.pq_refine, ","),
+      options.threads,
       getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "default",
       options.reps);
   std::cout << absl::StrFormat(

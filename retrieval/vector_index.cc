@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <queue>
+#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -57,7 +59,14 @@ int DefaultPqM(int dim) {
   return 1;
 }
 
-constexpr char kMagic[8] = {'A', 'R', 'B', 'V', 'I', 'D', 'X', '1'};
+// Format 2 appends IVF-PQ's re-ranking copy; format 1 images still load.
+constexpr char kMagic[8] = {'A', 'R', 'B', 'V', 'I', 'D', 'X', '2'};
+constexpr char kMagicV1[8] = {'A', 'R', 'B', 'V', 'I', 'D', 'X', '1'};
+static_assert(sizeof(kMagic) == sizeof(kMagicV1));
+// Images hold IndexOptions as its bytes: a new field must take the place
+// of padding (as pq_refine_factor did) or come with a new format.
+static_assert(sizeof(IndexOptions) == 48 &&
+              std::is_trivially_copyable_v<IndexOptions>);
 
 void Put(std::string& out, const void* data, size_t size) {
   out.append(static_cast<const char*>(data), size);
@@ -85,6 +94,13 @@ class Reader {
     values.resize(n);
     if (n > 0) std::memcpy(values.data(), rest_.data(), n * sizeof(int64_t));
     rest_.remove_prefix(n * sizeof(int64_t));
+    return true;
+  }
+  // The next n bytes, if there are that many.
+  bool Take(uint64_t n, absl::string_view& out) {
+    if (rest_.size() < n) return false;
+    out = rest_.substr(0, n);
+    rest_.remove_prefix(n);
     return true;
   }
   absl::string_view rest() const { return rest_; }
@@ -203,6 +219,10 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(
     }
     auto built = std::unique_ptr<VectorIndex>(
         new VectorIndex(kind, dim, options, std::move(index)));
+    if (kind == IndexKind::kIvfPq && options.pq_refine_factor > 1) {
+      built->TrainRefine(vectors.data(), n);
+      built->refine_codes_.reserve(static_cast<size_t>(n) * dim);
+    }
     if (absl::Status s = built->AddRows(ids, vectors); !s.ok()) return s;
     return built;
   } catch (const std::exception& e) {
@@ -233,6 +253,10 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("adding vectors: ", e.what()));
   }
+  // Same labels as FAISS: codes are appended in the order rows were added.
+  if (refines()) {
+    EncodeRefine(vectors.data(), static_cast<int64_t>(ids.size()));
+  }
   id_of_label_.reserve(first + ids.size());
   live_.resize(first + ids.size(), 1);
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -240,6 +264,61 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
     label_of_[ids[i]] = first + static_cast<int64_t>(i);
   }
   return absl::OkStatus();
+}
+
+void VectorIndex::TrainRefine(const float* vectors, int64_t rows) {
+  std::vector<float> max(dim_, -std::numeric_limits<float>::infinity());
+  refine_min_.assign(dim_, std::numeric_limits<float>::infinity());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = vectors + r * dim_;
+    for (int j = 0; j < dim_; ++j) {
+      refine_min_[j] = std::min(refine_min_[j], row[j]);
+      max[j] = std::max(max[j], row[j]);
+    }
+  }
+  refine_scale_.assign(dim_, 0);
+  for (int j = 0; j < dim_; ++j) {
+    if (!(max[j] >= refine_min_[j])) refine_min_[j] = max[j] = 0;  // No rows.
+    refine_scale_[j] = (max[j] - refine_min_[j]) / 255;
+  }
+}
+
+void VectorIndex::EncodeRefine(const float* vectors, int64_t rows) {
+  std::vector<float> inverse(dim_);
+  for (int j = 0; j < dim_; ++j) {
+    inverse[j] = refine_scale_[j] > 0 ? 1 / refine_scale_[j] : 0;
+  }
+  const size_t first = refine_codes_.size();
+  refine_codes_.resize(first + static_cast<size_t>(rows) * dim_);
+  uint8_t* out = refine_codes_.data() + first;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = vectors + r * dim_;
+    for (int j = 0; j < dim_; ++j) {
+      // Out-of-range values (rows added after training) clamp; NaN is 0.
+      const float v = (row[j] - refine_min_[j]) * inverse[j];
+      *out++ = !(v > 0)     ? uint8_t{0}
+               : v >= 255.f ? uint8_t{255}
+                            : static_cast<uint8_t>(v + 0.5f);
+    }
+  }
+}
+
+VectorIndex::RefineQuery VectorIndex::PrepareRefine(const float* query) const {
+  RefineQuery prepared;
+  prepared.scaled.resize(dim_);
+  double bias = 0;
+  for (int j = 0; j < dim_; ++j) {
+    prepared.scaled[j] = query[j] * refine_scale_[j];
+    bias += double{query[j]} * refine_min_[j];
+  }
+  prepared.bias = static_cast<float>(bias);
+  return prepared;
+}
+
+float VectorIndex::RefineScore(const RefineQuery& query, int64_t label) const {
+  return query.bias + InnerProductU8(query.scaled.data(),
+                                     refine_codes_.data() + label * dim_,
+                                     static_cast<size_t>(dim_));
 }
 
 int64_t VectorIndex::Remove(absl::Span<const int64_t> ids) {
@@ -327,8 +406,18 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
       }
     } else {
       omp_set_num_threads(1);  // One query: no OpenMP team per request.
-      std::vector<float> scores(want);
-      std::vector<faiss_idx> labels(want);
+      // With re-ranking FAISS picks candidates by PQ score and the 8-bit
+      // copy orders them; FAISS pads with -1 when fewer exist.
+      const int64_t fetch =
+          refines()
+              ? std::min<int64_t>(int64_t{want} * options_.pq_refine_factor,
+                                  index_->ntotal)
+              : want;
+      std::vector<float> scores(fetch);
+      std::vector<faiss_idx> labels(fetch);
+      RefineQuery refine_query;
+      if (refines()) refine_query = PrepareRefine(query.data());
+      std::vector<ScoredLabel> candidates;
       const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
       for (int attempt = 0; attempt < 3; ++attempt) {
         faiss::SearchParametersIVF params;
@@ -336,13 +425,27 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
             ivf->nlist, static_cast<size_t>(effort > 0 ? effort : ivf->nprobe)
                             << (2 * attempt));
         params.sel = filtered ? &selector : nullptr;
-        index_->search(1, query.data(), want, scores.data(), labels.data(),
+        index_->search(1, query.data(), fetch, scores.data(), labels.data(),
                        &params);
+        candidates.clear();
+        for (int64_t i = 0; i < fetch; ++i) {
+          if (labels[i] < 0 || id_of_label_[labels[i]] < 0) continue;
+          candidates.push_back(
+              {refines() ? RefineScore(refine_query, labels[i]) : scores[i],
+               labels[i]});
+        }
+        const size_t keep = std::min<size_t>(want, candidates.size());
+        if (refines()) {
+          std::partial_sort(candidates.begin(), candidates.begin() + keep,
+                            candidates.end(),
+                            [](const ScoredLabel& a, const ScoredLabel& b) {
+                              return a.score > b.score;
+                            });
+        }
         found.clear();
-        for (int i = 0; i < want; ++i) {
-          if (labels[i] < 0) continue;
-          const int64_t id = id_of_label_[labels[i]];
-          if (id >= 0) found.push_back({id, scores[i]});
+        for (size_t i = 0; i < keep; ++i) {
+          found.push_back(
+              {id_of_label_[candidates[i].label], candidates[i].score});
         }
         if (static_cast<int>(found.size()) == want) return found;
       }
@@ -355,10 +458,17 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   using Entry = std::pair<float, int64_t>;  // Min-heap of the best `want`.
   std::priority_queue<Entry, std::vector<Entry>, std::greater<>> best;
   std::vector<float> row(dim_);
+  RefineQuery refine_query;
+  if (refines()) refine_query = PrepareRefine(query.data());
   auto consider = [&](int64_t id, int64_t label) {
-    index_->reconstruct(label, row.data());
-    const float score =
-        InnerProduct(query.data(), row.data(), static_cast<size_t>(dim_));
+    float score;
+    if (refines()) {
+      // The 8-bit copy is closer to the vector than PQ's reconstruction.
+      score = RefineScore(refine_query, label);
+    } else {
+      index_->reconstruct(label, row.data());
+      score = InnerProduct(query.data(), row.data(), static_cast<size_t>(dim_));
+    }
     if (static_cast<int>(best.size()) < want) {
       best.push({score, id});
     } else if (score > best.top().first) {
@@ -416,6 +526,9 @@ int64_t VectorIndex::MemoryBytes() const {
   // control byte) per live id.
   bytes += static_cast<int64_t>(id_of_label_.capacity()) * 9 +
            static_cast<int64_t>(label_of_.capacity()) * 17;
+  // IVF-PQ's re-ranking copy: dim bytes per row, min and scale.
+  bytes += static_cast<int64_t>(refine_codes_.capacity()) +
+           static_cast<int64_t>(refine_min_.size() + refine_scale_.size()) * 4;
   return bytes;
 }
 
@@ -435,7 +548,8 @@ absl::StatusOr<std::string> VectorIndex::Serialize() const {
         absl::StrCat("serializing the index: ", e.what()));
   }
   std::string out;
-  out.reserve(64 + id_of_label_.size() * 8 + writer.data.size());
+  out.reserve(64 + id_of_label_.size() * 8 + writer.data.size() +
+              refine_codes_.size() + refine_min_.size() * 8);
   Put(out, kMagic, sizeof(kMagic));
   PutValue<int32_t>(out, static_cast<int32_t>(kind_));
   PutValue<int32_t>(out, dim_);
@@ -448,6 +562,14 @@ absl::StatusOr<std::string> VectorIndex::Serialize() const {
   // image is caught by this length before FAISS sees it.
   PutValue<int64_t>(out, static_cast<int64_t>(writer.data.size()));
   Put(out, writer.data.data(), writer.data.size());
+  // Format 2: the re-ranking copy's dimensions (0: none), then its min and
+  // scale (dim floats each) and codes (rows x dim bytes, by label).
+  PutValue<int32_t>(out, refines() ? dim_ : 0);
+  if (refines()) {
+    Put(out, refine_min_.data(), refine_min_.size() * sizeof(float));
+    Put(out, refine_scale_.data(), refine_scale_.size() * sizeof(float));
+    Put(out, refine_codes_.data(), refine_codes_.size());
+  }
   return out;
 }
 
@@ -456,8 +578,10 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
   auto corrupt = [](absl::string_view what) {
     return absl::DataLossError(absl::StrCat("index image: ", what));
   };
-  if (bytes.size() < sizeof(kMagic) ||
-      std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+  const bool v1 = bytes.size() >= sizeof(kMagicV1) &&
+                  std::memcmp(bytes.data(), kMagicV1, sizeof(kMagicV1)) == 0;
+  if (!v1 && (bytes.size() < sizeof(kMagic) ||
+              std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)) {
     return corrupt("not an arbiter index (bad magic)");
   }
   Reader reader(bytes.substr(sizeof(kMagic)));
@@ -471,20 +595,52 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
       !reader.Get(faiss_bytes)) {
     return corrupt("truncated header");
   }
-  if (faiss_bytes < 0 ||
-      reader.rest().size() != static_cast<uint64_t>(faiss_bytes)) {
+  absl::string_view faiss_image;
+  if (faiss_bytes < 0 || !reader.Take(faiss_bytes, faiss_image) ||
+      (v1 && !reader.rest().empty())) {
     return corrupt(absl::StrCat("expected ", faiss_bytes,
                                 " bytes of FAISS index, found ",
-                                reader.rest().size()));
+                                reader.rest().size() + faiss_image.size()));
   }
   if (kind_value < static_cast<int32_t>(IndexKind::kFlat) ||
       kind_value > static_cast<int32_t>(IndexKind::kIvfPq) || dim < 1) {
     return corrupt("bad kind or dimension");
   }
+  const auto kind = static_cast<IndexKind>(kind_value);
+  if (v1) {
+    if (kind == IndexKind::kIvfPq) {
+      // Loading it would serve PQ-only recall (~0.55-0.75) indefinitely;
+      // the store can rebuild it with the re-ranking copy.
+      return corrupt(
+          "an IVF-PQ image from before re-ranking (format 1); rebuild it");
+    }
+    // Format 1 wrote padding where pq_refine_factor now is.
+    options.pq_refine_factor = IndexOptions{}.pq_refine_factor;
+  }
+  // The re-ranking copy, checked in full before FAISS reads anything.
+  int32_t refine_dims = 0;
+  absl::string_view refine_min, refine_scale, refine_codes;
+  if (!v1) {
+    const uint64_t row_bytes = static_cast<uint64_t>(dim);
+    if (!reader.Get(refine_dims) || (refine_dims != 0 && refine_dims != dim) ||
+        (refine_dims != 0 &&
+         (!reader.Take(row_bytes * sizeof(float), refine_min) ||
+          !reader.Take(row_bytes * sizeof(float), refine_scale) ||
+          reader.rest().size() / row_bytes != static_cast<uint64_t>(rows) ||
+          !reader.Take(row_bytes * rows, refine_codes))) ||
+        !reader.rest().empty()) {
+      return corrupt("bad or truncated re-ranking copy");
+    }
+    const bool wants_refine =
+        kind == IndexKind::kIvfPq && options.pq_refine_factor > 1;
+    if (wants_refine != (refine_dims != 0)) {
+      return corrupt("re-ranking copy does not match the index options");
+    }
+  }
   std::unique_ptr<faiss::Index> index;
   try {
     faiss::VectorIOReader io;
-    io.data.assign(reader.rest().begin(), reader.rest().end());
+    io.data.assign(faiss_image.begin(), faiss_image.end());
     index.reset(faiss::read_index(&io));
   } catch (const std::exception& e) {
     return corrupt(absl::StrCat("FAISS could not read it: ", e.what()));
@@ -492,8 +648,17 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
   if (index == nullptr || index->d != dim || index->ntotal != rows) {
     return corrupt("FAISS index does not match its id map");
   }
-  auto loaded = std::unique_ptr<VectorIndex>(new VectorIndex(
-      static_cast<IndexKind>(kind_value), dim, options, std::move(index)));
+  auto loaded = std::unique_ptr<VectorIndex>(
+      new VectorIndex(kind, dim, options, std::move(index)));
+  if (refine_dims != 0) {
+    loaded->refine_min_.resize(dim);
+    loaded->refine_scale_.resize(dim);
+    std::memcpy(loaded->refine_min_.data(), refine_min.data(),
+                refine_min.size());
+    std::memcpy(loaded->refine_scale_.data(), refine_scale.data(),
+                refine_scale.size());
+    loaded->refine_codes_.assign(refine_codes.begin(), refine_codes.end());
+  }
   loaded->label_of_.reserve(rows);
   loaded->live_.assign(rows, 0);
   for (int64_t label = 0; label < rows; ++label) {

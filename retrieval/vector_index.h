@@ -25,6 +25,9 @@ enum class IndexKind { kAuto, kFlat, kHnsw, kIvfFlat, kIvfPq };
 [[nodiscard]] absl::string_view IndexKindName(IndexKind kind);
 [[nodiscard]] absl::StatusOr<IndexKind> ParseIndexKind(absl::string_view name);
 
+// IndexOptions::pq_refine_factor's default.
+inline constexpr int kDefaultPqRefineFactor = 10;
+
 struct IndexOptions {
   IndexKind kind = IndexKind::kAuto;
   int hnsw_m = 32;  // Graph degree (links per node).
@@ -33,6 +36,12 @@ struct IndexOptions {
   int ivf_nlist = 0;        // Inverted lists; 0: 4 * sqrt(n).
   int ivf_nprobe = 16;      // Lists searched by default.
   int pq_m = 0;             // PQ sub-quantizers; 0: dim / 4 (or less).
+  // IVF-PQ re-ranking: FAISS returns k * pq_refine_factor candidates by
+  // their PQ scores, re-scored against an 8-bit copy of every vector (dim
+  // bytes each) to keep the best k. PQ codes alone top out near recall@10
+  // 0.55-0.75; see bench/README.md for how the default was chosen. 0 or 1:
+  // no re-ranking, and no copy kept.
+  int pq_refine_factor = kDefaultPqRefineFactor;
   // For auto: vectors below which the exact index is used, and the memory
   // an HNSW graph may take before IVF-PQ is chosen instead.
   int64_t auto_exact_below = 50'000;
@@ -40,7 +49,10 @@ struct IndexOptions {
 };
 
 // The FAISS guideline, in short: exact search below ~50k vectors; above,
-// HNSW when its graph and vectors fit the memory budget, else IVF-PQ.
+// HNSW when its graph and vectors fit the memory budget, else IVF-PQ (about
+// dim / 4 bytes of PQ code per vector, plus dim bytes of re-ranking copy
+// with pq_refine_factor > 1: still ~3.5x smaller than HNSW's float vectors
+// and links).
 [[nodiscard]] IndexKind ChooseIndexKind(int64_t vectors, int dim,
                                         const IndexOptions& options);
 
@@ -96,12 +108,16 @@ class VectorIndex final {
   [[nodiscard]] int64_t tombstones() const { return tombstones_; }
   // Tombstoned rows over all rows (0 for an empty index).
   [[nodiscard]] double tombstone_share() const;
-  // Bytes held by FAISS plus the id maps (an estimate for PQ codes).
+  // Bytes held by FAISS plus the id maps and IVF-PQ's re-ranking copy (an
+  // estimate for PQ codes).
   [[nodiscard]] int64_t MemoryBytes() const;
   // The live ids, in no particular order.
   [[nodiscard]] std::vector<int64_t> Ids() const;
 
-  // A self-contained byte image (FAISS index, id map, tombstones) and back.
+  // A self-contained byte image (FAISS index, id map, tombstones, IVF-PQ's
+  // re-ranking copy) and back. Images written before re-ranking existed load
+  // as they were, except IVF-PQ ones: those are refused (DATA_LOSS) so the
+  // caller rebuilds them, with the copy, from its source of truth.
   [[nodiscard]] absl::StatusOr<std::string> Serialize() const;
   static absl::StatusOr<std::unique_ptr<VectorIndex>> Deserialize(
       absl::string_view bytes);
@@ -112,6 +128,21 @@ class VectorIndex final {
   absl::Status AddRows(absl::Span<const int64_t> ids,
                        absl::Span<const float> vectors);
 
+  // IVF-PQ re-ranking (see IndexOptions::pq_refine_factor).
+  [[nodiscard]] bool refines() const { return !refine_scale_.empty(); }
+  // Per-dimension min and scale over `rows` rows of `vectors`.
+  void TrainRefine(const float* vectors, int64_t rows);
+  // Appends the codes of `rows` rows, clamped to the trained range.
+  void EncodeRefine(const float* vectors, int64_t rows);
+  // The query pre-multiplied by the scales, and sum q[i] * min[i].
+  struct RefineQuery {
+    std::vector<float> scaled;
+    float bias = 0;
+  };
+  [[nodiscard]] RefineQuery PrepareRefine(const float* query) const;
+  [[nodiscard]] float RefineScore(const RefineQuery& query,
+                                  int64_t label) const;
+
   const IndexKind kind_;
   const int dim_;
   const IndexOptions options_;
@@ -121,6 +152,12 @@ class VectorIndex final {
   std::vector<uint8_t> live_;
   absl::flat_hash_map<int64_t, int64_t> label_of_;  // Live ids only.
   int64_t tombstones_ = 0;
+  // IVF-PQ's re-ranking copy, by label: code c of dimension j stands for
+  // refine_min_[j] + refine_scale_[j] * c. Empty for other kinds and for
+  // pq_refine_factor <= 1.
+  std::vector<float> refine_min_;
+  std::vector<float> refine_scale_;
+  std::vector<uint8_t> refine_codes_;  // dim_ bytes per label.
 };
 
 }  // namespace arbiter::retrieval

@@ -91,6 +91,53 @@ TEST(InnerProductTest, MatchesADoublePrecisionSumAtEveryLength) {
   EXPECT_EQ(InnerProduct(nullptr, nullptr, 0), 0);
 }
 
+double ReferenceU8(const float* a, const uint8_t* codes, size_t dim) {
+  double sum = 0;
+  for (size_t i = 0; i < dim; ++i) sum += double{a[i]} * codes[i];
+  return sum;
+}
+
+TEST(InnerProductU8Test, EveryKernelMatchesADoublePrecisionSum) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> value(-1, 1);
+  std::uniform_int_distribution<int> code(0, 255);
+  const auto kernels = internal::InnerProductU8Kernels();
+  ASSERT_GE(kernels.size(), 1u);
+  for (size_t dim : {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 64, 100, 128,
+                     383, 384, 1024}) {
+    std::vector<float> a(dim);
+    std::vector<uint8_t> codes(dim);
+    for (size_t i = 0; i < dim; ++i) {
+      a[i] = value(rng);
+      codes[i] = static_cast<uint8_t>(code(rng));
+    }
+    // Codes at both ends: 255 must not read as -1, nor 128 as -128.
+    codes[0] = 255;
+    if (dim > 1) codes[dim - 1] = 128;
+    if (dim > 2) codes[dim / 2] = 0;
+    const double want = ReferenceU8(a.data(), codes.data(), dim);
+    const double tolerance = 255 * 1e-5 * std::sqrt(dim);
+    EXPECT_NEAR(InnerProductU8(a.data(), codes.data(), dim), want, tolerance)
+        << "dispatched, dim " << dim;
+    for (const auto& [name, kernel] : kernels) {
+      EXPECT_NEAR(kernel(a.data(), codes.data(), dim), want, tolerance)
+          << name << ", dim " << dim;
+    }
+  }
+  for (const auto& [name, kernel] : kernels) {
+    EXPECT_EQ(kernel(nullptr, nullptr, 0), 0) << name;
+  }
+}
+
+TEST(InnerProductU8Test, AllMaximalCodesSumTheQuery) {
+  const std::vector<float> a(100, 0.5f);
+  const std::vector<uint8_t> codes(100, 255);
+  for (const auto& [name, kernel] : internal::InnerProductU8Kernels()) {
+    EXPECT_FLOAT_EQ(kernel(a.data(), codes.data(), 100), 100 * 0.5f * 255)
+        << name;
+  }
+}
+
 class IndexSearchTest : public ::testing::Test {
  protected:
   static constexpr int kRows = 4000;
