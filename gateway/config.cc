@@ -509,6 +509,11 @@ class Validator {
           std::pair{index.pq_m(), "pq_m"}}) {
       if (value < 0) Error(absl::StrCat(path, ".", field), "must be >= 0");
     }
+    if (index.has_pq_refine_factor() &&
+        (index.pq_refine_factor() < 0 || index.pq_refine_factor() > 100)) {
+      Error(path + ".pq_refine_factor",
+            "must be in [0, 100] (0 or 1: no re-ranking)");
+    }
     if (index.auto_exact_below() < 0) {
       Error(path + ".auto_exact_below", "must be >= 0");
     }

@@ -165,9 +165,8 @@ absl::Status Gateway::Init() {
         config.retrieval().keyword_match_budget();
   }
   auto store = retrieval::DocumentStore::Open(
-      config.retrieval().store_path().empty()
-          ? ":memory:"
-          : config.retrieval().store_path(),
+      config.retrieval().store_path().empty() ? ":memory:"
+                                              : config.retrieval().store_path(),
       store_options);
   if (!store.ok()) return store.status();
   store_ = *std::move(store);
@@ -352,6 +351,9 @@ retrieval::CollectionOptions Gateway::CollectionOptionsFor(
   options.index.ivf_nlist = index.ivf_nlist();
   if (index.ivf_nprobe() > 0) options.index.ivf_nprobe = index.ivf_nprobe();
   options.index.pq_m = index.pq_m();
+  if (index.has_pq_refine_factor()) {
+    options.index.pq_refine_factor = index.pq_refine_factor();
+  }
   if (index.auto_exact_below() > 0) {
     options.index.auto_exact_below = index.auto_exact_below();
   }

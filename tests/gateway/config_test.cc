@@ -11,6 +11,7 @@ namespace {
 using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 constexpr char kValid[] = R"yaml(
 tasks: [faq, billing]
@@ -229,8 +230,11 @@ TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
   auto errors = ErrorsOf(ValidWith(
       "corpus_dir: corpus",
       "corpus_dir: corpus\n"
-      "  index: {kind: annoy, hnsw_m: 1, rebuild_tombstone_share: 2}\n"
-      "  collection_index: {tenant-a: {kind: hnsw, ivf_nprobe: -1}}\n"
+      "  index: {kind: annoy, hnsw_m: 1, rebuild_tombstone_share: 2,\n"
+      "          pq_refine_factor: 101}\n"
+      "  collection_index: {tenant-a: {kind: hnsw, ivf_nprobe: -1},\n"
+      "                     tenant-b: {kind: ivf_pq, pq_refine_factor: -1},\n"
+      "                     tenant-c: {kind: ivf_pq, pq_refine_factor: 0}}\n"
       "  embedding_server: {url: \"localhost:8080\", max_retries: 11}\n"
       "  keyword_match_budget: -5"));
   EXPECT_THAT(errors, Contains("retrieval.keyword_match_budget: must be >= 0 "
@@ -243,6 +247,13 @@ TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
                                "be in [0, 1]"));
   EXPECT_THAT(errors, Contains("retrieval.collection_index[\"tenant-a\"]."
                                "ivf_nprobe: must be >= 0"));
+  EXPECT_THAT(errors, Contains("retrieval.index.pq_refine_factor: must be in "
+                               "[0, 100] (0 or 1: no re-ranking)"));
+  EXPECT_THAT(errors, Contains("retrieval.collection_index[\"tenant-b\"]."
+                               "pq_refine_factor: must be in [0, 100] (0 or "
+                               "1: no re-ranking)"));
+  // 0 turns re-ranking off: valid.
+  EXPECT_THAT(errors, Not(Contains(HasSubstr("tenant-c"))));
   EXPECT_THAT(errors, Contains("retrieval.embedding_server.url: must start "
                                "with http:// or https://, got "
                                "\"localhost:8080\""));
