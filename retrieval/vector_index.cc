@@ -315,6 +315,13 @@ VectorIndex::RefineQuery VectorIndex::PrepareRefine(const float* query) const {
   return prepared;
 }
 
+void VectorIndex::PrefetchRefineRow(int64_t label) const {
+  const uint8_t* row = refine_codes_.data() + label * dim_;
+  for (int offset = 0; offset < dim_; offset += 64) {
+    __builtin_prefetch(row + offset);
+  }
+}
+
 float VectorIndex::RefineScore(const RefineQuery& query, int64_t label) const {
   return query.bias + InnerProductU8(query.scaled.data(),
                                      refine_codes_.data() + label * dim_,
@@ -430,9 +437,22 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
         candidates.clear();
         for (int64_t i = 0; i < fetch; ++i) {
           if (labels[i] < 0 || id_of_label_[labels[i]] < 0) continue;
-          candidates.push_back(
-              {refines() ? RefineScore(refine_query, labels[i]) : scores[i],
-               labels[i]});
+          candidates.push_back({scores[i], labels[i]});
+        }
+        if (refines()) {
+          // Candidates' codes are scattered: load ahead of scoring so the
+          // cache misses overlap instead of queueing one by one.
+          constexpr size_t kAhead = 8;
+          for (size_t i = 0; i < std::min(kAhead, candidates.size()); ++i) {
+            PrefetchRefineRow(candidates[i].label);
+          }
+          for (size_t i = 0; i < candidates.size(); ++i) {
+            if (i + kAhead < candidates.size()) {
+              PrefetchRefineRow(candidates[i + kAhead].label);
+            }
+            candidates[i].score =
+                RefineScore(refine_query, candidates[i].label);
+          }
         }
         const size_t keep = std::min<size_t>(want, candidates.size());
         if (refines()) {

@@ -142,6 +142,7 @@ class VectorIndex final {
   [[nodiscard]] RefineQuery PrepareRefine(const float* query) const;
   [[nodiscard]] float RefineScore(const RefineQuery& query,
                                   int64_t label) const;
+  void PrefetchRefineRow(int64_t label) const;
 
   const IndexKind kind_;
   const int dim_;
