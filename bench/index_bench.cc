@@ -656,9 +656,8 @@ struct ArbiterChecks {
 
 std::function<void(int, int64_t*, bool)> ArbiterRun(
     const VectorIndex& index, const Dataset& data, int nq, int k,
-    const absl::flat_hash_set<int64_t>* allowed,
-    std::function<bool(int64_t row)> keep, bool approximate_scores,
-    ArbiterChecks* checks) {
+    const AllowedIds* allowed, std::function<bool(int64_t row)> keep,
+    bool approximate_scores, ArbiterChecks* checks) {
   return [&index, &data, nq, k, allowed, keep, approximate_scores, checks](
              int setting, int64_t* out, bool check) {
     for (int q = 0; q < nq; ++q) {
@@ -920,19 +919,22 @@ void HnswGroup(const Dataset& data, const Options& options, Report& report) {
   // labels (rows), the cheapest selector FAISS has.
   std::mt19937_64 rng(options.seed + 17);
   std::vector<uint8_t> allowed_rows(data.n, 0), dead_rows(data.n, 0);
-  absl::flat_hash_set<int64_t> allowed;
-  allowed.reserve(data.n / 2 + 1);
+  std::vector<int64_t> allowed_ids;
+  allowed_ids.reserve(data.n / 2 + 1);
   {
     std::vector<int64_t> rows(data.n);
     for (int64_t r = 0; r < data.n; ++r) rows[r] = r;
     std::shuffle(rows.begin(), rows.end(), rng);
     for (int64_t i = 0; i < data.n / 2; ++i) {
       allowed_rows[rows[i]] = 1;
-      allowed.insert(data.ids[rows[i]]);
+      allowed_ids.push_back(data.ids[rows[i]]);
     }
     std::shuffle(rows.begin(), rows.end(), rng);
     for (int64_t i = 0; i < data.n / 10; ++i) dead_rows[rows[i]] = 1;
   }
+  // These ids are spread over 2^62, so this is AllowedIds' hash set; a
+  // collection's chunk ids are dense and get its bitmap.
+  const AllowedIds allowed(std::move(allowed_ids));
   auto bitmap_of = [&](auto keep) {
     std::vector<uint8_t> bitmap((data.n + 7) / 8, 0);
     for (int64_t r = 0; r < data.n; ++r) {
@@ -950,8 +952,8 @@ void HnswGroup(const Dataset& data, const Options& options, Report& report) {
     Contender fa =
         NewContender("HNSW, 50% of ids allowed", "arbiter VectorIndex", "ef",
                      nq, &allowed_truth);
-    fa.note = absl::StrCat("allow-list: flat_hash_set of ", allowed.size(),
-                           " ids; ", nq, " queries");
+    fa.note = absl::StrCat("allow-list: AllowedIds (hash set) of ",
+                           allowed.ids().size(), " ids; ", nq, " queries");
     Contender fb = NewContender(
         "HNSW, 50% of ids allowed", "FAISS IndexHNSWFlat + IDSelectorBitmap",
         "ef", nq, &allowed_truth,

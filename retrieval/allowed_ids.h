@@ -25,7 +25,7 @@ class AllowedIds final {
     }
     return sparse_.contains(id);
   }
-  // The ids as given (duplicates included).
+  // The ids, sorted, each once.
   [[nodiscard]] absl::Span<const int64_t> ids() const { return ids_; }
   [[nodiscard]] bool empty() const { return ids_.empty(); }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iostream>
 #include <mutex>
+#include <optional>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -524,12 +525,12 @@ IndexStats Collection::Stats() const {
 absl::StatusOr<std::vector<Neighbor>> Collection::VectorNeighbors(
     absl::string_view query, int k,
     const std::vector<MetadataFilter>& filters) const {
-  absl::flat_hash_set<int64_t> allowed;
+  std::optional<AllowedIds> allowed;
   if (!filters.empty()) {
     auto ids = store_.ChunkIdsMatching(name_, filters);
     if (!ids.ok()) return ids.status();
-    allowed.insert(ids->begin(), ids->end());
-    if (allowed.empty()) return std::vector<Neighbor>{};
+    allowed.emplace(*std::move(ids));
+    if (allowed->empty()) return std::vector<Neighbor>{};
   }
   std::vector<float> vector;
   if (remote_) {
@@ -542,7 +543,7 @@ absl::StatusOr<std::vector<Neighbor>> Collection::VectorNeighbors(
     std::shared_lock lock(mu_);
     // The query is embedded like the index's vectors were.
     if (!remote_) vector = embedder_->Embed(query);
-    found = index_->Search(vector, k, filters.empty() ? nullptr : &allowed);
+    found = index_->Search(vector, k, allowed ? &*allowed : nullptr);
   }
   return found;
 }

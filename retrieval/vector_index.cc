@@ -33,7 +33,7 @@ class LiveSelector final : public faiss::IDSelector {
  public:
   LiveSelector(const std::vector<uint8_t>& live,
                const std::vector<int64_t>& id_of_label,
-               const absl::flat_hash_set<int64_t>* allowed)
+               const AllowedIds* allowed)
       : live_(live), id_of_label_(id_of_label), allowed_(allowed) {}
   // Reads the live byte first: the 8-byte id only for an allow-list.
   bool is_member(faiss_idx label) const override {
@@ -44,7 +44,7 @@ class LiveSelector final : public faiss::IDSelector {
  private:
   const std::vector<uint8_t>& live_;
   const std::vector<int64_t>& id_of_label_;
-  const absl::flat_hash_set<int64_t>* allowed_;
+  const AllowedIds* allowed_;
 };
 
 int64_t DefaultNlist(int64_t n) {
@@ -349,8 +349,8 @@ double VectorIndex::tombstone_share() const {
 }
 
 absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
-    absl::Span<const float> query, int k,
-    const absl::flat_hash_set<int64_t>* allowed, int effort) const {
+    absl::Span<const float> query, int k, const AllowedIds* allowed,
+    int effort) const {
   if (static_cast<int>(query.size()) != dim_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "query: has ", query.size(), " dimensions; the index has ", dim_));
@@ -360,7 +360,7 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   if (allowed != nullptr) {
     // Only whether k of them are live matters: stop counting there.
     available = 0;
-    for (int64_t id : *allowed) {
+    for (int64_t id : allowed->ids()) {
       if (label_of_.contains(id) && ++available >= k) break;
     }
   }
@@ -498,7 +498,7 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   };
   try {
     if (allowed != nullptr) {
-      for (int64_t id : *allowed) {
+      for (int64_t id : allowed->ids()) {
         auto it = label_of_.find(id);
         if (it != label_of_.end()) consider(id, it->second);
       }

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "retrieval/allowed_ids.h"
 
 namespace faiss {
 struct Index;
@@ -93,8 +94,7 @@ class VectorIndex final {
   // `effort` overrides the search breadth (efSearch for HNSW, nprobe for
   // IVF); 0 keeps the index's default.
   [[nodiscard]] absl::StatusOr<std::vector<Neighbor>> Search(
-      absl::Span<const float> query, int k,
-      const absl::flat_hash_set<int64_t>* allowed = nullptr,
+      absl::Span<const float> query, int k, const AllowedIds* allowed = nullptr,
       int effort = 0) const;
 
   [[nodiscard]] bool Contains(int64_t id) const {

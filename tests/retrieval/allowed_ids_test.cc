@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -23,7 +24,9 @@ TEST(AllowedIdsTest, ContainsExactlyTheGivenIds) {
       expected.insert(id);
     }
     AllowedIds allowed(ids);
-    EXPECT_EQ(allowed.ids().size(), ids.size());
+    // Sorted, each once.
+    EXPECT_TRUE(std::equal(allowed.ids().begin(), allowed.ids().end(),
+                           expected.begin(), expected.end()));
     for (int64_t probe = 0; probe < 20000; ++probe) {
       EXPECT_EQ(allowed.contains(probe), expected.contains(probe)) << probe;
     }

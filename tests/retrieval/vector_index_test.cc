@@ -141,9 +141,8 @@ TEST_P(EveryKindTest, AllowListStillReturnsKWhenKExist) {
   const Data data = MakeData(12'000);
   auto index = BuildOrDie(data, GetParam());
   // A few far-away allowed ids: the approximate search alone misses them.
-  absl::flat_hash_set<int64_t> allowed = {data.ids[11], data.ids[3001],
-                                          data.ids[7002], data.ids[9999],
-                                          data.ids[42]};
+  const AllowedIds allowed({data.ids[11], data.ids[3001], data.ids[7002],
+                            data.ids[9999], data.ids[42]});
   index->Remove({data.ids[42]});
   auto got = index->Search(Row(data, 0), 10, &allowed);
   ASSERT_TRUE(got.ok()) << got.status();
@@ -153,8 +152,11 @@ TEST_P(EveryKindTest, AllowListStillReturnsKWhenKExist) {
     EXPECT_NE(id, data.ids[42]);
   }
   // A broad filter (every other id) still fills k.
-  absl::flat_hash_set<int64_t> half;
-  for (size_t i = 0; i < data.ids.size(); i += 2) half.insert(data.ids[i]);
+  std::vector<int64_t> every_other;
+  for (size_t i = 0; i < data.ids.size(); i += 2) {
+    every_other.push_back(data.ids[i]);
+  }
+  const AllowedIds half(every_other);
   auto broad = index->Search(Row(data, 1), 10, &half);
   ASSERT_TRUE(broad.ok());
   EXPECT_THAT(*broad, SizeIs(10));
@@ -351,7 +353,7 @@ TEST_F(IvfPqReRankingTest, ScoresAreCloseToTrueInnerProductsAndOrdered) {
 
 TEST_F(IvfPqReRankingTest, SerializedImageKeepsResultsScoresAndLabels) {
   auto same = [&](const VectorIndex& a, const VectorIndex& b, int q,
-                  const absl::flat_hash_set<int64_t>* allowed) {
+                  const AllowedIds* allowed) {
     auto x = a.Search(Query(q), 10, allowed);
     auto y = b.Search(Query(q), 10, allowed);
     ASSERT_TRUE(x.ok() && y.ok());
@@ -361,8 +363,9 @@ TEST_F(IvfPqReRankingTest, SerializedImageKeepsResultsScoresAndLabels) {
       EXPECT_EQ((*x)[i].score, (*y)[i].score) << "query " << q;
     }
   };
-  absl::flat_hash_set<int64_t> allowed;
-  for (int r = 0; r < kRows; r += 3) allowed.insert(base_->ids[r]);
+  std::vector<int64_t> every_third;
+  for (int r = 0; r < kRows; r += 3) every_third.push_back(base_->ids[r]);
+  const AllowedIds allowed(every_third);
   auto loaded = Reload(*refined_);
   EXPECT_EQ(loaded->MemoryBytes(), refined_->MemoryBytes());
   for (int q = 0; q < 30; ++q) {
@@ -413,9 +416,9 @@ TEST_F(IvfPqReRankingTest, FilteredSearchesStillReturnKWhenKExist) {
     EXPECT_GE(hits, 7) << "query " << q;
   }
   // A handful of scattered allowed ids: found by the exact fallback.
-  absl::flat_hash_set<int64_t> allowed = {base_->ids[0],     base_->ids[4000],
-                                          base_->ids[8000],  base_->ids[12000],
-                                          base_->ids[19980], base_->ids[1]};
+  const AllowedIds allowed({base_->ids[0], base_->ids[4000], base_->ids[8000],
+                            base_->ids[12000], base_->ids[19980],
+                            base_->ids[1]});
   auto few = index->Search(Query(0), 10, &allowed);
   ASSERT_TRUE(few.ok());
   EXPECT_THAT(*few, SizeIs(5));  // ids[1] is tombstoned.
