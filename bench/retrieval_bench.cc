@@ -23,7 +23,8 @@
 //   ./build/bench/retrieval_bench [--docs 100000 | --quick] [--stores
 //   disk,memory]
 //       [--writers 1,2] [--qps 1000] [--seconds 10] [--workers 4]
-//       [--index auto|flat|hnsw] [--breakdown] [--no-latency]
+//       [--index auto|flat|hnsw] [--keyword-budget N] [--breakdown]
+//       [--no-latency]
 //       [--db PATH [--snapshot]] [--corpus DIR]
 
 #include <fcntl.h>
@@ -50,7 +51,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -92,6 +92,7 @@ struct Options {
   int chunk_tokens = 200;
   int chunk_overlap_tokens = 40;
   IndexKind index = IndexKind::kAuto;
+  int64_t keyword_budget = DocumentStore::Options().keyword_match_budget;
   bool latency = true;
   bool breakdown = false;
   std::string latency_store = "disk";
@@ -101,6 +102,12 @@ struct Options {
   std::string db;
   bool snapshot = false;  // On reopen: use (or write) <db>.index.
 };
+
+DocumentStore::Options StoreOptions(const Options& options) {
+  DocumentStore::Options store;
+  store.keyword_match_budget = options.keyword_budget;
+  return store;
+}
 
 // ---------------------------------------------------------------- helpers
 
@@ -299,7 +306,7 @@ IngestResult Ingest(const Options& options, const std::vector<Document>& base,
   result.rss_start_mb = RssMb();
   loaded.path = StorePath(options, kind, writers);
   RemoveDb(loaded.path);
-  auto store = DocumentStore::Open(loaded.path);
+  auto store = DocumentStore::Open(loaded.path, StoreOptions(options));
   if (!store.ok()) {
     std::cerr << store.status() << "\n";
     std::exit(1);
@@ -447,7 +454,7 @@ void PrintIngest(const std::vector<IngestResult>& results) {
 // snapshot with --snapshot). False if there is nothing to reuse.
 bool Reopen(const Options& options, Loaded& loaded) {
   if (options.db.empty() || !std::filesystem::exists(options.db)) return false;
-  auto store = DocumentStore::Open(options.db);
+  auto store = DocumentStore::Open(options.db, StoreOptions(options));
   if (!store.ok()) return false;
   auto count = (*store)->DocumentCount("bench");
   if (!count.ok() || *count != options.docs) return false;
@@ -516,7 +523,7 @@ void Breakdown(const Options& options, const std::vector<Document>& base) {
   const double embed_s = Seconds(Clock::now() - t0);
   auto store_upserts = [&](const std::string& path) {
     RemoveDb(path);
-    auto store = DocumentStore::Open(path);
+    auto store = DocumentStore::Open(path, StoreOptions(options));
     if (!store.ok() || !(*store)->CreateCollection("b").ok()) std::exit(1);
     const auto start = Clock::now();
     for (const StoredDocument& doc : stored) {
@@ -533,7 +540,7 @@ void Breakdown(const Options& options, const std::vector<Document>& base) {
   // Collection::Upsert end to end into a fresh in-memory collection,
   // without background rebuilds, with a flat and with an HNSW index.
   auto collection_upserts = [&](IndexKind kind) {
-    auto store = DocumentStore::Open(":memory:");
+    auto store = DocumentStore::Open(":memory:", StoreOptions(options));
     auto log = std::make_shared<LogLines>();
     CollectionOptions collection_options = MakeCollectionOptions(options, log);
     collection_options.background_maintenance = false;
@@ -723,18 +730,6 @@ OpenLoopResult OpenLoop(const Collection& collection,
   return result;
 }
 
-// The built-in embedder's stop words: a keyword query keeps them today, and
-// every chunk matches "how", "do", "i", "my".
-std::string WithoutStopWords(absl::string_view question) {
-  std::vector<std::string> kept;
-  for (absl::string_view word : absl::StrSplit(
-           question, absl::ByAnyChar(" ?,.!'\"()/:;"), absl::SkipEmpty())) {
-    std::string lower = absl::AsciiStrToLower(word);
-    if (!IsStopWord(lower)) kept.push_back(lower);
-  }
-  return kept.empty() ? std::string(question) : absl::StrJoin(kept, " ");
-}
-
 // One thread, no load: what each piece of a hybrid Search costs. Hybrid
 // asks both lists for max(4k, 50) results, then RRF-fuses them; the vector
 // list is embedding + FAISS + ChunksById (one SQL lookup per id).
@@ -745,7 +740,8 @@ void HybridPieces(const std::vector<Target>& targets,
   std::cout << absl::StrFormat(
       "\n### Pieces of one hybrid retrieval (single thread, idle; mean µs "
       "over the questions; depth %d)\n\n"
-      "| collection | store KeywordSearch(%d) | same, stop words dropped | "
+      "| collection | store KeywordSearch(%d), word counts read | same, "
+      "counts cached | "
       "Embed(query) | Search(vector, "
       "%d) | of which ChunksById(%d ids) | Search(hybrid, %d) + "
       "AssembleContext | n |\n|---|---|---|---|---|---|---|---|\n",
@@ -761,8 +757,9 @@ void HybridPieces(const std::vector<Target>& targets,
       auto t0 = Clock::now();
       auto kw = target.store->KeywordSearch(target.collection_name, q, depth);
       auto t1 = Clock::now();
-      auto kw_content = target.store->KeywordSearch(target.collection_name,
-                                                    WithoutStopWords(q), depth);
+      // The second time, each word's chunk count comes from the cache.
+      auto kw_content =
+          target.store->KeywordSearch(target.collection_name, q, depth);
       auto t1b = Clock::now();
       keyword_content += Micros(t1b - t1);
       t1 = Clock::now();
@@ -861,6 +858,9 @@ bool ParseFlags(int argc, char** argv, Options& options) {
       ok = absl::SimpleAtoi(value(), &options.workers) && options.workers > 0;
     } else if (flag == "--k") {
       ok = absl::SimpleAtoi(value(), &options.top_k) && options.top_k > 0;
+    } else if (flag == "--keyword-budget") {
+      ok = absl::SimpleAtoi(value(), &options.keyword_budget) &&
+           options.keyword_budget >= 0;
     } else if (flag == "--index") {
       auto kind = ParseIndexKind(value());
       ok = kind.ok();
@@ -903,10 +903,11 @@ int Main(int argc, char** argv) {
   std::cout << absl::StrFormat(
       "retrieval_bench: %d quickstart articles repeated to %d documents; "
       "chunks of %d tokens (%d overlap), %d-d built-in embedder, index %s; "
+      "keyword match budget %d; "
       "%d questions; %u hardware threads\n",
       corpus.size(), options.docs, options.chunk_tokens,
       options.chunk_overlap_tokens, options.embedding_dim,
-      IndexKindName(options.index), questions.size(),
+      IndexKindName(options.index), options.keyword_budget, questions.size(),
       std::thread::hardware_concurrency());
 
   if (options.breakdown) Breakdown(options, corpus);
@@ -941,7 +942,7 @@ int Main(int argc, char** argv) {
   if (options.latency) {
     // The plain quickstart collection, as the gateway loads it by default
     // (store in memory).
-    auto store = DocumentStore::Open(":memory:");
+    auto store = DocumentStore::Open(":memory:", StoreOptions(options));
     auto log = std::make_shared<LogLines>();
     auto quickstart =
         Collection::Open(**store, "corpus", MakeCollectionOptions(options, log))
