@@ -211,11 +211,12 @@ absl::Status Collection::Rebuild() {
   std::shared_ptr<const HashedNgramEmbedder> embedder;
   int64_t fitted_on = 0;
   {
-    // A consistent read: no writer of this collection in between.
-    std::lock_guard write_lock(write_mu_);
+    // Writers go on: the chunks up to the position's last id, read after
+    // it, are the ones it covers that are still there. The removals after
+    // it are replayed below, and removing a chunk already gone is harmless.
     auto at = store_.Position();
     if (!at.ok()) return at.status();
-    auto all = store_.Chunks(name_);
+    auto all = store_.Chunks(name_, "", at->chunk);
     if (!all.ok()) return all.status();
     position = *at;
     chunks = *std::move(all);

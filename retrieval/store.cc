@@ -588,7 +588,7 @@ StoredChunk ReadChunk(Statement& select) {
 }  // namespace
 
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
-    absl::string_view collection, absl::string_view doc_id) {
+    absl::string_view collection, absl::string_view doc_id, int64_t up_to_id) {
   ReadLease lease(*this);
   if (absl::Status s = RequireCollectionIn(lease.reader(), collection); !s.ok())
     return s;
@@ -598,8 +598,8 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
       "FROM chunks c JOIN documents d ON d.collection = "
       "c.collection AND d.id = c.doc_id "
       "WHERE c.collection = ?1 AND (?2 = '' OR c.doc_id = ?2) "
-      "ORDER BY c.id");
-  select.Bind(1, collection).Bind(2, doc_id);
+      "AND c.id <= ?3 ORDER BY c.id");
+  select.Bind(1, collection).Bind(2, doc_id).Bind(3, up_to_id);
   std::vector<StoredChunk> chunks;
   while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
   return chunks;

@@ -2,6 +2,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -128,9 +129,11 @@ class DocumentStore final {
   [[nodiscard]] absl::StatusOr<StoreChanges> ChangesSince(
       absl::string_view collection, StorePosition since);
 
-  // Every chunk of the collection, or of one document, in id order.
+  // Every chunk of the collection, or of one document, in id order; with
+  // `up_to_id`, only those with ids up to it.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> Chunks(
-      absl::string_view collection, absl::string_view doc_id = "");
+      absl::string_view collection, absl::string_view doc_id = "",
+      int64_t up_to_id = std::numeric_limits<int64_t>::max());
   // The chunks with these ids (missing ids are skipped), in the given order.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunksById(
       const std::vector<int64_t>& ids);

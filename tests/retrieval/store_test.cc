@@ -77,6 +77,18 @@ TEST_F(StoreTest, UpsertStoresAndReplacesDocuments) {
   EXPECT_EQ(*store_->LastChange(), 2);
 }
 
+TEST_F(StoreTest, ChunksUpToAnIdAreThoseAPositionCovers) {
+  ASSERT_TRUE(store_->Upsert("help", Doc("a", {"one", "two"})).ok());
+  auto at = store_->Position();
+  ASSERT_TRUE(at.ok());
+  ASSERT_TRUE(store_->Upsert("help", Doc("b", {"three"})).ok());
+  auto covered = store_->Chunks("help", "", at->chunk);
+  ASSERT_TRUE(covered.ok()) << covered.status();
+  ASSERT_EQ(covered->size(), 2u);
+  EXPECT_EQ((*covered)[1].text, "two");
+  EXPECT_EQ(store_->Chunks("help")->size(), 3u);
+}
+
 TEST_F(StoreTest, KeywordSearchRanksByBm25) {
   ASSERT_TRUE(
       store_
