@@ -245,14 +245,25 @@ class IvfPqReRankingTest : public ::testing::Test {
     base_->ids.assign(all_->ids.begin(), all_->ids.begin() + kRows);
     base_->vectors.assign(all_->vectors.begin(),
                           all_->vectors.begin() + kRows * kDim64);
-    refined_ = Build(kDefaultPqRefineFactor).release();
-    plain_ = Build(1).release();
   }
   static void TearDownTestSuite() {
     delete refined_;
     delete plain_;
     delete base_;
     delete all_;
+  }
+
+  // Built on first use: ctest runs each test in its own process, and IVF-PQ
+  // training dominates the suite's time.
+  static const VectorIndex& Refined() {
+    if (refined_ == nullptr) {
+      refined_ = Build(kDefaultPqRefineFactor).release();
+    }
+    return *refined_;
+  }
+  static const VectorIndex& Plain() {
+    if (plain_ == nullptr) plain_ = Build(1).release();
+    return *plain_;
   }
 
   static std::unique_ptr<VectorIndex> Build(int refine_factor) {
@@ -326,8 +337,8 @@ VectorIndex* IvfPqReRankingTest::refined_ = nullptr;
 VectorIndex* IvfPqReRankingTest::plain_ = nullptr;
 
 TEST_F(IvfPqReRankingTest, ReachesHighRecallAndBeatsPqScoresAlone) {
-  const double refined = Recall(*refined_);
-  const double plain = Recall(*plain_);
+  const double refined = Recall(Refined());
+  const double plain = Recall(Plain());
   RecordProperty("recall_refined", std::to_string(refined));
   RecordProperty("recall_plain", std::to_string(plain));
   EXPECT_GE(refined, 0.9) << "PQ alone: " << plain;
@@ -336,7 +347,7 @@ TEST_F(IvfPqReRankingTest, ReachesHighRecallAndBeatsPqScoresAlone) {
 
 TEST_F(IvfPqReRankingTest, ScoresAreCloseToTrueInnerProductsAndOrdered) {
   for (int q = 0; q < 20; ++q) {
-    auto got = refined_->Search(Query(q), 10);
+    auto got = Refined().Search(Query(q), 10);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_THAT(*got, SizeIs(10));
     for (size_t i = 0; i < got->size(); ++i) {
@@ -366,11 +377,11 @@ TEST_F(IvfPqReRankingTest, SerializedImageKeepsResultsScoresAndLabels) {
   std::vector<int64_t> every_third;
   for (int r = 0; r < kRows; r += 3) every_third.push_back(base_->ids[r]);
   const AllowedIds allowed(every_third);
-  auto loaded = Reload(*refined_);
-  EXPECT_EQ(loaded->MemoryBytes(), refined_->MemoryBytes());
+  auto loaded = Reload(Refined());
+  EXPECT_EQ(loaded->MemoryBytes(), Refined().MemoryBytes());
   for (int q = 0; q < 30; ++q) {
-    same(*refined_, *loaded, q, nullptr);
-    same(*refined_, *loaded, q, &allowed);
+    same(Refined(), *loaded, q, nullptr);
+    same(Refined(), *loaded, q, &allowed);
   }
   // Tombstones survive a second round trip.
   loaded->Remove({base_->ids[3], base_->ids[4]});
@@ -395,7 +406,7 @@ TEST_F(IvfPqReRankingTest, SerializedImageKeepsResultsScoresAndLabels) {
 }
 
 TEST_F(IvfPqReRankingTest, FilteredSearchesStillReturnKWhenKExist) {
-  auto index = Reload(*refined_);
+  auto index = Reload(Refined());
   // 95% tombstoned: the first probes find fewer than k live candidates.
   std::vector<int64_t> dead;
   for (int r = 0; r < kRows; ++r) {
@@ -429,17 +440,17 @@ TEST_F(IvfPqReRankingTest, FilteredSearchesStillReturnKWhenKExist) {
 
 TEST_F(IvfPqReRankingTest, CopyIsCountedInMemoryAndOptional) {
   // dim bytes per vector, on top of the PQ codes.
-  EXPECT_GE(refined_->MemoryBytes() - plain_->MemoryBytes(),
+  EXPECT_GE(Refined().MemoryBytes() - Plain().MemoryBytes(),
             int64_t{kRows} * kDim64);
-  EXPECT_LE(refined_->MemoryBytes() - plain_->MemoryBytes(),
+  EXPECT_LE(Refined().MemoryBytes() - Plain().MemoryBytes(),
             int64_t{kRows} * kDim64 + 4096);
   // Without re-ranking the image still round-trips.
-  auto image = plain_->Serialize();
+  auto image = Plain().Serialize();
   ASSERT_TRUE(image.ok());
   auto loaded = VectorIndex::Deserialize(*image);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(IdsOf(*(*loaded)->Search(Query(0), 10)),
-            IdsOf(*plain_->Search(Query(0), 10)));
+            IdsOf(*Plain().Search(Query(0), 10)));
 }
 
 TEST_F(IvfPqReRankingTest, ImagesBeforeReRankingLoadExceptIvfPq) {
@@ -459,13 +470,13 @@ TEST_F(IvfPqReRankingTest, ImagesBeforeReRankingLoadExceptIvfPq) {
   // An old IVF-PQ image is refused so the caller rebuilds it with the copy.
   const size_t section = 4 + kDim64 * 8 + size_t{kRows} * kDim64;
   auto old_pq =
-      VectorIndex::Deserialize(as_format1(*refined_->Serialize(), section));
+      VectorIndex::Deserialize(as_format1(*Refined().Serialize(), section));
   EXPECT_EQ(old_pq.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(old_pq.status().message(), HasSubstr("before re-ranking"));
 }
 
 TEST_F(IvfPqReRankingTest, DamagedCopyIsRejected) {
-  const std::string image = *refined_->Serialize();
+  const std::string image = *Refined().Serialize();
   for (size_t cut : {size_t{1}, size_t{kDim64}, size_t{kRows} * kDim64 + 8}) {
     EXPECT_EQ(VectorIndex::Deserialize(image.substr(0, image.size() - cut))
                   .status()
