@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <iterator>
 #include <mutex>
 #include <optional>
 
@@ -26,6 +27,7 @@ std::string EmbeddingText(absl::string_view title, absl::string_view text) {
 // left after the last of the rounds), holds them off.
 constexpr size_t kCatchUpUnderLock = 256;
 constexpr int kMaxCatchUpRounds = 8;
+constexpr int64_t kRebuildPage = 4096;
 
 std::string Describe(StorePosition position) {
   return absl::StrCat("removal ", position.removal, ", chunk ", position.chunk);
@@ -151,7 +153,8 @@ absl::Status Collection::Load() {
               std::make_shared<HashedNgramEmbedder>(options_.embedding_dim);
           embedder->SetWeights(std::move(snapshot->embedder_weights));
         }
-        auto pending = Gather(snapshot->position, embedder.get(), false);
+        auto pending = Gather(DocumentStore::ReadOn::kReader,
+                              snapshot->position, embedder.get(), false);
         if (!pending.ok()) return pending.status();
         (*index)->Remove(pending->removed);
         if (absl::Status s = (*index)->Add(pending->ids, pending->vectors);
@@ -216,10 +219,16 @@ absl::Status Collection::Rebuild() {
     // it are replayed below, and removing a chunk already gone is harmless.
     auto at = store_.Position();
     if (!at.ok()) return at.status();
-    auto all = store_.Chunks(name_, "", at->chunk);
-    if (!all.ok()) return all.status();
+    // In pages, each its own short read: one long read would keep SQLite
+    // from checkpointing its log while writers go on.
+    for (int64_t after = 0;;) {
+      auto page = store_.ChunkPage(name_, after, at->chunk, kRebuildPage);
+      if (!page.ok()) return page.status();
+      if (page->empty()) break;
+      after = page->back().id;
+      std::move(page->begin(), page->end(), std::back_inserter(chunks));
+    }
     position = *at;
-    chunks = *std::move(all);
     std::shared_lock lock(mu_);
     embedder = embedder_;
     fitted_on = fitted_on_;
@@ -276,7 +285,8 @@ absl::Status Collection::Rebuild() {
   // again by the next round, which is harmless: a re-added id replaces its
   // row, a removed one is already gone.
   for (int round = 0; round < kMaxCatchUpRounds; ++round) {
-    auto pending = Gather(position, embedder.get(), false);
+    auto pending =
+        Gather(DocumentStore::ReadOn::kReader, position, embedder.get(), false);
     if (!pending.ok()) return pending.status();
     const size_t changes = pending->removed.size() + pending->ids.size();
     (*index)->Remove(pending->removed);
@@ -288,7 +298,8 @@ absl::Status Collection::Rebuild() {
     if (changes <= kCatchUpUnderLock) break;
   }
   std::lock_guard write_lock(write_mu_);
-  auto pending = Gather(position, embedder.get(), false);
+  auto pending =
+      Gather(DocumentStore::ReadOn::kReader, position, embedder.get(), false);
   if (!pending.ok()) return pending.status();
   (*index)->Remove(pending->removed);
   if (absl::Status s = (*index)->Add(pending->ids, pending->vectors); !s.ok()) {
@@ -309,11 +320,11 @@ absl::Status Collection::Rebuild() {
 }
 
 absl::StatusOr<Collection::Pending> Collection::Gather(
-    StorePosition since, const HashedNgramEmbedder* embedder,
-    bool stored_vectors) {
-  auto position = store_.Position();
+    DocumentStore::ReadOn on, StorePosition since,
+    const HashedNgramEmbedder* embedder, bool stored_vectors) {
+  auto position = store_.Position(on);
   if (!position.ok()) return position.status();
-  auto changes = store_.ChangesSince(name_, since);
+  auto changes = store_.ChangesSince(name_, since, on);
   if (!changes.ok()) return changes.status();
   Pending pending;
   pending.position = *position;
@@ -350,7 +361,8 @@ absl::Status Collection::CatchUpLive(bool stored_vectors) {
     since = position_;
     embedder = embedder_;
   }
-  auto pending = Gather(since, embedder.get(), stored_vectors);
+  auto pending = Gather(DocumentStore::ReadOn::kWriter, since, embedder.get(),
+                        stored_vectors);
   if (!pending.ok()) return pending.status();
   std::unique_lock lock(mu_);
   index_->Remove(pending->removed);

@@ -139,7 +139,7 @@ class Collection final {
   };
   // With `stored_vectors`, the store's embeddings are used as they are
   // (they were made by `embedder`); otherwise built-in ones are remade.
-  absl::StatusOr<Pending> Gather(StorePosition since,
+  absl::StatusOr<Pending> Gather(DocumentStore::ReadOn on, StorePosition since,
                                  const HashedNgramEmbedder* embedder,
                                  bool stored_vectors)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);

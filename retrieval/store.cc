@@ -235,8 +235,9 @@ constexpr int kMaxReaders = 8;
 // the writer's own connection, held under its mutex.
 class DocumentStore::ReadLease final {
  public:
-  explicit ReadLease(DocumentStore& store) : store_(store) {
-    if (store.reader_path_.empty()) {
+  explicit ReadLease(DocumentStore& store, ReadOn on = ReadOn::kReader)
+      : store_(store) {
+    if (store.reader_path_.empty() || on == ReadOn::kWriter) {
       writer_lock_ = std::unique_lock(store.mu_);
       reader_ = store.writer_reads_.get();
       return;
@@ -555,8 +556,8 @@ absl::StatusOr<int64_t> DocumentStore::LastChange() {
   return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
 }
 
-absl::StatusOr<StorePosition> DocumentStore::Position() {
-  ReadLease lease(*this);
+absl::StatusOr<StorePosition> DocumentStore::Position(ReadOn on) {
+  ReadLease lease(*this, on);
   // AUTOINCREMENT counters never go back, even when the last row is deleted.
   Statement select(lease.reader(),
                    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE "
@@ -588,7 +589,7 @@ StoredChunk ReadChunk(Statement& select) {
 }  // namespace
 
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
-    absl::string_view collection, absl::string_view doc_id, int64_t up_to_id) {
+    absl::string_view collection, absl::string_view doc_id) {
   ReadLease lease(*this);
   if (absl::Status s = RequireCollectionIn(lease.reader(), collection); !s.ok())
     return s;
@@ -598,16 +599,38 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
       "FROM chunks c JOIN documents d ON d.collection = "
       "c.collection AND d.id = c.doc_id "
       "WHERE c.collection = ?1 AND (?2 = '' OR c.doc_id = ?2) "
-      "AND c.id <= ?3 ORDER BY c.id");
-  select.Bind(1, collection).Bind(2, doc_id).Bind(3, up_to_id);
+      "ORDER BY c.id");
+  select.Bind(1, collection).Bind(2, doc_id);
+  std::vector<StoredChunk> chunks;
+  while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
+  return chunks;
+}
+
+absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunkPage(
+    absl::string_view collection, int64_t after_id, int64_t up_to_id,
+    int64_t limit) {
+  ReadLease lease(*this);
+  if (absl::Status s = RequireCollectionIn(lease.reader(), collection);
+      !s.ok()) {
+    return s;
+  }
+  // `+c.collection` keeps SQLite on the id range, as in ChangesSince.
+  Statement select(
+      lease.reader(),
+      "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
+      "FROM chunks c JOIN documents d ON d.collection = "
+      "c.collection AND d.id = c.doc_id "
+      "WHERE c.id > ? AND c.id <= ? AND +c.collection = ? ORDER BY c.id "
+      "LIMIT ?");
+  select.Bind(1, after_id).Bind(2, up_to_id).Bind(3, collection).Bind(4, limit);
   std::vector<StoredChunk> chunks;
   while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
   return chunks;
 }
 
 absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
-    absl::string_view collection, StorePosition since) {
-  ReadLease lease(*this);
+    absl::string_view collection, StorePosition since, ReadOn on) {
+  ReadLease lease(*this, on);
   StoreChanges changes;
   Statement removed(lease.reader(),
                     "SELECT chunk_id FROM removed_chunks WHERE seq > ? AND "

@@ -2,7 +2,6 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -123,17 +122,28 @@ class DocumentStore final {
   // The number of the latest change (0 for an empty store).
   [[nodiscard]] absl::StatusOr<int64_t> LastChange();
 
+  // Where a read runs: on a pooled reader, beside writes; or on the write
+  // connection, whose page cache a write has just warmed (a reader's is
+  // dropped whenever another connection writes), for the writer's own
+  // small catch-up after each write.
+  enum class ReadOn { kReader, kWriter };
+
   // The current position, and what changed in a collection since one.
   // Callers that need the two consistent hold off the collection's writers.
-  [[nodiscard]] absl::StatusOr<StorePosition> Position();
+  [[nodiscard]] absl::StatusOr<StorePosition> Position(
+      ReadOn on = ReadOn::kReader);
   [[nodiscard]] absl::StatusOr<StoreChanges> ChangesSince(
-      absl::string_view collection, StorePosition since);
+      absl::string_view collection, StorePosition since,
+      ReadOn on = ReadOn::kReader);
 
-  // Every chunk of the collection, or of one document, in id order; with
-  // `up_to_id`, only those with ids up to it.
+  // Every chunk of the collection, or of one document, in id order.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> Chunks(
-      absl::string_view collection, absl::string_view doc_id = "",
-      int64_t up_to_id = std::numeric_limits<int64_t>::max());
+      absl::string_view collection, absl::string_view doc_id = "");
+  // Up to `limit` of the collection's chunks with ids in (after_id,
+  // up_to_id], in id order: a bulk read in short transactions.
+  [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunkPage(
+      absl::string_view collection, int64_t after_id, int64_t up_to_id,
+      int64_t limit);
   // The chunks with these ids (missing ids are skipped), in the given order.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunksById(
       const std::vector<int64_t>& ids);

@@ -82,11 +82,17 @@ TEST_F(StoreTest, ChunksUpToAnIdAreThoseAPositionCovers) {
   auto at = store_->Position();
   ASSERT_TRUE(at.ok());
   ASSERT_TRUE(store_->Upsert("help", Doc("b", {"three"})).ok());
-  auto covered = store_->Chunks("help", "", at->chunk);
+  auto covered = store_->ChunkPage("help", 0, at->chunk, 100);
   ASSERT_TRUE(covered.ok()) << covered.status();
   ASSERT_EQ(covered->size(), 2u);
   EXPECT_EQ((*covered)[1].text, "two");
+  auto page = store_->ChunkPage("help", (*covered)[0].id, at->chunk + 5, 1);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->size(), 1u);
+  EXPECT_EQ((*page)[0].text, "two");
   EXPECT_EQ(store_->Chunks("help")->size(), 3u);
+  EXPECT_EQ(store_->ChunkPage("nope", 0, 10, 1).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(StoreTest, KeywordSearchRanksByBm25) {
