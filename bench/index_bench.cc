@@ -8,7 +8,7 @@
 //   ./build/bench/index_bench [--n 1000000] [--dim 128] [--queries 1000]
 //       [--m 32] [--ef-construction 80] [--nlist 0] [--pq-m 0]
 //       [--pq-refine 10] [--only hnsw,filter,ivf_flat,ivf_pq,flat] [--quick]
-//       [--verbose]
+//       [--dense-ids] [--verbose]
 //
 // --pq-refine lists IVF-PQ re-ranking factors (IndexOptions::
 // pq_refine_factor; default the library's): one arbiter index is built for
@@ -86,6 +86,9 @@ struct Options {
   double spread = 1.0;  // Noise norm around a (unit) cluster centre.
   double decay = 0.5;   // Noise std of coordinate j is ∝ (j + 1)^-decay.
   uint64_t seed = 42;
+  // Ids as a collection's chunks have them (row + 1, in insertion order),
+  // instead of spread over 2^62: allow-lists become AllowedIds' bitmap.
+  bool dense_ids = false;
   int threads = 2;  // Build threads.
   int reps = 3;     // Timed passes per setting (best kept) after a warmup.
   // Queries of the allow-list sweep (at most --queries).
@@ -286,9 +289,11 @@ Dataset MakeDataset(const Options& options) {
   data.ids.resize(data.n);
   data.row_of_id.reserve(data.n);
   for (int64_t r = 0; r < data.n; ++r) {
-    data.ids[r] = static_cast<int64_t>(
-        (static_cast<uint64_t>(r + 1) * 0x9E3779B97F4A7C15ULL) &
-        ((uint64_t{1} << 62) - 1));
+    data.ids[r] = options.dense_ids
+                      ? r + 1
+                      : static_cast<int64_t>((static_cast<uint64_t>(r + 1) *
+                                              0x9E3779B97F4A7C15ULL) &
+                                             ((uint64_t{1} << 62) - 1));
     data.row_of_id[data.ids[r]] = r;
   }
   Log(absl::StrFormat("data: %d × %d-d base, %d queries", data.n, data.dim,
@@ -932,8 +937,8 @@ void HnswGroup(const Dataset& data, const Options& options, Report& report) {
     std::shuffle(rows.begin(), rows.end(), rng);
     for (int64_t i = 0; i < data.n / 10; ++i) dead_rows[rows[i]] = 1;
   }
-  // These ids are spread over 2^62, so this is AllowedIds' hash set; a
-  // collection's chunk ids are dense and get its bitmap.
+  // Spread over 2^62, ids make this AllowedIds' hash set; with --dense-ids,
+  // as a collection's chunk ids, its bitmap.
   const AllowedIds allowed(std::move(allowed_ids));
   auto bitmap_of = [&](auto keep) {
     std::vector<uint8_t> bitmap((data.n + 7) / 8, 0);
@@ -952,7 +957,8 @@ void HnswGroup(const Dataset& data, const Options& options, Report& report) {
     Contender fa =
         NewContender("HNSW, 50% of ids allowed", "arbiter VectorIndex", "ef",
                      nq, &allowed_truth);
-    fa.note = absl::StrCat("allow-list: AllowedIds (hash set) of ",
+    fa.note = absl::StrCat("allow-list: AllowedIds (",
+                           options.dense_ids ? "bitmap" : "hash set", ") of ",
                            allowed.ids().size(), " ids; ", nq, " queries");
     Contender fb = NewContender(
         "HNSW, 50% of ids allowed", "FAISS IndexHNSWFlat + IDSelectorBitmap",
@@ -1293,6 +1299,8 @@ bool ParseFlags(int argc, char** argv, Options& options) {
       ok = absl::SimpleAtod(value(), &options.spread) && options.spread >= 0;
     } else if (flag == "--decay") {
       ok = absl::SimpleAtod(value(), &options.decay);
+    } else if (flag == "--dense-ids") {
+      options.dense_ids = true;
     } else if (flag == "--seed") {
       ok = absl::SimpleAtoi(value(), &options.seed);
     } else if (flag == "--threads") {
