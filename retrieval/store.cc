@@ -569,6 +569,12 @@ absl::StatusOr<StorePosition> DocumentStore::Position(ReadOn on) {
 
 namespace {
 
+// The rows ReadChunk reads: chunks joined to their documents.
+constexpr absl::string_view kChunkRows =
+    "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
+    "FROM chunks c JOIN documents d ON d.collection = c.collection AND "
+    "d.id = c.doc_id ";
+
 StoredChunk ReadChunk(Statement& select) {
   StoredChunk chunk;
   chunk.id = select.Int(0);
@@ -595,11 +601,9 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
     return s;
   Statement select(
       lease.reader(),
-      "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
-      "FROM chunks c JOIN documents d ON d.collection = "
-      "c.collection AND d.id = c.doc_id "
-      "WHERE c.collection = ?1 AND (?2 = '' OR c.doc_id = ?2) "
-      "ORDER BY c.id");
+      absl::StrCat(kChunkRows,
+                   "WHERE c.collection = ?1 AND (?2 = '' OR c.doc_id = ?2) "
+                   "ORDER BY c.id"));
   select.Bind(1, collection).Bind(2, doc_id);
   std::vector<StoredChunk> chunks;
   while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
@@ -617,11 +621,10 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunkPage(
   // `+c.collection` keeps SQLite on the id range, as in ChangesSince.
   Statement select(
       lease.reader(),
-      "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
-      "FROM chunks c JOIN documents d ON d.collection = "
-      "c.collection AND d.id = c.doc_id "
-      "WHERE c.id > ? AND c.id <= ? AND +c.collection = ? ORDER BY c.id "
-      "LIMIT ?");
+      absl::StrCat(
+          kChunkRows,
+          "WHERE c.id > ? AND c.id <= ? AND +c.collection = ? ORDER BY c.id "
+          "LIMIT ?"));
   select.Bind(1, after_id).Bind(2, up_to_id).Bind(3, collection).Bind(4, limit);
   std::vector<StoredChunk> chunks;
   while (select.Step() == SQLITE_ROW) chunks.push_back(ReadChunk(select));
@@ -643,10 +646,8 @@ absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
   // would scan the whole collection on every catch-up.
   Statement added(
       lease.reader(),
-      "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, d.title "
-      "FROM chunks c JOIN documents d ON d.collection = "
-      "c.collection AND d.id = c.doc_id "
-      "WHERE c.id > ? AND +c.collection = ? ORDER BY c.id");
+      absl::StrCat(kChunkRows,
+                   "WHERE c.id > ? AND +c.collection = ? ORDER BY c.id"));
   added.Bind(1, since.chunk).Bind(2, collection);
   while (added.Step() == SQLITE_ROW) changes.added.push_back(ReadChunk(added));
   return changes;
@@ -657,10 +658,7 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
   ReadLease lease(*this);
   std::vector<StoredChunk> chunks;
   // One statement for all ids: preparing it costs more than a lookup.
-  Statement select(lease.reader(),
-                   "SELECT c.id, c.doc_id, c.position, c.text, c.embedding, "
-                   "d.title FROM chunks c JOIN documents d ON d.collection "
-                   "= c.collection AND d.id = c.doc_id WHERE c.id = ?");
+  Statement select(lease.reader(), absl::StrCat(kChunkRows, "WHERE c.id = ?"));
   if (absl::Status s = select.status(); !s.ok()) return s;
   for (int64_t id : ids) {
     select.Reset();
