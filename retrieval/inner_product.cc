@@ -21,6 +21,22 @@ float ScalarU8(const float* a, const uint8_t* codes, size_t dim) {
 
 #if defined(__x86_64__)
 
+// The four lanes' sum, added in lane order.
+float Sum4(__m128 lanes) {
+  alignas(16) float values[4];
+  _mm_store_ps(values, lanes);
+  return values[0] + values[1] + values[2] + values[3];
+}
+
+// The eight lanes' sum.
+__attribute__((target("avx2"))) float Sum8(__m256 lanes) {
+  __m128 half = _mm_add_ps(_mm256_castps256_ps128(lanes),
+                           _mm256_extractf128_ps(lanes, 1));
+  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
+  return _mm_cvtss_f32(half);
+}
+
 float Sse(const float* a, const float* b, size_t dim) {
   __m128 sum0 = _mm_setzero_ps();
   __m128 sum1 = _mm_setzero_ps();
@@ -31,10 +47,7 @@ float Sse(const float* a, const float* b, size_t dim) {
     sum1 = _mm_add_ps(
         sum1, _mm_mul_ps(_mm_loadu_ps(a + i + 4), _mm_loadu_ps(b + i + 4)));
   }
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, _mm_add_ps(sum0, sum1));
-  float sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-  return sum + Scalar(a + i, b + i, dim - i);
+  return Sum4(_mm_add_ps(sum0, sum1)) + Scalar(a + i, b + i, dim - i);
 }
 
 __attribute__((target("avx2,fma"))) float Avx2(const float* a, const float* b,
@@ -53,12 +66,7 @@ __attribute__((target("avx2,fma"))) float Avx2(const float* a, const float* b,
         _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), sum0);
     i += 8;
   }
-  const __m256 sum = _mm256_add_ps(sum0, sum1);
-  __m128 half =
-      _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
-  return _mm_cvtss_f32(half) + Scalar(a + i, b + i, dim - i);
+  return Sum8(_mm256_add_ps(sum0, sum1)) + Scalar(a + i, b + i, dim - i);
 }
 
 // Four bytes (zero-extended, SSE2 has no pmovzx) as four floats.
@@ -95,10 +103,7 @@ float SseU8(const float* a, const uint8_t* codes, size_t dim) {
         sum1, _mm_mul_ps(_mm_loadu_ps(a + i + 4), Widen4(words, zero, true)));
     i += 8;
   }
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, _mm_add_ps(sum0, sum1));
-  const float sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-  return sum + ScalarU8(a + i, codes + i, dim - i);
+  return Sum4(_mm_add_ps(sum0, sum1)) + ScalarU8(a + i, codes + i, dim - i);
 }
 
 // Eight codes at `codes` as eight floats.
@@ -125,12 +130,7 @@ __attribute__((target("avx2,fma"))) float Avx2U8(const float* a,
   for (; i + 8 <= dim; i += 8) {
     sum0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), Widen8(codes + i), sum0);
   }
-  const __m256 sum = _mm256_add_ps(sum0, sum1);
-  __m128 half =
-      _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
-  return _mm_cvtss_f32(half) + ScalarU8(a + i, codes + i, dim - i);
+  return Sum8(_mm256_add_ps(sum0, sum1)) + ScalarU8(a + i, codes + i, dim - i);
 }
 
 bool HasAvx2() {
