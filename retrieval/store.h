@@ -144,7 +144,8 @@ class DocumentStore final {
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunkPage(
       absl::string_view collection, int64_t after_id, int64_t up_to_id,
       int64_t limit);
-  // The chunks with these ids (missing ids are skipped), in the given order.
+  // The chunks with these ids (missing ids are skipped), in the given order,
+  // without their embeddings.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> ChunksById(
       const std::vector<int64_t>& ids);
 

@@ -95,6 +95,24 @@ TEST_F(StoreTest, ChunksUpToAnIdAreThoseAPositionCovers) {
             absl::StatusCode::kNotFound);
 }
 
+TEST_F(StoreTest, ChunksByIdReadTextInTheGivenOrderWithoutVectors) {
+  ASSERT_TRUE(store_->Upsert("help", Doc("a", {"one", "two"})).ok());
+  auto all = store_->Chunks("help");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[1].embedding, (std::vector<float>{1.0f, 2.0f}));
+  auto found = store_->ChunksById({(*all)[1].id, 999, (*all)[0].id});
+  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_EQ(found->size(), 2u);
+  EXPECT_EQ((*found)[0].text, "two");
+  EXPECT_EQ((*found)[0].doc_id, "a");
+  EXPECT_EQ((*found)[0].doc_title, "Title of a");
+  EXPECT_EQ((*found)[0].position, 1);
+  EXPECT_EQ((*found)[1].text, "one");
+  // Search hits need no vector; reading it would cost a page chain each.
+  EXPECT_TRUE((*found)[0].embedding.empty());
+}
+
 TEST_F(StoreTest, KeywordSearchRanksByBm25) {
   ASSERT_TRUE(
       store_
