@@ -1177,6 +1177,7 @@ absl::StatusOr<v1::CollectionInfo> Gateway::GetCollection(
         absl::RFC3339_sec, stats.snapshot_time, absl::UTCTimeZone()));
   }
   snapshot.set_bytes(stats.snapshot_bytes);
+  snapshot.set_copy_ms(absl::ToDoubleMilliseconds(stats.snapshot_copy));
   snapshot.set_changes_since(stats.changes_since_snapshot);
   return info;
 }

@@ -23,10 +23,11 @@ std::string EmbeddingText(absl::string_view title, absl::string_view text) {
 }
 
 // A rebuild catches up with the writes made during it in rounds that let
-// writers go on; the last round, at most this many changes (or whatever is
-// left after the last of the rounds), holds them off.
+// writers go on; the batch after a round of at most this many changes (or
+// a quick one) is applied holding them off.
 constexpr size_t kCatchUpUnderLock = 256;
-constexpr int kMaxCatchUpRounds = 8;
+// A catch-up round this quick leaves a batch that applies about as fast.
+constexpr absl::Duration kQuickCatchUpRound = absl::Milliseconds(100);
 constexpr int64_t kRebuildPage = 4096;
 
 std::string Describe(StorePosition position) {
@@ -280,11 +281,16 @@ absl::Status Collection::Rebuild() {
   if (!index.ok()) return index.status();
   matrix = {};
   // Writes went on meanwhile: catch up with them while writers go on, until
-  // what is left is small; only that last batch holds writers off. Changes
-  // committed between a round's Position and its ChangesSince are applied
-  // again by the next round, which is harmless: a re-added id replaces its
-  // row, a removed one is already gone.
-  for (int round = 0; round < kMaxCatchUpRounds; ++round) {
+  // a round is small or quick; only the batch after it holds writers off.
+  // While writers outpace the new index, rounds go on and the old index
+  // serves. Changes committed between a round's Position and its
+  // ChangesSince are applied again by the next round, which is harmless: a
+  // re-added id replaces its row, a removed one is already gone.
+  for (;;) {
+    if (Stopping()) {
+      return absl::CancelledError("closing: rebuild left unfinished");
+    }
+    const absl::Time round_start = absl::Now();
     auto pending =
         Gather(DocumentStore::ReadOn::kReader, position, embedder.get(), false);
     if (!pending.ok()) return pending.status();
@@ -295,7 +301,10 @@ absl::Status Collection::Rebuild() {
       return s;
     }
     position = pending->position;
-    if (changes <= kCatchUpUnderLock) break;
+    if (changes <= kCatchUpUnderLock ||
+        absl::Now() - round_start <= kQuickCatchUpRound) {
+      break;
+    }
   }
   std::lock_guard write_lock(write_mu_);
   auto pending =
@@ -432,11 +441,15 @@ absl::Status Collection::SaveSnapshot() {
   std::lock_guard snapshot_lock(snapshot_mu_);
   IndexSnapshot snapshot;
   int64_t covered = 0;
+  absl::Duration copy;
   {
-    // Freeze writers so the image and its position agree.
-    std::lock_guard write_lock(write_mu_);
+    // The index and its position change together under mu_: holding it
+    // shared makes the image and position agree while searches go on and
+    // writers commit to the store (they wait only to update the index).
     std::shared_lock lock(mu_);
+    const absl::Time start = absl::Now();
     auto image = index_->Serialize();
+    copy = absl::Now() - start;
     if (!image.ok()) return image.status();
     snapshot.index_image = *std::move(image);
     snapshot.position = position_;
@@ -453,6 +466,7 @@ absl::Status Collection::SaveSnapshot() {
   snapshot_position_ = snapshot.position;
   snapshot_time_ = absl::Now();
   snapshot_bytes_ = static_cast<int64_t>(snapshot.index_image.size());
+  snapshot_copy_ = copy;
   return absl::OkStatus();
 }
 
@@ -479,6 +493,11 @@ bool Collection::RebuildDue() const {
   return !remote_ && size >= std::max<int64_t>(64, 2 * fitted_on_);
 }
 
+bool Collection::Stopping() {
+  std::lock_guard lock(maintenance_mu_);
+  return stopping_;
+}
+
 void Collection::MaintenanceLoop() {
   absl::Time last_snapshot = absl::Now();
   for (;;) {
@@ -491,7 +510,9 @@ void Collection::MaintenanceLoop() {
     if (RebuildDue()) {
       const IndexStats before = Stats();
       const absl::Time start = absl::Now();
-      if (absl::Status s = Rebuild(); !s.ok()) {
+      if (absl::Status s = Rebuild(); absl::IsCancelled(s)) {
+        Log("background rebuild stopped: the collection is closing");
+      } else if (!s.ok()) {
         Log(absl::StrCat("background rebuild failed: ", s.message()));
       } else {
         const IndexStats after = Stats();
@@ -532,6 +553,7 @@ IndexStats Collection::Stats() const {
   stats.snapshot_position = snapshot_position_;
   stats.snapshot_time = snapshot_time_;
   stats.snapshot_bytes = snapshot_bytes_;
+  stats.snapshot_copy = snapshot_copy_;
   return stats;
 }
 

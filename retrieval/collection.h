@@ -75,6 +75,9 @@ struct IndexStats {
   StorePosition snapshot_position;
   absl::Time snapshot_time = absl::InfinitePast();
   int64_t snapshot_bytes = 0;
+  // How long the last snapshot's copy of the index held index updates off
+  // (writers' store commits go on meanwhile).
+  absl::Duration snapshot_copy = absl::ZeroDuration();
   int64_t changes_since_snapshot = 0;
 };
 
@@ -159,6 +162,7 @@ class Collection final {
       absl::string_view query, int k,
       const std::vector<MetadataFilter>& filters) const;
   bool RebuildDue() const;
+  bool Stopping();  // The collection is closing: background work ends.
   void MaintenanceLoop();
   void Log(absl::string_view line) const;
 
@@ -186,6 +190,7 @@ class Collection final {
   StorePosition snapshot_position_ ABSL_GUARDED_BY(stats_mu_);
   absl::Time snapshot_time_ ABSL_GUARDED_BY(stats_mu_) = absl::InfinitePast();
   int64_t snapshot_bytes_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  absl::Duration snapshot_copy_ ABSL_GUARDED_BY(stats_mu_);
 
   std::mutex maintenance_mu_;
   std::condition_variable maintenance_cv_;

@@ -83,7 +83,8 @@ std::vector<ScoredLabel> BestFirst(std::vector<ScoredLabel>& results, int k) {
 
 std::vector<ScoredLabel> SearchHnswGraph(
     const faiss::IndexHNSWFlat& index, const float* query, int k, int ef,
-    absl::FunctionRef<bool(int64_t)> accept) {
+    absl::FunctionRef<bool(int64_t)> accept,
+    absl::Span<const FilterPrefetch> prefetch) {
   const HNSW& graph = index.hnsw;
   if (index.ntotal == 0 || graph.entry_point < 0 || k < 1) return {};
   const auto* storage = static_cast<const faiss::IndexFlat*>(index.storage);
@@ -151,6 +152,10 @@ std::vector<ScoredLabel> SearchHnswGraph(
       if (!scratch.visited.Visit(links[j])) continue;
       fresh.push_back(links[j]);
       __builtin_prefetch(vectors + links[j] * dim);
+      for (const FilterPrefetch& data : prefetch) {
+        __builtin_prefetch(static_cast<const char*>(data.base) +
+                           links[j] * data.stride);
+      }
     }
     for (const int64_t node : fresh) {
       const float score = score_of(node);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/functional/function_ref.h"
+#include "absl/types/span.h"
 
 namespace faiss {
 struct IndexFlat;
@@ -27,11 +28,19 @@ struct ScoredLabel {
   int64_t label = 0;
 };
 
+// Per-label data a filter reads (base + label * stride bytes), loaded ahead
+// with the node's vector so the filter's read does not miss the cache.
+struct FilterPrefetch {
+  const void* base = nullptr;
+  size_t stride = 0;
+};
+
 // The up-to-k best labels that `accept` keeps, best first, exploring with a
 // beam of max(ef, k). Thread-safe for concurrent calls on one const index.
 [[nodiscard]] std::vector<ScoredLabel> SearchHnswGraph(
     const faiss::IndexHNSWFlat& index, const float* query, int k, int ef,
-    absl::FunctionRef<bool(int64_t)> accept);
+    absl::FunctionRef<bool(int64_t)> accept,
+    absl::Span<const FilterPrefetch> prefetch = {});
 
 // The k best labels that `accept` keeps among the `nprobe` inverted lists
 // whose centroids score highest, best first: what IndexIVFFlat::search

@@ -31,18 +31,20 @@ using faiss_idx = faiss::Index::idx_t;
 // Keeps labels whose id is live and, with an allow-list, allowed.
 class LiveSelector final : public faiss::IDSelector {
  public:
-  LiveSelector(const std::vector<uint8_t>& live,
+  // `live` is read only when some row is dead: each read is a likely cache
+  // miss per candidate.
+  LiveSelector(const std::vector<uint8_t>* live,
                const std::vector<int64_t>& id_of_label,
                const AllowedIds* allowed)
       : live_(live), id_of_label_(id_of_label), allowed_(allowed) {}
   // Reads the live byte first: the 8-byte id only for an allow-list.
   bool is_member(faiss_idx label) const override {
-    return live_[label] != 0 &&
+    return (live_ == nullptr || (*live_)[label] != 0) &&
            (allowed_ == nullptr || allowed_->contains(id_of_label_[label]));
   }
 
  private:
-  const std::vector<uint8_t>& live_;
+  const std::vector<uint8_t>* live_;
   const std::vector<int64_t>& id_of_label_;
   const AllowedIds* allowed_;
 };
@@ -75,6 +77,20 @@ template <typename T>
 void PutValue(std::string& out, T value) {
   Put(out, &value, sizeof(value));
 }
+
+// Appends FAISS's stream straight to the image: one copy of the vectors,
+// with no zero-filled staging buffer, is all a snapshot holds writers for.
+class StringWriter final : public faiss::IOWriter {
+ public:
+  explicit StringWriter(std::string& out) : out_(out) {}
+  size_t operator()(const void* ptr, size_t size, size_t nitems) override {
+    out_.append(static_cast<const char*>(ptr), size * nitems);
+    return nitems;
+  }
+
+ private:
+  std::string& out_;
+};
 
 // Reads fixed-size values off the front of a byte image.
 class Reader {
@@ -368,7 +384,8 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
   if (want == 0) return std::vector<Neighbor>{};
 
   const bool filtered = allowed != nullptr || tombstones_ > 0;
-  LiveSelector selector(live_, id_of_label_, allowed);
+  LiveSelector selector(tombstones_ > 0 ? &live_ : nullptr, id_of_label_,
+                        allowed);
   std::vector<Neighbor> found;
   found.reserve(want);
   // Approximate kinds can miss allowed vectors when few pass the filter:
@@ -383,6 +400,15 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
       const absl::FunctionRef<bool(int64_t)> accept =
           filtered ? absl::FunctionRef<bool(int64_t)>(accept_live)
                    : absl::FunctionRef<bool(int64_t)>(accept_any);
+      // What the selector reads per label, for the graph search to load
+      // ahead: the live byte, and the id when there is an allow-list.
+      FilterPrefetch reads[2];
+      size_t read_count = 0;
+      if (tombstones_ > 0) reads[read_count++] = {live_.data(), 1};
+      if (allowed != nullptr) {
+        reads[read_count++] = {id_of_label_.data(), sizeof(int64_t)};
+      }
+      const absl::Span<const FilterPrefetch> selector_reads(reads, read_count);
       for (int attempt = 0; attempt < 3; ++attempt) {
         std::vector<ScoredLabel> best;
         if (kind_ == IndexKind::kHnsw) {
@@ -390,7 +416,7 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
               static_cast<const faiss::IndexHNSWFlat&>(*index_), query.data(),
               want,
               (effort > 0 ? effort : options_.hnsw_ef_search) << (2 * attempt),
-              accept);
+              accept, selector_reads);
         } else if (kind_ == IndexKind::kIvfFlat) {
           const auto& ivf = static_cast<const faiss::IndexIVFFlat&>(*index_);
           best = SearchIvfFlat(
@@ -560,16 +586,9 @@ std::vector<int64_t> VectorIndex::Ids() const {
 }
 
 absl::StatusOr<std::string> VectorIndex::Serialize() const {
-  faiss::VectorIOWriter writer;
-  try {
-    faiss::write_index(index_.get(), &writer);
-  } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("serializing the index: ", e.what()));
-  }
   std::string out;
-  out.reserve(64 + id_of_label_.size() * 8 + writer.data.size() +
-              refine_codes_.size() + refine_min_.size() * 8);
+  // MemoryBytes() bounds the image from above: the string never regrows.
+  out.reserve(static_cast<size_t>(MemoryBytes()) + 4096);
   Put(out, kMagic, sizeof(kMagic));
   PutValue<int32_t>(out, static_cast<int32_t>(kind_));
   PutValue<int32_t>(out, dim_);
@@ -580,8 +599,18 @@ absl::StatusOr<std::string> VectorIndex::Serialize() const {
   }
   // FAISS leaks what it allocated when a read fails half-way: a truncated
   // image is caught by this length before FAISS sees it.
-  PutValue<int64_t>(out, static_cast<int64_t>(writer.data.size()));
-  Put(out, writer.data.data(), writer.data.size());
+  const size_t length_at = out.size();
+  PutValue<int64_t>(out, 0);  // FAISS's length, known once it is written.
+  StringWriter writer(out);
+  try {
+    faiss::write_index(index_.get(), &writer);
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("serializing the index: ", e.what()));
+  }
+  const int64_t faiss_bytes =
+      static_cast<int64_t>(out.size() - length_at - sizeof(int64_t));
+  std::memcpy(out.data() + length_at, &faiss_bytes, sizeof(faiss_bytes));
   // Format 2: the re-ranking copy's dimensions (0: none), then its min and
   // scale (dim floats each) and codes (rows x dim bytes, by label).
   PutValue<int32_t>(out, refines() ? dim_ : 0);

@@ -193,11 +193,11 @@ int IndexStats(const Args& args) {
     std::cout << "snapshot    none yet at " << snapshot.path() << "\n";
   } else {
     std::cout << absl::StrFormat(
-        "snapshot    %s\n            written %s, %.1f MiB, covers removal %d "
-        "and chunk %d; %d changes since\n",
+        "snapshot    %s\n            written %s, %.1f MiB (copied in %.0f "
+        "ms), covers removal %d and chunk %d; %d changes since\n",
         snapshot.path(), snapshot.written_at(), snapshot.bytes() / 1048576.0,
-        snapshot.position_removal(), snapshot.position_chunk(),
-        snapshot.changes_since());
+        snapshot.copy_ms(), snapshot.position_removal(),
+        snapshot.position_chunk(), snapshot.changes_since());
   }
   return 0;
 }

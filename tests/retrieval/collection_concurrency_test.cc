@@ -1,10 +1,11 @@
-// Run under TSan (make test-tsan): searches while documents are written and
-// deleted.
+// Run under TSan (make test-tsan): searches and snapshots while documents
+// are written and deleted.
 
 #include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -20,17 +21,13 @@ namespace {
 class CollectionConcurrencyTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
-    if (GetParam()) {
-      dir_ = std::filesystem::temp_directory_path() /
-             absl::StrCat("arbiter-concurrency-", getpid());
-      std::filesystem::create_directories(dir_);
-    }
+    dir_ = std::filesystem::temp_directory_path() /
+           absl::StrCat("arbiter-concurrency-", getpid());
+    std::filesystem::create_directories(dir_);
   }
-  void TearDown() override {
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string StorePath() const {
-    return dir_.empty() ? ":memory:" : (dir_ / "store.db").string();
+    return GetParam() ? (dir_ / "store.db").string() : ":memory:";
   }
 
   std::filesystem::path dir_;
@@ -88,6 +85,74 @@ TEST_P(CollectionConcurrencyTest, SearchesWhileIngestingAndDeleting) {
       EXPECT_FALSE(absl::StartsWith(hit.doc_id, "temp-"))
           << "deleted chunk found";
     }
+  }
+}
+
+// Snapshots copied while documents are written and deleted: each image must
+// hold exactly what its recorded position covers, so that reopening from any
+// of them and replaying the later changes gives the store's chunks.
+TEST_P(CollectionConcurrencyTest, SnapshotsDuringWritesMatchTheirPosition) {
+  auto store = DocumentStore::Open(StorePath());
+  ASSERT_TRUE(store.ok()) << store.status();
+  CollectionOptions options;
+  options.embedding_dim = 64;
+  options.snapshot_path = (dir_ / "kb.index").string();
+  options.background_maintenance = false;
+  auto collection = Collection::Open(**store, "kb", options);
+  ASSERT_TRUE(collection.ok()) << collection.status();
+  auto doc = [](int i) {
+    return Document{absl::StrCat("doc-", i), "Note",
+                    absl::StrCat("Note ", i, " about sync and passwords.")};
+  };
+  std::atomic<bool> writing{true};
+  std::atomic<int> failures{0};
+  std::thread writer([&] {
+    for (int i = 0; i < 120; ++i) {
+      if (!(*collection)->Upsert(doc(i)).ok()) ++failures;
+      if (i % 3 == 2 &&
+          !(*collection)->Delete(absl::StrCat("doc-", i - 1)).ok()) {
+        ++failures;
+      }
+    }
+    writing = false;
+  });
+  int copies = 0;
+  std::thread snapshotter([&] {
+    while (writing) {
+      if (!(*collection)->SaveSnapshot().ok()) {
+        ++failures;
+        continue;
+      }
+      // Keep one taken mid-write: the last one would follow every write.
+      std::filesystem::copy_file(
+          options.snapshot_path, dir_ / "mid.index",
+          std::filesystem::copy_options::overwrite_existing);
+      ++copies;
+    }
+  });
+  writer.join();
+  snapshotter.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_GT(copies, 0);
+  collection->reset();
+
+  options.snapshot_path = (dir_ / "mid.index").string();
+  auto reopened = Collection::Open(**store, "kb", options);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  const IndexStats stats = (*reopened)->Stats();
+  EXPECT_TRUE(absl::StrContains(stats.opened_from, "loaded index snapshot"))
+      << stats.opened_from;
+  auto chunks = (*store)->ChunkCount("kb");
+  ASSERT_TRUE(chunks.ok());
+  EXPECT_EQ(stats.vectors, *chunks) << "the image and its position disagree";
+  // Every live document, and no deleted one, is in the vector index.
+  auto hits = (*reopened)->Search("note about sync", 200, SearchMode::kVector);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  std::set<std::string> found;
+  for (const SearchHit& hit : *hits) found.insert(hit.doc_id);
+  for (int i = 0; i < 120; ++i) {
+    const bool deleted = i % 3 == 1;
+    EXPECT_EQ(found.contains(absl::StrCat("doc-", i)), !deleted) << i;
   }
 }
 
