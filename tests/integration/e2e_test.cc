@@ -9,6 +9,7 @@
 #include <map>
 #include <regex>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
@@ -821,6 +822,8 @@ TEST_F(EndToEndTest, EmbeddingServerPersistentStoreAndSnapshots) {
                                     absl::StrCat("arbiter-embed-", getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  // Also when an assertion ends the test early.
+  const absl::Cleanup remove_dir = [&] { std::filesystem::remove_all(dir); };
   auto write_config = [&](int dim) {
     const std::string path = (dir / "gateway.yaml").string();
     std::ofstream(path) << absl::StrReplaceAll(
@@ -897,7 +900,6 @@ retrieval:
   EXPECT_NE((*wrong)->Wait(), 0);
   EXPECT_THAT((*wrong)->Output(), HasSubstr("384-dim vectors"));
   EXPECT_THAT((*wrong)->Output(), HasSubstr("expects 128"));
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
