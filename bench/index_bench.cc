@@ -61,6 +61,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/types/span.h"
+#include "retrieval/huge_pages.h"
 #include "retrieval/index_search.h"
 #include "retrieval/vector_index.h"
 
@@ -559,7 +560,21 @@ std::unique_ptr<faiss::Index> FaissIndexOf(const VectorIndex& index) {
   }
   ViewReader reader(absl::string_view(*image).substr(offset, length));
   try {
-    return std::unique_ptr<faiss::Index>(faiss::read_index(&reader));
+    auto copy = std::unique_ptr<faiss::Index>(faiss::read_index(&reader));
+    // On huge pages like arbiter's own (VectorIndex asks for them), so the
+    // bare searches of this copy differ from arbiter's by the wrapper only.
+    if (auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(copy.get())) {
+      AdviseHugePages(hnsw->hnsw.neighbors.data(),
+                      hnsw->hnsw.neighbors.size() * 4, true);
+      AdviseHugePages(hnsw->hnsw.offsets.data(),
+                      hnsw->hnsw.offsets.size() * 8, true);
+      if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(hnsw->storage)) {
+        AdviseHugePages(flat->codes.data(), flat->codes.size(), true);
+      }
+    } else if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(copy.get())) {
+      AdviseHugePages(flat->codes.data(), flat->codes.size(), true);
+    }
+    return copy;
   } catch (const std::exception& e) {
     Log(absl::StrCat("reading arbiter's FAISS index: ", e.what()));
     return nullptr;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "retrieval/huge_pages.h"
 #include "retrieval/inner_product.h"
 
 namespace arbiter::retrieval {
@@ -23,6 +24,8 @@ class VisitedTable {
     if (marks_.size() < n) {
       marks_.assign(n, 0);
       epoch_ = 0;
+      AdviseHugePages(marks_.data(), marks_.size() * sizeof(marks_[0]),
+                      /*collapse_now=*/true);
     }
     if (++epoch_ == 0) {  // Wrapped: every old mark could alias.
       std::fill(marks_.begin(), marks_.end(), 0);
@@ -157,7 +160,18 @@ std::vector<ScoredLabel> SearchHnswGraph(
                            links[j] * data.stride);
       }
     }
-    for (const int64_t node : fresh) {
+    const size_t vector_bytes = dim * sizeof(float);
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      // The first line of each was requested above; the rest of the next
+      // one now, so scoring never waits on more than one vector's tail.
+      if (i + 1 < fresh.size()) {
+        const char* next =
+            reinterpret_cast<const char*>(vectors + fresh[i + 1] * dim);
+        for (size_t line = 64; line < vector_bytes; line += 64) {
+          __builtin_prefetch(next + line);
+        }
+      }
+      const int64_t node = fresh[i];
       const float score = score_of(node);
       if (results.size() >= beam && score <= worst_kept()) continue;
       candidates.push_back({score, node});

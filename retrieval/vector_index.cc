@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "retrieval/huge_pages.h"
 #include "retrieval/index_search.h"
 #include "retrieval/inner_product.h"
 #include "retrieval/simd_flat.h"
@@ -240,6 +241,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(
       built->refine_codes_.reserve(static_cast<size_t>(n) * dim);
     }
     if (absl::Status s = built->AddRows(ids, vectors); !s.ok()) return s;
+    built->AdviseHugePages(/*collapse_now=*/true);
     return built;
   } catch (const std::exception& e) {
     return absl::InternalError(
@@ -262,6 +264,7 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
                                   absl::Span<const float> vectors) {
   if (ids.empty()) return absl::OkStatus();
   const int64_t first = index_->ntotal;
+  const size_t capacity_before = id_of_label_.capacity();
   try {
     // Large adds (builds) may use every core; small ones stay on this thread.
     omp_set_num_threads(ids.size() > 1000 ? omp_get_num_procs() : 1);
@@ -279,7 +282,29 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
     id_of_label_.push_back(ids[i]);
     label_of_[ids[i]] = first + static_cast<int64_t>(i);
   }
+  // Arrays that grew were moved to fresh pages: ask again (the kernel
+  // collapses them in the background; collapsing here would hold writers).
+  if (id_of_label_.capacity() != capacity_before) AdviseHugePages(false);
   return absl::OkStatus();
+}
+
+void VectorIndex::AdviseHugePages(bool collapse_now) const {
+  auto advise = [collapse_now](const auto& array) {
+    retrieval::AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
+                               collapse_now);
+  };
+  const faiss::Index* vectors = index_.get();
+  if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(vectors)) {
+    advise(hnsw->hnsw.neighbors);
+    advise(hnsw->hnsw.offsets);
+    vectors = hnsw->storage;
+  }
+  if (const auto* flat = dynamic_cast<const faiss::IndexFlatCodes*>(vectors)) {
+    advise(flat->codes);
+  }
+  advise(id_of_label_);
+  advise(live_);
+  advise(refine_codes_);
 }
 
 void VectorIndex::TrainRefine(const float* vectors, int64_t rows) {
@@ -720,6 +745,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
     }
   }
   loaded->id_of_label_ = std::move(id_of_label);
+  loaded->AdviseHugePages(/*collapse_now=*/true);
   return loaded;
 }
 
