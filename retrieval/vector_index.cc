@@ -241,7 +241,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(
       built->refine_codes_.reserve(static_cast<size_t>(n) * dim);
     }
     if (absl::Status s = built->AddRows(ids, vectors); !s.ok()) return s;
-    built->AdviseHugePages(/*collapse_now=*/true);
+    built->MoveToHugePages();
     return built;
   } catch (const std::exception& e) {
     return absl::InternalError(
@@ -264,7 +264,6 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
                                   absl::Span<const float> vectors) {
   if (ids.empty()) return absl::OkStatus();
   const int64_t first = index_->ntotal;
-  const size_t capacity_before = id_of_label_.capacity();
   try {
     // Large adds (builds) may use every core; small ones stay on this thread.
     omp_set_num_threads(ids.size() > 1000 ? omp_get_num_procs() : 1);
@@ -282,16 +281,13 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
     id_of_label_.push_back(ids[i]);
     label_of_[ids[i]] = first + static_cast<int64_t>(i);
   }
-  // Arrays that grew were moved to fresh pages: ask again (the kernel
-  // collapses them in the background; collapsing here would hold writers).
-  if (id_of_label_.capacity() != capacity_before) AdviseHugePages(false);
   return absl::OkStatus();
 }
 
-void VectorIndex::AdviseHugePages(bool collapse_now) const {
-  auto advise = [collapse_now](const auto& array) {
-    retrieval::AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
-                               collapse_now);
+void VectorIndex::MoveToHugePages() const {
+  auto advise = [](const auto& array) {
+    AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
+                    /*collapse_now=*/true);
   };
   const faiss::Index* vectors = index_.get();
   if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(vectors)) {
@@ -745,7 +741,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
     }
   }
   loaded->id_of_label_ = std::move(id_of_label);
-  loaded->AdviseHugePages(/*collapse_now=*/true);
+  loaded->MoveToHugePages();
   return loaded;
 }
 

@@ -128,9 +128,10 @@ class VectorIndex final {
   absl::Status AddRows(absl::Span<const int64_t> ids,
                        absl::Span<const float> vectors);
 
-  // Asks for huge pages under the arrays a search reads at random (see
-  // huge_pages.h); `collapse_now` moves what is there onto them at once.
-  void AdviseHugePages(bool collapse_now) const;
+  // Moves the arrays a search reads at random onto huge pages (see
+  // huge_pages.h). Only at build and load: advising arrays that later
+  // appends fault in would have the kernel compact memory under writers.
+  void MoveToHugePages() const;
 
   // IVF-PQ re-ranking (see IndexOptions::pq_refine_factor).
   [[nodiscard]] bool refines() const { return !refine_scale_.empty(); }
