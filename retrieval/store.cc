@@ -573,17 +573,16 @@ absl::StatusOr<StorePosition> DocumentStore::Position(ReadOn on) {
 
 namespace {
 
-// The rows ReadChunk reads: chunks joined to their documents.
-constexpr absl::string_view kChunkRows =
-    "SELECT c.id, c.doc_id, c.position, c.text, d.title, c.embedding "
-    "FROM chunks c JOIN documents d ON d.collection = c.collection AND "
-    "d.id = c.doc_id ";
-// The same without the embedding: a search hit's text needs no vector, and
-// reading one means a 4 KiB overflow chain per chunk at 1024-d.
-constexpr absl::string_view kChunkTextRows =
-    "SELECT c.id, c.doc_id, c.position, c.text, d.title "
-    "FROM chunks c JOIN documents d ON d.collection = c.collection AND "
-    "d.id = c.doc_id ";
+// The rows ReadChunk reads: chunks joined to their documents, with their
+// embeddings or without (a search hit's text needs no vector, and reading
+// one means a 4 KiB overflow chain per chunk at 1024-d).
+std::string ChunkRows(bool with_embedding) {
+  return absl::StrCat(
+      "SELECT c.id, c.doc_id, c.position, c.text, d.title",
+      with_embedding ? ", c.embedding" : "",
+      " FROM chunks c JOIN documents d ON d.collection = c.collection AND "
+      "d.id = c.doc_id ");
+}
 
 StoredChunk ReadChunk(Statement& select) {
   StoredChunk chunk;
@@ -592,7 +591,7 @@ StoredChunk ReadChunk(Statement& select) {
   chunk.position = static_cast<int>(select.Int(2));
   chunk.text = select.Text(3);
   chunk.doc_title = select.Text(4);
-  if (select.Columns() < 6) return chunk;  // kChunkTextRows.
+  if (select.Columns() < 6) return chunk;  // Without embeddings.
   const void* blob = select.Blob(5);
   int bytes = select.Bytes(5);
   if (blob != nullptr && bytes > 0) {
@@ -612,7 +611,7 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::Chunks(
     return s;
   Statement select(
       lease.reader(),
-      absl::StrCat(kChunkRows,
+      absl::StrCat(ChunkRows(true),
                    "WHERE c.collection = ?1 AND (?2 = '' OR c.doc_id = ?2) "
                    "ORDER BY c.id"));
   select.Bind(1, collection).Bind(2, doc_id);
@@ -633,7 +632,7 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunkPage(
   Statement select(
       lease.reader(),
       absl::StrCat(
-          kChunkRows,
+          ChunkRows(true),
           "WHERE c.id > ? AND c.id <= ? AND +c.collection = ? ORDER BY c.id "
           "LIMIT ?"));
   select.Bind(1, after_id).Bind(2, up_to_id).Bind(3, collection).Bind(4, limit);
@@ -657,7 +656,7 @@ absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
   // would scan the whole collection on every catch-up.
   Statement added(
       lease.reader(),
-      absl::StrCat(kChunkRows,
+      absl::StrCat(ChunkRows(true),
                    "WHERE c.id > ? AND +c.collection = ? ORDER BY c.id"));
   added.Bind(1, since.chunk).Bind(2, collection);
   while (added.Step() == SQLITE_ROW) changes.added.push_back(ReadChunk(added));
@@ -670,7 +669,7 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
   std::vector<StoredChunk> chunks;
   // One statement for all ids: preparing it costs more than a lookup.
   Statement select(lease.reader(),
-                   absl::StrCat(kChunkTextRows, "WHERE c.id = ?"));
+                   absl::StrCat(ChunkRows(false), "WHERE c.id = ?"));
   if (absl::Status s = select.status(); !s.ok()) return s;
   for (int64_t id : ids) {
     select.Reset();
