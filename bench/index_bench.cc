@@ -563,17 +563,7 @@ std::unique_ptr<faiss::Index> FaissIndexOf(const VectorIndex& index) {
     auto copy = std::unique_ptr<faiss::Index>(faiss::read_index(&reader));
     // On huge pages like arbiter's own (VectorIndex asks for them), so the
     // bare searches of this copy differ from arbiter's by the wrapper only.
-    if (auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(copy.get())) {
-      AdviseHugePages(hnsw->hnsw.neighbors.data(),
-                      hnsw->hnsw.neighbors.size() * 4, true);
-      AdviseHugePages(hnsw->hnsw.offsets.data(),
-                      hnsw->hnsw.offsets.size() * 8, true);
-      if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(hnsw->storage)) {
-        AdviseHugePages(flat->codes.data(), flat->codes.size(), true);
-      }
-    } else if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(copy.get())) {
-      AdviseHugePages(flat->codes.data(), flat->codes.size(), true);
-    }
+    MoveToHugePages(*copy);
     return copy;
   } catch (const std::exception& e) {
     Log(absl::StrCat("reading arbiter's FAISS index: ", e.what()));

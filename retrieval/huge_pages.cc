@@ -1,5 +1,7 @@
 #include "retrieval/huge_pages.h"
 
+#include <faiss/IndexFlatCodes.h>
+#include <faiss/IndexHNSW.h>
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -22,6 +24,22 @@ bool AdviseHugePages(const void* data, size_t bytes, bool collapse_now) {
   // pages stay as they are.
   if (madvise(start, end - begin, MADV_HUGEPAGE) != 0) return false;
   return !collapse_now || madvise(start, end - begin, MADV_COLLAPSE) == 0;
+}
+
+void MoveToHugePages(const faiss::Index& index) {
+  auto advise = [](const auto& array) {
+    AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
+                    /*collapse_now=*/true);
+  };
+  const faiss::Index* vectors = &index;
+  if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(vectors)) {
+    advise(hnsw->hnsw.neighbors);
+    advise(hnsw->hnsw.offsets);
+    vectors = hnsw->storage;
+  }
+  if (const auto* flat = dynamic_cast<const faiss::IndexFlatCodes*>(vectors)) {
+    advise(flat->codes);
+  }
 }
 
 }  // namespace arbiter::retrieval

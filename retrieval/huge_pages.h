@@ -7,6 +7,10 @@
 
 #include <cstddef>
 
+namespace faiss {
+struct Index;
+}  // namespace faiss
+
 namespace arbiter::retrieval {
 
 // Asks for 2 MiB pages over the whole 2 MiB-aligned part of [data, data +
@@ -15,5 +19,9 @@ namespace arbiter::retrieval {
 // no-op where huge pages are unavailable or the range is under 2 MiB.
 // True when the kernel took all the advice asked for.
 bool AdviseHugePages(const void* data, size_t bytes, bool collapse_now);
+
+// Moves a FAISS index's flat vectors (its own, or an HNSW graph's storage)
+// and graph links onto huge pages at once.
+void MoveToHugePages(const faiss::Index& index);
 
 }  // namespace arbiter::retrieval

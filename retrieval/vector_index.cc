@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -37,17 +38,28 @@ class LiveSelector final : public faiss::IDSelector {
   LiveSelector(const std::vector<uint8_t>* live,
                const std::vector<int64_t>& id_of_label,
                const AllowedIds* allowed)
-      : live_(live), id_of_label_(id_of_label), allowed_(allowed) {}
+      : live_(live), id_of_label_(id_of_label), allowed_(allowed) {
+    if (live_ != nullptr) reads_[read_count_++] = {live_->data(), 1};
+    if (allowed_ != nullptr) {
+      reads_[read_count_++] = {id_of_label_.data(), sizeof(int64_t)};
+    }
+  }
   // Reads the live byte first: the 8-byte id only for an allow-list.
   bool is_member(faiss_idx label) const override {
     return (live_ == nullptr || (*live_)[label] != 0) &&
            (allowed_ == nullptr || allowed_->contains(id_of_label_[label]));
+  }
+  // What is_member reads per label, for a graph search to load ahead.
+  absl::Span<const FilterPrefetch> reads() const {
+    return absl::MakeConstSpan(reads_.data(), read_count_);
   }
 
  private:
   const std::vector<uint8_t>* live_;
   const std::vector<int64_t>& id_of_label_;
   const AllowedIds* allowed_;
+  std::array<FilterPrefetch, 2> reads_;
+  size_t read_count_ = 0;
 };
 
 int64_t DefaultNlist(int64_t n) {
@@ -285,19 +297,11 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
 }
 
 void VectorIndex::MoveToHugePages() const {
+  retrieval::MoveToHugePages(*index_);
   auto advise = [](const auto& array) {
     AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
                     /*collapse_now=*/true);
   };
-  const faiss::Index* vectors = index_.get();
-  if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(vectors)) {
-    advise(hnsw->hnsw.neighbors);
-    advise(hnsw->hnsw.offsets);
-    vectors = hnsw->storage;
-  }
-  if (const auto* flat = dynamic_cast<const faiss::IndexFlatCodes*>(vectors)) {
-    advise(flat->codes);
-  }
   advise(id_of_label_);
   advise(live_);
   advise(refine_codes_);
@@ -421,15 +425,6 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
       const absl::FunctionRef<bool(int64_t)> accept =
           filtered ? absl::FunctionRef<bool(int64_t)>(accept_live)
                    : absl::FunctionRef<bool(int64_t)>(accept_any);
-      // What the selector reads per label, for the graph search to load
-      // ahead: the live byte, and the id when there is an allow-list.
-      FilterPrefetch reads[2];
-      size_t read_count = 0;
-      if (tombstones_ > 0) reads[read_count++] = {live_.data(), 1};
-      if (allowed != nullptr) {
-        reads[read_count++] = {id_of_label_.data(), sizeof(int64_t)};
-      }
-      const absl::Span<const FilterPrefetch> selector_reads(reads, read_count);
       for (int attempt = 0; attempt < 3; ++attempt) {
         std::vector<ScoredLabel> best;
         if (kind_ == IndexKind::kHnsw) {
@@ -437,7 +432,7 @@ absl::StatusOr<std::vector<Neighbor>> VectorIndex::Search(
               static_cast<const faiss::IndexHNSWFlat&>(*index_), query.data(),
               want,
               (effort > 0 ? effort : options_.hnsw_ef_search) << (2 * attempt),
-              accept, selector_reads);
+              accept, selector.reads());
         } else if (kind_ == IndexKind::kIvfFlat) {
           const auto& ivf = static_cast<const faiss::IndexIVFFlat&>(*index_);
           best = SearchIvfFlat(

@@ -1,5 +1,7 @@
 #include "retrieval/huge_pages.h"
 
+#include <faiss/IndexFlat.h>
+
 #include <cstdint>
 #include <fstream>
 #include <numeric>
@@ -49,6 +51,18 @@ TEST(HugePagesTest, CollapsedArrayKeepsItsContentsOnHugePages) {
   for (size_t i = 0; i < array.size(); ++i) {
     ASSERT_EQ(array[i], static_cast<int32_t>(i) + 7) << i;
   }
+}
+
+TEST(HugePagesTest, FaissVectorsMoveOntoHugePages) {
+  faiss::IndexFlatIP index(256);
+  std::vector<float> rows(256 * 32768, 0.5f);  // 32 MiB of vectors.
+  index.add(32768, rows.data());
+  if (!AdviseHugePages(rows.data(), rows.size() * 4, true)) {
+    GTEST_SKIP() << "this kernel has no transparent huge pages to give";
+  }
+  MoveToHugePages(index);
+  EXPECT_GE(HugeKibAt(index.codes.data() + index.codes.size() / 2), 2048);
+  EXPECT_EQ(index.get_xb()[256 * 32767 + 255], 0.5f);
 }
 
 }  // namespace
