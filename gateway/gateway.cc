@@ -1167,6 +1167,8 @@ absl::StatusOr<v1::CollectionInfo> Gateway::GetCollection(
   info.set_index_memory_bytes(stats.memory_bytes);
   info.set_index_rebuilds(stats.rebuilds);
   info.set_index_opened_from(stats.opened_from);
+  info.set_index_growths(stats.growths);
+  info.set_index_growth_hold_ms(absl::ToDoubleMilliseconds(stats.growth_hold));
   v1::IndexSnapshotInfo& snapshot = *info.mutable_snapshot();
   snapshot.set_path(stats.snapshot_path);
   snapshot.set_saved(stats.snapshot_saved);

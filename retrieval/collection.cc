@@ -44,14 +44,18 @@ Collection::Collection(DocumentStore& store, std::string name,
       remote_(static_cast<bool>(options_.remote_embedder)) {}
 
 Collection::~Collection() {
-  if (maintenance_.joinable()) {
-    {
-      std::lock_guard lock(maintenance_mu_);
-      stopping_ = true;
-    }
-    maintenance_cv_.notify_all();
-    maintenance_.join();
+  {
+    std::lock_guard lock(maintenance_mu_);
+    stopping_ = true;
   }
+  maintenance_cv_.notify_all();
+  if (maintenance_.joinable()) maintenance_.join();
+  std::thread grower;
+  {
+    std::lock_guard lock(grow_mu_);
+    grower = std::move(grower_);
+  }
+  if (grower.joinable()) grower.join();
   if (changes_since_snapshot_ > 0) {
     if (absl::Status s = SaveSnapshot(); !s.ok()) Log(s.message());
   }
@@ -173,6 +177,7 @@ absl::Status Collection::Load() {
           fitted_on_ = (*index)->size();
           built_size_ = (*index)->size();
           index_ = *std::move(index);
+          ++index_generation_;
           embedder_ = std::move(embedder);
           position_ = pending->position;
         }
@@ -317,6 +322,7 @@ absl::Status Collection::Rebuild() {
   {
     std::unique_lock lock(mu_);
     index_ = *std::move(index);
+    ++index_generation_;
     embedder_ = std::move(embedder);
     fitted_on_ = fitted_on;
     built_size_ = index_->size();
@@ -373,15 +379,76 @@ absl::Status Collection::CatchUpLive(bool stored_vectors) {
   auto pending = Gather(DocumentStore::ReadOn::kWriter, since, embedder.get(),
                         stored_vectors);
   if (!pending.ok()) return pending.status();
-  std::unique_lock lock(mu_);
-  index_->Remove(pending->removed);
-  if (absl::Status s = index_->Add(pending->ids, pending->vectors); !s.ok()) {
-    return s;
+  bool growth_due = false;
+  {
+    std::unique_lock lock(mu_);
+    index_->Remove(pending->removed);
+    if (absl::Status s = index_->Add(pending->ids, pending->vectors); !s.ok()) {
+      return s;
+    }
+    position_ = pending->position;
+    growth_due = index_->GrowthDue();
   }
-  position_ = pending->position;
   changes_since_snapshot_ +=
       static_cast<int64_t>(pending->removed.size() + pending->ids.size());
+  if (growth_due) StartGrowingIfDue();
   return absl::OkStatus();
+}
+
+void Collection::StartGrowingIfDue() {
+  std::lock_guard lock(grow_mu_);
+  if (growing_) return;
+  if (grower_.joinable()) grower_.join();  // Done: it cleared growing_.
+  growing_ = true;
+  grower_ = std::thread([this] {
+    GrowAhead();
+    std::lock_guard lock(grow_mu_);
+    growing_ = false;
+  });
+}
+
+void Collection::GrowAhead() {
+  const absl::Time start = absl::Now();
+  std::unique_ptr<VectorIndex::Growth> growth;
+  int64_t generation = 0;
+  int64_t rows = 0;
+  {
+    std::shared_lock lock(mu_);
+    growth = index_->StartGrowth();
+    generation = index_generation_;
+    rows = index_->size() + index_->tombstones();
+  }
+  if (growth == nullptr) return;
+  // Slice by slice under the shared lock: searches go on throughout and a
+  // writer waits for one slice at most.
+  for (bool more = true; more;) {
+    if (Stopping()) return;
+    std::shared_lock lock(mu_);
+    if (index_generation_ != generation) return;  // Rebuilt meanwhile.
+    more = growth->CopySome();
+  }
+  growth->MoveToHugePages();
+  bool grown = false;
+  absl::Duration held;
+  {
+    std::unique_lock lock(mu_);
+    const absl::Time locked = absl::Now();
+    grown = index_generation_ == generation && growth->Finish();
+    held = absl::Now() - locked;
+  }
+  const int64_t bytes = growth->bytes();
+  growth.reset();      // Frees the old arrays, with no lock held.
+  if (!grown) return;  // A writer outgrew an array first; the next will do.
+  {
+    std::lock_guard lock(stats_mu_);
+    ++growths_;
+    growth_hold_ = held;
+  }
+  Log(absl::StrFormat(
+      "gave the index room ahead of need at %d rows: copied %.1f MiB in %s, "
+      "holding index updates for %s",
+      rows, bytes / 1048576.0, absl::FormatDuration(absl::Now() - start),
+      absl::FormatDuration(held)));
 }
 
 absl::StatusOr<int64_t> Collection::Upsert(const Document& document,
@@ -554,6 +621,8 @@ IndexStats Collection::Stats() const {
   stats.snapshot_time = snapshot_time_;
   stats.snapshot_bytes = snapshot_bytes_;
   stats.snapshot_copy = snapshot_copy_;
+  stats.growths = growths_;
+  stats.growth_hold = growth_hold_;
   return stats;
 }
 

@@ -79,6 +79,10 @@ struct IndexStats {
   // (writers' store commits go on meanwhile).
   absl::Duration snapshot_copy = absl::ZeroDuration();
   int64_t changes_since_snapshot = 0;
+  // Times the index's arrays were given more room ahead of need, and how
+  // long the last one held index updates off (the copy itself does not).
+  int64_t growths = 0;
+  absl::Duration growth_hold = absl::ZeroDuration();
 };
 
 // One collection of the store with its derived vector index: writes go to
@@ -161,6 +165,10 @@ class Collection final {
   absl::StatusOr<std::vector<SearchHit>> VectorSearch(
       absl::string_view query, int k,
       const std::vector<MetadataFilter>& filters) const;
+  // Gives the index's arrays more room on the grower thread, so a long
+  // rebuild on the maintenance thread does not hold it up.
+  void StartGrowingIfDue();
+  void GrowAhead();
   bool RebuildDue() const;
   bool Stopping();  // The collection is closing: background work ends.
   void MaintenanceLoop();
@@ -180,6 +188,9 @@ class Collection final {
   int64_t fitted_on_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t built_size_ ABSL_GUARDED_BY(mu_) = 0;
   StorePosition position_ ABSL_GUARDED_BY(mu_);  // What the index covers.
+  // Changes whenever index_ is replaced: a growth started on an index that
+  // is gone is dropped.
+  int64_t index_generation_ ABSL_GUARDED_BY(mu_) = 0;
 
   std::mutex snapshot_mu_;  // One snapshot writer at a time.
   std::atomic<int64_t> changes_since_snapshot_{0};
@@ -191,6 +202,12 @@ class Collection final {
   absl::Time snapshot_time_ ABSL_GUARDED_BY(stats_mu_) = absl::InfinitePast();
   int64_t snapshot_bytes_ ABSL_GUARDED_BY(stats_mu_) = 0;
   absl::Duration snapshot_copy_ ABSL_GUARDED_BY(stats_mu_);
+  int64_t growths_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  absl::Duration growth_hold_ ABSL_GUARDED_BY(stats_mu_);
+
+  std::mutex grow_mu_;
+  bool growing_ ABSL_GUARDED_BY(grow_mu_) = false;
+  std::thread grower_ ABSL_GUARDED_BY(grow_mu_);
 
   std::mutex maintenance_mu_;
   std::condition_variable maintenance_cv_;

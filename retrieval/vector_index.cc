@@ -1,6 +1,7 @@
 #include "retrieval/vector_index.h"
 
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
@@ -138,7 +139,110 @@ class Reader {
   absl::string_view rest_;
 };
 
+template <typename T>
+bool GrowthDueFor(const std::vector<T>& array, size_t min_bytes) {
+  return array.capacity() * sizeof(T) >= min_bytes &&
+         array.size() * 4 >= array.capacity() * 3;
+}
+
 }  // namespace
+
+// One array of a Growth: its copy in twice the room, filled slice by slice.
+class GrowingArray {
+ public:
+  virtual ~GrowingArray() = default;
+  // A writer outgrew the array itself: the copy's source is gone.
+  [[nodiscard]] virtual bool Stale() const = 0;
+  // Copies about `max_bytes` more (one element at least); returns how many.
+  virtual size_t CopySome(size_t max_bytes) = 0;
+  // All rows present at the start are copied.
+  [[nodiscard]] virtual bool Done() const = 0;
+  virtual void MoveToHugePages() = 0;
+  virtual void Finish() = 0;
+  [[nodiscard]] virtual size_t bytes() const = 0;
+};
+
+namespace {
+
+template <typename T>
+class GrowingArrayOf final : public GrowingArray {
+ public:
+  GrowingArrayOf(std::vector<T>& array, bool rewritten)
+      : array_(array),
+        rewritten_(rewritten),
+        source_(array.data()),
+        planned_(array.size()) {
+    copy_.reserve(2 * array.capacity());
+  }
+  bool Stale() const override { return array_.data() != source_; }
+  size_t CopySome(size_t max_bytes) override {
+    const size_t from = copy_.size();
+    const size_t n =
+        std::min(planned_ - from, std::max<size_t>(1, max_bytes / sizeof(T)));
+    // Inserting into reserved room writes each element once: no zero fill.
+    copy_.insert(copy_.end(), array_.begin() + from, array_.begin() + from + n);
+    return n * sizeof(T);
+  }
+  bool Done() const override { return copy_.size() == planned_; }
+  void MoveToHugePages() override {
+    AdviseHugePages(copy_.data(), copy_.size() * sizeof(T),
+                    /*collapse_now=*/true);
+  }
+  void Finish() override {
+    // Rewritten rows are copied again, into pages the first pass touched:
+    // at memory speed, not page-fault speed.
+    if (rewritten_) {
+      std::copy(array_.begin(), array_.begin() + planned_, copy_.begin());
+    }
+    copy_.insert(copy_.end(), array_.begin() + planned_, array_.end());
+    array_.swap(copy_);
+  }
+  size_t bytes() const override { return planned_ * sizeof(T); }
+
+ private:
+  std::vector<T>& array_;
+  const bool rewritten_;
+  const T* const source_;
+  const size_t planned_;
+  std::vector<T> copy_;  // After Finish: the old array, freed with this.
+};
+
+}  // namespace
+
+VectorIndex::Growth::Growth() = default;
+VectorIndex::Growth::~Growth() = default;
+
+bool VectorIndex::Growth::CopySome(size_t slice_bytes) {
+  for (const auto& array : arrays_) {
+    if (array->Stale()) return false;
+  }
+  // Small arrays share a slice with the next.
+  for (size_t budget = std::max<size_t>(1, slice_bytes);
+       next_ < arrays_.size() && budget > 0;) {
+    budget -= std::min(budget, arrays_[next_]->CopySome(budget));
+    if (arrays_[next_]->Done()) ++next_;
+  }
+  return next_ < arrays_.size();
+}
+
+void VectorIndex::Growth::MoveToHugePages() {
+  for (auto& array : arrays_) array->MoveToHugePages();
+}
+
+bool VectorIndex::Growth::Finish() {
+  if (next_ < arrays_.size()) return false;  // Copying stopped: stale.
+  for (const auto& array : arrays_) {
+    if (array->Stale()) return false;
+  }
+  for (auto& array : arrays_) array->Finish();
+  return true;
+}
+
+int64_t VectorIndex::Growth::bytes() const {
+  int64_t total = 0;
+  for (const auto& array : arrays_) total += array->bytes();
+  return total;
+}
 
 absl::string_view IndexKindName(IndexKind kind) {
   switch (kind) {
@@ -253,6 +357,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Build(
       built->refine_codes_.reserve(static_cast<size_t>(n) * dim);
     }
     if (absl::Status s = built->AddRows(ids, vectors); !s.ok()) return s;
+    built->ReserveRoomAhead();
     built->MoveToHugePages();
     return built;
   } catch (const std::exception& e) {
@@ -305,6 +410,58 @@ void VectorIndex::MoveToHugePages() const {
   advise(id_of_label_);
   advise(live_);
   advise(refine_codes_);
+}
+
+// T, const when Self is.
+template <typename Self, typename T>
+using ConstLike = std::conditional_t<std::is_const_v<Self>, const T, T>;
+
+template <typename Self, typename Visit>
+void VectorIndex::ForEachGrowingArray(Self& self, Visit&& visit) {
+  ConstLike<Self, faiss::Index>* vectors = self.index_.get();
+  if (auto* hnsw = dynamic_cast<ConstLike<Self, faiss::IndexHNSW>*>(vectors)) {
+    visit(hnsw->hnsw.neighbors, /*rewritten=*/true);
+    visit(hnsw->hnsw.offsets, /*rewritten=*/false);
+    visit(hnsw->hnsw.levels, /*rewritten=*/false);
+    vectors = hnsw->storage;
+  }
+  if (auto* flat =
+          dynamic_cast<ConstLike<Self, faiss::IndexFlatCodes>*>(vectors)) {
+    visit(flat->codes, /*rewritten=*/false);
+  }
+  if (auto* ivf = dynamic_cast<ConstLike<Self, faiss::IndexIVF>*>(vectors)) {
+    visit(ivf->direct_map.array, /*rewritten=*/false);
+  }
+  visit(self.id_of_label_, /*rewritten=*/true);
+  visit(self.live_, /*rewritten=*/true);
+  visit(self.refine_codes_, /*rewritten=*/false);
+}
+
+void VectorIndex::ReserveRoomAhead() {
+  ForEachGrowingArray(*this, [](auto& array, bool) {
+    array.reserve(std::max(array.capacity(), 2 * array.size()));
+  });
+}
+
+bool VectorIndex::GrowthDue(size_t min_bytes) const {
+  bool due = false;
+  ForEachGrowingArray(*this, [&](const auto& array, bool) {
+    due = due || GrowthDueFor(array, min_bytes);
+  });
+  return due;
+}
+
+std::unique_ptr<VectorIndex::Growth> VectorIndex::StartGrowth(
+    size_t min_bytes) {
+  auto growth = std::unique_ptr<Growth>(new Growth());
+  ForEachGrowingArray(*this, [&](auto& array, bool rewritten) {
+    if (!GrowthDueFor(array, min_bytes)) return;
+    using T = typename std::decay_t<decltype(array)>::value_type;
+    growth->arrays_.push_back(
+        std::make_unique<GrowingArrayOf<T>>(array, rewritten));
+  });
+  if (growth->arrays_.empty()) return nullptr;
+  return growth;
 }
 
 void VectorIndex::TrainRefine(const float* vectors, int64_t rows) {
@@ -586,10 +743,10 @@ int64_t VectorIndex::MemoryBytes() const {
   }
   // The id maps: one int64 and a live byte per row, a hash slot (key, value,
   // control byte) per live id.
-  bytes += static_cast<int64_t>(id_of_label_.capacity()) * 9 +
+  bytes += static_cast<int64_t>(id_of_label_.size()) * 9 +
            static_cast<int64_t>(label_of_.capacity()) * 17;
   // IVF-PQ's re-ranking copy: dim bytes per row, min and scale.
-  bytes += static_cast<int64_t>(refine_codes_.capacity()) +
+  bytes += static_cast<int64_t>(refine_codes_.size()) +
            static_cast<int64_t>(refine_min_.size() + refine_scale_.size()) * 4;
   return bytes;
 }
@@ -736,6 +893,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Deserialize(
     }
   }
   loaded->id_of_label_ = std::move(id_of_label);
+  loaded->ReserveRoomAhead();
   loaded->MoveToHugePages();
   return loaded;
 }

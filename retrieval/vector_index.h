@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -56,6 +57,9 @@ struct IndexOptions {
 // and links).
 [[nodiscard]] IndexKind ChooseIndexKind(int64_t vectors, int dim,
                                         const IndexOptions& options);
+
+// Arrays smaller than this double quickly enough where they are.
+inline constexpr size_t kGrowAheadMinBytes = size_t{4} << 20;
 
 struct Neighbor {
   int64_t id = 0;
@@ -114,6 +118,16 @@ class VectorIndex final {
   // The live ids, in no particular order.
   [[nodiscard]] std::vector<int64_t> Ids() const;
 
+  // Growing ahead of need (see Growth below). True when an array of at
+  // least `min_bytes` is 3/4 full: its next doubling would be felt by a
+  // writer.
+  [[nodiscard]] bool GrowthDue(size_t min_bytes = kGrowAheadMinBytes) const;
+  class Growth;
+  // Grows the arrays that are due. Null when none is. Changes nothing: the
+  // caller may hold the index shared.
+  [[nodiscard]] std::unique_ptr<Growth> StartGrowth(
+      size_t min_bytes = kGrowAheadMinBytes);
+
   // A self-contained byte image (FAISS index, id map, tombstones, IVF-PQ's
   // re-ranking copy) and back. Images written before re-ranking existed load
   // as they were, except IVF-PQ ones: those are refused (DATA_LOSS) so the
@@ -132,6 +146,15 @@ class VectorIndex final {
   // huge_pages.h). Only at build and load: advising arrays that later
   // appends fault in would have the kernel compact memory under writers.
   void MoveToHugePages() const;
+  // Calls visit(array, rewritten) for each array that grows with the rows:
+  // FAISS's vectors and graph, the id map, the re-ranking copy. `rewritten`
+  // arrays also change at rows already there (graph links, tombstones).
+  // `Self` is VectorIndex or const VectorIndex.
+  template <typename Self, typename Visit>
+  static void ForEachGrowingArray(Self& self, Visit&& visit);
+  // Room for as many rows again in every growing array, so the first
+  // writes after a build or load do not copy the index under its lock.
+  void ReserveRoomAhead();
 
   // IVF-PQ re-ranking (see IndexOptions::pq_refine_factor).
   [[nodiscard]] bool refines() const { return !refine_scale_.empty(); }
@@ -164,6 +187,45 @@ class VectorIndex final {
   std::vector<float> refine_min_;
   std::vector<float> refine_scale_;
   std::vector<uint8_t> refine_codes_;  // dim_ bytes per label.
+};
+
+// FAISS keeps an index's vectors and graph in std::vectors that double when
+// full, and the writer that fills one copies all of it into fresh pages
+// while holding the index: seconds for a large index. A Growth makes that
+// copy, into twice the room, while searches and writers go on; only what
+// changed meanwhile is copied under the lock, into pages already touched:
+//   index shared:      growth = index.StartGrowth();
+//   index shared:      while (growth->CopySome()) {}  (a lock per slice)
+//   no lock:           growth->MoveToHugePages();     (the copies are private)
+//   index exclusive:   growth->Finish();
+//   no lock:           growth.reset();                (frees the old arrays)
+// The index must be the same object, alive, at every step but the last.
+class GrowingArray;
+class VectorIndex::Growth final {
+ public:
+  ~Growth();
+  Growth(const Growth&) = delete;
+  Growth& operator=(const Growth&) = delete;
+
+  // A writer waits for one slice at most.
+  static constexpr size_t kSliceBytes = size_t{8} << 20;
+
+  // Copies the next slice of the rows present at the start; false once all
+  // are copied, or when a writer outgrew an array itself meanwhile (the
+  // growth is then stale and Finish refuses it).
+  bool CopySome(size_t slice_bytes = kSliceBytes);
+  void MoveToHugePages();
+  // Copies what changed since the start and swaps the arrays in; false,
+  // changing nothing, when stale.
+  bool Finish();
+  // Bytes the growth copies (the arrays' size at the start).
+  [[nodiscard]] int64_t bytes() const;
+
+ private:
+  friend class VectorIndex;
+  Growth();
+  std::vector<std::unique_ptr<GrowingArray>> arrays_;
+  size_t next_ = 0;  // The array CopySome is on.
 };
 
 }  // namespace arbiter::retrieval

@@ -187,6 +187,12 @@ int IndexStats(const Args& args) {
       info.index_kind(), info.index_vectors(), info.index_tombstones(),
       info.index_memory_bytes() / 1048576.0, info.index_rebuilds(),
       info.index_opened_from());
+  if (info.index_growths() > 0) {
+    std::cout << absl::StrFormat(
+        "room        grown ahead of need %d times (the last held index "
+        "updates for %.1f ms)\n",
+        info.index_growths(), info.index_growth_hold_ms());
+  }
   if (snapshot.path().empty()) {
     std::cout << "snapshot    off (in-memory store)\n";
   } else if (!snapshot.saved()) {

@@ -189,6 +189,127 @@ INSTANTIATE_TEST_SUITE_P(Kinds, EveryKindTest,
                            return std::string(IndexKindName(info.param));
                          });
 
+// Growing ahead of need, at 1 KiB a row: a few thousand rows pass the size
+// from which growth is worth it.
+constexpr int kWideDim = 256;
+
+class GrowthTest : public ::testing::TestWithParam<IndexKind> {
+ protected:
+  GrowthTest() : data_(MakeData(6'500, 11, kWideDim)) {}
+
+  std::unique_ptr<VectorIndex> BuildFirst(int rows) {
+    IndexOptions options;
+    options.kind = GetParam();
+    auto index = VectorIndex::Build(
+        kWideDim, options, absl::MakeConstSpan(data_.ids).first(rows),
+        absl::MakeConstSpan(data_.vectors).first(rows * kWideDim));
+    EXPECT_TRUE(index.ok()) << index.status();
+    return *std::move(index);
+  }
+  // Adds rows [from, to) in batches a writer might send.
+  void AddRows(VectorIndex& index, int from, int to) {
+    for (int i = from; i < to; i += 250) {
+      const int n = std::min(250, to - i);
+      ASSERT_TRUE(index
+                      .Add(absl::MakeConstSpan(data_.ids).subspan(i, n),
+                           absl::MakeConstSpan(data_.vectors)
+                               .subspan(static_cast<size_t>(i) * kWideDim,
+                                        static_cast<size_t>(n) * kWideDim))
+                      .ok());
+    }
+  }
+  absl::Span<const float> WideRow(int i) const {
+    return Row(data_, i, kWideDim);
+  }
+
+  const Data data_;
+};
+
+TEST_P(GrowthTest, BuiltAndLoadedIndexesHaveRoomAhead) {
+  auto index = BuildFirst(6'000);  // 6 MiB of vectors.
+  EXPECT_FALSE(index->GrowthDue());
+  EXPECT_EQ(index->StartGrowth(), nullptr);
+  auto image = index->Serialize();
+  ASSERT_TRUE(image.ok());
+  auto loaded = VectorIndex::Deserialize(*image);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_FALSE((*loaded)->GrowthDue());
+}
+
+// The copy is made slice by slice while rows are added (graph links of old
+// rows change too) and removed between slices; swapped in, it must leave
+// the index exactly as it was, with room for more.
+TEST_P(GrowthTest, CopyMadeDuringWritesSwapsInUnchanged) {
+  auto index = BuildFirst(3'000);  // Room for 6,000 rows.
+  AddRows(*index, 3'000, 4'600);
+  ASSERT_TRUE(index->GrowthDue());
+  // Every array, however small: the id map and graph links, which change
+  // at old rows, with the vectors.
+  auto growth = index->StartGrowth(/*min_bytes=*/1);
+  ASSERT_NE(growth, nullptr);
+  // Vectors, one id and one live byte per row at least.
+  EXPECT_GE(growth->bytes(), int64_t{4'600} * (kWideDim * 4 + 9));
+  int next = 4'600, slices = 0;
+  std::vector<int64_t> removed;
+  for (bool more = true; more; ++slices) {
+    more = growth->CopySome(/*slice_bytes=*/256 << 10);
+    AddRows(*index, next, next + 40);
+    next += 40;
+    removed.push_back(data_.ids[slices * 53]);
+    ASSERT_EQ(index->Remove({removed.back()}), 1);
+  }
+  EXPECT_GT(slices, 10);
+  growth->MoveToHugePages();
+  auto before = index->Serialize();
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(growth->Finish());
+  growth.reset();  // The old arrays go.
+  auto after = index->Serialize();
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(*after == *before) << "the swapped-in copy differs";
+  EXPECT_FALSE(index->GrowthDue());
+
+  // Writes after the swap land in the new arrays; every row is found.
+  AddRows(*index, next, 6'500);
+  for (int i = 0; i < 6'500; i += 61) {
+    auto top = index->Search(WideRow(i), 1, nullptr, 256);
+    ASSERT_TRUE(top.ok()) << top.status();
+    ASSERT_THAT(*top, SizeIs(1));
+    if (absl::c_linear_search(removed, data_.ids[i])) {
+      EXPECT_NE(top->front().id, data_.ids[i]) << "removed row returned";
+    } else {
+      EXPECT_EQ(top->front().id, data_.ids[i]) << i;
+    }
+  }
+}
+
+// A writer that outgrows an array before the copy is swapped in reallocates
+// it itself: the copy is stale, refused, and the index is untouched.
+TEST_P(GrowthTest, WriterThatOutgrowsTheRoomMakesTheCopyStale) {
+  auto index = BuildFirst(3'000);
+  AddRows(*index, 3'000, 4'600);
+  auto growth = index->StartGrowth();
+  ASSERT_NE(growth, nullptr);
+  EXPECT_TRUE(growth->CopySome(/*slice_bytes=*/1 << 20));
+  AddRows(*index, 4'600, 6'500);  // Past the room for 6,000.
+  EXPECT_FALSE(growth->CopySome());
+  auto before = index->Serialize();
+  ASSERT_TRUE(before.ok());
+  EXPECT_FALSE(growth->Finish());
+  growth.reset();
+  EXPECT_TRUE(*index->Serialize() == *before);
+  auto top = index->Search(WideRow(6'499), 1, nullptr, 256);
+  ASSERT_TRUE(top.ok());
+  EXPECT_EQ(top->front().id, data_.ids[6'499]);
+}
+
+// IVF kinds keep their vectors in per-list arrays that grow one by one.
+INSTANTIATE_TEST_SUITE_P(Kinds, GrowthTest,
+                         ::testing::Values(IndexKind::kFlat, IndexKind::kHnsw),
+                         [](const auto& info) {
+                           return std::string(IndexKindName(info.param));
+                         });
+
 TEST(VectorIndexTest, TooFewVectorsForIvfFallsBackToExact) {
   const Data data = MakeData(50);
   EXPECT_EQ(BuildOrDie(data, IndexKind::kIvfFlat)->kind(), IndexKind::kFlat);
