@@ -509,23 +509,13 @@ absl::Status Collection::SaveSnapshot() {
   IndexSnapshot snapshot;
   int64_t covered = 0;
   absl::Duration copy;
-  // The image's pages are faulted in before the lock, with room for rows
-  // added meanwhile: under it, the copy runs at memory speed.
-  int64_t index_bytes = 0;
-  {
-    std::shared_lock lock(mu_);
-    index_bytes = index_->MemoryBytes();
-  }
-  std::string buffer(static_cast<size_t>(index_bytes * 17 / 16) + (1 << 20),
-                     '\0');
-  buffer.clear();  // Keeps the storage.
   {
     // The index and its position change together under mu_: holding it
     // shared makes the image and position agree while searches go on and
     // writers commit to the store (they wait only to update the index).
     std::shared_lock lock(mu_);
     const absl::Time start = absl::Now();
-    auto image = index_->Serialize(std::move(buffer));
+    auto image = index_->Serialize();
     copy = absl::Now() - start;
     if (!image.ok()) return image.status();
     snapshot.index_image = *std::move(image);

@@ -758,9 +758,8 @@ std::vector<int64_t> VectorIndex::Ids() const {
   return ids;
 }
 
-absl::StatusOr<std::string> VectorIndex::Serialize(std::string buffer) const {
-  std::string out = std::move(buffer);
-  out.clear();
+absl::StatusOr<std::string> VectorIndex::Serialize() const {
+  std::string out;
   // MemoryBytes() bounds the image from above: the string never regrows.
   out.reserve(static_cast<size_t>(MemoryBytes()) + 4096);
   Put(out, kMagic, sizeof(kMagic));

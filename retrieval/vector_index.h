@@ -132,11 +132,7 @@ class VectorIndex final {
   // re-ranking copy) and back. Images written before re-ranking existed load
   // as they were, except IVF-PQ ones: those are refused (DATA_LOSS) so the
   // caller rebuilds them, with the copy, from its source of truth.
-  // The image is written into `buffer`'s storage, cleared first: pages a
-  // caller touched beforehand take the copy at memory speed, not at the
-  // speed of faulting fresh pages in.
-  [[nodiscard]] absl::StatusOr<std::string> Serialize(
-      std::string buffer = {}) const;
+  [[nodiscard]] absl::StatusOr<std::string> Serialize() const;
   static absl::StatusOr<std::unique_ptr<VectorIndex>> Deserialize(
       absl::string_view bytes);
 
