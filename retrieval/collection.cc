@@ -391,11 +391,11 @@ absl::Status Collection::CatchUpLive(bool stored_vectors) {
   }
   changes_since_snapshot_ +=
       static_cast<int64_t>(pending->removed.size() + pending->ids.size());
-  if (growth_due) StartGrowingIfDue();
+  if (growth_due) StartGrower();
   return absl::OkStatus();
 }
 
-void Collection::StartGrowingIfDue() {
+void Collection::StartGrower() {
   std::lock_guard lock(grow_mu_);
   if (growing_) return;
   if (grower_.joinable()) grower_.join();  // Done: it cleared growing_.

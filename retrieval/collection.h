@@ -165,9 +165,10 @@ class Collection final {
   absl::StatusOr<std::vector<SearchHit>> VectorSearch(
       absl::string_view query, int k,
       const std::vector<MetadataFilter>& filters) const;
-  // Gives the index's arrays more room on the grower thread, so a long
-  // rebuild on the maintenance thread does not hold it up.
-  void StartGrowingIfDue();
+  // Runs GrowAhead on the grower thread (unless it is already running), so
+  // a long rebuild on the maintenance thread does not hold it up.
+  void StartGrower();
+  // Gives the index's arrays more room (VectorIndex::Growth).
   void GrowAhead();
   bool RebuildDue() const;
   bool Stopping();  // The collection is closing: background work ends.
