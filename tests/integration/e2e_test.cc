@@ -10,6 +10,7 @@
 #include <regex>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
@@ -900,6 +901,93 @@ retrieval:
   EXPECT_NE((*wrong)->Wait(), 0);
   EXPECT_THAT((*wrong)->Output(), HasSubstr("384-dim vectors"));
   EXPECT_THAT((*wrong)->Output(), HasSubstr("expects 128"));
+}
+
+// Wide vectors (32 KiB each) pass the size from which a collection's index
+// is given room ahead of need within about a hundred one-chunk documents:
+// the grower copies it while the gateway serves, and GetCollection and
+// `index stats` report the growth.
+TEST_F(EndToEndTest, IndexStatsReportsGrowthAheadOfNeed) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            absl::StrCat("arbiter-grow-", getpid(), ".yaml"))
+                               .string();
+  const absl::Cleanup remove_config = [&] { std::filesystem::remove(path); };
+  std::ofstream(path) << absl::StrReplaceAll(
+      R"yaml(
+tasks: [faq]
+policy: {pinned: {route: rag}}
+backends:
+  - name: sim-http
+    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1"}
+routes:
+  - name: rag
+    kind: rag
+    backend: sim-http
+    model: quill-large
+retrieval:
+  corpus_dir: QUICKSTART/corpus
+  embedding_dim: 8192
+  index: {kind: flat}
+)yaml",
+      {{"SIM_PORT", std::to_string(sim_port_)},
+       {"QUICKSTART", ARBITER_SOURCE_DIR "/quickstart"}});
+  auto gateway = Subprocess::Start({ARBITER_BINARY, "serve", "--config", path,
+                                    "--grpc-listen", "127.0.0.1:0",
+                                    "--metrics-listen", "127.0.0.1:0"});
+  ASSERT_TRUE(gateway.ok()) << gateway.status();
+  auto line = (*gateway)->WaitForLine("grpc listening on ", absl::Seconds(60));
+  ASSERT_TRUE(line.ok()) << line.status() << (*gateway)->Output();
+  const std::string target = absl::StrCat("127.0.0.1:", PortOf(*line));
+  auto stub = v1::Retrieval::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  auto upsert = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      grpc::ClientContext context;
+      v1::UpsertRequest request;
+      request.set_collection("kb");
+      v1::RetrievalDocument& doc = *request.add_documents();
+      doc.set_id(absl::StrCat("note-", i));
+      doc.set_title(absl::StrCat("Note ", i));
+      doc.set_text(absl::StrCat("Short note number ", i, " about backups."));
+      v1::UpsertResponse response;
+      ASSERT_TRUE(stub->Upsert(&context, request, &response).ok()) << i;
+    }
+  };
+  auto info = [&] {
+    grpc::ClientContext context;
+    v1::GetCollectionRequest request;
+    request.set_name("kb");
+    v1::CollectionInfo collection;
+    EXPECT_TRUE(stub->GetCollection(&context, request, &collection).ok());
+    return collection;
+  };
+  // Fill the room in steps, pausing after each so that no writer races the
+  // grower; background rebuilds (the embedder is refitted as the corpus
+  // doubles) may replace the index and its room meanwhile.
+  int rows = 0;
+  do {
+    const int step = rows == 0 ? 90 : 10;  // Due at 96 rows of 128.
+    upsert(rows, rows + step);
+    rows += step;
+    for (int i = 0; i < 20 && info().index_growths() == 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(15));
+    }
+  } while (info().index_growths() == 0 && rows < 1000);
+  const v1::CollectionInfo after = info();
+  EXPECT_GE(after.index_growths(), 1);
+  EXPECT_EQ(after.index_vectors(), rows);
+  EXPECT_GE(after.index_growth_hold_ms(), 0);
+  auto stats = Subprocess::Start({ARBITER_BINARY, "index", "stats",
+                                  "--collection", "kb", "--target", target});
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ((*stats)->Wait(), 0) << (*stats)->Output();
+  EXPECT_THAT((*stats)->Output(),
+              HasSubstr(absl::StrCat("index       flat, ", rows, " vectors")));
+  EXPECT_THAT((*stats)->Output(),
+              HasSubstr("room        grown ahead of need "));
+  stub.reset();  // An open channel would hold the gateway's drain.
+  EXPECT_EQ((*gateway)->Stop(), 0);
+  EXPECT_THAT((*gateway)->Output(), HasSubstr("room ahead of need at"));
 }
 
 }  // namespace
