@@ -29,6 +29,29 @@ using ::testing::StartsWith;
 
 constexpr char kQuestion[] = "How do I reset my password?";
 
+// One rag route over sim-server's OpenAI API and the quickstart corpus;
+// `retrieval` holds the retrieval section's further lines (indented).
+std::string RagGatewayConfig(int sim_port, absl::string_view retrieval) {
+  return absl::StrCat(
+      absl::StrReplaceAll(R"yaml(
+tasks: [faq]
+policy: {pinned: {route: rag}}
+backends:
+  - name: sim-http
+    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1"}
+routes:
+  - name: rag
+    kind: rag
+    backend: sim-http
+    model: quill-large
+retrieval:
+  corpus_dir: QUICKSTART/corpus
+)yaml",
+                          {{"SIM_PORT", std::to_string(sim_port)},
+                           {"QUICKSTART", ARBITER_SOURCE_DIR "/quickstart"}}),
+      retrieval);
+}
+
 // The quickstart's routes, plus routes over the `openai` backend pointed at
 // sim-server, at a closed port, and with a timeout shorter than generation.
 std::string TestConfig(int sim_port) {
@@ -827,29 +850,16 @@ TEST_F(EndToEndTest, EmbeddingServerPersistentStoreAndSnapshots) {
   const absl::Cleanup remove_dir = [&] { std::filesystem::remove_all(dir); };
   auto write_config = [&](int dim) {
     const std::string path = (dir / "gateway.yaml").string();
-    std::ofstream(path) << absl::StrReplaceAll(
-        R"yaml(
-tasks: [faq]
-policy: {pinned: {route: rag}}
-backends:
-  - name: sim-http
-    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1"}
-routes:
-  - name: rag
-    kind: rag
-    backend: sim-http
-    model: quill-large
-retrieval:
-  corpus_dir: QUICKSTART/corpus
-  store_path: DIR/store.db
+    std::ofstream(path) << RagGatewayConfig(
+        sim_port_, absl::StrReplaceAll(
+                       R"yaml(  store_path: DIR/store.db
   embedding_dim: DIM
   index: {kind: hnsw}
   embedding_server: {url: "http://127.0.0.1:SIM_PORT/v1", model: sim-embed, batch_size: 16}
 )yaml",
-        {{"SIM_PORT", std::to_string(sim_port_)},
-         {"QUICKSTART", ARBITER_SOURCE_DIR "/quickstart"},
-         {"DIR", dir.string()},
-         {"DIM", std::to_string(dim)}});
+                       {{"SIM_PORT", std::to_string(sim_port_)},
+                        {"DIR", dir.string()},
+                        {"DIM", std::to_string(dim)}}));
     return path;
   };
   auto start = [&](int dim) {
@@ -912,25 +922,8 @@ TEST_F(EndToEndTest, IndexStatsReportsGrowthAheadOfNeed) {
                             absl::StrCat("arbiter-grow-", getpid(), ".yaml"))
                                .string();
   const absl::Cleanup remove_config = [&] { std::filesystem::remove(path); };
-  std::ofstream(path) << absl::StrReplaceAll(
-      R"yaml(
-tasks: [faq]
-policy: {pinned: {route: rag}}
-backends:
-  - name: sim-http
-    openai: {base_url: "http://127.0.0.1:SIM_PORT/v1"}
-routes:
-  - name: rag
-    kind: rag
-    backend: sim-http
-    model: quill-large
-retrieval:
-  corpus_dir: QUICKSTART/corpus
-  embedding_dim: 8192
-  index: {kind: flat}
-)yaml",
-      {{"SIM_PORT", std::to_string(sim_port_)},
-       {"QUICKSTART", ARBITER_SOURCE_DIR "/quickstart"}});
+  std::ofstream(path) << RagGatewayConfig(
+      sim_port_, "  embedding_dim: 8192\n  index: {kind: flat}\n");
   auto gateway = Subprocess::Start({ARBITER_BINARY, "serve", "--config", path,
                                     "--grpc-listen", "127.0.0.1:0",
                                     "--metrics-listen", "127.0.0.1:0"});
