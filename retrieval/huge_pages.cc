@@ -1,10 +1,10 @@
 #include "retrieval/huge_pages.h"
 
-#include <faiss/IndexFlatCodes.h>
-#include <faiss/IndexHNSW.h>
 #include <sys/mman.h>
 
 #include <cstdint>
+
+#include "retrieval/faiss_arrays.h"
 
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25  // Linux 6.1; older headers lack it.
@@ -27,19 +27,10 @@ bool AdviseHugePages(const void* data, size_t bytes, bool collapse_now) {
 }
 
 void MoveToHugePages(const faiss::Index& index) {
-  auto advise = [](const auto& array) {
+  ForEachFaissArray(index, [](const auto& array, bool) {
     AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
                     /*collapse_now=*/true);
-  };
-  const faiss::Index* vectors = &index;
-  if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(vectors)) {
-    advise(hnsw->hnsw.neighbors);
-    advise(hnsw->hnsw.offsets);
-    vectors = hnsw->storage;
-  }
-  if (const auto* flat = dynamic_cast<const faiss::IndexFlatCodes*>(vectors)) {
-    advise(flat->codes);
-  }
+  });
 }
 
 }  // namespace arbiter::retrieval

@@ -20,8 +20,8 @@ namespace arbiter::retrieval {
 // True when the kernel took all the advice asked for.
 bool AdviseHugePages(const void* data, size_t bytes, bool collapse_now);
 
-// Moves a FAISS index's flat vectors (its own, or an HNSW graph's storage)
-// and graph links onto huge pages at once.
+// Moves a FAISS index's flat vectors (its own, or an HNSW graph's storage),
+// graph links and direct map (faiss_arrays.h) onto huge pages at once.
 void MoveToHugePages(const faiss::Index& index);
 
 }  // namespace arbiter::retrieval

@@ -1,7 +1,6 @@
 #include "retrieval/vector_index.h"
 
 #include <faiss/IndexFlat.h>
-#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
@@ -21,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "retrieval/faiss_arrays.h"
 #include "retrieval/huge_pages.h"
 #include "retrieval/index_search.h"
 #include "retrieval/inner_product.h"
@@ -401,40 +401,19 @@ absl::Status VectorIndex::AddRows(absl::Span<const int64_t> ids,
   return absl::OkStatus();
 }
 
-void VectorIndex::MoveToHugePages() const {
-  retrieval::MoveToHugePages(*index_);
-  auto advise = [](const auto& array) {
-    AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
-                    /*collapse_now=*/true);
-  };
-  advise(id_of_label_);
-  advise(live_);
-  advise(refine_codes_);
-}
-
-// T, const when Self is.
-template <typename Self, typename T>
-using ConstLike = std::conditional_t<std::is_const_v<Self>, const T, T>;
-
 template <typename Self, typename Visit>
 void VectorIndex::ForEachGrowingArray(Self& self, Visit&& visit) {
-  ConstLike<Self, faiss::Index>* vectors = self.index_.get();
-  if (auto* hnsw = dynamic_cast<ConstLike<Self, faiss::IndexHNSW>*>(vectors)) {
-    visit(hnsw->hnsw.neighbors, /*rewritten=*/true);
-    visit(hnsw->hnsw.offsets, /*rewritten=*/false);
-    visit(hnsw->hnsw.levels, /*rewritten=*/false);
-    vectors = hnsw->storage;
-  }
-  if (auto* flat =
-          dynamic_cast<ConstLike<Self, faiss::IndexFlatCodes>*>(vectors)) {
-    visit(flat->codes, /*rewritten=*/false);
-  }
-  if (auto* ivf = dynamic_cast<ConstLike<Self, faiss::IndexIVF>*>(vectors)) {
-    visit(ivf->direct_map.array, /*rewritten=*/false);
-  }
+  ForEachFaissArray(*self.index_, visit);
   visit(self.id_of_label_, /*rewritten=*/true);
   visit(self.live_, /*rewritten=*/true);
   visit(self.refine_codes_, /*rewritten=*/false);
+}
+
+void VectorIndex::MoveToHugePages() const {
+  ForEachGrowingArray(*this, [](const auto& array, bool) {
+    AdviseHugePages(array.data(), array.size() * sizeof(array[0]),
+                    /*collapse_now=*/true);
+  });
 }
 
 void VectorIndex::ReserveRoomAhead() {

@@ -147,7 +147,7 @@ class VectorIndex final {
   // appends fault in would have the kernel compact memory under writers.
   void MoveToHugePages() const;
   // Calls visit(array, rewritten) for each array that grows with the rows:
-  // FAISS's vectors and graph, the id map, the re-ranking copy. `rewritten`
+  // FAISS's (faiss_arrays.h), the id map, the re-ranking copy. `rewritten`
   // arrays also change at rows already there (graph links, tombstones).
   // `Self` is VectorIndex or const VectorIndex.
   template <typename Self, typename Visit>
