@@ -422,6 +422,12 @@ policy::EconomicsSnapshot Gateway::EconomicsNow() const {
   return economics_->Snapshot(absl::Now());
 }
 
+void Gateway::CancelInFlight() {
+  const absl::Status why =
+      absl::UnavailableError("the gateway is shutting down");
+  for (auto& [name, backend] : backends_) backend->CancelAll(why);
+}
+
 std::string Gateway::Describe() const {
   const v1::Config& config = loaded_.config;
   std::string text = absl::StrCat("config: ", loaded_.origin, "\n");

@@ -79,6 +79,10 @@ class Gateway final {
   // The unit economics as of now.
   [[nodiscard]] policy::EconomicsSnapshot EconomicsNow() const;
 
+  // Fails every request still waiting on a backend with UNAVAILABLE; for
+  // shutdown, once the grace period is over.
+  void CancelInFlight();
+
   // What was loaded, for the start-up banner.
   [[nodiscard]] std::string Describe() const;
 

@@ -50,6 +50,10 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual void Complete(BackendRequest request, BackendCallback done) = 0;
+  // Fails every request the backend holds, queued or in flight, with `why`
+  // (on the backend's thread, as Complete's callbacks run). Used when
+  // shutting down: a hung backend must not hold the process past its grace.
+  virtual void CancelAll(const absl::Status& why) = 0;
   [[nodiscard]] virtual absl::string_view name() const = 0;
 };
 

@@ -137,15 +137,34 @@ void OpenAIBackend::Complete(BackendRequest request, BackendCallback done) {
   curl_multi_wakeup(multi_);
 }
 
+void OpenAIBackend::CancelAll(const absl::Status& why) {
+  {
+    absl::MutexLock lock(&mu_);
+    cancel_ = why;
+  }
+  curl_multi_wakeup(multi_);
+}
+
 void OpenAIBackend::Loop() {
   std::vector<std::unique_ptr<Transfer>> running;
   for (;;) {
     std::vector<std::unique_ptr<Transfer>> added;
     bool stopping;
+    std::optional<absl::Status> cancel;
     {
       absl::MutexLock lock(&mu_);
       added.swap(incoming_);
       stopping = stopping_;
+      cancel.swap(cancel_);
+    }
+    if (cancel.has_value()) {
+      for (auto& transfer : running) {
+        curl_multi_remove_handle(multi_, transfer->easy);
+        std::move(transfer->done)(*cancel);
+      }
+      running.clear();
+      for (auto& transfer : added) std::move(transfer->done)(*cancel);
+      added.clear();
     }
     for (auto& transfer : added) {
       CURL* easy = curl_easy_init();

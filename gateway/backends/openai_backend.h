@@ -1,11 +1,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "arbiter/v1/config.pb.h"
@@ -31,6 +33,7 @@ class OpenAIBackend final : public Backend {
   OpenAIBackend& operator=(const OpenAIBackend&) = delete;
 
   void Complete(BackendRequest request, BackendCallback done) override;
+  void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
 
   struct Transfer;
@@ -46,6 +49,8 @@ class OpenAIBackend final : public Backend {
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Transfer>> incoming_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Set by CancelAll; the loop fails everything it holds and clears it.
+  std::optional<absl::Status> cancel_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

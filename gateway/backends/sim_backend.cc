@@ -18,12 +18,17 @@ void SimBackend::Complete(BackendRequest request, BackendCallback done) {
   }
   sim::SimAnswer answer =
       simulator_->Answer(request.model, messages, request.max_output_tokens);
+  uint64_t id;
+  {
+    std::lock_guard lock(mu_);
+    id = next_id_++;
+    pending_.emplace(id, std::move(done));
+  }
   if (answer.delay > request.timeout) {
-    timers_.RunAfter(request.timeout, [this, timeout = request.timeout,
-                                       done = std::move(done)]() mutable {
-      std::move(done)(absl::DeadlineExceededError(
-          absl::StrFormat("backend \"%s\": no answer within %s", name_,
-                          absl::FormatDuration(timeout))));
+    timers_.RunAfter(request.timeout, [this, id, timeout = request.timeout] {
+      Answer(id, absl::DeadlineExceededError(
+                     absl::StrFormat("backend \"%s\": no answer within %s",
+                                     name_, absl::FormatDuration(timeout))));
     });
     return;
   }
@@ -32,10 +37,35 @@ void SimBackend::Complete(BackendRequest request, BackendCallback done) {
   response.input_tokens = CountPromptTokens(request.messages);
   response.output_tokens = answer.output_tokens;
   response.usage_reported = true;
-  timers_.RunAfter(answer.delay, [response = std::move(response),
-                                  done = std::move(done)]() mutable {
-    std::move(done)(std::move(response));
-  });
+  timers_.RunAfter(answer.delay,
+                   [this, id, response = std::move(response)]() mutable {
+                     Answer(id, std::move(response));
+                   });
+}
+
+void SimBackend::Answer(uint64_t id, absl::StatusOr<BackendResponse> result) {
+  BackendCallback done;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return;  // Cancelled.
+    done = std::move(it->second);
+    pending_.erase(it);
+  }
+  std::move(done)(std::move(result));
+}
+
+void SimBackend::CancelAll(const absl::Status& why) {
+  absl::flat_hash_map<uint64_t, BackendCallback> cancelled;
+  {
+    std::lock_guard lock(mu_);
+    cancelled.swap(pending_);
+  }
+  for (auto& [id, done] : cancelled) {
+    timers_.RunAfter(
+        absl::ZeroDuration(),
+        [why, done = std::move(done)]() mutable { std::move(done)(why); });
+  }
 }
 
 }  // namespace arbiter

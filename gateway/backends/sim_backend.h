@@ -1,8 +1,12 @@
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "gateway/backends/backend.h"
 #include "gateway/sim/simulator.h"
@@ -17,11 +21,19 @@ class SimBackend final : public Backend {
   SimBackend(std::string name, std::shared_ptr<const sim::Simulator> simulator);
 
   void Complete(BackendRequest request, BackendCallback done) override;
+  void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
 
  private:
+  // Answers the pending request `id` unless CancelAll already did.
+  void Answer(uint64_t id, absl::StatusOr<BackendResponse> result);
+
   const std::string name_;
   const std::shared_ptr<const sim::Simulator> simulator_;
+  std::mutex mu_;  // std:: so ThreadSanitizer sees it.
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uint64_t, BackendCallback> pending_ ABSL_GUARDED_BY(mu_);
+  // Declared last: its destructor runs what is pending, which needs the rest.
   TimerQueue timers_;
 };
 

@@ -177,3 +177,37 @@ TEST_F(OpenAIBackendTest, ManyConcurrentRequestsAllComplete) {
 
 }  // namespace
 }  // namespace arbiter
+
+namespace arbiter {
+namespace {
+
+TEST_F(OpenAIBackendTest, CancelAllFailsRequestsInFlightAtOnce) {
+  v1::OpenAIBackend config;
+  config.set_base_url(absl::StrCat("http://127.0.0.1:", port_, "/v1"));
+  config.set_max_connections(1);  // One in flight, the others queued.
+  OpenAIBackend backend("fake", config, "");
+  constexpr int kRequests = 3;
+  std::atomic<int> cancelled{0};
+  std::atomic<int> finished{0};
+  absl::Notification all_done;
+  for (int i = 0; i < kRequests; ++i) {
+    BackendRequest request;
+    request.model = "slow";
+    request.messages = {{"user", "hi"}};
+    request.timeout = absl::Seconds(30);
+    backend.Complete(
+        std::move(request), [&](absl::StatusOr<BackendResponse> response) {
+          cancelled +=
+              response.status().code() == absl::StatusCode::kUnavailable;
+          if (++finished == kRequests) all_done.Notify();
+        });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  backend.CancelAll(absl::UnavailableError("shutting down"));
+  // The slow server answers after 500 ms; cancelled requests end before.
+  EXPECT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Milliseconds(300)));
+  EXPECT_EQ(cancelled.load(), kRequests);
+}
+
+}  // namespace
+}  // namespace arbiter
