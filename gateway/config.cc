@@ -43,7 +43,7 @@ constexpr int kMaxRequestBytesLimit = 64 << 20;
 // and far from overflowing.
 constexpr int64_t kMaxMemoryBudgetMb = int64_t{1} << 20;
 // A config that is mostly wrong is not listed whole.
-constexpr size_t kMaxParseErrors = 100;
+constexpr size_t kMaxListedErrors = 100;
 // No schema nests this deep; an alias loop would.
 constexpr int kMaxDepth = 64;
 constexpr int kDefaultChunkTokens = 200;
@@ -139,14 +139,9 @@ class YamlWalker final {
   [[nodiscard]] const std::vector<std::string>& errors() const {
     return errors_;
   }
-  [[nodiscard]] size_t dropped() const { return dropped_; }
 
  private:
   void Error(int line, absl::string_view path, absl::string_view reason) {
-    if (errors_.size() >= kMaxParseErrors) {
-      ++dropped_;
-      return;
-    }
     errors_.push_back(
         path.empty() ? absl::StrCat("line ", line, ": ", reason)
                      : absl::StrCat("line ", line, ": ", path, ": ", reason));
@@ -396,7 +391,6 @@ class YamlWalker final {
   }
 
   std::vector<std::string> errors_;
-  size_t dropped_ = 0;  // Errors beyond kMaxParseErrors.
 };
 
 // The line (from 1) and the byte within it (from 1) of a byte offset.
@@ -437,11 +431,7 @@ std::vector<std::string> ParseErrors(absl::string_view yaml,
     // yaml-cpp throws on what it cannot represent; nothing is half-read.
     return {absl::StrCat("cannot read the YAML: ", e.what())};
   }
-  std::vector<std::string> errors = walker.errors();
-  if (walker.dropped() > 0) {
-    errors.push_back(absl::StrCat("... and ", walker.dropped(), " more"));
-  }
-  if (!errors.empty()) return errors;
+  if (!walker.errors().empty()) return walker.errors();
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = false;
   auto status = google::protobuf::util::JsonStringToMessage(json::Dump(as_json),
@@ -450,11 +440,23 @@ std::vector<std::string> ParseErrors(absl::string_view yaml,
   return {};
 }
 
+// The first kMaxListedErrors of `errors`, then how many more.
+std::string JoinErrors(const std::vector<std::string>& errors,
+                       absl::string_view separator) {
+  if (errors.size() <= kMaxListedErrors) {
+    return absl::StrJoin(errors, separator);
+  }
+  return absl::StrCat(
+      absl::StrJoin(errors.begin(), errors.begin() + kMaxListedErrors,
+                    separator),
+      separator, "... and ", errors.size() - kMaxListedErrors, " more");
+}
+
 std::string ErrorList(absl::string_view origin,
                       const std::vector<std::string>& errors) {
   return absl::StrCat(origin, " is invalid (", errors.size(),
                       errors.size() == 1 ? " error" : " errors", "):\n  ",
-                      absl::StrJoin(errors, "\n  "));
+                      JoinErrors(errors, "\n  "));
 }
 
 bool IsLabelSafe(absl::string_view name) {
@@ -995,7 +997,7 @@ absl::StatusOr<v1::Config> ParseConfigYaml(absl::string_view yaml) {
   v1::Config config;
   std::vector<std::string> errors = ParseErrors(yaml, &config);
   if (!errors.empty()) {
-    return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
+    return absl::InvalidArgumentError(JoinErrors(errors, "\n"));
   }
   return config;
 }

@@ -455,6 +455,18 @@ backends: [{name: s, sim: {seed: -1}}]
           "non-negative 64-bit integer"));
 }
 
+TEST(ConfigTest, AHopelessConfigIsCountedButNotListedWhole) {
+  std::string yaml;
+  for (int i = 0; i < 150; ++i) absl::StrAppend(&yaml, "field", i, ": 1\n");
+  auto loaded = LoadConfigText(yaml, "junk.yaml", nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(std::string(loaded.status().message()),
+              AllOf(StartsWith("junk.yaml is invalid (150 errors):\n  line 1: "
+                               "field0: unknown field"),
+                    HasSubstr("line 100: field99: unknown field"),
+                    Not(HasSubstr("field100")), HasSubstr("... and 50 more")));
+}
+
 TEST(ConfigTest, UnknownFieldWithoutACloseNameListsTheFields) {
   EXPECT_THAT(ParseErrorsOf("economics: {budget: 5}\n"),
               ElementsAre("line 1: economics.budget: unknown field; expected "
