@@ -123,7 +123,7 @@ Percentiles RunGateway(int port, const Options& options) {
     auto* call = new Call;
     call->scheduled = scheduled;
     v1::ChatMessage* message = call->request.add_messages();
-    message->set_role("user");
+    message->set_role(v1::ROLE_USER);
     message->set_content(kQuestions[i % 3]);
     call->request.set_route(options.route);
     stub->async()->Infer(&call->context, &call->request, &call->response,

@@ -8,6 +8,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
+#include "gateway/config.h"
 #include "policy/engine.h"
 #include "policy/route_stats.h"
 
@@ -21,7 +22,7 @@ v1::Config MakeConfig(int routes, const std::string& strategy) {
   for (int r = 0; r < routes; ++r) {
     v1::Route* route = config.add_routes();
     route->set_name(absl::StrCat("route-", r));
-    route->set_kind("fine_tuned");
+    route->set_kind(v1::ROUTE_KIND_FINE_TUNED);
   }
   v1::Policy* policy = config.mutable_policy();
   if (strategy == "thompson") {
@@ -42,6 +43,8 @@ v1::Config MakeConfig(int routes, const std::string& strategy) {
     cheapest->set_min_feedback(20);
     cheapest->set_explore_share(0.1);
   }
+  // The values a loaded config has.
+  ApplyConfigDefaults(config);
   return config;
 }
 

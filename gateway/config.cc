@@ -1,7 +1,11 @@
 #include "gateway/config.h"
 
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -10,71 +14,449 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/json.h"
+#include "common/quote.h"
+#include "common/utf8.h"
+#include "gateway/sim/simulator.h"
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
-#include "retrieval/vector_index.h"
 #include "yaml-cpp/yaml.h"
 
 namespace arbiter {
 namespace {
 
-using nlohmann::json;
+using google::protobuf::Descriptor;
+using google::protobuf::EnumDescriptor;
+using google::protobuf::FieldDescriptor;
+using Json = nlohmann::json;
 
 constexpr char kEmbeddedConfigPath[] = "arbiter.yaml";
+// What one request may be: gRPC's receive limit is twice this, in an int.
+constexpr int kMaxRequestBytesLimit = 64 << 20;
+// auto_memory_budget_mb is turned into bytes: 1 TiB is far beyond any host
+// and far from overflowing.
+constexpr int64_t kMaxMemoryBudgetMb = int64_t{1} << 20;
+// A config that is mostly wrong is not listed whole.
+constexpr size_t kMaxListedErrors = 100;
+// No schema nests this deep; an alias loop would.
+constexpr int kMaxDepth = 64;
+constexpr int kDefaultChunkTokens = 200;
 
-// Plain YAML scalars become JSON numbers, booleans or null when they look
-// like one; quoted scalars stay strings.
-json ScalarToJson(const YAML::Node& node) {
-  const std::string& text = node.Scalar();
-  if (node.Tag() == "!") return text;
-  if (text == "true" || text == "True") return true;
-  if (text == "false" || text == "False") return false;
-  if (text == "null" || text == "~") return nullptr;
-  int64_t integer;
-  if (absl::SimpleAtoi(text, &integer)) return integer;
-  double number;
-  if (!text.empty() &&
-      (absl::ascii_isdigit(text[0]) || text[0] == '-' || text[0] == '.') &&
-      absl::SimpleAtod(text, &number)) {
-    return number;
+// Optimal string alignment distance: edits, with a swap of neighbours as
+// one, so "modle" is one step from "model".
+size_t EditDistance(absl::string_view a, absl::string_view b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1,
+                                     std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] =
+          std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
   }
-  return text;
+  return d[a.size()][b.size()];
 }
 
-absl::StatusOr<json> YamlToJson(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined:
-      return json(nullptr);
-    case YAML::NodeType::Scalar:
-      return ScalarToJson(node);
-    case YAML::NodeType::Sequence: {
-      json array = json::array();
-      for (const YAML::Node& item : node) {
-        auto value = YamlToJson(item);
-        if (!value.ok()) return value.status();
-        array.push_back(*std::move(value));
-      }
-      return array;
+std::string Child(absl::string_view path, absl::string_view name) {
+  return path.empty() ? std::string(name) : absl::StrCat(path, ".", name);
+}
+
+// Walks a YAML tree against a message's descriptor and builds the JSON that
+// protobuf's parser takes (enum names in full, 64-bit integers as strings),
+// collecting every problem with its line instead of stopping at the first.
+class YamlWalker final {
+ public:
+  YamlWalker() = default;
+  YamlWalker(const YamlWalker&) = delete;
+  YamlWalker& operator=(const YamlWalker&) = delete;
+
+  // An object for `type`; problems are kept for errors().
+  Json Message(const YAML::Node& node, const Descriptor& type,
+               const std::string& path, int line, int depth) {
+    Json out = Json::object();
+    if (depth > kMaxDepth) {
+      Error(line, path, "nested too deeply");
+      return out;
     }
-    case YAML::NodeType::Map: {
-      json object = json::object();
-      for (const auto& entry : node) {
-        if (!entry.first.IsScalar()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "line ", entry.first.Mark().line + 1, ": keys must be scalars"));
-        }
-        auto value = YamlToJson(entry.second);
-        if (!value.ok()) return value.status();
-        object[entry.first.Scalar()] = *std::move(value);
+    if (!node.IsMap()) {
+      Error(LineOf(node, line), path,
+            absl::StrCat("expected a mapping of ", FieldList(type), ", got ",
+                         Describe(node)));
+      return out;
+    }
+    std::map<std::string, int> seen;  // Key -> line.
+    // Set oneof member per oneof -> (field name, line).
+    std::map<const google::protobuf::OneofDescriptor*,
+             std::pair<std::string, int>>
+        oneofs;
+    for (const auto& entry : node) {
+      const int key_line = LineOf(entry.first, line);
+      if (!entry.first.IsScalar()) {
+        Error(key_line, path, "keys must be plain text");
+        continue;
       }
-      return object;
+      const std::string& name = entry.first.Scalar();
+      const std::string field_path = Child(path, name);
+      if (auto [it, inserted] = seen.emplace(name, key_line); !inserted) {
+        Error(key_line, field_path,
+              absl::StrCat("duplicate key (first at line ", it->second, ")"));
+        continue;
+      }
+      const FieldDescriptor* field = type.FindFieldByName(name);
+      if (field == nullptr) {
+        Error(key_line, field_path, UnknownField(type, name));
+        continue;
+      }
+      if (entry.second.IsNull()) continue;  // Unset.
+      if (const auto* oneof = field->real_containing_oneof()) {
+        auto [it, inserted] = oneofs.emplace(oneof, std::pair{name, key_line});
+        if (!inserted) {
+          Error(key_line, field_path,
+                absl::StrCat("only one of ", FieldNames(*oneof),
+                             " may be set; ", it->second.first,
+                             " is set at line ", it->second.second));
+          continue;
+        }
+      }
+      std::optional<Json> value =
+          Field(entry.second, *field, field_path, key_line, depth + 1);
+      if (value.has_value()) out[field->name()] = *std::move(value);
+    }
+    return out;
+  }
+
+  [[nodiscard]] const std::vector<std::string>& errors() const {
+    return errors_;
+  }
+
+ private:
+  void Error(int line, absl::string_view path, absl::string_view reason) {
+    errors_.push_back(
+        path.empty() ? absl::StrCat("line ", line, ": ", reason)
+                     : absl::StrCat("line ", line, ": ", path, ": ", reason));
+  }
+
+  // Null nodes carry the mark of what follows them: their key's line is
+  // the one to name.
+  static int LineOf(const YAML::Node& node, int fallback) {
+    if (node.IsNull() || node.Mark().line < 0) return fallback;
+    return node.Mark().line + 1;
+  }
+
+  static std::string Describe(const YAML::Node& node) {
+    switch (node.Type()) {
+      case YAML::NodeType::Map:
+        return "a mapping";
+      case YAML::NodeType::Sequence:
+        return "a list";
+      case YAML::NodeType::Scalar:
+        return QuoteInput(node.Scalar());
+      default:
+        return "nothing";
     }
   }
-  return json(nullptr);
+
+  static std::string FieldList(const Descriptor& type) {
+    return absl::StrCat("\"", type.name(), "\" fields");
+  }
+
+  static std::string FieldNames(
+      const google::protobuf::OneofDescriptor& oneof) {
+    std::vector<std::string> names;
+    for (int i = 0; i < oneof.field_count(); ++i) {
+      names.push_back(oneof.field(i)->name());
+    }
+    return absl::StrJoin(names, ", ");
+  }
+
+  static std::string UnknownField(const Descriptor& type,
+                                  absl::string_view name) {
+    const FieldDescriptor* closest = nullptr;
+    size_t best = std::numeric_limits<size_t>::max();
+    std::vector<std::string> names;
+    for (int i = 0; i < type.field_count(); ++i) {
+      const FieldDescriptor* field = type.field(i);
+      names.push_back(field->name());
+      size_t distance = EditDistance(name, field->name());
+      if (distance < best) {
+        best = distance;
+        closest = field;
+      }
+    }
+    if (closest != nullptr && best <= std::max<size_t>(1, name.size() / 3)) {
+      return absl::StrCat("unknown field (did you mean ", closest->name(),
+                          "?)");
+    }
+    return absl::StrCat("unknown field; expected one of ",
+                        absl::StrJoin(names, ", "));
+  }
+
+  // A field's value: a list for repeated fields, a mapping for maps.
+  std::optional<Json> Field(const YAML::Node& node,
+                            const FieldDescriptor& field,
+                            const std::string& path, int line, int depth) {
+    if (field.is_map()) {
+      if (!node.IsMap()) {
+        Error(LineOf(node, line), path,
+              absl::StrCat("expected a mapping, got ", Describe(node)));
+        return std::nullopt;
+      }
+      const FieldDescriptor& value_field = *field.message_type()->map_value();
+      Json out = Json::object();
+      std::map<std::string, int> seen;
+      for (const auto& entry : node) {
+        const int key_line = LineOf(entry.first, line);
+        if (!entry.first.IsScalar()) {
+          Error(key_line, path, "keys must be plain text");
+          continue;
+        }
+        const std::string& key = entry.first.Scalar();
+        const std::string key_path = Child(path, key);
+        if (auto [it, inserted] = seen.emplace(key, key_line); !inserted) {
+          Error(key_line, key_path,
+                absl::StrCat("duplicate key (first at line ", it->second, ")"));
+          continue;
+        }
+        std::optional<Json> value =
+            Element(entry.second, value_field, key_path, key_line, depth);
+        if (value.has_value()) out[key] = *std::move(value);
+      }
+      return out;
+    }
+    if (field.is_repeated()) {
+      if (!node.IsSequence()) {
+        Error(LineOf(node, line), path,
+              absl::StrCat("expected a list, got ", Describe(node)));
+        return std::nullopt;
+      }
+      Json out = Json::array();
+      for (size_t i = 0; i < node.size(); ++i) {
+        std::optional<Json> value =
+            Element(node[i], field, absl::StrCat(path, "[", i, "]"),
+                    LineOf(node, line), depth);
+        if (value.has_value()) out.push_back(*std::move(value));
+      }
+      return out;
+    }
+    return Element(node, field, path, line, depth);
+  }
+
+  // One value of the field's type: a message or a scalar.
+  std::optional<Json> Element(const YAML::Node& node,
+                              const FieldDescriptor& field,
+                              const std::string& path, int line, int depth) {
+    line = LineOf(node, line);
+    if (field.type() == FieldDescriptor::TYPE_MESSAGE) {
+      if (node.IsNull()) return Json::object();
+      return Message(node, *field.message_type(), path, line, depth);
+    }
+    if (!node.IsScalar()) {
+      Error(
+          line, path,
+          absl::StrCat("expected ", Expected(field), ", got ", Describe(node)));
+      return std::nullopt;
+    }
+    const std::string& text = node.Scalar();
+    switch (field.cpp_type()) {
+      case FieldDescriptor::CPPTYPE_STRING:
+        if (field.type() == FieldDescriptor::TYPE_BYTES) break;
+        return text;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        if (text == "true" || text == "True" || text == "TRUE") return true;
+        if (text == "false" || text == "False" || text == "FALSE") {
+          return false;
+        }
+        break;
+      case FieldDescriptor::CPPTYPE_INT32:
+      case FieldDescriptor::CPPTYPE_INT64: {
+        int64_t value;
+        if (!absl::SimpleAtoi(text, &value)) {
+          if (LooksNumeric(text)) return OutOfRange(line, path, field, text);
+          break;
+        }
+        if (field.cpp_type() == FieldDescriptor::CPPTYPE_INT32) {
+          if (value < std::numeric_limits<int32_t>::min() ||
+              value > std::numeric_limits<int32_t>::max()) {
+            return OutOfRange(line, path, field, text);
+          }
+          return value;
+        }
+        return absl::StrCat(value);  // Proto JSON's form of 64-bit values.
+      }
+      case FieldDescriptor::CPPTYPE_UINT32:
+      case FieldDescriptor::CPPTYPE_UINT64: {
+        uint64_t value;
+        if (!absl::SimpleAtoi(text, &value)) {
+          if (LooksNumeric(text)) return OutOfRange(line, path, field, text);
+          break;
+        }
+        if (field.cpp_type() == FieldDescriptor::CPPTYPE_UINT32) {
+          if (value > std::numeric_limits<uint32_t>::max()) {
+            return OutOfRange(line, path, field, text);
+          }
+          return value;
+        }
+        return absl::StrCat(value);
+      }
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+      case FieldDescriptor::CPPTYPE_FLOAT: {
+        // YAML's .inf and .nan, C's inf and nan, and numbers too large for
+        // a double (1e999 parses as infinity) are all refused.
+        double value;
+        const bool parsed = absl::SimpleAtod(text, &value);
+        const std::string lower = absl::AsciiStrToLower(text);
+        const bool yaml_special =
+            absl::EndsWith(lower, ".inf") || lower == ".nan";
+        if (!parsed && !yaml_special) break;
+        if (!parsed || !std::isfinite(value) ||
+            (field.cpp_type() == FieldDescriptor::CPPTYPE_FLOAT &&
+             std::fabs(value) > std::numeric_limits<float>::max())) {
+          Error(
+              line, path,
+              absl::StrCat("must be a finite number, got ", QuoteInput(text)));
+          return std::nullopt;
+        }
+        return value;
+      }
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        auto number = ParseEnumValueName(*field.enum_type(), text);
+        if (!number.ok()) {
+          Error(line, path, number.status().message());
+          return std::nullopt;
+        }
+        return field.enum_type()->FindValueByNumber(*number)->name();
+      }
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        break;
+    }
+    Error(
+        line, path,
+        absl::StrCat("expected ", Expected(field), ", got ", QuoteInput(text)));
+    return std::nullopt;
+  }
+
+  static bool LooksNumeric(absl::string_view text) {
+    if (!text.empty() && (text[0] == '-' || text[0] == '+')) {
+      text.remove_prefix(1);
+    }
+    return !text.empty() &&
+           std::all_of(text.begin(), text.end(), absl::ascii_isdigit);
+  }
+
+  std::optional<Json> OutOfRange(int line, absl::string_view path,
+                                 const FieldDescriptor& field,
+                                 absl::string_view text) {
+    Error(line, path,
+          absl::StrCat(QuoteInput(text), " is out of range for ",
+                       Expected(field)));
+    return std::nullopt;
+  }
+
+  static std::string Expected(const FieldDescriptor& field) {
+    switch (field.cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32:
+        return "a 32-bit integer";
+      case FieldDescriptor::CPPTYPE_INT64:
+        return "a 64-bit integer";
+      case FieldDescriptor::CPPTYPE_UINT32:
+        return "a non-negative 32-bit integer";
+      case FieldDescriptor::CPPTYPE_UINT64:
+        return "a non-negative 64-bit integer";
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+      case FieldDescriptor::CPPTYPE_FLOAT:
+        return "a number";
+      case FieldDescriptor::CPPTYPE_BOOL:
+        return "true or false";
+      case FieldDescriptor::CPPTYPE_ENUM:
+        return absl::StrCat("one of ", EnumNames(*field.enum_type()));
+      case FieldDescriptor::CPPTYPE_STRING:
+        return field.type() == FieldDescriptor::TYPE_BYTES
+                   ? "bytes (unsupported)"
+                   : "text";
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        return absl::StrCat("a mapping of ", FieldList(*field.message_type()));
+    }
+    return "a value";
+  }
+
+  std::vector<std::string> errors_;
+};
+
+// The line (from 1) and the byte within it (from 1) of a byte offset.
+std::pair<int, size_t> LineAndColumn(absl::string_view text, size_t offset) {
+  absl::string_view before = text.substr(0, offset);
+  const int line =
+      1 + static_cast<int>(std::count(before.begin(), before.end(), '\n'));
+  const size_t line_start = before.rfind('\n');
+  return {line, line_start == absl::string_view::npos ? offset + 1
+                                                      : offset - line_start};
+}
+
+// Every parse-level problem of `yaml`; *config is set when there is none.
+std::vector<std::string> ParseErrors(absl::string_view yaml,
+                                     v1::Config* config) {
+  if (std::optional<size_t> bad = FirstInvalidUtf8(yaml)) {
+    auto [line, column] = LineAndColumn(yaml, *bad);
+    return {absl::StrFormat(
+        "line %d: invalid UTF-8 at byte %d of the file (byte %d of the line); "
+        "a config must be UTF-8 text",
+        line, *bad, column)};
+  }
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return {absl::StrCat("line ", e.mark.line + 1, ", column ",
+                         e.mark.column + 1, ": YAML syntax error: ", e.msg)};
+  } catch (const std::exception& e) {
+    return {absl::StrCat("YAML syntax error: ", e.what())};
+  }
+  if (!root.IsMap()) return {"the config must be a YAML mapping"};
+  YamlWalker walker;
+  Json as_json;
+  try {
+    as_json = walker.Message(root, *v1::Config::descriptor(), "", 1, 0);
+  } catch (const std::exception& e) {
+    // yaml-cpp throws on what it cannot represent; nothing is half-read.
+    return {absl::StrCat("cannot read the YAML: ", e.what())};
+  }
+  if (!walker.errors().empty()) return walker.errors();
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  auto status = google::protobuf::util::JsonStringToMessage(json::Dump(as_json),
+                                                            config, options);
+  if (!status.ok()) return {std::string(status.message())};
+  return {};
+}
+
+// The first kMaxListedErrors of `errors`, then how many more.
+std::string JoinErrors(const std::vector<std::string>& errors,
+                       absl::string_view separator) {
+  if (errors.size() <= kMaxListedErrors) {
+    return absl::StrJoin(errors, separator);
+  }
+  return absl::StrCat(
+      absl::StrJoin(errors.begin(), errors.begin() + kMaxListedErrors,
+                    separator),
+      separator, "... and ", errors.size() - kMaxListedErrors, " more");
+}
+
+std::string ErrorList(absl::string_view origin,
+                      const std::vector<std::string>& errors) {
+  return absl::StrCat(origin, " is invalid (", errors.size(),
+                      errors.size() == 1 ? " error" : " errors", "):\n  ",
+                      JoinErrors(errors, "\n  "));
 }
 
 bool IsLabelSafe(absl::string_view name) {
@@ -113,9 +495,9 @@ class Validator {
     }
     CheckRetrieval();
     CheckExperiments();
-    if (config_.economics().window_minutes() < 0 ||
-        config_.economics().window_minutes() > 7 * 24 * 60) {
-      Error("economics.window_minutes", "must be in [1, 10080]");
+    if (config_.economics().has_window_minutes()) {
+      InRange(config_.economics().window_minutes(), 1, 7 * 24 * 60,
+              "economics.window_minutes");
     }
     NonNegative(config_.economics().budget_usd_per_day(),
                 "economics.budget_usd_per_day");
@@ -142,6 +524,29 @@ class Validator {
     if (!(value >= 0 && value <= 1)) Error(path, "must be in [0, 1]");
   }
 
+  void AtLeast(int64_t value, int64_t low, absl::string_view path) {
+    if (value < low) Error(path, "must be >= ", low);
+  }
+
+  void InRange(int64_t value, int64_t low, int64_t high,
+               absl::string_view path) {
+    if (value < low || value > high) {
+      Error(path, "must be in [", low, ", ", high, "]");
+    }
+  }
+
+  // A key's variable must be set: a request without it would go out
+  // unauthenticated.
+  void KeyIsSet(const std::string& variable, absl::string_view path) {
+    if (variable.empty()) return;
+    const char* value = std::getenv(variable.c_str());
+    if (value == nullptr) {
+      Error(path, "environment variable ", variable, " is not set");
+    } else if (*value == '\0') {
+      Error(path, "environment variable ", variable, " is empty");
+    }
+  }
+
   void CheckServer() {
     const v1::Server& server = config_.server();
     if (!server.grpc_listen().empty() && !IsHostPort(server.grpc_listen())) {
@@ -153,8 +558,13 @@ class Validator {
       Error("server.metrics_listen", "must be host:port, got \"",
             server.metrics_listen(), "\"");
     }
-    NonNegative(server.max_request_bytes(), "server.max_request_bytes");
-    NonNegative(server.decision_log_capacity(), "server.decision_log_capacity");
+    if (server.has_max_request_bytes() &&
+        (server.max_request_bytes() < 1 ||
+         server.max_request_bytes() > kMaxRequestBytesLimit)) {
+      Error("server.max_request_bytes", "must be in [1, ",
+            kMaxRequestBytesLimit, "] (64 MiB)");
+    }
+    AtLeast(server.decision_log_capacity(), 0, "server.decision_log_capacity");
   }
 
   void CheckBackends() {
@@ -177,10 +587,14 @@ class Validator {
                   "must start with http:// or https://, got \"",
                   openai.base_url(), "\"");
           }
-          NonNegative(openai.timeout_seconds(),
-                      path + ".openai.timeout_seconds");
-          NonNegative(openai.max_connections(),
-                      path + ".openai.max_connections");
+          if (openai.has_timeout_seconds() && !(openai.timeout_seconds() > 0)) {
+            Error(path + ".openai.timeout_seconds", "must be > 0");
+          }
+          if (openai.has_max_connections()) {
+            AtLeast(openai.max_connections(), 1,
+                    path + ".openai.max_connections");
+          }
+          KeyIsSet(openai.api_key_env(), path + ".openai.api_key_env");
           break;
         }
         case v1::Backend::kSim: {
@@ -241,16 +655,16 @@ class Validator {
       } else if (!routes_.insert(route.name()).second) {
         Error(path + ".name", "duplicate route \"", route.name(), "\"");
       }
-      const std::string& kind = route.kind();
-      if (kind != "prompted" && kind != "fine_tuned" && kind != "rag") {
-        Error(path + ".kind", "must be prompted, fine_tuned or rag, got \"",
-              kind, "\"");
+      const v1::RouteKind kind = route.kind();
+      if (kind == v1::ROUTE_KIND_UNSPECIFIED) {
+        Error(path + ".kind",
+              "required: ", EnumNames(*v1::RouteKind_descriptor()));
       }
       if (!backends_.contains(route.backend())) {
         Error(path + ".backend", "unknown backend \"", route.backend(), "\"");
       }
       if (route.model().empty()) Error(path + ".model", "must not be empty");
-      if (kind == "fine_tuned" && !route.examples().empty()) {
+      if (kind == v1::ROUTE_KIND_FINE_TUNED && !route.examples().empty()) {
         Error(path + ".examples",
               "a fine_tuned route sends the bare request; remove the examples");
       }
@@ -261,15 +675,17 @@ class Validator {
                 "needs both user and assistant");
         }
       }
-      if (kind == "rag") {
+      if (kind == v1::ROUTE_KIND_RAG) {
         if (config_.retrieval().corpus_dir().empty()) {
           Error(path + ".kind", "a rag route needs retrieval.corpus_dir");
         }
-        if (route.rag().top_k() < 0 || route.rag().top_k() > 100) {
-          Error(path + ".rag.top_k", "must be in [1, 100]");
+        if (route.rag().has_top_k()) {
+          InRange(route.rag().top_k(), 1, 100, path + ".rag.top_k");
         }
-        NonNegative(route.rag().max_context_tokens(),
-                    path + ".rag.max_context_tokens");
+        if (route.rag().has_max_context_tokens()) {
+          AtLeast(route.rag().max_context_tokens(), 1,
+                  path + ".rag.max_context_tokens");
+        }
       } else if (route.has_rag()) {
         Error(path + ".rag", "only rag routes retrieve context");
       }
@@ -285,8 +701,8 @@ class Validator {
                   path + ".pricing.embedding_usd_per_ktok");
       NonNegative(pricing.hosting_usd_per_hour(),
                   path + ".pricing.hosting_usd_per_hour");
-      if (route.max_output_tokens() < 0) {
-        Error(path + ".max_output_tokens", "must be >= 0");
+      if (route.has_max_output_tokens()) {
+        AtLeast(route.max_output_tokens(), 1, path + ".max_output_tokens");
       }
     }
   }
@@ -298,7 +714,7 @@ class Validator {
       if (!route.has_training()) continue;
       const v1::Training& training = route.training();
       const std::string path = absl::StrCat("routes[", i, "].training");
-      if (route.kind() != "fine_tuned") {
+      if (route.kind() != v1::ROUTE_KIND_FINE_TUNED) {
         Error(path, "only fine_tuned routes have a training cost");
       }
       NonNegative(training.cost_usd(), path + ".cost_usd");
@@ -322,8 +738,8 @@ class Validator {
       } else if (date > absl::Now()) {
         Error(path + ".date", training.date(), " is in the future");
       }
-      if (training.amortization_days() < 0) {
-        Error(path + ".amortization_days", "must be >= 1");
+      if (training.has_amortization_days()) {
+        AtLeast(training.amortization_days(), 1, path + ".amortization_days");
       }
     }
   }
@@ -356,7 +772,7 @@ class Validator {
         const auto& cheapest = policy.cheapest_meeting_accuracy();
         std::string sub = path + ".cheapest_meeting_accuracy";
         Probability(cheapest.accuracy_floor(), sub + ".accuracy_floor");
-        NonNegative(cheapest.min_feedback(), sub + ".min_feedback");
+        AtLeast(cheapest.min_feedback(), 0, sub + ".min_feedback");
         if (cheapest.has_explore_share()) {
           Probability(cheapest.explore_share(), sub + ".explore_share");
         }
@@ -370,7 +786,7 @@ class Validator {
         std::string sub = path + ".best_utility";
         NonNegative(best.cost_weight(), sub + ".cost_weight");
         NonNegative(best.latency_weight(), sub + ".latency_weight");
-        NonNegative(best.min_feedback(), sub + ".min_feedback");
+        AtLeast(best.min_feedback(), 0, sub + ".min_feedback");
         if (best.has_explore_share()) {
           Probability(best.explore_share(), sub + ".explore_share");
         }
@@ -392,7 +808,7 @@ class Validator {
           Error(sub + ".learning_rate", "must be > 0");
         }
         NonNegative(budget.initial_cost_weight(), sub + ".initial_cost_weight");
-        NonNegative(budget.min_feedback(), sub + ".min_feedback");
+        AtLeast(budget.min_feedback(), 0, sub + ".min_feedback");
         if (budget.has_explore_share()) {
           Probability(budget.explore_share(), sub + ".explore_share");
         }
@@ -401,11 +817,13 @@ class Validator {
       case v1::Policy::kContextual: {
         const auto& contextual = policy.contextual();
         std::string sub = path + ".contextual";
-        NonNegative(contextual.k(), sub + ".k");
+        if (contextual.has_k()) AtLeast(contextual.k(), 1, sub + ".k");
         NonNegative(contextual.cost_weight(), sub + ".cost_weight");
         NonNegative(contextual.latency_weight(), sub + ".latency_weight");
-        NonNegative(contextual.memory_size(), sub + ".memory_size");
-        NonNegative(contextual.min_feedback(), sub + ".min_feedback");
+        if (contextual.has_memory_size()) {
+          AtLeast(contextual.memory_size(), 1, sub + ".memory_size");
+        }
+        AtLeast(contextual.min_feedback(), 0, sub + ".min_feedback");
         if (contextual.has_prior_weight()) {
           NonNegative(contextual.prior_weight(), sub + ".prior_weight");
         }
@@ -433,11 +851,6 @@ class Validator {
       } else if (!names.insert(experiment.name()).second) {
         Error(path + ".name", "duplicate experiment \"", experiment.name(),
               "\"");
-      }
-      if (!experiment.unit().empty() && experiment.unit() != "unit" &&
-          experiment.unit() != "request") {
-        Error(path + ".unit", "must be unit or request, got \"",
-              experiment.unit(), "\"");
       }
       if (experiment.arms_size() < 2) {
         Error(path + ".arms", "an experiment needs at least two arms");
@@ -493,40 +906,29 @@ class Validator {
   }
 
   void ValidateIndex(const v1::IndexSettings& index, const std::string& path) {
-    if (!index.kind().empty()) {
-      if (auto kind = retrieval::ParseIndexKind(index.kind()); !kind.ok()) {
-        Error(path + ".kind", kind.status().message());
-      }
-    }
-    if (index.hnsw_m() < 0 || index.hnsw_m() == 1 || index.hnsw_m() > 256) {
-      Error(path + ".hnsw_m", "must be in [2, 256]");
-    }
-    for (auto [value, field] :
-         {std::pair{index.hnsw_ef_construction(), "hnsw_ef_construction"},
-          std::pair{index.hnsw_ef_search(), "hnsw_ef_search"},
-          std::pair{index.ivf_nlist(), "ivf_nlist"},
-          std::pair{index.ivf_nprobe(), "ivf_nprobe"},
-          std::pair{index.pq_m(), "pq_m"}}) {
-      if (value < 0) Error(absl::StrCat(path, ".", field), "must be >= 0");
+    if (index.has_hnsw_m()) InRange(index.hnsw_m(), 2, 256, path + ".hnsw_m");
+    for (auto [set, value, field] :
+         {std::tuple{index.has_hnsw_ef_construction(),
+                     index.hnsw_ef_construction(), "hnsw_ef_construction"},
+          std::tuple{index.has_hnsw_ef_search(), index.hnsw_ef_search(),
+                     "hnsw_ef_search"},
+          std::tuple{index.has_ivf_nlist(), index.ivf_nlist(), "ivf_nlist"},
+          std::tuple{index.has_ivf_nprobe(), index.ivf_nprobe(), "ivf_nprobe"},
+          std::tuple{index.has_pq_m(), index.pq_m(), "pq_m"}}) {
+      if (set) AtLeast(value, 1, absl::StrCat(path, ".", field));
     }
     if (index.has_pq_refine_factor() &&
         (index.pq_refine_factor() < 0 || index.pq_refine_factor() > 100)) {
       Error(path + ".pq_refine_factor",
             "must be in [0, 100] (0 or 1: no re-ranking)");
     }
-    if (index.auto_exact_below() < 0) {
-      Error(path + ".auto_exact_below", "must be >= 0");
-    }
-    if (index.auto_memory_budget_mb() < 0) {
-      Error(path + ".auto_memory_budget_mb", "must be >= 0");
-    }
-    if (index.rebuild_tombstone_share() < 0 ||
-        index.rebuild_tombstone_share() > 1) {
-      Error(path + ".rebuild_tombstone_share", "must be in [0, 1]");
-    }
-    if (index.snapshot_every_changes() < 0) {
-      Error(path + ".snapshot_every_changes", "must be >= 0");
-    }
+    AtLeast(index.auto_exact_below(), 0, path + ".auto_exact_below");
+    InRange(index.auto_memory_budget_mb(), 0, kMaxMemoryBudgetMb,
+            path + ".auto_memory_budget_mb");
+    Probability(index.rebuild_tombstone_share(),
+                path + ".rebuild_tombstone_share");
+    AtLeast(index.snapshot_every_changes(), 0,
+            path + ".snapshot_every_changes");
   }
 
   void CheckRetrieval() {
@@ -534,21 +936,20 @@ class Validator {
     if (retrieval.keyword_match_budget() < 0) {
       Error("retrieval.keyword_match_budget", "must be >= 0 (0: no budget)");
     }
-    if (retrieval.chunk_tokens() < 0) {
-      Error("retrieval.chunk_tokens", "must be >= 0");
+    if (retrieval.has_chunk_tokens()) {
+      AtLeast(retrieval.chunk_tokens(), 1, "retrieval.chunk_tokens");
     }
-    if (retrieval.chunk_overlap_tokens() < 0) {
-      Error("retrieval.chunk_overlap_tokens", "must be >= 0");
-    }
-    if (retrieval.chunk_tokens() > 0 &&
+    AtLeast(retrieval.chunk_overlap_tokens(), 0,
+            "retrieval.chunk_overlap_tokens");
+    if (retrieval.has_chunk_tokens() && retrieval.chunk_tokens() >= 1 &&
         retrieval.chunk_overlap_tokens() >= retrieval.chunk_tokens()) {
       Error("retrieval.chunk_overlap_tokens",
             "must be smaller than chunk_tokens");
-    }
-    if (!retrieval.search().empty() && retrieval.search() != "hybrid" &&
-        retrieval.search() != "keyword" && retrieval.search() != "vector") {
-      Error("retrieval.search", "must be hybrid, keyword or vector, got \"",
-            retrieval.search(), "\"");
+    } else if (!retrieval.has_chunk_tokens() &&
+               retrieval.chunk_overlap_tokens() >= kDefaultChunkTokens) {
+      Error("retrieval.chunk_overlap_tokens",
+            "must be smaller than chunk_tokens (default ", kDefaultChunkTokens,
+            ")");
     }
     ValidateIndex(retrieval.index(), "retrieval.index");
     for (const auto& [name, index] : retrieval.collection_index()) {
@@ -564,18 +965,22 @@ class Validator {
     if (!server.url().empty() && server.model().empty()) {
       Error("retrieval.embedding_server.model", "is required with a url");
     }
-    if (server.batch_size() < 0 || server.batch_size() > 2048) {
-      Error("retrieval.embedding_server.batch_size", "must be in [1, 2048]");
+    if (server.has_batch_size()) {
+      InRange(server.batch_size(), 1, 2048,
+              "retrieval.embedding_server.batch_size");
     }
-    if (server.timeout_ms() < 0) {
-      Error("retrieval.embedding_server.timeout_ms", "must be >= 0");
+    if (server.has_timeout_ms()) {
+      AtLeast(server.timeout_ms(), 1, "retrieval.embedding_server.timeout_ms");
     }
-    if (server.max_retries() < 0 || server.max_retries() > 10) {
-      Error("retrieval.embedding_server.max_retries", "must be in [0, 10]");
+    if (server.has_max_retries()) {
+      InRange(server.max_retries(), 0, 10,
+              "retrieval.embedding_server.max_retries");
     }
-    if (retrieval.embedding_dim() != 0 &&
-        (retrieval.embedding_dim() < 16 || retrieval.embedding_dim() > 8192)) {
-      Error("retrieval.embedding_dim", "must be in [16, 8192]");
+    if (!server.url().empty()) {
+      KeyIsSet(server.api_key_env(), "retrieval.embedding_server.api_key_env");
+    }
+    if (retrieval.has_embedding_dim()) {
+      InRange(retrieval.embedding_dim(), 16, 8192, "retrieval.embedding_dim");
     }
   }
 
@@ -589,26 +994,10 @@ class Validator {
 }  // namespace
 
 absl::StatusOr<v1::Config> ParseConfigYaml(absl::string_view yaml) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("YAML syntax error at line ", e.mark.line + 1, ", column ",
-                     e.mark.column + 1, ": ", e.msg));
-  }
-  if (!root.IsMap()) {
-    return absl::InvalidArgumentError("the config must be a YAML mapping");
-  }
-  auto as_json = YamlToJson(root);
-  if (!as_json.ok()) return as_json.status();
   v1::Config config;
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = false;
-  auto status = google::protobuf::util::JsonStringToMessage(as_json->dump(),
-                                                            &config, options);
-  if (!status.ok()) {
-    return absl::InvalidArgumentError(std::string(status.message()));
+  std::vector<std::string> errors = ParseErrors(yaml, &config);
+  if (!errors.empty()) {
+    return absl::InvalidArgumentError(JoinErrors(errors, "\n"));
   }
   return config;
 }
@@ -617,14 +1006,87 @@ std::vector<std::string> ValidateConfig(const v1::Config& config) {
   return Validator(config).Run();
 }
 
+namespace {
+
+void ApplyPolicyDefaults(v1::Policy& policy) {
+  constexpr int kMinFeedback = 20;
+  constexpr double kExploreShare = 0.1;
+  switch (policy.strategy_case()) {
+    case v1::Policy::kCheapestMeetingAccuracy: {
+      auto& cheapest = *policy.mutable_cheapest_meeting_accuracy();
+      if (!cheapest.has_min_feedback()) cheapest.set_min_feedback(kMinFeedback);
+      if (!cheapest.has_explore_share()) {
+        cheapest.set_explore_share(kExploreShare);
+      }
+      if (!cheapest.has_confidence()) cheapest.set_confidence(0.5);
+      break;
+    }
+    case v1::Policy::kBestUtility: {
+      auto& best = *policy.mutable_best_utility();
+      if (!best.has_min_feedback()) best.set_min_feedback(kMinFeedback);
+      if (!best.has_explore_share()) best.set_explore_share(kExploreShare);
+      break;
+    }
+    case v1::Policy::kBudget: {
+      auto& budget = *policy.mutable_budget();
+      if (!budget.has_learning_rate()) budget.set_learning_rate(0.01);
+      if (!budget.has_min_feedback()) budget.set_min_feedback(kMinFeedback);
+      if (!budget.has_explore_share()) budget.set_explore_share(kExploreShare);
+      break;
+    }
+    case v1::Policy::kContextual: {
+      auto& contextual = *policy.mutable_contextual();
+      if (!contextual.has_k()) contextual.set_k(20);
+      if (!contextual.has_prior_weight()) contextual.set_prior_weight(5);
+      if (!contextual.has_memory_size()) contextual.set_memory_size(10'000);
+      if (!contextual.has_min_feedback()) {
+        contextual.set_min_feedback(kMinFeedback);
+      }
+      if (!contextual.has_explore_share()) {
+        contextual.set_explore_share(kExploreShare);
+      }
+      break;
+    }
+    case v1::Policy::kPinned:
+    case v1::Policy::kWeighted:
+    case v1::Policy::kThompson:
+    case v1::Policy::STRATEGY_NOT_SET:
+      break;
+  }
+}
+
+void ApplyIndexDefaults(v1::IndexSettings& index) {
+  if (index.kind() == v1::INDEX_KIND_UNSPECIFIED) {
+    index.set_kind(v1::INDEX_KIND_AUTO);
+  }
+  if (!index.has_hnsw_m()) index.set_hnsw_m(32);
+  if (!index.has_hnsw_ef_construction()) index.set_hnsw_ef_construction(80);
+  if (!index.has_hnsw_ef_search()) index.set_hnsw_ef_search(64);
+  // ivf_nlist and pq_m stay unset: they follow the vectors when built.
+  if (!index.has_ivf_nprobe()) index.set_ivf_nprobe(16);
+  if (!index.has_pq_refine_factor()) index.set_pq_refine_factor(10);
+  if (!index.has_auto_exact_below()) index.set_auto_exact_below(50'000);
+  if (!index.has_auto_memory_budget_mb()) {
+    index.set_auto_memory_budget_mb(4096);
+  }
+  if (!index.has_rebuild_tombstone_share()) {
+    index.set_rebuild_tombstone_share(0.2);
+  }
+  if (!index.has_snapshot_every_changes()) {
+    index.set_snapshot_every_changes(1000);
+  }
+}
+
+}  // namespace
+
 void ApplyConfigDefaults(v1::Config& config) {
   v1::Server& server = *config.mutable_server();
   if (server.grpc_listen().empty()) server.set_grpc_listen("127.0.0.1:50051");
   if (server.metrics_listen().empty()) {
     server.set_metrics_listen("127.0.0.1:9464");
   }
-  if (server.max_request_bytes() == 0) server.set_max_request_bytes(1 << 20);
-  if (server.decision_log_capacity() == 0) {
+  if (!server.has_max_request_bytes()) server.set_max_request_bytes(1 << 20);
+  if (!server.has_decision_log_capacity()) {
     server.set_decision_log_capacity(1'000'000);
   }
   if (config.default_task().empty() && !config.tasks().empty()) {
@@ -633,56 +1095,149 @@ void ApplyConfigDefaults(v1::Config& config) {
   for (v1::Backend& backend : *config.mutable_backends()) {
     if (backend.has_openai()) {
       v1::OpenAIBackend& openai = *backend.mutable_openai();
-      if (openai.timeout_seconds() == 0) openai.set_timeout_seconds(30);
-      if (openai.max_connections() == 0) openai.set_max_connections(64);
+      if (!openai.has_timeout_seconds()) openai.set_timeout_seconds(30);
+      if (!openai.has_max_connections()) openai.set_max_connections(64);
     }
   }
   for (v1::Route& route : *config.mutable_routes()) {
-    if (route.max_output_tokens() == 0) route.set_max_output_tokens(256);
-    if (route.kind() == "rag") {
+    if (!route.has_max_output_tokens()) route.set_max_output_tokens(256);
+    if (route.kind() == v1::ROUTE_KIND_RAG) {
       v1::RagSettings& rag = *route.mutable_rag();
-      if (rag.top_k() == 0) rag.set_top_k(4);
-      if (rag.max_context_tokens() == 0) rag.set_max_context_tokens(1024);
+      if (!rag.has_top_k()) rag.set_top_k(4);
+      if (!rag.has_max_context_tokens()) rag.set_max_context_tokens(1024);
     }
-  }
-  v1::RetrievalSettings& retrieval = *config.mutable_retrieval();
-  if (retrieval.chunk_tokens() == 0) retrieval.set_chunk_tokens(200);
-  if (retrieval.chunk_overlap_tokens() == 0) {
-    retrieval.set_chunk_overlap_tokens(
-        std::min(40, retrieval.chunk_tokens() / 4));
-  }
-  if (retrieval.embedding_dim() == 0) retrieval.set_embedding_dim(512);
-  if (retrieval.search().empty()) retrieval.set_search("hybrid");
-  for (v1::Route& route : *config.mutable_routes()) {
-    if (route.has_training() && route.training().amortization_days() == 0) {
+    if (route.has_training() && !route.training().has_amortization_days()) {
       route.mutable_training()->set_amortization_days(365);
     }
   }
-  if (config.economics().window_minutes() == 0) {
-    config.mutable_economics()->set_window_minutes(60);
+  ApplyPolicyDefaults(*config.mutable_policy());
+  for (auto& [task, policy] : *config.mutable_task_policies()) {
+    ApplyPolicyDefaults(policy);
+  }
+  v1::Statistics& statistics = *config.mutable_statistics();
+  if (!statistics.has_prior_strength()) statistics.set_prior_strength(10);
+  for (v1::Experiment& experiment : *config.mutable_experiments()) {
+    if (experiment.unit() == v1::EXPERIMENT_UNIT_UNSPECIFIED) {
+      experiment.set_unit(v1::EXPERIMENT_UNIT_UNIT);
+    }
+    if (experiment.control().empty() && experiment.arms_size() > 0) {
+      experiment.set_control(experiment.arms(0).name());
+    }
+    if (!experiment.has_alpha()) experiment.set_alpha(0.05);
+    for (v1::ExperimentArm& arm : *experiment.mutable_arms()) {
+      if (arm.has_policy()) ApplyPolicyDefaults(*arm.mutable_policy());
+    }
+  }
+  v1::Economics& economics = *config.mutable_economics();
+  if (!economics.has_window_minutes()) economics.set_window_minutes(60);
+  v1::RetrievalSettings& retrieval = *config.mutable_retrieval();
+  if (!retrieval.has_chunk_tokens()) {
+    retrieval.set_chunk_tokens(kDefaultChunkTokens);
+  }
+  if (!retrieval.has_chunk_overlap_tokens()) {
+    retrieval.set_chunk_overlap_tokens(
+        std::min(40, retrieval.chunk_tokens() / 4));
+  }
+  if (!retrieval.has_embedding_dim()) retrieval.set_embedding_dim(512);
+  if (retrieval.search() == v1::SEARCH_MODE_UNSPECIFIED) {
+    retrieval.set_search(v1::SEARCH_MODE_HYBRID);
+  }
+  if (!retrieval.has_keyword_match_budget()) {
+    retrieval.set_keyword_match_budget(20'000);
   }
   if (retrieval.snapshot_dir().empty() && !retrieval.store_path().empty()) {
     retrieval.set_snapshot_dir(retrieval.store_path() + ".index");
   }
+  ApplyIndexDefaults(*retrieval.mutable_index());
+  for (auto& [name, index] : *retrieval.mutable_collection_index()) {
+    ApplyIndexDefaults(index);
+  }
+  if (retrieval.has_embedding_server()) {
+    v1::EmbeddingServer& embedding = *retrieval.mutable_embedding_server();
+    if (!embedding.has_batch_size()) embedding.set_batch_size(64);
+    if (!embedding.has_timeout_ms()) embedding.set_timeout_ms(10'000);
+    if (!embedding.has_max_retries()) embedding.set_max_retries(3);
+  }
+}
+
+std::vector<std::string> CheckConfigReferences(const v1::Config& config,
+                                               const FileSource& files) {
+  std::vector<std::string> errors;
+  for (int i = 0; i < config.backends_size(); ++i) {
+    const v1::Backend& backend = config.backends(i);
+    if (!backend.has_sim()) continue;
+    const std::string path = absl::StrCat("backends[", i, "].sim.dataset");
+    auto text = files.Read(backend.sim().dataset());
+    if (!text.ok()) {
+      errors.push_back(absl::StrCat(path, ": ", text.status().message()));
+      continue;
+    }
+    auto questions = sim::ParseQuestionSet(*text);
+    if (!questions.ok()) {
+      errors.push_back(absl::StrCat(path, ": question set \"",
+                                    backend.sim().dataset(),
+                                    "\": ", questions.status().message()));
+      continue;
+    }
+    auto simulator =
+        sim::Simulator::Create(backend.sim(), *std::move(questions));
+    if (!simulator.ok()) {
+      errors.push_back(absl::StrCat(path, ": ", simulator.status().message()));
+    }
+  }
+  const v1::RetrievalSettings& retrieval = config.retrieval();
+  bool needs_corpus = !retrieval.corpus_dir().empty();
+  for (const v1::Route& route : config.routes()) {
+    needs_corpus = needs_corpus || route.kind() == v1::ROUTE_KIND_RAG;
+  }
+  if (needs_corpus) {
+    auto folder = files.ReadFolder(retrieval.corpus_dir());
+    if (!folder.ok()) {
+      errors.push_back(
+          absl::StrCat("retrieval.corpus_dir: ", folder.status().message()));
+    } else if (std::none_of(folder->begin(), folder->end(),
+                            [](const auto& file) {
+                              return file.first.ends_with(".md") ||
+                                     file.first.ends_with(".txt");
+                            })) {
+      errors.push_back(
+          absl::StrCat("retrieval.corpus_dir: no .md or .txt "
+                       "files in \"",
+                       retrieval.corpus_dir(), "\""));
+    }
+  }
+  // The store is opened (and created) only by `serve`; its folder must be
+  // there for that.
+  if (!retrieval.store_path().empty()) {
+    std::error_code error;
+    const std::filesystem::path store(retrieval.store_path());
+    if (!std::filesystem::exists(store, error)) {
+      const std::filesystem::path folder =
+          store.has_parent_path() ? store.parent_path() : ".";
+      if (!std::filesystem::is_directory(folder, error)) {
+        errors.push_back(absl::StrCat("retrieval.store_path: folder \"",
+                                      folder.string(), "\" does not exist"));
+      }
+    } else if (std::filesystem::is_directory(store, error)) {
+      errors.push_back(absl::StrCat("retrieval.store_path: \"",
+                                    retrieval.store_path(),
+                                    "\" is a folder, not a file"));
+    }
+  }
+  return errors;
 }
 
 absl::StatusOr<LoadedConfig> LoadConfigText(
     absl::string_view yaml, std::string origin,
     std::shared_ptr<const FileSource> files) {
-  auto config = ParseConfigYaml(yaml);
-  if (!config.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin, ": ", config.status().message()));
-  }
-  std::vector<std::string> errors = ValidateConfig(*config);
+  v1::Config config;
+  std::vector<std::string> errors = ParseErrors(yaml, &config);
+  if (errors.empty()) errors = ValidateConfig(config);
   if (!errors.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin, " is invalid (", errors.size(),
-                     errors.size() == 1 ? " error" : " errors", "):\n  ",
-                     absl::StrJoin(errors, "\n  ")));
+    return absl::InvalidArgumentError(ErrorList(origin, errors));
   }
-  ApplyConfigDefaults(*config);
-  return LoadedConfig{*std::move(config), std::move(origin), std::move(files)};
+  ApplyConfigDefaults(config);
+  return LoadedConfig{std::move(config), std::move(origin), std::move(files)};
 }
 
 absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
@@ -703,6 +1258,62 @@ absl::StatusOr<LoadedConfig> LoadEmbeddedConfig() {
   auto text = files->Read(kEmbeddedConfigPath);
   if (!text.ok()) return text.status();
   return LoadConfigText(*text, "embedded quickstart config", std::move(files));
+}
+
+std::string DescribeConfig(const LoadedConfig& loaded) {
+  const v1::Config& config = loaded.config;
+  std::string text = absl::StrCat("config: ", loaded.origin, "\n");
+  absl::StrAppend(&text, "backends:\n");
+  for (const v1::Backend& backend : config.backends()) {
+    absl::StrAppend(&text, "  ", backend.name(), " (",
+                    backend.has_sim() ? "sim" : backend.openai().base_url(),
+                    ")\n");
+  }
+  absl::StrAppend(&text, "routes:\n");
+  for (const v1::Route& route : config.routes()) {
+    absl::StrAppendFormat(
+        &text, "  %-14s %-10s backend=%s model=%s $%.2f/$%.2f per Mtok\n",
+        route.name(), EnumName(route.kind()), route.backend(), route.model(),
+        route.pricing().input_usd_per_mtok(),
+        route.pricing().output_usd_per_mtok());
+  }
+  absl::StrAppend(&text, "tasks: ", absl::StrJoin(config.tasks(), ", "),
+                  " (default ", config.default_task(), ")\n");
+  return text;
+}
+
+std::string EnumValueName(const google::protobuf::EnumValueDescriptor& value) {
+  // The prefix is what the UNSPECIFIED value's name holds before it.
+  const std::string& zero = value.type()->value(0)->name();
+  absl::string_view prefix = zero;
+  if (!absl::ConsumeSuffix(&prefix, "UNSPECIFIED")) prefix = "";
+  absl::string_view name = value.name();
+  absl::ConsumePrefix(&name, prefix);
+  return absl::AsciiStrToLower(name);
+}
+
+std::string EnumNames(const EnumDescriptor& type) {
+  std::vector<std::string> names;
+  for (int i = 0; i < type.value_count(); ++i) {
+    if (type.value(i)->number() == 0) continue;
+    names.push_back(EnumValueName(*type.value(i)));
+  }
+  if (names.size() < 2) return absl::StrJoin(names, "");
+  std::string last = names.back();
+  names.pop_back();
+  return absl::StrCat(absl::StrJoin(names, ", "), " or ", last);
+}
+
+absl::StatusOr<int> ParseEnumValueName(const EnumDescriptor& type,
+                                       absl::string_view name) {
+  for (int i = 0; i < type.value_count(); ++i) {
+    const google::protobuf::EnumValueDescriptor& value = *type.value(i);
+    if (value.number() != 0 && EnumValueName(value) == name) {
+      return value.number();
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown value ", QuoteInput(name), "; expected ", EnumNames(type)));
 }
 
 }  // namespace arbiter

@@ -51,6 +51,34 @@ policy::StatsOptions StatsOptionsFrom(const v1::Config& config) {
   return options;
 }
 
+// Unset means hybrid.
+retrieval::SearchMode SearchModeOf(v1::SearchMode mode) {
+  switch (mode) {
+    case v1::SEARCH_MODE_KEYWORD:
+      return retrieval::SearchMode::kKeyword;
+    case v1::SEARCH_MODE_VECTOR:
+      return retrieval::SearchMode::kVector;
+    default:
+      return retrieval::SearchMode::kHybrid;
+  }
+}
+
+// Unset means auto.
+retrieval::IndexKind IndexKindOf(v1::IndexKind kind) {
+  switch (kind) {
+    case v1::INDEX_KIND_FLAT:
+      return retrieval::IndexKind::kFlat;
+    case v1::INDEX_KIND_HNSW:
+      return retrieval::IndexKind::kHnsw;
+    case v1::INDEX_KIND_IVF_FLAT:
+      return retrieval::IndexKind::kIvfFlat;
+    case v1::INDEX_KIND_IVF_PQ:
+      return retrieval::IndexKind::kIvfPq;
+    default:
+      return retrieval::IndexKind::kAuto;
+  }
+}
+
 Outcome OutcomeOf(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
@@ -147,7 +175,7 @@ absl::Status Gateway::Init() {
       overhead += retrieval::CountTokens(example.user()) +
                   retrieval::CountTokens(example.assistant()) + 8;
     }
-    bool rag = route.kind() == "rag";
+    bool rag = route.kind() == v1::ROUTE_KIND_RAG;
     if (rag) {
       needs_retrieval = true;
       overhead += route.rag().max_context_tokens();
@@ -160,10 +188,8 @@ absl::Status Gateway::Init() {
   // Collections live in the store even without a corpus: the Retrieval
   // service can fill them.
   retrieval::DocumentStore::Options store_options;
-  if (config.retrieval().has_keyword_match_budget()) {
-    store_options.keyword_match_budget =
-        config.retrieval().keyword_match_budget();
-  }
+  store_options.keyword_match_budget =
+      config.retrieval().keyword_match_budget();
   auto store = retrieval::DocumentStore::Open(
       config.retrieval().store_path().empty() ? ":memory:"
                                               : config.retrieval().store_path(),
@@ -185,11 +211,9 @@ absl::Status Gateway::Init() {
       options.api_key = key;
     }
     options.dim = config.retrieval().embedding_dim();
-    if (server.batch_size() > 0) options.max_batch = server.batch_size();
-    if (server.timeout_ms() > 0) {
-      options.timeout = absl::Milliseconds(server.timeout_ms());
-    }
-    options.max_retries = server.max_retries() > 0 ? server.max_retries() : 3;
+    options.max_batch = server.batch_size();
+    options.timeout = absl::Milliseconds(server.timeout_ms());
+    options.max_retries = server.max_retries();
     auto client = retrieval::EmbeddingClient::Create(options);
     if (!client.ok()) return client.status();
     embedding_client_ = *std::move(client);
@@ -244,10 +268,7 @@ absl::Status Gateway::Init() {
     auto corpus = FindCollection("corpus", true);
     if (!corpus.ok()) return corpus.status();
     corpus_ = *corpus;
-    search_mode_ =
-        settings.search() == "keyword"  ? retrieval::SearchMode::kKeyword
-        : settings.search() == "vector" ? retrieval::SearchMode::kVector
-                                        : retrieval::SearchMode::kHybrid;
+    search_mode_ = SearchModeOf(settings.search());
     metrics_.SetCorpus(*store_->DocumentCount("corpus"),
                        *store_->ChunkCount("corpus"));
   }
@@ -337,36 +358,20 @@ retrieval::CollectionOptions Gateway::CollectionOptionsFor(
   const v1::IndexSettings& index = custom != settings.collection_index().end()
                                        ? custom->second
                                        : settings.index();
-  // Validated with the config: the kind parses.
-  options.index.kind =
-      retrieval::ParseIndexKind(index.kind().empty() ? "auto" : index.kind())
-          .value_or(retrieval::IndexKind::kAuto);
-  if (index.hnsw_m() > 0) options.index.hnsw_m = index.hnsw_m();
-  if (index.hnsw_ef_construction() > 0) {
-    options.index.hnsw_ef_construction = index.hnsw_ef_construction();
-  }
-  if (index.hnsw_ef_search() > 0) {
-    options.index.hnsw_ef_search = index.hnsw_ef_search();
-  }
+  // Defaults were applied with the config: every value is read as it is.
+  options.index.kind = IndexKindOf(index.kind());
+  options.index.hnsw_m = index.hnsw_m();
+  options.index.hnsw_ef_construction = index.hnsw_ef_construction();
+  options.index.hnsw_ef_search = index.hnsw_ef_search();
+  // Unset (0) means chosen from the vectors when the index is built.
   options.index.ivf_nlist = index.ivf_nlist();
-  if (index.ivf_nprobe() > 0) options.index.ivf_nprobe = index.ivf_nprobe();
+  options.index.ivf_nprobe = index.ivf_nprobe();
   options.index.pq_m = index.pq_m();
-  if (index.has_pq_refine_factor()) {
-    options.index.pq_refine_factor = index.pq_refine_factor();
-  }
-  if (index.auto_exact_below() > 0) {
-    options.index.auto_exact_below = index.auto_exact_below();
-  }
-  if (index.auto_memory_budget_mb() > 0) {
-    options.index.auto_memory_budget_bytes = index.auto_memory_budget_mb()
-                                             << 20;
-  }
-  if (index.rebuild_tombstone_share() > 0) {
-    options.rebuild_tombstone_share = index.rebuild_tombstone_share();
-  }
-  if (index.snapshot_every_changes() > 0) {
-    options.snapshot_every_changes = index.snapshot_every_changes();
-  }
+  options.index.pq_refine_factor = index.pq_refine_factor();
+  options.index.auto_exact_below = index.auto_exact_below();
+  options.index.auto_memory_budget_bytes = index.auto_memory_budget_mb() << 20;
+  options.rebuild_tombstone_share = index.rebuild_tombstone_share();
+  options.snapshot_every_changes = index.snapshot_every_changes();
   if (!settings.snapshot_dir().empty()) {
     options.snapshot_path =
         absl::StrCat(settings.snapshot_dir(), "/", name, ".index");
@@ -430,27 +435,11 @@ void Gateway::CancelInFlight() {
 
 std::string Gateway::Describe() const {
   const v1::Config& config = loaded_.config;
-  std::string text = absl::StrCat("config: ", loaded_.origin, "\n");
-  absl::StrAppend(&text, "backends:\n");
-  for (const v1::Backend& backend : config.backends()) {
-    absl::StrAppend(&text, "  ", backend.name(), " (",
-                    backend.has_sim() ? "sim" : backend.openai().base_url(),
-                    ")\n");
-  }
-  absl::StrAppend(&text, "routes:\n");
-  for (const v1::Route& route : config.routes()) {
-    absl::StrAppendFormat(
-        &text, "  %-14s %-10s backend=%s model=%s $%.2f/$%.2f per Mtok\n",
-        route.name(), route.kind(), route.backend(), route.model(),
-        route.pricing().input_usd_per_mtok(),
-        route.pricing().output_usd_per_mtok());
-  }
-  absl::StrAppend(&text, "tasks: ", absl::StrJoin(config.tasks(), ", "),
-                  " (default ", config.default_task(), ")\n");
+  std::string text = DescribeConfig(loaded_);
   if (corpus_ != nullptr) {
     absl::StrAppend(&text, "corpus: ", *store_->DocumentCount("corpus"),
                     " documents, ", *store_->ChunkCount("corpus"), " chunks (",
-                    config.retrieval().search(), " search)\n");
+                    EnumName(config.retrieval().search()), " search)\n");
   }
 
   return text;
@@ -469,16 +458,16 @@ absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
     return absl::InvalidArgumentError("messages: must not be empty");
   }
   for (int i = 0; i < request.messages_size(); ++i) {
-    const v1::ChatMessage& message = request.messages(i);
-    const std::string& role = message.role();
-    if (role != "system" && role != "user" && role != "assistant") {
+    const v1::Role role = request.messages(i).role();
+    if (role == v1::ROLE_UNSPECIFIED || !v1::Role_IsValid(role)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "messages[", i, "].role: must be system, user or assistant, got \"",
-          role, "\""));
+          "messages[", i, "].role: must be ", EnumNames(*v1::Role_descriptor()),
+          ", got ",
+          role == v1::ROLE_UNSPECIFIED ? "none" : std::to_string(role)));
     }
   }
   const v1::ChatMessage& last = *request.messages().rbegin();
-  if (last.role() != "user") {
+  if (last.role() != v1::ROLE_USER) {
     return absl::InvalidArgumentError(
         absl::StrCat("messages[", request.messages_size() - 1,
                      "].role: the last message must be the user's"));
@@ -538,8 +527,8 @@ absl::StatusOr<BackendRequest> Gateway::BuildBackendRequest(
     out.temperature = request.limits().temperature();
   }
   std::string system =
-      route.kind() == "fine_tuned" ? "" : route.system_prompt();
-  if (route.kind() == "rag") {
+      route.kind() == v1::ROUTE_KIND_FINE_TUNED ? "" : route.system_prompt();
+  if (route.kind() == v1::ROUTE_KIND_RAG) {
     const std::string& question = request.messages().rbegin()->content();
     absl::Time start = absl::Now();
     auto found = corpus_->Search(question, route.rag().top_k(), search_mode_);
@@ -572,15 +561,18 @@ absl::StatusOr<BackendRequest> Gateway::BuildBackendRequest(
       citation->set_marker(cited.marker);
     }
   }
-  if (!system.empty()) out.messages.push_back({"system", std::move(system)});
-  if (route.kind() == "prompted") {
+  if (!system.empty()) {
+    out.messages.push_back({EnumName(v1::ROLE_SYSTEM), std::move(system)});
+  }
+  if (route.kind() == v1::ROUTE_KIND_PROMPTED) {
     for (const v1::Example& example : route.examples()) {
-      out.messages.push_back({"user", example.user()});
-      out.messages.push_back({"assistant", example.assistant()});
+      out.messages.push_back({EnumName(v1::ROLE_USER), example.user()});
+      out.messages.push_back(
+          {EnumName(v1::ROLE_ASSISTANT), example.assistant()});
     }
   }
   for (const v1::ChatMessage& message : request.messages()) {
-    out.messages.push_back({message.role(), message.content()});
+    out.messages.push_back({EnumName(message.role()), message.content()});
   }
   return out;
 }
@@ -611,7 +603,8 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   if (experiment >= 0) {
     const v1::Experiment& spec = loaded_.config.experiments(experiment);
     const ExperimentRuntime& runtime = experiments_[experiment];
-    bool sticky = spec.unit() != "request" && !request.unit_id().empty();
+    bool sticky = spec.unit() != v1::EXPERIMENT_UNIT_REQUEST &&
+                  !request.unit_id().empty();
     int bucket =
         sticky ? policy::ExperimentBucket(spec.salt(), request.unit_id())
                : static_cast<int>(UniformDraw() * policy::kExperimentBuckets);
@@ -660,7 +653,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   std::string request_id = EncodeRequestId(id_parts);
   response->set_request_id(request_id);
   response->set_route(route.name());
-  response->set_route_kind(route.kind());
+  response->set_route_kind(EnumName(route.kind()));
   response->set_backend(route.backend());
   response->set_model(route.model());
   response->set_task(task_name);
@@ -695,7 +688,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   double propensity = decision->propensity;
   // A rag request embeds its question to search: priced per token.
   const int64_t embedding_tokens =
-      route.kind() == "rag"
+      route.kind() == v1::ROUTE_KIND_RAG
           ? static_cast<int64_t>(
                 retrieval::Words(request.messages().rbegin()->content()).size())
           : 0;
@@ -720,7 +713,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
         }
         const policy::RequestCost priced = policy::PriceRequest(
             route.pricing(), result->input_tokens, result->output_tokens,
-            route.kind() == "rag", embedding_tokens);
+            route.kind() == v1::ROUTE_KIND_RAG, embedding_tokens);
         const double cost = priced.total_usd();
         {
           std::lock_guard lock(economics_mu_);
@@ -872,7 +865,7 @@ absl::StatusOr<v1::GetEconomicsResponse> Gateway::GetEconomics(
     const v1::Route& route = config.routes(economics.route);
     v1::RouteEconomics& out = *response.add_routes();
     out.set_route(route.name());
-    out.set_kind(route.kind());
+    out.set_kind(EnumName(route.kind()));
     out.set_requests(economics.requests);
     *out.mutable_request_cost() = Breakdown(economics.request_cost);
     out.set_hosting_usd(economics.hosting_usd);
@@ -1117,18 +1110,12 @@ absl::StatusOr<v1::SearchResponse> Gateway::Search(
   if (k < 1 || k > 100) {
     return absl::InvalidArgumentError("k: must be in [1, 100]");
   }
-  retrieval::SearchMode mode;
-  if (request.mode().empty() || request.mode() == "hybrid") {
-    mode = retrieval::SearchMode::kHybrid;
-  } else if (request.mode() == "keyword") {
-    mode = retrieval::SearchMode::kKeyword;
-  } else if (request.mode() == "vector") {
-    mode = retrieval::SearchMode::kVector;
-  } else {
+  if (!v1::SearchMode_IsValid(request.mode())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("mode: must be hybrid, keyword or vector, got \"",
-                     request.mode(), "\""));
+        absl::StrCat("mode: must be ", EnumNames(*v1::SearchMode_descriptor()),
+                     ", got ", static_cast<int>(request.mode())));
   }
+  const retrieval::SearchMode mode = SearchModeOf(request.mode());
   auto collection = FindCollection(request.collection(), false);
   if (!collection.ok()) return collection.status();
   std::vector<retrieval::MetadataFilter> filters;

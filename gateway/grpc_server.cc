@@ -1,5 +1,9 @@
 #include "gateway/grpc_server.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -155,8 +159,11 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
                            &server->port_);
   // Oversized requests get a clear INVALID_ARGUMENT from the gateway up to
   // this transport limit; beyond it gRPC refuses with RESOURCE_EXHAUSTED.
-  builder.SetMaxReceiveMessageSize(
-      std::max(4 << 20, 2 * gateway.config().server().max_request_bytes()));
+  // In 64 bits: twice a large limit does not fit an int.
+  const int64_t receive_limit = std::max<int64_t>(
+      4 << 20, int64_t{2} * gateway.config().server().max_request_bytes());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(
+      std::min<int64_t>(receive_limit, std::numeric_limits<int>::max())));
   builder.RegisterService(&server->services_->gateway);
   builder.RegisterService(&server->services_->admin);
   builder.RegisterService(&server->services_->retrieval);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/ascii.h"
+#include "gateway/config.h"
 
 namespace arbiter {
 namespace {
@@ -71,7 +72,7 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
   for (const v1::Route& route : config.routes()) {
     for (const std::string& task : config.tasks()) {
       prometheus::Labels labels{{"route", route.name()},
-                                {"kind", route.kind()},
+                                {"kind", EnumName(route.kind())},
                                 {"backend", route.backend()},
                                 {"task", task}};
       auto with = [&](const char* key, const char* value) {
@@ -251,10 +252,10 @@ void Metrics::RegisterEconomics(prometheus::Registry& registry,
     RouteGauges gauges;
     gauges.route = route.name();
     gauges.hosting = &fixed.Add({{"route", route.name()},
-                                 {"kind", route.kind()},
+                                 {"kind", EnumName(route.kind())},
                                  {"component", "hosting"}});
     gauges.training = &fixed.Add({{"route", route.name()},
-                                  {"kind", route.kind()},
+                                  {"kind", EnumName(route.kind())},
                                   {"component", "training"}});
     if (route.has_training()) {
       training.Add({{"route", route.name()}}).Set(route.training().cost_usd());

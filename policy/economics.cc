@@ -48,9 +48,7 @@ EconomicsLedger::EconomicsLedger(const v1::Config& config, absl::Time start,
     : num_routes_(config.routes_size()),
       num_tasks_(std::max(1, config.tasks_size())),
       start_(start),
-      window_(absl::Minutes(config.economics().window_minutes() > 0
-                                ? config.economics().window_minutes()
-                                : 60)),
+      window_(absl::Minutes(config.economics().window_minutes())),
       prior_cost_usd_(std::move(prior_cost_usd)) {
   const int window_minutes = static_cast<int>(absl::ToInt64Minutes(window_));
   for (const v1::Route& route : config.routes()) {
@@ -65,10 +63,7 @@ EconomicsLedger::EconomicsLedger(const v1::Config& config, absl::Time start,
                            &error)) {
         terms.trained = start;
       }
-      terms.amortization =
-          absl::Hours(24.0 * (training.amortization_days() > 0
-                                  ? training.amortization_days()
-                                  : 365));
+      terms.amortization = absl::Hours(24.0 * training.amortization_days());
       for (int b = 0; b < config.routes_size(); ++b) {
         if (config.routes(b).name() == training.baseline_route()) {
           terms.baseline = b;

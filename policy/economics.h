@@ -111,8 +111,9 @@ struct EconomicsSnapshot {
 // break-even. Pure: time is passed in. Not thread-safe.
 class EconomicsLedger final {
  public:
-  // prior_cost_usd[r]: route r's expected cost per request before traffic,
-  // used for a baseline that has not served a task yet.
+  // `config` has its defaults applied. prior_cost_usd[r]: route r's expected
+  // cost per request before traffic, used for a baseline that has not
+  // served a task yet.
   EconomicsLedger(const v1::Config& config, absl::Time start,
                   std::vector<double> prior_cost_usd);
 

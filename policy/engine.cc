@@ -203,10 +203,9 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
   explicit CheapestMeetingAccuracyStrategy(
       const v1::CheapestMeetingAccuracyPolicy& config)
       : floor_(config.accuracy_floor()),
-        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
-        explore_share_(config.has_explore_share() ? config.explore_share()
-                                                  : 0.1),
-        confidence_(config.has_confidence() ? config.confidence() : 0.5) {}
+        min_feedback_(config.min_feedback()),
+        explore_share_(config.explore_share()),
+        confidence_(config.confidence()) {}
   absl::string_view name() const override {
     return "cheapest_meeting_accuracy";
   }
@@ -257,9 +256,8 @@ class BestUtilityStrategy final : public Strategy {
   explicit BestUtilityStrategy(const v1::BestUtilityPolicy& config)
       : cost_weight_(config.cost_weight()),
         latency_weight_(config.latency_weight()),
-        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
-        explore_share_(config.has_explore_share() ? config.explore_share()
-                                                  : 0.1) {}
+        min_feedback_(config.min_feedback()),
+        explore_share_(config.explore_share()) {}
   absl::string_view name() const override { return "best_utility"; }
 
   absl::Status Propose(ProposalContext& ctx) const override {
@@ -337,11 +335,9 @@ class BudgetStrategy final : public Strategy {
  public:
   explicit BudgetStrategy(const v1::BudgetPolicy& config)
       : target_(config.target_cost_usd()),
-        learning_rate_(config.has_learning_rate() ? config.learning_rate()
-                                                  : 0.01),
-        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
-        explore_share_(config.has_explore_share() ? config.explore_share()
-                                                  : 0.1),
+        learning_rate_(config.learning_rate()),
+        min_feedback_(config.min_feedback()),
+        explore_share_(config.explore_share()),
         weight_(config.initial_cost_weight()) {}
   absl::string_view name() const override { return "budget"; }
 
@@ -377,14 +373,13 @@ class BudgetStrategy final : public Strategy {
 class ContextualStrategy final : public Strategy {
  public:
   ContextualStrategy(const v1::ContextualPolicy& config, int dim)
-      : k_(config.k() > 0 ? config.k() : 20),
+      : k_(config.k()),
         cost_weight_(config.cost_weight()),
         latency_weight_(config.latency_weight()),
-        prior_weight_(config.has_prior_weight() ? config.prior_weight() : 5),
-        min_feedback_(config.min_feedback() > 0 ? config.min_feedback() : 20),
-        explore_share_(config.has_explore_share() ? config.explore_share()
-                                                  : 0.1),
-        memory_(dim, config.memory_size() > 0 ? config.memory_size() : 10000) {}
+        prior_weight_(config.prior_weight()),
+        min_feedback_(config.min_feedback()),
+        explore_share_(config.explore_share()),
+        memory_(dim, config.memory_size()) {}
   absl::string_view name() const override { return "contextual"; }
   bool UsesContext() const override { return true; }
 
@@ -491,9 +486,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     return absl::InvalidArgumentError("one prior cost per route is needed");
   }
   engine->prior_cost_usd_ = std::move(prior_cost_usd);
-  if (config.statistics().has_prior_strength()) {
-    engine->prior_strength_ = config.statistics().prior_strength();
-  }
+  engine->prior_strength_ = config.statistics().prior_strength();
   auto route_index = [&](absl::string_view name) {
     auto it = std::find(engine->route_names_.begin(),
                         engine->route_names_.end(), name);
@@ -541,9 +534,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
         return std::make_unique<BudgetStrategy>(policy.budget());
       case v1::Policy::kContextual:
         return std::make_unique<ContextualStrategy>(
-            policy.contextual(), config.retrieval().embedding_dim() > 0
-                                     ? config.retrieval().embedding_dim()
-                                     : 512);
+            policy.contextual(), config.retrieval().embedding_dim());
       case v1::Policy::STRATEGY_NOT_SET:
         break;
     }

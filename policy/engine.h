@@ -57,8 +57,10 @@ struct Proposal {
 //   auto decision = (*engine)->Decide(features, *stats.Snapshot());
 class Engine final {
  public:
-  // prior_cost_usd[r] is route r's expected cost per request before any
-  // traffic has been measured.
+  // `config` is validated and has its defaults applied (the gateway's
+  // ApplyConfigDefaults): its values are read as they are. prior_cost_usd[r]
+  // is route r's expected cost per request before any traffic has been
+  // measured.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       const v1::Config& config, std::vector<double> prior_cost_usd);
 
@@ -109,7 +111,7 @@ class Engine final {
 
   std::vector<std::string> route_names_;
   std::vector<double> prior_cost_usd_;
-  double prior_strength_ = 10;
+  double prior_strength_ = 0;
   std::vector<std::unique_ptr<Strategy>> strategies_;  // Owned, shared.
   std::vector<const Strategy*> strategy_by_task_;
 };

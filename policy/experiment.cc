@@ -180,7 +180,7 @@ ExperimentAnalysis AnalyzeExperiment(const v1::Experiment& experiment,
                                      const std::vector<ArmTally>& tallies) {
   ExperimentAnalysis analysis;
   analysis.name = experiment.name();
-  const double alpha = experiment.has_alpha() ? experiment.alpha() : 0.05;
+  const double alpha = experiment.alpha();
   int control = 0;
   for (int i = 0; i < experiment.arms_size(); ++i) {
     if (experiment.arms(i).name() == experiment.control()) control = i;

@@ -102,6 +102,7 @@ struct ExperimentAnalysis {
   std::string verdict;  // One line for people.
 };
 
+// `experiment` has its defaults applied (alpha, control).
 [[nodiscard]] ExperimentAnalysis AnalyzeExperiment(
     const v1::Experiment& experiment, const std::vector<ArmTally>& tallies);
 

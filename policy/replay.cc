@@ -50,7 +50,7 @@ struct Indexed {
 
 double Cost(const v1::Route& route, const LoggedOutcome& outcome) {
   return PriceRequest(route.pricing(), outcome.input_tokens,
-                      outcome.output_tokens, route.kind() == "rag")
+                      outcome.output_tokens, route.kind() == v1::ROUTE_KIND_RAG)
       .total_usd();
 }
 
@@ -100,7 +100,7 @@ absl::StatusOr<Tally> RunPolicy(const v1::Config& config,
     // policy; its price for a typical request stands in.
     priors.push_back(PriceRequest(route.pricing(), 500,
                                   route.max_output_tokens(),
-                                  route.kind() == "rag")
+                                  route.kind() == v1::ROUTE_KIND_RAG)
                          .total_usd());
   }
   auto engine = Engine::Create(config, priors);

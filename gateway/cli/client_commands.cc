@@ -21,7 +21,7 @@ int RunInfer(int argc, char** argv) {
   }
   v1::InferRequest request;
   v1::ChatMessage* message = request.add_messages();
-  message->set_role("user");
+  message->set_role(v1::ROLE_USER);
   message->set_content(args->positional().front());
   request.set_task(args->Get("task"));
   request.set_route(args->Get("route"));

@@ -12,6 +12,7 @@
 #include "gateway/cli/args.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/config.h"
 #include "gateway/file_source.h"
 #include "nlohmann/json.hpp"
 #include "retrieval/eval.h"
@@ -146,7 +147,12 @@ int IndexSearch(const Args& args) {
   request.set_collection(args.Get("collection"));
   request.set_query(args.positional()[1]);
   request.set_k(*k);
-  request.set_mode(args.Get("mode"));
+  if (args.Has("mode")) {
+    auto mode = ParseEnumName<v1::SearchMode>(args.Get("mode"));
+    if (!mode.ok())
+      return Fail(absl::StrCat("--mode: ", mode.status().message()));
+    request.set_mode(*mode);
+  }
   auto stub =
       v1::Retrieval::NewStub(Connect(args.Get("target", kDefaultTarget)));
   grpc::ClientContext context;
@@ -242,7 +248,8 @@ int IndexEval(const Args& args) {
       v1::Retrieval::NewStub(Connect(args.Get("target", kDefaultTarget)));
   std::cout << absl::StrFormat("%-8s %8s %9s %9s %10s %7s\n", "mode", "queries",
                                "nDCG@10", "R@10", "R@100", "MRR");
-  for (const char* mode : {"keyword", "vector", "hybrid"}) {
+  for (v1::SearchMode mode : {v1::SEARCH_MODE_KEYWORD, v1::SEARCH_MODE_VECTOR,
+                              v1::SEARCH_MODE_HYBRID}) {
     std::map<std::string, std::vector<std::string>> runs;
     for (const auto& [id, text] : *queries) {
       if (!qrels->contains(id)) continue;
@@ -263,10 +270,10 @@ int IndexEval(const Args& args) {
       }
     }
     retrieval::RankingMetrics metrics = retrieval::Evaluate(*qrels, runs);
-    std::cout << absl::StrFormat("%-8s %8d %9.4f %9.4f %10.4f %7.4f\n", mode,
-                                 metrics.queries, metrics.ndcg_at_10,
-                                 metrics.recall_at_10, metrics.recall_at_100,
-                                 metrics.mrr);
+    std::cout << absl::StrFormat("%-8s %8d %9.4f %9.4f %10.4f %7.4f\n",
+                                 EnumName(mode), metrics.queries,
+                                 metrics.ndcg_at_10, metrics.recall_at_10,
+                                 metrics.recall_at_100, metrics.mrr);
   }
   return 0;
 }

@@ -63,7 +63,7 @@ class Loadgen final {
     call->context.set_deadline(std::chrono::system_clock::now() +
                                std::chrono::seconds(60));
     v1::ChatMessage* message = call->request.add_messages();
-    message->set_role("user");
+    message->set_role(v1::ROLE_USER);
     message->set_content(question.question);
     call->request.set_task(question.task);
     call->request.set_unit_id(unit);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gateway/cli/args.h"
 #include "gateway/cli/client.h"
@@ -116,12 +117,17 @@ int RunCheckConfig(int argc, char** argv) {
   const std::string& path = args->positional().front();
   auto loaded = LoadConfigFile(path);
   if (!loaded.ok()) return Fail(loaded.status());
-  // Building the gateway also checks what the config points at (corpus,
-  // question sets), without listening anywhere.
-  prometheus::Registry registry;
-  auto gateway = Gateway::Create(*std::move(loaded), registry);
-  if (!gateway.ok()) return Fail(gateway.status());
-  std::cout << path << ": ok\n" << (*gateway)->Describe();
+  // What the config points at is read, never created or written: building
+  // the gateway would create the store and write index snapshots.
+  std::vector<std::string> errors =
+      CheckConfigReferences(loaded->config, *loaded->files);
+  if (!errors.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat(path, " is invalid (", errors.size(),
+                     errors.size() == 1 ? " error" : " errors", "):\n  ",
+                     absl::StrJoin(errors, "\n  "))));
+  }
+  std::cout << path << ": ok\n" << DescribeConfig(*loaded);
   return 0;
 }
 

@@ -1,17 +1,26 @@
 #include "gateway/config.h"
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace arbiter {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::Contains;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
+using ::testing::StartsWith;
 
 constexpr char kValid[] = R"yaml(
 tasks: [faq, billing]
@@ -84,7 +93,22 @@ TEST(ConfigTest, DefaultsFillUnsetFields) {
   EXPECT_EQ(config->routes(2).rag().top_k(), 3);
   EXPECT_EQ(config->routes(2).rag().max_context_tokens(), 1024);
   EXPECT_EQ(config->backends(1).openai().timeout_seconds(), 30);
+  EXPECT_EQ(config->backends(1).openai().max_connections(), 64);
   EXPECT_EQ(config->retrieval().chunk_tokens(), 200);
+  EXPECT_EQ(config->retrieval().chunk_overlap_tokens(), 40);
+  EXPECT_EQ(config->retrieval().embedding_dim(), 512);
+  EXPECT_EQ(config->retrieval().keyword_match_budget(), 20'000);
+  EXPECT_EQ(config->retrieval().index().kind(), v1::INDEX_KIND_AUTO);
+  EXPECT_EQ(config->retrieval().index().hnsw_m(), 32);
+  EXPECT_EQ(config->retrieval().index().pq_refine_factor(), 10);
+  EXPECT_FALSE(config->retrieval().index().has_ivf_nlist());
+  EXPECT_EQ(config->server().max_request_bytes(), 1 << 20);
+  EXPECT_EQ(config->economics().window_minutes(), 60);
+  EXPECT_EQ(config->statistics().prior_strength(), 10);
+  const auto& cheapest = config->policy().cheapest_meeting_accuracy();
+  EXPECT_EQ(cheapest.min_feedback(), 20);
+  EXPECT_EQ(cheapest.explore_share(), 0.1);
+  EXPECT_EQ(cheapest.confidence(), 0.5);
 }
 
 TEST(ConfigTest, UnknownBackendIsNamedWithItsPath) {
@@ -98,10 +122,19 @@ TEST(ConfigTest, NegativePriceIsRejected) {
       Contains("routes[0].pricing.input_usd_per_mtok: must be >= 0"));
 }
 
-TEST(ConfigTest, BadKindIsRejected) {
-  EXPECT_THAT(ErrorsOf(ValidWith("kind: fine_tuned", "kind: finetuned")),
-              Contains("routes[1].kind: must be prompted, fine_tuned or rag, "
-                       "got \"finetuned\""));
+TEST(ConfigTest, BadKindIsAParseErrorListingTheKinds) {
+  auto config =
+      ParseConfigYaml(ValidWith("kind: fine_tuned", "kind: finetuned"));
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(std::string(config.status().message()),
+            "line 16: routes[1].kind: unknown value \"finetuned\"; expected "
+            "prompted, fine_tuned or rag");
+}
+
+TEST(ConfigTest, MissingKindIsRejected) {
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("    kind: fine_tuned\n", "")),
+      Contains("routes[1].kind: required: prompted, fine_tuned or rag"));
 }
 
 TEST(ConfigTest, DuplicateRouteIsRejected) {
@@ -166,7 +199,6 @@ TEST(ConfigTest, ExperimentsAreValidated) {
   std::string yaml = std::string(kValid) + R"yaml(
 experiments:
   - name: ab
-    unit: user
     control: C
     tasks: [faq, nope]
     arms:
@@ -176,9 +208,6 @@ experiments:
       - {name: D, weight: 1}
 )yaml";
   auto errors = ErrorsOf(yaml);
-  EXPECT_THAT(
-      errors,
-      Contains("experiments[0].unit: must be unit or request, got \"user\""));
   EXPECT_THAT(errors,
               Contains("experiments[0].arms[1].name: duplicate arm \"A\""));
   EXPECT_THAT(errors, Contains("experiments[0].arms[1].weight: must be > 0"));
@@ -230,7 +259,7 @@ TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
   auto errors = ErrorsOf(ValidWith(
       "corpus_dir: corpus",
       "corpus_dir: corpus\n"
-      "  index: {kind: annoy, hnsw_m: 1, rebuild_tombstone_share: 2,\n"
+      "  index: {kind: hnsw, hnsw_m: 1, rebuild_tombstone_share: 2,\n"
       "          pq_refine_factor: 101}\n"
       "  collection_index: {tenant-a: {kind: hnsw, ivf_nprobe: -1},\n"
       "                     tenant-b: {kind: ivf_pq, pq_refine_factor: -1},\n"
@@ -239,14 +268,11 @@ TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
       "  keyword_match_budget: -5"));
   EXPECT_THAT(errors, Contains("retrieval.keyword_match_budget: must be >= 0 "
                                "(0: no budget)"));
-  EXPECT_THAT(errors,
-              Contains(HasSubstr(
-                  "retrieval.index.kind: unknown index kind \"annoy\"")));
   EXPECT_THAT(errors, Contains("retrieval.index.hnsw_m: must be in [2, 256]"));
   EXPECT_THAT(errors, Contains("retrieval.index.rebuild_tombstone_share: must "
                                "be in [0, 1]"));
   EXPECT_THAT(errors, Contains("retrieval.collection_index[\"tenant-a\"]."
-                               "ivf_nprobe: must be >= 0"));
+                               "ivf_nprobe: must be >= 1"));
   EXPECT_THAT(errors, Contains("retrieval.index.pq_refine_factor: must be in "
                                "[0, 100] (0 or 1: no re-ranking)"));
   EXPECT_THAT(errors, Contains("retrieval.collection_index[\"tenant-b\"]."
@@ -363,6 +389,426 @@ TEST(ConfigTest, EveryErrorIsReportedAtOnce) {
               HasSubstr("test.yaml is invalid (2 errors)"));
   EXPECT_THAT(loaded.status().message(), HasSubstr("routes[1].backend"));
   EXPECT_THAT(loaded.status().message(), HasSubstr("default_task"));
+}
+
+// The message of a config that fails to parse, one problem per element.
+std::vector<std::string> ParseErrorsOf(const std::string& yaml) {
+  auto config = ParseConfigYaml(yaml);
+  EXPECT_FALSE(config.ok()) << "parsed:\n" << yaml;
+  if (config.ok()) return {};
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<std::string> lines;
+  std::string message(config.status().message());
+  for (size_t start = 0; start <= message.size();) {
+    size_t end = message.find('\n', start);
+    if (end == std::string::npos) end = message.size();
+    lines.push_back(message.substr(start, end - start));
+    start = end + 1;
+  }
+  return lines;
+}
+
+// Defaults applied to a valid config as the loader does.
+v1::Config Loaded(const std::string& yaml) {
+  auto loaded = LoadConfigText(yaml, "test.yaml", nullptr);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+  return loaded.ok() ? loaded->config : v1::Config();
+}
+
+TEST(ConfigTest, EveryParseErrorIsReportedWithItsLine) {
+  std::string yaml = ValidWith("    kind: prompted\n", "    knd: prompted\n");
+  yaml = yaml.replace(yaml.find("model: small"), 12, "modle: small");
+  EXPECT_THAT(
+      ParseErrorsOf(yaml),
+      ElementsAre("line 10: routes[0].knd: unknown field (did you mean kind?)",
+                  "line 18: routes[1].modle: unknown field (did you mean "
+                  "model?)"));
+}
+
+TEST(ConfigTest, WrongTypesAreParseErrorsNamingWhatWasExpected) {
+  auto errors = ParseErrorsOf(R"yaml(
+tasks: faq
+server: {max_request_bytes: lots, grpc_listen: [a]}
+routes:
+  - name: r
+    rag: {top_k: 99999999999}
+    max_output_tokens: 2.5
+policy: pinned
+statistics: {prior_strength: "many"}
+backends: [{name: s, sim: {seed: -1}}]
+)yaml");
+  EXPECT_THAT(
+      errors,
+      ElementsAre(
+          "line 2: tasks: expected a list, got \"faq\"",
+          "line 3: server.max_request_bytes: expected a 32-bit integer, got "
+          "\"lots\"",
+          "line 3: server.grpc_listen: expected text, got a list",
+          "line 6: routes[0].rag.top_k: \"99999999999\" is out of range for a "
+          "32-bit integer",
+          "line 7: routes[0].max_output_tokens: expected a 32-bit integer, got "
+          "\"2.5\"",
+          "line 8: policy: expected a mapping of \"Policy\" fields, got "
+          "\"pinned\"",
+          "line 9: statistics.prior_strength: expected a number, got \"many\"",
+          "line 10: backends[0].sim.seed: \"-1\" is out of range for a "
+          "non-negative 64-bit integer"));
+}
+
+TEST(ConfigTest, AHopelessConfigIsCountedButNotListedWhole) {
+  std::string yaml;
+  for (int i = 0; i < 150; ++i) absl::StrAppend(&yaml, "field", i, ": 1\n");
+  auto loaded = LoadConfigText(yaml, "junk.yaml", nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(std::string(loaded.status().message()),
+              AllOf(StartsWith("junk.yaml is invalid (150 errors):\n  line 1: "
+                               "field0: unknown field"),
+                    HasSubstr("line 100: field99: unknown field"),
+                    Not(HasSubstr("field100")), HasSubstr("... and 50 more")));
+}
+
+TEST(ConfigTest, UnknownFieldWithoutACloseNameListsTheFields) {
+  EXPECT_THAT(ParseErrorsOf("economics: {budget: 5}\n"),
+              ElementsAre("line 1: economics.budget: unknown field; expected "
+                          "one of window_minutes, budget_usd_per_day"));
+}
+
+TEST(ConfigTest, InfiniteAndNanNumbersAreRejected) {
+  for (const char* number : {".inf", "-.inf", "+.Inf", ".nan", ".NaN", "inf",
+                             "nan", "1e999", "-1e999"}) {
+    SCOPED_TRACE(number);
+    EXPECT_THAT(
+        ParseErrorsOf(ValidWith("input_usd_per_mtok: 3",
+                                absl::StrCat("input_usd_per_mtok: ", number))),
+        ElementsAre(absl::StrCat("line 14: routes[0].pricing."
+                                 "input_usd_per_mtok: must be a finite "
+                                 "number, got \"",
+                                 number, "\"")));
+  }
+  EXPECT_THAT(
+      ParseErrorsOf(
+          ValidWith("cheapest_meeting_accuracy: {accuracy_floor: 0.8}",
+                    "weighted: {weights: {rag: .inf, tuned: .nan}}")),
+      ElementsAre("line 25: policy.weighted.weights.rag: must be a finite "
+                  "number, got \".inf\"",
+                  "line 25: policy.weighted.weights.tuned: must be a finite "
+                  "number, got \".nan\""));
+  // Tiny and negative numbers are numbers.
+  EXPECT_THAT(ErrorsOf(ValidWith("input_usd_per_mtok: 3",
+                                 "input_usd_per_mtok: 1e-300")),
+              IsEmpty());
+}
+
+TEST(ConfigTest, DuplicateKeysNameBothLines) {
+  EXPECT_THAT(
+      ParseErrorsOf(std::string(kValid) +
+                    "policy:\n  pinned: {route: rag}\n"
+                    "retrieval: {corpus_dir: other}\n"
+                    "task_policies: {faq: {pinned: {route: rag}},\n"
+                    "                faq: {pinned: {route: tuned}}}\n"),
+      ElementsAre("line 28: policy: duplicate key (first at line 24)",
+                  "line 30: retrieval: duplicate key (first at line 26)",
+                  "line 32: task_policies.faq: duplicate key (first at line "
+                  "31)"));
+}
+
+TEST(ConfigTest, TwoMembersOfAOneofAreRejected) {
+  EXPECT_THAT(
+      ParseErrorsOf(ValidWith("sim: {dataset: q.jsonl, output_tokens: 10}",
+                              "sim: {dataset: q.jsonl}\n"
+                              "    openai: {base_url: \"http://x\"}")),
+      ElementsAre("line 6: backends[0].openai: only one of openai, sim may be "
+                  "set; sim is set at line 5"));
+}
+
+TEST(ConfigTest, InvalidUtf8NamesTheLineAndTheByte) {
+  EXPECT_THAT(
+      ParseErrorsOf("tasks: [faq]\nbackends:\n  - name: caf\xe9\n"),
+      ElementsAre("line 3: invalid UTF-8 at byte 36 of the file (byte 14 of "
+                  "the line); a config must be UTF-8 text"));
+  auto loaded =
+      LoadConfigText("default_task: \xff\xfe\n", "latin1.yaml", nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr("latin1.yaml is invalid (1 error):\n  line 1: invalid "
+                        "UTF-8 at byte 14"));
+}
+
+TEST(ConfigTest, UnsetApiKeyVariableIsRejectedNamingIt) {
+  unsetenv("ARBITER_TEST_UNSET_KEY");
+  setenv("ARBITER_TEST_EMPTY_KEY", "", 1);
+  setenv("ARBITER_TEST_KEY", "sk-test", 1);
+  auto errors = ErrorsOf(
+      ValidWith("openai: {base_url: \"http://127.0.0.1:8000/v1\"}",
+                "openai: {base_url: \"http://127.0.0.1:8000/v1\", "
+                "api_key_env: ARBITER_TEST_UNSET_KEY}") +
+      "  embedding_server: {url: \"http://127.0.0.1:8080/v1\", model: e, "
+      "api_key_env: ARBITER_TEST_EMPTY_KEY}\n");
+  EXPECT_THAT(errors,
+              AllOf(Contains("backends[1].openai.api_key_env: environment "
+                             "variable ARBITER_TEST_UNSET_KEY is not set"),
+                    Contains("retrieval.embedding_server.api_key_env: "
+                             "environment variable ARBITER_TEST_EMPTY_KEY is "
+                             "empty")));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("openai: {base_url: \"http://127.0.0.1:8000/v1\"}",
+                         "openai: {base_url: \"http://127.0.0.1:8000/v1\", "
+                         "api_key_env: ARBITER_TEST_KEY}")),
+      IsEmpty());
+}
+
+TEST(ConfigTest, MaxRequestBytesIsBoundedByWhatGrpcTakes) {
+  auto with = [](const std::string& bytes) {
+    return ErrorsOf(std::string(kValid) +
+                    "server: {max_request_bytes: " + bytes + "}\n");
+  };
+  const std::string message =
+      "server.max_request_bytes: must be in [1, 67108864] (64 MiB)";
+  EXPECT_THAT(with("67108864"), IsEmpty());
+  EXPECT_THAT(with("67108865"), Contains(message));
+  EXPECT_THAT(with("1500000000"), Contains(message));
+  EXPECT_THAT(with("0"), Contains(message));
+}
+
+TEST(ConfigTest, ClosedSetsAreEnumsSpeltInLowerCase) {
+  v1::Config config = Loaded(
+      ValidWith(
+          "corpus_dir: corpus",
+          "corpus_dir: corpus\n  search: keyword\n  index: {kind: ivf_pq}\n"
+          "  collection_index: {a: {kind: flat}, b: {}}") +
+      R"yaml(
+experiments:
+  - name: ab
+    unit: request
+    arms: [{name: A, weight: 1, route: rag}, {name: B, weight: 1, route: tuned}]
+  - name: cd
+    arms: [{name: C, weight: 1, route: rag}, {name: D, weight: 1, route: tuned}]
+)yaml");
+  EXPECT_EQ(config.routes(0).kind(), v1::ROUTE_KIND_PROMPTED);
+  EXPECT_EQ(config.routes(1).kind(), v1::ROUTE_KIND_FINE_TUNED);
+  EXPECT_EQ(config.routes(2).kind(), v1::ROUTE_KIND_RAG);
+  EXPECT_EQ(config.retrieval().search(), v1::SEARCH_MODE_KEYWORD);
+  EXPECT_EQ(config.retrieval().index().kind(), v1::INDEX_KIND_IVF_PQ);
+  EXPECT_EQ(config.retrieval().collection_index().at("a").kind(),
+            v1::INDEX_KIND_FLAT);
+  EXPECT_EQ(config.retrieval().collection_index().at("b").kind(),
+            v1::INDEX_KIND_AUTO);
+  EXPECT_EQ(config.experiments(0).unit(), v1::EXPERIMENT_UNIT_REQUEST);
+  EXPECT_EQ(config.experiments(1).unit(), v1::EXPERIMENT_UNIT_UNIT);
+  EXPECT_EQ(Loaded(kValid).retrieval().search(), v1::SEARCH_MODE_HYBRID);
+  // The proto's own spelling is not the config's.
+  EXPECT_THAT(ParseErrorsOf(ValidWith("kind: rag", "kind: ROUTE_KIND_RAG")),
+              ElementsAre(HasSubstr("unknown value \"ROUTE_KIND_RAG\"")));
+}
+
+TEST(ConfigTest, MisspeltEnumValuesListTheAllowedOnes) {
+  EXPECT_THAT(
+      ParseErrorsOf(ValidWith("corpus_dir: corpus",
+                              "corpus_dir: corpus\n  search: fuzzy\n"
+                              "  index: {kind: annoy}") +
+                    "experiments: [{name: x, unit: user}]\n"),
+      ElementsAre("line 28: retrieval.search: unknown value \"fuzzy\"; "
+                  "expected hybrid, keyword or vector",
+                  "line 29: retrieval.index.kind: unknown value \"annoy\"; "
+                  "expected auto, flat, hnsw, ivf_flat or ivf_pq",
+                  "line 30: experiments[0].unit: unknown value \"user\"; "
+                  "expected unit or request"));
+}
+
+TEST(ConfigTest, EnumNamesRoundTrip) {
+  for (const google::protobuf::EnumDescriptor* type :
+       {v1::RouteKind_descriptor(), v1::SearchMode_descriptor(),
+        v1::IndexKind_descriptor(), v1::ExperimentUnit_descriptor()}) {
+    for (int i = 1; i < type->value_count(); ++i) {
+      const std::string name = EnumValueName(*type->value(i));
+      EXPECT_EQ(name, absl::AsciiStrToLower(name));
+      auto number = ParseEnumValueName(*type, name);
+      ASSERT_TRUE(number.ok()) << number.status();
+      EXPECT_EQ(*number, type->value(i)->number());
+    }
+  }
+  EXPECT_EQ(EnumName(v1::ROUTE_KIND_FINE_TUNED), "fine_tuned");
+  EXPECT_EQ(EnumName(v1::INDEX_KIND_IVF_FLAT), "ivf_flat");
+  EXPECT_EQ(EnumName(v1::EXPERIMENT_UNIT_REQUEST), "request");
+  EXPECT_EQ(*ParseEnumName<v1::SearchMode>("vector"), v1::SEARCH_MODE_VECTOR);
+  EXPECT_FALSE(ParseEnumName<v1::SearchMode>("unspecified").ok());
+  EXPECT_EQ(EnumNames(*v1::RouteKind_descriptor()),
+            "prompted, fine_tuned or rag");
+}
+
+TEST(ConfigTest, ZeroMeansZeroWhereZeroMeansSomething) {
+  v1::Config config = Loaded(
+      ValidWith("cheapest_meeting_accuracy: {accuracy_floor: 0.8}",
+                "cheapest_meeting_accuracy: {accuracy_floor: 0.8, "
+                "min_feedback: 0, explore_share: 0}") +
+      "  chunk_overlap_tokens: 0\n  keyword_match_budget: 0\n"
+      "  index: {auto_exact_below: 0, rebuild_tombstone_share: 0,\n"
+      "          snapshot_every_changes: 0, pq_refine_factor: 0}\n"
+      "  embedding_server: {url: \"http://127.0.0.1:8080/v1\", model: e,\n"
+      "                     max_retries: 0}\n"
+      "server: {decision_log_capacity: 0}\n"
+      "statistics: {prior_strength: 0}\n"
+      "task_policies: {billing: {contextual: {min_feedback: 0, "
+      "prior_weight: 0}}}\n");
+  const auto& cheapest = config.policy().cheapest_meeting_accuracy();
+  EXPECT_EQ(cheapest.min_feedback(), 0);
+  EXPECT_EQ(cheapest.explore_share(), 0);
+  const v1::RetrievalSettings& retrieval = config.retrieval();
+  EXPECT_EQ(retrieval.chunk_overlap_tokens(), 0);
+  EXPECT_EQ(retrieval.keyword_match_budget(), 0);
+  EXPECT_EQ(retrieval.index().auto_exact_below(), 0);
+  EXPECT_EQ(retrieval.index().rebuild_tombstone_share(), 0);
+  EXPECT_EQ(retrieval.index().snapshot_every_changes(), 0);
+  EXPECT_EQ(retrieval.index().pq_refine_factor(), 0);
+  EXPECT_EQ(retrieval.embedding_server().max_retries(), 0);
+  EXPECT_EQ(config.server().decision_log_capacity(), 0);
+  EXPECT_EQ(config.statistics().prior_strength(), 0);
+  const auto& contextual = config.task_policies().at("billing").contextual();
+  EXPECT_EQ(contextual.min_feedback(), 0);
+  EXPECT_EQ(contextual.prior_weight(), 0);
+}
+
+TEST(ConfigTest, ZeroIsRejectedWhereZeroMeansNothing) {
+  auto errors = ErrorsOf(
+      ValidWith("    rag: {top_k: 3}\n",
+                "    rag: {top_k: 0, max_context_tokens: 0}\n"
+                "    max_output_tokens: 0\n")
+          .replace(0, 0, "server: {max_request_bytes: 0}\n") +
+      "  chunk_tokens: 0\n  embedding_dim: 0\n"
+      "  index: {hnsw_m: 0, hnsw_ef_search: 0, ivf_nlist: 0, ivf_nprobe: 0}\n"
+      "  embedding_server: {url: \"http://127.0.0.1:8080/v1\", model: e,\n"
+      "                     batch_size: 0, timeout_ms: 0}\n"
+      "economics: {window_minutes: 0}\n"
+      "task_policies: {billing: {contextual: {k: 0, memory_size: 0}}}\n");
+  EXPECT_THAT(
+      errors,
+      AllOf(Contains("server.max_request_bytes: must be in [1, 67108864] (64 "
+                     "MiB)"),
+            Contains("routes[2].rag.top_k: must be in [1, 100]"),
+            Contains("routes[2].rag.max_context_tokens: must be >= 1"),
+            Contains("routes[2].max_output_tokens: must be >= 1"),
+            Contains("retrieval.chunk_tokens: must be >= 1"),
+            Contains("retrieval.embedding_dim: must be in [16, 8192]"),
+            Contains("retrieval.index.hnsw_m: must be in [2, 256]"),
+            Contains("retrieval.index.hnsw_ef_search: must be >= 1"),
+            Contains("retrieval.index.ivf_nlist: must be >= 1"),
+            Contains("retrieval.index.ivf_nprobe: must be >= 1"),
+            Contains("retrieval.embedding_server.batch_size: must be in [1, "
+                     "2048]"),
+            Contains("retrieval.embedding_server.timeout_ms: must be >= 1"),
+            Contains("economics.window_minutes: must be in [1, 10080]"),
+            Contains("task_policies.billing.contextual.k: must be >= 1"),
+            Contains("task_policies.billing.contextual.memory_size: must be "
+                     ">= 1")));
+  EXPECT_THAT(
+      ErrorsOf(ValidWith("openai: {base_url: \"http://127.0.0.1:8000/v1\"}",
+                         "openai: {base_url: \"http://127.0.0.1:8000/v1\", "
+                         "timeout_seconds: 0, max_connections: 0}")),
+      AllOf(Contains("backends[1].openai.timeout_seconds: must be > 0"),
+            Contains("backends[1].openai.max_connections: must be >= 1")));
+}
+
+TEST(ConfigTest, EachMessageAgreesWithItsCheck) {
+  // Each bound a message states: the value on it passes, one beyond fails
+  // with that message.
+  struct Bound {
+    std::string field;  // Appended to the valid config's retrieval block.
+    std::string inside;
+    std::string outside;
+    std::string message;
+  };
+  const std::vector<Bound> bounds = {
+      {"economics: {window_minutes: X}\n", "1", "0",
+       "economics.window_minutes: must be in [1, 10080]"},
+      {"economics: {window_minutes: X}\n", "10080", "10081",
+       "economics.window_minutes: must be in [1, 10080]"},
+      {"  index: {hnsw_m: X}\n", "2", "1",
+       "retrieval.index.hnsw_m: must be in [2, 256]"},
+      {"  index: {hnsw_m: X}\n", "256", "257",
+       "retrieval.index.hnsw_m: must be in [2, 256]"},
+      {"  embedding_server: {url: \"http://e/v1\", model: e, batch_size: X}\n",
+       "1", "0", "retrieval.embedding_server.batch_size: must be in [1, 2048]"},
+      {"  embedding_server: {url: \"http://e/v1\", model: e, batch_size: X}\n",
+       "2048", "2049",
+       "retrieval.embedding_server.batch_size: must be in [1, 2048]"},
+      {"  embedding_server: {url: \"http://e/v1\", model: e, max_retries: X}\n",
+       "0", "-1", "retrieval.embedding_server.max_retries: must be in [0, 10]"},
+      {"  embedding_dim: X\n", "16", "15",
+       "retrieval.embedding_dim: must be in [16, 8192]"},
+      {"  embedding_dim: X\n", "8192", "8193",
+       "retrieval.embedding_dim: must be in [16, 8192]"},
+      {"  chunk_tokens: 10\n  chunk_overlap_tokens: X\n", "9", "10",
+       "retrieval.chunk_overlap_tokens: must be smaller than chunk_tokens"},
+      {"  index: {auto_memory_budget_mb: X}\n", "1048576", "1048577",
+       "retrieval.index.auto_memory_budget_mb: must be in [0, 1048576]"},
+      {"  index: {rebuild_tombstone_share: X}\n", "1", "1.01",
+       "retrieval.index.rebuild_tombstone_share: must be in [0, 1]"},
+  };
+  for (const Bound& bound : bounds) {
+    auto with = [&](const std::string& value) {
+      return ErrorsOf(std::string(kValid) +
+                      absl::StrReplaceAll(bound.field, {{"X", value}}));
+    };
+    SCOPED_TRACE(bound.message);
+    EXPECT_THAT(with(bound.inside), IsEmpty());
+    EXPECT_THAT(with(bound.outside), Contains(bound.message));
+  }
+  auto training = [](const std::string& days) {
+    return ErrorsOf(ValidWith(
+        "    model: small\n",
+        "    model: small\n    training: {cost_usd: 5, date: \"2026-01-01\", "
+        "baseline_route: prompted, amortization_days: " +
+            days + "}\n"));
+  };
+  EXPECT_THAT(training("1"), IsEmpty());
+  EXPECT_THAT(training("0"),
+              Contains("routes[1].training.amortization_days: must be >= 1"));
+  auto top_k = [](const std::string& k) {
+    return ErrorsOf(ValidWith("rag: {top_k: 3}", "rag: {top_k: " + k + "}"));
+  };
+  EXPECT_THAT(top_k("1"), IsEmpty());
+  EXPECT_THAT(top_k("100"), IsEmpty());
+  EXPECT_THAT(top_k("0"), Contains("routes[2].rag.top_k: must be in [1, 100]"));
+  EXPECT_THAT(top_k("101"),
+              Contains("routes[2].rag.top_k: must be in [1, 100]"));
+}
+
+TEST(ConfigTest, CheckConfigReferencesReadsWithoutCreating) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      absl::StrCat("arbiter-config-test-", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir / "empty");
+  std::filesystem::create_directories(dir / "corpus");
+  std::ofstream(dir / "corpus" / "a.md") << "# A\nText.\n";
+  std::ofstream(dir / "q.jsonl") << "not json\n";
+  std::unique_ptr<FileSource> files = MakeDiskFileSource(dir.string());
+  auto check = [&](const std::string& yaml) {
+    v1::Config config = Loaded(yaml);
+    return CheckConfigReferences(config, *files);
+  };
+  const std::string store =
+      absl::StrCat("  store_path: ", (dir / "store.db").string(), "\n");
+  EXPECT_THAT(check(std::string(kValid) + store),
+              ElementsAre(StartsWith("backends[0].sim.dataset: question set "
+                                     "\"q.jsonl\": ")));
+  std::ofstream(dir / "q.jsonl")
+      << R"({"id": "1", "task": "faq", "question": "q?", "answer": "a"})"
+      << "\n";
+  EXPECT_THAT(check(std::string(kValid) + store), IsEmpty());
+  EXPECT_THAT(
+      check(ValidWith("corpus_dir: corpus", "corpus_dir: empty") +
+            "  store_path: " + (dir / "nowhere" / "s.db").string() + "\n"),
+      ElementsAre(
+          "retrieval.corpus_dir: no .md or .txt files in \"empty\"",
+          absl::StrCat("retrieval.store_path: folder \"",
+                       (dir / "nowhere").string(), "\" does not exist")));
+  EXPECT_THAT(check(ValidWith("corpus_dir: corpus", "corpus_dir: missing")),
+              ElementsAre(StartsWith("retrieval.corpus_dir: ")));
+  // Nothing was created: no store, no snapshot folder.
+  EXPECT_FALSE(std::filesystem::exists(dir / "store.db"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "store.db.index"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ConfigTest, EmbeddedQuickstartConfigIsValid) {

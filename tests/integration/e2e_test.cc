@@ -182,7 +182,7 @@ class EndToEndTest : public ::testing::Test {
                               const std::string& task = "faq") {
     v1::InferRequest request;
     v1::ChatMessage* message = request.add_messages();
-    message->set_role("user");
+    message->set_role(v1::ROLE_USER);
     message->set_content(text);
     request.set_route(route);
     request.set_task(task);
@@ -653,7 +653,7 @@ TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
     ASSERT_TRUE(stub->Upsert(&context, request, &response).ok());
     EXPECT_EQ(response.versions(0), 1);
   }
-  auto search_zebra = [&](const std::string& mode) {
+  auto search_zebra = [&](v1::SearchMode mode) {
     grpc::ClientContext context;
     v1::SearchRequest request;
     request.set_collection("kb");
@@ -664,7 +664,8 @@ TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
     EXPECT_TRUE(stub->Search(&context, request, &response).ok());
     return response;
   };
-  for (const char* mode : {"hybrid", "keyword", "vector"}) {
+  for (v1::SearchMode mode : {v1::SEARCH_MODE_HYBRID, v1::SEARCH_MODE_KEYWORD,
+                              v1::SEARCH_MODE_VECTOR}) {
     v1::SearchResponse response = search_zebra(mode);
     ASSERT_GT(response.results_size(), 0) << mode;
     EXPECT_EQ(response.results(0).doc_id(), "zebra-policy") << mode;
@@ -693,7 +694,8 @@ TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
     ASSERT_TRUE(stub->Delete(&context, request, &response).ok());
     EXPECT_EQ(response.deleted(), 1);
   }
-  for (const char* mode : {"hybrid", "keyword", "vector"}) {
+  for (v1::SearchMode mode : {v1::SEARCH_MODE_HYBRID, v1::SEARCH_MODE_KEYWORD,
+                              v1::SEARCH_MODE_VECTOR}) {
     v1::SearchResponse after = search_zebra(mode);
     for (const auto& result : after.results()) {
       EXPECT_NE(result.doc_id(), "zebra-policy") << "deleted but found";
@@ -714,7 +716,7 @@ TEST_F(EndToEndTest, RetrievalServiceIngestsSearchesAndDeletes) {
   v1::SearchRequest bad_mode;
   bad_mode.set_collection("kb");
   bad_mode.set_query("password");
-  bad_mode.set_mode("fuzzy");
+  bad_mode.set_mode(static_cast<v1::SearchMode>(42));
   for (const Case& c : std::vector<Case>{
            {unknown, grpc::NOT_FOUND, "unknown collection \"nope\""},
            {huge, grpc::INVALID_ARGUMENT, "query: 5000 bytes"},

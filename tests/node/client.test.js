@@ -133,7 +133,7 @@ test('server reflection lists the services', async () => {
 
 test('infer through a rag route returns an answer with citations', async () => {
   const response = await call(gateway, 'Infer', {
-    messages: [{ role: 'user', content: 'How do I reset my password?' }],
+    messages: [{ role: 'ROLE_USER', content: 'How do I reset my password?' }],
     task: 'faq',
     route: 'rag',
   });
@@ -159,7 +159,7 @@ test('infer through a rag route returns an answer with citations', async () => {
 
 test('the policy picks a route when none is pinned', async () => {
   const response = await call(gateway, 'Infer', {
-    messages: [{ role: 'user', content: 'How do I reset my password?' }],
+    messages: [{ role: 'ROLE_USER', content: 'How do I reset my password?' }],
   });
   assert.ok(['prompted', 'fine-tuned', 'rag'].includes(response.route));
   assert.ok(response.decision.propensity > 0 && response.decision.propensity <= 1);

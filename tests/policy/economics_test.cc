@@ -50,10 +50,10 @@ class LedgerTest : public ::testing::Test {
     config.add_tasks("billing");
     v1::Route* prompted = config.add_routes();
     prompted->set_name("prompted");
-    prompted->set_kind("prompted");
+    prompted->set_kind(v1::ROUTE_KIND_PROMPTED);
     v1::Route* tuned = config.add_routes();
     tuned->set_name("tuned");
-    tuned->set_kind("fine_tuned");
+    tuned->set_kind(v1::ROUTE_KIND_FINE_TUNED);
     tuned->mutable_pricing()->set_hosting_usd_per_hour(hosting);
     tuned->mutable_training()->set_cost_usd(training);
     tuned->mutable_training()->set_date("2025-12-22");

@@ -201,6 +201,26 @@ TEST(EngineTest, WithoutAnyFeedbackTrafficIsSpreadEvenly) {
     EXPECT_THAT(p, DoubleNear(1.0 / 3, 1e-12));
 }
 
+TEST(EngineTest, MinFeedbackZeroTrustsEveryRouteAtOnce) {
+  // Five judged answers each: thin under the default of 20, trusted at 0.
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  for (int r : {kExpensive, kMid, kCheap}) Judge(stats, r, 0, 5, 1.0);
+  auto trusting = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             cheapest_meeting_accuracy { accuracy_floor: 0.8 min_feedback: 0 }
+           })pb"));
+  auto proposal = trusting->Propose({}, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok()) << proposal.status();
+  EXPECT_DOUBLE_EQ(proposal->probability[kCheap], 1.0);
+  auto cautious = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.8 } })pb"));
+  proposal = cautious->Propose({}, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok()) << proposal.status();
+  for (double p : proposal->probability) {
+    EXPECT_THAT(p, DoubleNear(1.0 / 3, 1e-12));
+  }
+}
+
 TEST(EngineTest, NoRouteMeetsFloorFallsBackToMostAccurate) {
   auto engine = MakeEngine(ThreeRouteConfig(
       R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.95 } })pb"));

@@ -18,6 +18,7 @@ v1::Experiment TwoArms(double a, double b) {
       absl::StrFormat(R"pb(
                         name: "prompt-vs-rag"
                         salt: "s1"
+                        alpha: 0.05
                         arms { name: "A" weight: %f route: "prompted" }
                         arms { name: "B" weight: %f route: "rag" }
                       )pb",

@@ -1,5 +1,6 @@
 #include "policy/replay.h"
 
+#include "gateway/config.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
@@ -20,19 +21,20 @@ v1::Config TwoRouteConfig(const std::string& policy) {
         default_task: "easy"
         routes {
           name: "small"
-          kind: "fine_tuned"
+          kind: ROUTE_KIND_FINE_TUNED
           pricing { input_usd_per_mtok: 1 output_usd_per_mtok: 2 }
           max_output_tokens: 100
         }
         routes {
           name: "large"
-          kind: "prompted"
+          kind: ROUTE_KIND_PROMPTED
           pricing { input_usd_per_mtok: 20 output_usd_per_mtok: 40 }
           max_output_tokens: 100
         }
       )pb",
       &config);
   google::protobuf::TextFormat::MergeFromString(policy, &config);
+  ApplyConfigDefaults(config);
   return config;
 }
 
