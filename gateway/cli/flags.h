@@ -15,6 +15,7 @@
 //       ->check(AtLeast(0));
 
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/string_view.h"
