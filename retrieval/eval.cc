@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "nlohmann/json.hpp"
+#include "common/json.h"
 
 namespace arbiter::retrieval {
 
@@ -73,15 +73,26 @@ absl::StatusOr<std::map<std::string, std::string>> ParseBeirQueries(
   for (absl::string_view line : absl::StrSplit(jsonl, '\n')) {
     ++line_number;
     if (absl::StripAsciiWhitespace(line).empty()) continue;
-    auto item = nlohmann::json::parse(line, nullptr, false);
-    if (item.is_discarded() || !item.is_object() || !item.contains("_id") ||
-        !item.contains("text") || !item["text"].is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "queries line ", line_number, ": needs \"_id\" and \"text\""));
+    auto error = [line_number](absl::string_view what) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("queries line ", line_number, ": ", what));
+    };
+    auto parsed = json::Parse(line);
+    if (!parsed.ok()) return error(parsed.status().message());
+    const json::View item(*parsed);
+    if (!item.is_object()) {
+      return error(absl::StrCat("expected a JSON object, got ",
+                                json::TypeName(*parsed)));
     }
-    std::string id = item["_id"].is_string() ? item["_id"].get<std::string>()
-                                             : item["_id"].dump();
-    queries[id] = item["text"].get<std::string>();
+    // BEIR ids are strings; a number stands for its digits.
+    const json::View id = item["_id"];
+    absl::StatusOr<std::string> id_text =
+        id.get() != nullptr && id.get()->is_number() ? json::Dump(*id.get())
+                                                     : id.String();
+    if (!id_text.ok()) return error(id_text.status().message());
+    auto text = item["text"].String();
+    if (!text.ok()) return error(text.status().message());
+    queries[*id_text] = *std::move(text);
   }
   return queries;
 }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,9 +17,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "gateway/cli/args.h"
+#include "common/json.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/flags.h"
 #include "nlohmann/json.hpp"
 #include "policy/breakeven.h"
 
@@ -27,52 +30,22 @@ namespace {
 using nlohmann::json;
 using policy::OptionCosts;
 
-constexpr char kUsage[] =
-    R"(usage: arbiter breakeven --requests-per-day N TRAINING BASE TUNED [RAG]
-                        [--start YYYY-MM-DD] [--json]
+constexpr char kDescription[] =
+    R"(Plan, offline, when a fine-tune repays its training.
+Each option's cost per request and per correct answer, its monthly cost at N
+requests/day (30 days), and when the fine-tune's savings repay its training,
+counted in requests and, at equal correct output, in correct answers. The
+options: BASE (--base-*, the prompted base model), TUNED (--tuned-*, the
+fine-tuned model) and, if any --rag-* flag is given, RAG (the base model plus
+retrieved context). No gateway needed.)";
 
-Plans, before anything is deployed, whether fine-tuning pays: each option's
-cost per request and per correct answer, its monthly cost at N requests/day
-(30 days), and when the fine-tune's savings repay its training, counted in
-requests and, at equal correct output, in correct answers.
-
-TRAINING, the fine-tune's one-off cost; one of:
-  --training-usd X                   what it costs, or
-  --training-tokens N --training-epochs E --training-usd-per-mtok X
-                                     N tokens x E epochs at X USD per million
-BASE (--base-*, the prompted base model) and TUNED (--tuned-*, the
-fine-tuned model), per request:
-  --{base,tuned}-input-tokens N          required; prompt tokens
-  --{base,tuned}-output-tokens N         required; completion tokens
-  --{base,tuned}-input-usd-per-mtok X    required
-  --{base,tuned}-output-usd-per-mtok X   required
-  --{base,tuned}-accuracy A              required; share correct, in (0, 1]
-  --{base,tuned}-request-usd X           fixed fee per request; default 0
-  --{base,tuned}-hosting-usd-per-hour X  dedicated deployment; default 0
-RAG, the base model plus retrieved context (any --rag-* flag adds it):
-  --rag-context-tokens N                 required; retrieved tokens added to
-                                         the prompt, at the input price
-  --rag-accuracy A                       required
-  --rag-retrieval-usd-per-query X        default 0
-  --rag-embedding-tokens N               query tokens embedded; default 0
-  --rag-embedding-usd-per-ktok X         default 0
-  --rag-input-tokens, --rag-output-tokens, --rag-input-usd-per-mtok,
-  --rag-output-usd-per-mtok, --rag-request-usd, --rag-hosting-usd-per-hour
-                                         default to the --base-* values
-Other:
-  --requests-per-day N                   required; the planned volume
-  --start YYYY-MM-DD                     day one of the traffic; default today
-  --json                                 the same figures as JSON ("never"
-                                         is null, with a "reason")
-
-Example:
-  arbiter breakeven --requests-per-day 5000 --training-usd 48 \
+constexpr char kExample[] =
+    R"(arbiter breakeven --requests-per-day 5000 --training-usd 48 \
     --base-input-tokens 1200 --base-output-tokens 200 \
     --base-input-usd-per-mtok 0.5 --base-output-usd-per-mtok 1.5 \
     --base-accuracy 0.82 --tuned-input-tokens 300 --tuned-output-tokens 200 \
     --tuned-input-usd-per-mtok 0.5 --tuned-output-usd-per-mtok 0.75 \
-    --tuned-accuracy 0.88
-)";
+    --tuned-accuracy 0.88)";
 
 // A per-option flag: --base-<suffix>, --tuned-<suffix> or --rag-<suffix>.
 struct OptionFlag {
@@ -80,31 +53,40 @@ struct OptionFlag {
   const char* field;  // The OptionCosts field, as the library names it.
   double OptionCosts::*member;
   bool required;  // For base and tuned; RAG takes the base's value instead.
+  const char* help;
 };
 
 constexpr OptionFlag kOptionFlags[] = {
-    {"input-tokens", "input_tokens", &OptionCosts::input_tokens, true},
-    {"output-tokens", "output_tokens", &OptionCosts::output_tokens, true},
+    {"input-tokens", "input_tokens", &OptionCosts::input_tokens, true,
+     "prompt tokens"},
+    {"output-tokens", "output_tokens", &OptionCosts::output_tokens, true,
+     "completion tokens"},
     {"input-usd-per-mtok", "input_usd_per_mtok",
-     &OptionCosts::input_usd_per_mtok, true},
+     &OptionCosts::input_usd_per_mtok, true,
+     "input price, USD per million tokens"},
     {"output-usd-per-mtok", "output_usd_per_mtok",
-     &OptionCosts::output_usd_per_mtok, true},
-    {"request-usd", "request_usd", &OptionCosts::request_usd, false},
+     &OptionCosts::output_usd_per_mtok, true,
+     "output price, USD per million tokens"},
+    {"request-usd", "request_usd", &OptionCosts::request_usd, false,
+     "fixed fee per request"},
     {"hosting-usd-per-hour", "hosting_usd_per_hour",
-     &OptionCosts::hosting_usd_per_hour, false},
-    {"accuracy", "accuracy", &OptionCosts::accuracy, true},
+     &OptionCosts::hosting_usd_per_hour, false, "a dedicated deployment"},
+    {"accuracy", "accuracy", &OptionCosts::accuracy, true,
+     "share of answers correct, in (0, 1]"},
 };
 
 // RAG only; context tokens are required, the rest default to 0.
 constexpr OptionFlag kRagFlags[] = {
     {"context-tokens", "extra_context_tokens",
-     &OptionCosts::extra_context_tokens, true},
+     &OptionCosts::extra_context_tokens, true,
+     "retrieved tokens added to the prompt, at the input price"},
     {"retrieval-usd-per-query", "retrieval_usd_per_query",
-     &OptionCosts::retrieval_usd_per_query, false},
+     &OptionCosts::retrieval_usd_per_query, false, "the search's fee"},
     {"embedding-tokens", "embedding_tokens", &OptionCosts::embedding_tokens,
-     false},
+     false, "query tokens embedded"},
     {"embedding-usd-per-ktok", "embedding_usd_per_ktok",
-     &OptionCosts::embedding_usd_per_ktok, false},
+     &OptionCosts::embedding_usd_per_ktok, false,
+     "embedding price, USD per thousand tokens"},
 };
 
 constexpr const char* kTrainingParts[] = {"training-tokens", "training-epochs",
@@ -148,126 +130,90 @@ absl::Status NameFlag(const absl::Status& status) {
                       absl::StrCat(it->second, message.substr(colon)));
 }
 
-std::vector<std::string> ValueFlags() {
-  std::vector<std::string> flags = {"training-usd", "requests-per-day",
-                                    "start"};
-  flags.insert(flags.end(), std::begin(kTrainingParts),
-               std::end(kTrainingParts));
-  for (const char* prefix : {"base", "tuned", "rag"}) {
-    for (const OptionFlag& flag : kOptionFlags) {
-      flags.push_back(absl::StrCat(prefix, "-", flag.suffix));
-    }
-  }
-  for (const OptionFlag& flag : kRagFlags) {
-    flags.push_back(absl::StrCat("rag-", flag.suffix));
-  }
-  return flags;
-}
-
 // Reads --<prefix>-<suffix> into each field; a field without its flag keeps
 // its value in `option`, and is listed in `missing` if `check_required` and
 // the flag is required.
-absl::Status ReadOption(const Args& args, absl::string_view prefix,
-                        absl::Span<const OptionFlag> flags, bool check_required,
-                        OptionCosts& option,
-                        std::vector<std::string>& missing) {
+void ReadOption(const std::map<std::string, double>& values,
+                absl::string_view prefix, absl::Span<const OptionFlag> flags,
+                bool check_required, OptionCosts& option,
+                std::vector<std::string>& missing) {
   for (const OptionFlag& flag : flags) {
     const std::string name = absl::StrCat(prefix, "-", flag.suffix);
-    if (!args.Has(name)) {
+    auto value = values.find(name);
+    if (value == values.end()) {
       if (check_required && flag.required) {
         missing.push_back(absl::StrCat("--", name));
       }
       continue;
     }
-    absl::StatusOr<double> value = args.GetDouble(name, 0);
-    if (!value.ok()) return value.status();
-    option.*flag.member = *value;
+    option.*flag.member = value->second;
   }
-  return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<double>> OptionalDouble(const Args& args,
-                                                     const std::string& name) {
-  if (!args.Has(name)) return std::optional<double>();
-  absl::StatusOr<double> value = args.GetDouble(name, 0);
-  if (!value.ok()) return value.status();
-  return std::optional<double>(*value);
+std::optional<double> OptionalValue(const std::map<std::string, double>& values,
+                                    const std::string& name) {
+  auto value = values.find(name);
+  if (value == values.end()) return std::nullopt;
+  return value->second;
 }
 
-absl::StatusOr<policy::BreakEvenInputs> ParseInputs(const Args& args,
+absl::StatusOr<policy::BreakEvenInputs> ParseInputs(const BreakevenFlags& flags,
                                                     absl::CivilDay today) {
-  if (!args.positional().empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unexpected argument \"", args.positional().front(),
-                     "\" (see arbiter breakeven --help)"));
-  }
+  const std::map<std::string, double>& values = flags.values;
+  auto has = [&values](const std::string& name) {
+    return values.contains(name);
+  };
   policy::BreakEvenInputs in;
   std::vector<std::string> missing;
-  if (!args.Has("requests-per-day")) missing.push_back("--requests-per-day");
-  absl::StatusOr<double> rpd = args.GetDouble("requests-per-day", 0);
-  if (!rpd.ok()) return rpd.status();
-  in.requests_per_day = *rpd;
+  if (!has("requests-per-day")) missing.push_back("--requests-per-day");
+  in.requests_per_day = OptionalValue(values, "requests-per-day").value_or(0);
 
-  const bool any_part = args.Has("training-tokens") ||
-                        args.Has("training-epochs") ||
-                        args.Has("training-usd-per-mtok");
-  if (args.Has("training-usd") && any_part) {
+  const bool any_part = has("training-tokens") || has("training-epochs") ||
+                        has("training-usd-per-mtok");
+  if (has("training-usd") && any_part) {
     return absl::InvalidArgumentError(
         "give either --training-usd, or --training-tokens, --training-epochs "
         "and --training-usd-per-mtok, not both");
   }
-  if (!args.Has("training-usd") && !any_part) {
+  if (!has("training-usd") && !any_part) {
     missing.push_back(
         "--training-usd (or --training-tokens, --training-epochs and "
         "--training-usd-per-mtok)");
   } else if (any_part) {
     for (const char* part : kTrainingParts) {
-      if (!args.Has(part)) missing.push_back(absl::StrCat("--", part));
+      if (!has(part)) missing.push_back(absl::StrCat("--", part));
     }
   }
-  std::optional<double>* training_fields[] = {
-      &in.training.usd, &in.training.tokens, &in.training.epochs,
-      &in.training.usd_per_mtok};
-  const char* training_flags[] = {"training-usd", kTrainingParts[0],
-                                  kTrainingParts[1], kTrainingParts[2]};
-  for (int i = 0; i < 4; ++i) {
-    auto value = OptionalDouble(args, training_flags[i]);
-    if (!value.ok()) return value.status();
-    *training_fields[i] = *value;
-  }
+  in.training.usd = OptionalValue(values, "training-usd");
+  in.training.tokens = OptionalValue(values, kTrainingParts[0]);
+  in.training.epochs = OptionalValue(values, kTrainingParts[1]);
+  in.training.usd_per_mtok = OptionalValue(values, kTrainingParts[2]);
 
   for (auto [prefix, option] :
        {std::pair{"base", &in.baseline}, {"tuned", &in.fine_tuned}}) {
-    if (absl::Status s =
-            ReadOption(args, prefix, kOptionFlags, true, *option, missing);
-        !s.ok()) {
-      return s;
-    }
+    ReadOption(values, prefix, kOptionFlags, true, *option, missing);
   }
-  bool any_rag = false;
-  for (const std::string& flag : ValueFlags()) {
-    if (flag.rfind("rag-", 0) == 0 && args.Has(flag)) any_rag = true;
-  }
+  const bool any_rag = std::any_of(
+      values.begin(), values.end(),
+      [](const auto& entry) { return entry.first.rfind("rag-", 0) == 0; });
   if (any_rag) {
     OptionCosts rag = in.baseline;  // The same model, plus context.
     rag.accuracy = 0;
-    if (!args.Has("rag-accuracy")) missing.push_back("--rag-accuracy");
-    absl::Status s = ReadOption(args, "rag", kOptionFlags, false, rag, missing);
-    if (s.ok()) s = ReadOption(args, "rag", kRagFlags, true, rag, missing);
-    if (!s.ok()) return s;
+    if (!has("rag-accuracy")) missing.push_back("--rag-accuracy");
+    ReadOption(values, "rag", kOptionFlags, false, rag, missing);
+    ReadOption(values, "rag", kRagFlags, true, rag, missing);
     in.rag = rag;
   }
 
   in.start = today;
-  if (args.Has("start") &&
-      !absl::ParseCivilTime(args.Get("start"), &in.start)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--start: not a date YYYY-MM-DD: \"", args.Get("start"), "\""));
+  if (!flags.start.empty() && !absl::ParseCivilTime(flags.start, &in.start)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--start: not a date YYYY-MM-DD: \"", flags.start, "\""));
   }
   if (!missing.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "missing required ", missing.size() == 1 ? "flag" : "flags", ": ",
-        absl::StrJoin(missing, ", "), " (see arbiter breakeven --help)"));
+        absl::StrJoin(missing, ", ")));
   }
   return in;
 }
@@ -372,7 +318,7 @@ std::string ReportJson(const policy::BreakEvenReport& r) {
               {"cheapest_per_correct", r.cheapest_per_correct}};
   if (r.rag) out["options"]["rag"] = OptionJson(*r.rag);
   if (r.vs_rag) out["breakeven"]["vs_rag"] = ComparisonJson(*r.vs_rag);
-  return out.dump(2) + "\n";
+  return arbiter::json::Dump(out, 2) + "\n";
 }
 
 std::string ReportTable(const policy::BreakEvenReport& r) {
@@ -485,28 +431,87 @@ std::string ReportTable(const policy::BreakEvenReport& r) {
 
 }  // namespace
 
-absl::StatusOr<std::string> BreakevenOutput(int argc, char** argv,
+CLI::App* AddBreakevenCommand(CLI::App& arbiter, BreakevenFlags& flags) {
+  CLI::App* breakeven =
+      AddCommand(arbiter, "breakeven", kDescription, kExample);
+  std::map<std::string, double>& values = flags.values;
+  // Each numeric flag lands in `values` only when given, so the planner can
+  // tell a missing flag from a zero.
+  auto number = [&](const std::string& group, const std::string& name,
+                    const std::string& help, const std::string& fallback) {
+    CLI::Option* option = breakeven->add_option_function<double>(
+        absl::StrCat("--", name),
+        [&values, name](const double& value) { values[name] = value; }, help);
+    // Counts are N, prices and shares X.
+    const bool count = absl::EndsWith(name, "-tokens") ||
+                       absl::EndsWith(name, "-epochs") ||
+                       name == "requests-per-day";
+    option->type_name(count ? "N" : "X")->check(Number())->group(group);
+    if (!fallback.empty()) option->default_str(fallback);
+  };
+  const std::string other = "Options";
+  number(other, "requests-per-day", "required: the planned volume", "");
+  breakeven
+      ->add_option("--start", flags.start, "day one of the traffic, YYYY-MM-DD")
+      ->type_name("DATE")
+      ->default_str("today")
+      ->group(other);
+  breakeven
+      ->add_flag("--json", flags.json,
+                 "the same figures as JSON (\"never\" is null, with a "
+                 "\"reason\")")
+      ->group(other);
+
+  const std::string training =
+      "TRAINING, the fine-tune's one-off cost: --training-usd, or the other "
+      "three";
+  number(training, "training-usd", "what it costs", "");
+  number(training, "training-tokens", "training tokens per epoch", "");
+  number(training, "training-epochs", "epochs", "");
+  number(training, "training-usd-per-mtok",
+         "training price, USD per million tokens", "");
+
+  for (auto [prefix, group] :
+       {std::pair{"base", "BASE, the prompted base model, per request"},
+        {"tuned", "TUNED, the fine-tuned model, per request"}}) {
+    for (const OptionFlag& flag : kOptionFlags) {
+      number(group, absl::StrCat(prefix, "-", flag.suffix),
+             flag.required ? absl::StrCat("required: ", flag.help) : flag.help,
+             flag.required ? "" : "0");
+    }
+  }
+  const std::string rag =
+      "RAG, the base model plus retrieved context (any --rag-* flag adds it)";
+  for (const OptionFlag& flag : kRagFlags) {
+    number(rag, absl::StrCat("rag-", flag.suffix),
+           flag.required ? absl::StrCat("required: ", flag.help) : flag.help,
+           flag.required ? "" : "0");
+  }
+  for (const OptionFlag& flag : kOptionFlags) {
+    const bool accuracy = std::string(flag.suffix) == "accuracy";
+    number(rag, absl::StrCat("rag-", flag.suffix),
+           accuracy ? absl::StrCat("required: ", flag.help) : flag.help,
+           accuracy ? "" : absl::StrCat("the --base-", flag.suffix, " value"));
+  }
+  return breakeven;
+}
+
+absl::StatusOr<std::string> BreakevenOutput(const BreakevenFlags& flags,
                                             absl::CivilDay today) {
-  auto args = Args::Parse(argc, argv, ValueFlags(), {"json", "help"});
-  if (!args.ok()) return args.status();
-  if (args->Has("help")) return std::string(kUsage);
-  auto inputs = ParseInputs(*args, today);
+  auto inputs = ParseInputs(flags, today);
   if (!inputs.ok()) return inputs.status();
   auto report = policy::PlanBreakEven(*inputs);
   if (!report.ok()) return NameFlag(report.status());
-  return args->Has("json") ? ReportJson(*report) : ReportTable(*report);
+  return flags.json ? ReportJson(*report) : ReportTable(*report);
 }
 
-int RunBreakeven(int argc, char** argv) {
-  if (argc == 0) {
-    std::cerr << kUsage;
-    return 2;
-  }
+int RunBreakeven(const BreakevenFlags& flags) {
   // The planner's calendar: today where it runs.
   const absl::CivilDay today =
       absl::ToCivilDay(absl::Now(), absl::LocalTimeZone());
-  auto output = BreakevenOutput(argc, argv, today);
-  if (!output.ok()) return Fail(output.status());
+  auto output = BreakevenOutput(flags, today);
+  // Every error is about the flags: a usage error.
+  if (!output.ok()) return UsageError("breakeven", output.status().message());
   std::cout << *output;
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
 
@@ -12,8 +13,38 @@ namespace arbiter::cli {
 
 inline constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 
-// An insecure channel to a gateway (loopback by default).
-[[nodiscard]] std::shared_ptr<grpc::Channel> Connect(const std::string& target);
+// An insecure channel to the gateway at `target` (loopback by default) that
+// tells a gateway's answer from a failure to reach one: a call that never
+// got there is reported with the address and `arbiter serve`.
+class GatewayChannel final {
+ public:
+  explicit GatewayChannel(std::string target);
+
+  GatewayChannel(const GatewayChannel&) = delete;
+  GatewayChannel& operator=(const GatewayChannel&) = delete;
+
+  [[nodiscard]] const std::shared_ptr<grpc::Channel>& get() const {
+    return channel_;
+  }
+  [[nodiscard]] const std::string& target() const { return target_; }
+
+  // A failed call in words: "cannot reach a gateway at ADDR (...); `arbiter
+  // serve` must be running there..." when the channel never connected, else
+  // "CODE: message" as the gateway answered.
+  [[nodiscard]] std::string Describe(const grpc::Status& status) const;
+  // Prints Describe(status) as "arbiter: ..." and returns the exit code 1.
+  int Fail(const grpc::Status& status) const;
+
+  // Connects within `timeout`; UNAVAILABLE naming the address and `arbiter
+  // serve` when nothing accepts the connection.
+  [[nodiscard]] absl::Status WaitUntilConnected(absl::Duration timeout) const;
+
+ private:
+  std::string Unreachable(absl::string_view why) const;
+
+  const std::string target_;
+  const std::shared_ptr<grpc::Channel> channel_;
+};
 
 // "UNAVAILABLE", "INVALID_ARGUMENT", ...
 [[nodiscard]] std::string StatusCodeName(grpc::StatusCode code);
@@ -21,6 +52,5 @@ inline constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 // Print "arbiter: <why>" to stderr and return the exit code 1.
 int Fail(absl::string_view message);
 int Fail(const absl::Status& status);
-int FailRpc(const grpc::Status& status);
 
 }  // namespace arbiter::cli

@@ -2,51 +2,144 @@
 
 #include <iostream>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
-#include "gateway/cli/args.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/flags.h"
 
 namespace arbiter::cli {
-int RunInfer(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv,
-                          {"target", "task", "route", "unit-id", "max-cost-usd",
-                           "min-accuracy", "max-tokens", "timeout"},
-                          {});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional().size() != 1) {
-    std::cerr << "usage: arbiter infer [--task T] [--route R] TEXT\n";
-    return 2;
-  }
+
+CLI::App* AddInferCommand(CLI::App& arbiter, InferFlags& flags) {
+  CLI::App* infer = AddCommand(
+      arbiter, "infer",
+      "Send one request.\nPrints the answer, the route and its kind, the "
+      "model, tokens, cost, latency, the\npolicy's decision, and the request "
+      "id to give `arbiter feedback`.",
+      "arbiter infer --task faq \"How do I reset my password?\"\n"
+      "  arbiter infer -- \"-h is a text, not a flag, after --\"");
+  AddTarget(*infer, flags.target);
+  infer->add_option("--task", flags.task, "the request's task class")
+      ->type_name("T")
+      ->default_str("the config's default_task");
+  infer->add_option("--route", flags.route, "pin a route")
+      ->type_name("R")
+      ->default_str("the policy chooses");
+  infer
+      ->add_option("--unit-id", flags.unit_id,
+                   "experiment unit (a user), for sticky assignment")
+      ->type_name("U");
+  infer
+      ->add_option("--max-cost-usd", flags.max_cost_usd,
+                   "only routes expected to cost at most this; 0: no cap")
+      ->type_name("X")
+      ->capture_default_str()
+      ->check(Number())
+      ->check(AtLeast(0));
+  infer
+      ->add_option("--min-accuracy", flags.min_accuracy,
+                   "only routes at least this accurate; 0: no floor")
+      ->type_name("X")
+      ->capture_default_str()
+      ->check(Number())
+      ->check(Between(0, 1));
+  infer
+      ->add_option("--max-tokens", flags.max_tokens,
+                   "cap on output tokens; 0: the route's")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(Integer())
+      ->check(AtLeast(0));
+  infer
+      ->add_option("--timeout", flags.timeout_seconds,
+                   "seconds to wait for the answer")
+      ->type_name("SECONDS")
+      ->capture_default_str()
+      ->check(Number())
+      ->check(GreaterThan(0));
+  infer->add_option("TEXT", flags.text, "the user's message")->required();
+  return infer;
+}
+
+CLI::App* AddFeedbackCommand(CLI::App& arbiter, FeedbackFlags& flags) {
+  CLI::App* feedback = AddCommand(
+      arbiter, "feedback",
+      "Record the outcome of an answered request.\nGive exactly one of "
+      "--correct, --incorrect or --score.",
+      "arbiter feedback 'AAECAw...' --correct");
+  AddTarget(*feedback, flags.target);
+  feedback->add_flag("--correct", flags.correct, "the answer was right");
+  feedback->add_flag("--incorrect", flags.incorrect, "the answer was wrong");
+  feedback->add_option("--score", flags.score, "a graded outcome, 0 to 1")
+      ->type_name("X")
+      ->check(Number())
+      ->check(Between(0, 1));
+  feedback
+      ->add_option("REQUEST_ID", flags.request_id,
+                   "the request id `arbiter infer` printed")
+      ->required();
+  return feedback;
+}
+
+CLI::App* AddStatsCommand(CLI::App& arbiter, StatsFlags& flags) {
+  CLI::App* stats = AddCommand(
+      arbiter, "stats",
+      "Live statistics per route and task.\nRequests, errors, feedback, "
+      "accuracy, cost per request and per correct answer,\nlatency "
+      "(Admin/GetRouteStats).",
+      "arbiter stats --route rag");
+  AddTarget(*stats, flags.target);
+  stats->add_option("--route", flags.route, "only this route")
+      ->type_name("R")
+      ->default_str("every route");
+  return stats;
+}
+
+CLI::App* AddExperimentShowCommand(CLI::App& arbiter,
+                                   ExperimentShowFlags& flags) {
+  CLI::App* experiment = arbiter.add_subcommand(
+      "experiment",
+      "Live experiments of the gateway.\nNeeds a running gateway (`arbiter "
+      "serve`) at --target.");
+  experiment->require_subcommand(1);
+  experiment->footer(
+      "Example:\n  arbiter experiment show prompt-vs-rag\n"
+      "`arbiter experiment show --help` shows its flags.");
+  CLI::App* show = AddCommand(
+      *experiment, "show",
+      "Per-arm analysis of a live experiment, with a verdict.\nRequests, "
+      "accuracy with its interval, cost, latency, errors, and the "
+      "difference\nfrom the control with an always-valid confidence sequence "
+      "(Admin/GetExperiment).",
+      "arbiter experiment show prompt-vs-rag");
+  AddTarget(*show, flags.target);
+  show->add_option("NAME", flags.name, "the experiment's name in the config")
+      ->required();
+  return show;
+}
+
+int RunInfer(const InferFlags& flags) {
   v1::InferRequest request;
   v1::ChatMessage* message = request.add_messages();
   message->set_role(v1::ROLE_USER);
-  message->set_content(args->positional().front());
-  request.set_task(args->Get("task"));
-  request.set_route(args->Get("route"));
-  request.set_unit_id(args->Get("unit-id"));
-  auto max_cost = args->GetDouble("max-cost-usd", 0);
-  auto min_accuracy = args->GetDouble("min-accuracy", 0);
-  auto max_tokens = args->GetInt("max-tokens", 0);
-  auto timeout = args->GetDouble("timeout", 60);
-  for (const absl::Status& status : {max_cost.status(), min_accuracy.status(),
-                                     max_tokens.status(), timeout.status()}) {
-    if (!status.ok()) return Fail(status);
-  }
-  request.mutable_constraints()->set_max_cost_usd(*max_cost);
-  request.mutable_constraints()->set_min_accuracy(*min_accuracy);
-  request.mutable_limits()->set_max_output_tokens(*max_tokens);
+  message->set_content(flags.text);
+  request.set_task(flags.task);
+  request.set_route(flags.route);
+  request.set_unit_id(flags.unit_id);
+  request.mutable_constraints()->set_max_cost_usd(flags.max_cost_usd);
+  request.mutable_constraints()->set_min_accuracy(flags.min_accuracy);
+  request.mutable_limits()->set_max_output_tokens(flags.max_tokens);
 
-  auto stub =
-      v1::Gateway::NewStub(Connect(args->Get("target", kDefaultTarget)));
+  GatewayChannel channel(flags.target);
+  auto stub = v1::Gateway::NewStub(channel.get());
   grpc::ClientContext context;
-  context.set_deadline(
-      std::chrono::system_clock::now() +
-      std::chrono::milliseconds(static_cast<int64_t>(*timeout * 1000)));
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(
+                           static_cast<int64_t>(flags.timeout_seconds * 1000)));
   v1::InferResponse response;
   grpc::Status status = stub->Infer(&context, request, &response);
-  if (!status.ok()) return FailRpc(status);
+  if (!status.ok()) return channel.Fail(status);
   std::cout << response.text() << "\n\n";
   std::cout << absl::StrFormat("route       %s (%s)\n", response.route(),
                                response.route_kind());
@@ -72,51 +165,44 @@ int RunInfer(int argc, char** argv) {
   return 0;
 }
 
-int RunFeedback(int argc, char** argv) {
-  auto args =
-      Args::Parse(argc, argv, {"target", "score"}, {"correct", "incorrect"});
-  if (!args.ok()) return Fail(args.status());
-  int outcomes =
-      args->Has("correct") + args->Has("incorrect") + args->Has("score");
-  if (args->positional().size() != 1 || outcomes != 1) {
-    std::cerr << "usage: arbiter feedback REQUEST_ID (--correct | --incorrect "
-                 "| --score X)\n";
-    return 2;
+int RunFeedback(const FeedbackFlags& flags) {
+  const int outcomes =
+      flags.correct + flags.incorrect + flags.score.has_value();
+  if (outcomes != 1) {
+    return UsageError("feedback",
+                      "give exactly one of --correct, --incorrect or --score");
   }
   v1::FeedbackRequest request;
-  request.set_request_id(args->positional().front());
-  if (args->Has("score")) {
-    auto score = args->GetDouble("score", 0);
-    if (!score.ok()) return Fail(score.status());
-    request.set_score(*score);
+  request.set_request_id(flags.request_id);
+  if (flags.score.has_value()) {
+    request.set_score(*flags.score);
   } else {
-    request.set_correct(args->Has("correct"));
+    request.set_correct(flags.correct);
   }
-  auto stub =
-      v1::Gateway::NewStub(Connect(args->Get("target", kDefaultTarget)));
+  GatewayChannel channel(flags.target);
+  auto stub = v1::Gateway::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
   v1::FeedbackResponse response;
   grpc::Status status = stub->Feedback(&context, request, &response);
-  if (!status.ok()) return FailRpc(status);
+  if (!status.ok()) return channel.Fail(status);
   std::cout << "recorded for route " << response.route() << ", task "
             << response.task() << "\n";
   return 0;
 }
 
-int RunStats(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"target", "route"}, {});
-  if (!args.ok()) return Fail(args.status());
-  auto stub = v1::Admin::NewStub(Connect(args->Get("target", kDefaultTarget)));
+int RunStats(const StatsFlags& flags) {
+  GatewayChannel channel(flags.target);
+  auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
   v1::GetRouteStatsRequest request;
-  request.set_route(args->Get("route"));
+  request.set_route(flags.route);
   v1::GetRouteStatsResponse response;
   grpc::Status status = stub->GetRouteStats(&context, request, &response);
-  if (!status.ok()) return FailRpc(status);
+  if (!status.ok()) return channel.Fail(status);
   std::cout << absl::StrFormat(
       "%-14s %-16s %8s %7s %9s %9s %9s %12s %12s %8s %8s\n", "route", "task",
       "requests", "errors", "feedback", "accuracy", "estimate", "$/request",
@@ -132,22 +218,17 @@ int RunStats(int argc, char** argv) {
   return 0;
 }
 
-int RunExperiment(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"target"}, {});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional().size() != 2 || args->positional()[0] != "show") {
-    std::cerr << "usage: arbiter experiment show NAME [--target ADDR]\n";
-    return 2;
-  }
-  auto stub = v1::Admin::NewStub(Connect(args->Get("target", kDefaultTarget)));
+int RunExperimentShow(const ExperimentShowFlags& flags) {
+  GatewayChannel channel(flags.target);
+  auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
   v1::GetExperimentRequest request;
-  request.set_name(args->positional()[1]);
+  request.set_name(flags.name);
   v1::ExperimentAnalysis analysis;
   grpc::Status status = stub->GetExperiment(&context, request, &analysis);
-  if (!status.ok()) return FailRpc(status);
+  if (!status.ok()) return channel.Fail(status);
   std::cout << absl::StrFormat("experiment %s (control %s)\n", analysis.name(),
                                analysis.control());
   std::cout << absl::StrFormat(

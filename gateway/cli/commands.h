@@ -1,40 +1,211 @@
 #pragma once
 
+// The `arbiter` subcommands. Each has a struct of its flags (the values a
+// parse leaves there, defaults as its help shows them), an Add*Command that
+// defines it on the command line (flags, help, example), and a Run* that
+// runs it and returns the process exit code. CommandLine puts them together.
+
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/civil_time.h"
+#include "arbiter/v1/gateway.pb.h"
+#include "gateway/cli/client.h"
 #include "policy/replay.h"
+
+namespace CLI {
+class App;
+}  // namespace CLI
 
 namespace arbiter::cli {
 
+struct ServeFlags {
+  std::string config;          // Empty: the embedded quickstart config.
+  std::string grpc_listen;     // Empty: the config's server.grpc_listen.
+  std::string metrics_listen;  // Empty: the config's server.metrics_listen.
+};
+
+struct CheckConfigFlags {
+  std::string file;
+};
+
+struct SimServerFlags {
+  std::string listen = "127.0.0.1:8000";
+  std::string config;   // Empty: the embedded quickstart config.
+  std::string backend;  // Empty: the config's first sim backend.
+  int embedding_dim = 384;
+};
+
+struct InferFlags {
+  std::string target = kDefaultTarget;
+  std::string task;
+  std::string route;
+  std::string unit_id;
+  double max_cost_usd = 0;
+  double min_accuracy = 0;
+  int max_tokens = 0;
+  double timeout_seconds = 60;
+  std::string text;
+};
+
+struct FeedbackFlags {
+  std::string target = kDefaultTarget;
+  std::string request_id;
+  bool correct = false;
+  bool incorrect = false;
+  std::optional<double> score;
+};
+
+struct StatsFlags {
+  std::string target = kDefaultTarget;
+  std::string route;  // Empty: every route.
+};
+
+struct LoadgenFlags {
+  std::string target = kDefaultTarget;
+  std::string dataset;  // Empty: the embedded quickstart question set.
+  double qps = 50;
+  std::string duration = "60s";
+  bool feedback = false;
+  std::string task;  // Empty: every task.
+  int seed = 1;
+  int units = 1000;
+};
+
+struct IndexAddFlags {
+  std::string target = kDefaultTarget;
+  std::string collection;
+  std::vector<std::string> paths;
+};
+
+struct IndexSearchFlags {
+  std::string target = kDefaultTarget;
+  std::string collection;
+  std::string mode;  // Empty: the gateway's configured search.
+  int k = 5;
+  std::string query;
+};
+
+struct IndexStatsFlags {
+  std::string target = kDefaultTarget;
+  std::string collection;
+};
+
+struct IndexEvalFlags {
+  std::string target = kDefaultTarget;
+  std::string collection;
+  std::string queries;
+  std::string qrels;
+  std::string format;  // Empty: beir for a .jsonl --queries, else trec.
+};
+
+struct ExperimentShowFlags {
+  std::string target = kDefaultTarget;
+  std::string name;
+};
+
+struct EconomicsFlags {
+  std::string target = kDefaultTarget;
+  std::string route;  // Empty: every route.
+  bool json = false;
+};
+
+struct ReplayFlags {
+  std::string log;
+  std::string config;
+  int seed = 1;
+  bool json = false;
+};
+
+struct BreakevenFlags {
+  // The numeric flags given, by name without "--": {"base-accuracy", 0.82}.
+  std::map<std::string, double> values;
+  std::string start;  // YYYY-MM-DD; empty: today.
+  bool json = false;
+};
+
+// Every command's flags, for one parse.
+struct Flags {
+  ServeFlags serve;
+  CheckConfigFlags check_config;
+  SimServerFlags sim_server;
+  InferFlags infer;
+  FeedbackFlags feedback;
+  StatsFlags stats;
+  LoadgenFlags loadgen;
+  IndexAddFlags index_add;
+  IndexSearchFlags index_search;
+  IndexStatsFlags index_stats;
+  IndexEvalFlags index_eval;
+  ExperimentShowFlags experiment_show;
+  EconomicsFlags economics;
+  ReplayFlags replay;
+  BreakevenFlags breakeven;
+};
+
+// Each defines its subcommand of `arbiter`, binding its flags to `flags`,
+// and returns it; for `index` and `experiment`, the commands under them
+// ("index add", "experiment show").
+CLI::App* AddServeCommand(CLI::App& arbiter, ServeFlags& flags);
+CLI::App* AddCheckConfigCommand(CLI::App& arbiter, CheckConfigFlags& flags);
+CLI::App* AddSimServerCommand(CLI::App& arbiter, SimServerFlags& flags);
+CLI::App* AddInferCommand(CLI::App& arbiter, InferFlags& flags);
+CLI::App* AddFeedbackCommand(CLI::App& arbiter, FeedbackFlags& flags);
+CLI::App* AddStatsCommand(CLI::App& arbiter, StatsFlags& flags);
+CLI::App* AddLoadgenCommand(CLI::App& arbiter, LoadgenFlags& flags);
+struct IndexCommands {
+  CLI::App* add;
+  CLI::App* search;
+  CLI::App* stats;
+  CLI::App* eval;
+};
+IndexCommands AddIndexCommands(CLI::App& arbiter, IndexAddFlags& add,
+                               IndexSearchFlags& search, IndexStatsFlags& stats,
+                               IndexEvalFlags& eval);
+CLI::App* AddExperimentShowCommand(CLI::App& arbiter,
+                                   ExperimentShowFlags& flags);
+CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags);
+CLI::App* AddReplayCommand(CLI::App& arbiter, ReplayFlags& flags);
+CLI::App* AddBreakevenCommand(CLI::App& arbiter, BreakevenFlags& flags);
+
+int RunServe(const ServeFlags& flags);
+int RunCheckConfig(const CheckConfigFlags& flags);
+int RunSimServer(const SimServerFlags& flags);
+int RunInfer(const InferFlags& flags);
+int RunFeedback(const FeedbackFlags& flags);
+int RunStats(const StatsFlags& flags);
+int RunLoadgen(const LoadgenFlags& flags);
+int RunIndexAdd(const IndexAddFlags& flags);
+int RunIndexSearch(const IndexSearchFlags& flags);
+int RunIndexStats(const IndexStatsFlags& flags);
+int RunIndexEval(const IndexEvalFlags& flags);
+int RunExperimentShow(const ExperimentShowFlags& flags);
+int RunEconomics(const EconomicsFlags& flags);
+int RunReplay(const ReplayFlags& flags);
+int RunBreakeven(const BreakevenFlags& flags);
+
 // Parses the replay log: JSON Lines of {"id", "task", "prompt", "outcomes":
 // {"<route>": {"correct": bool | "score": x, "input_tokens", "output_tokens",
-// "latency_ms"}}}. INVALID_ARGUMENT naming the line.
+// "latency_ms"}}}. INVALID_ARGUMENT naming the line and the field
+// ("line 3: outcomes.small.input_tokens: expected an integer, got a
+// string").
 [[nodiscard]] absl::StatusOr<std::vector<policy::LoggedRequest>>
 ParseOutcomeLog(absl::string_view jsonl);
 
-// What `arbiter breakeven ARGS` prints: a table, JSON with --json, or the
-// help with --help; `today` is the default --start. INVALID_ARGUMENT naming
-// the flag.
-[[nodiscard]] absl::StatusOr<std::string> BreakevenOutput(int argc, char** argv,
-                                                          absl::CivilDay today);
+// The documents of one file for `index add`: a .md/.txt/.markdown file is
+// one document; a .jsonl file one {"id", "title", "text", "metadata"} object
+// per line; other files none. INVALID_ARGUMENT naming the file, the line and
+// the field.
+[[nodiscard]] absl::StatusOr<std::vector<v1::RetrievalDocument>>
+DocumentsOfFile(const std::string& path, absl::string_view content);
 
-// Each runs one `arbiter` subcommand on the arguments after its name and
-// returns the process exit code.
-int RunServe(int argc, char** argv);
-int RunCheckConfig(int argc, char** argv);
-int RunSimServer(int argc, char** argv);
-int RunInfer(int argc, char** argv);
-int RunFeedback(int argc, char** argv);
-int RunStats(int argc, char** argv);
-int RunLoadgen(int argc, char** argv);
-int RunReplay(int argc, char** argv);
-int RunExperiment(int argc, char** argv);
-int RunIndex(int argc, char** argv);
-int RunEconomics(int argc, char** argv);
-int RunBreakeven(int argc, char** argv);
+// What `arbiter breakeven` prints: a table, or JSON with --json; `today` is
+// the default --start. INVALID_ARGUMENT naming the flag.
+[[nodiscard]] absl::StatusOr<std::string> BreakevenOutput(
+    const BreakevenFlags& flags, absl::CivilDay today);
 
 }  // namespace arbiter::cli

@@ -3,11 +3,12 @@
 #include <chrono>
 #include <iostream>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
-#include "gateway/cli/args.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/flags.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace arbiter::cli {
@@ -60,19 +61,34 @@ void PrintBreakEven(const v1::RouteEconomics& route) {
 
 }  // namespace
 
-int RunEconomics(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"target", "route"}, {"json"});
-  if (!args.ok()) return Fail(args.status());
-  auto stub = v1::Admin::NewStub(Connect(args->Get("target", kDefaultTarget)));
+CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags) {
+  CLI::App* economics = AddCommand(
+      arbiter, "economics",
+      "Live unit economics per route and task.\nCost per request and per "
+      "correct answer, hosting and amortised training, and\nwhen each "
+      "fine-tune breaks even (Admin/GetEconomics).",
+      "arbiter economics --route fine-tuned --json");
+  AddTarget(*economics, flags.target);
+  economics->add_option("--route", flags.route, "only this route")
+      ->type_name("R")
+      ->default_str("every route");
+  economics->add_flag("--json", flags.json,
+                      "the same figures as JSON (the API's field names)");
+  return economics;
+}
+
+int RunEconomics(const EconomicsFlags& flags) {
+  GatewayChannel channel(flags.target);
+  auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
   v1::GetEconomicsRequest request;
-  request.set_route(args->Get("route"));
+  request.set_route(flags.route);
   v1::GetEconomicsResponse response;
   grpc::Status status = stub->GetEconomics(&context, request, &response);
-  if (!status.ok()) return FailRpc(status);
-  if (args->Has("json")) {
+  if (!status.ok()) return channel.Fail(status);
+  if (flags.json) {
     std::string json;
     google::protobuf::util::JsonPrintOptions options;
     options.add_whitespace = true;

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <map>
 
+#include "CLI/CLI.hpp"
 #include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -17,9 +18,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
-#include "gateway/cli/args.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/flags.h"
 #include "gateway/file_source.h"
 #include "gateway/sim/simulator.h"
 
@@ -79,13 +80,16 @@ class Loadgen final {
     }
   }
 
-  // The table, one row per route plus a total.
+  // One line of counts.
+  std::string Progress(absl::Duration elapsed) {
+    absl::MutexLock lock(&mu_);
+    return ProgressLocked(elapsed);
+  }
+
+  // The progress line, then one row per route plus a total.
   std::string Table(absl::Duration elapsed) {
     absl::MutexLock lock(&mu_);
-    std::string out = absl::StrFormat(
-        "t=%5.1fs  sent %d  ok %d  errors %d  dropped %d  in flight %d\n",
-        absl::ToDoubleSeconds(elapsed), sent_, ok_, errors_total_, dropped_,
-        in_flight_.load());
+    std::string out = ProgressLocked(elapsed);
     absl::StrAppendFormat(&out, "%-14s %8s %9s %12s %12s %9s %9s\n", "route",
                           "requests", "accuracy", "$/request", "$/correct",
                           "p50 ms", "p99 ms");
@@ -143,6 +147,14 @@ class Loadgen final {
     v1::FeedbackRequest request;
     v1::FeedbackResponse response;
   };
+
+  std::string ProgressLocked(absl::Duration elapsed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return absl::StrFormat(
+        "t=%5.1fs  sent %d  ok %d  errors %d  dropped %d  in flight %d\n",
+        absl::ToDoubleSeconds(elapsed), sent_, ok_, errors_total_, dropped_,
+        in_flight_.load());
+  }
 
   void OnInferDone(InferCall* call, const grpc::Status& status) {
     double latency_ms = absl::ToDoubleMilliseconds(absl::Now() - call->start);
@@ -203,31 +215,62 @@ class Loadgen final {
 
 }  // namespace
 
-int RunLoadgen(int argc, char** argv) {
-  auto args = Args::Parse(
-      argc, argv,
-      {"target", "dataset", "qps", "duration", "task", "seed", "units"},
-      {"feedback"});
-  if (!args.ok()) {
-    std::cerr << "arbiter: " << args.status().message() << "\n";
-    return 2;
-  }
-  auto qps = args->GetDouble("qps", 50);
-  auto seed = args->GetInt("seed", 1);
-  // Simulated users: each request comes from one of this many unit ids, so
-  // experiments see sticky assignment.
-  auto units = args->GetInt("units", 1000);
+CLI::App* AddLoadgenCommand(CLI::App& arbiter, LoadgenFlags& flags) {
+  CLI::App* loadgen = AddCommand(
+      arbiter, "loadgen",
+      "Send labeled traffic at a fixed rate and score the answers.\nEach "
+      "answer is scored against its question's expected answer. A per-route "
+      "table\n(requests, accuracy, cost per request and per correct answer, "
+      "p50/p99 latency)\nis redrawn live on a terminal; elsewhere a line of "
+      "counts each second, and the\ntable at the end. Exits 3 if any request "
+      "failed.",
+      "arbiter loadgen --qps 50 --duration 60s --feedback");
+  AddTarget(*loadgen, flags.target);
+  loadgen
+      ->add_option("--dataset", flags.dataset,
+                   "JSON Lines of {\"id\", \"task\", \"question\", "
+                   "\"answer\"}")
+      ->type_name("FILE")
+      ->default_str("the quickstart question set");
+  loadgen->add_option("--qps", flags.qps, "requests per second")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(Number())
+      ->check(GreaterThan(0));
+  loadgen
+      ->add_option("--duration", flags.duration,
+                   "how long to send, e.g. 90s, 2m, 1h")
+      ->type_name("D")
+      ->capture_default_str()
+      ->check(PositiveDuration());
+  loadgen->add_flag("--feedback", flags.feedback,
+                    "send each scored outcome as feedback");
+  loadgen->add_option("--task", flags.task, "only this task's questions")
+      ->type_name("T")
+      ->default_str("every task");
+  loadgen
+      ->add_option("--units", flags.units,
+                   "simulated users (experiment units) the traffic comes from")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(Integer())
+      ->check(AtLeast(1));
+  loadgen->add_option("--seed", flags.seed, "seed of the question order")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(Integer());
+  return loadgen;
+}
+
+int RunLoadgen(const LoadgenFlags& flags) {
   absl::Duration duration;
-  if (!qps.ok() || !seed.ok() || !units.ok() || *units < 1 || !(*qps > 0) ||
-      !absl::ParseDuration(args->Get("duration", "60s"), &duration) ||
-      duration <= absl::ZeroDuration()) {
-    std::cerr << "arbiter: --qps must be > 0, --units >= 1 and --duration a "
-                 "duration such as 60s or 2m\n";
-    return 2;
+  if (!absl::ParseDuration(flags.duration, &duration)) {
+    return UsageError("loadgen", "--duration: not a duration");  // Checked.
   }
   absl::StatusOr<std::string> text =
-      args->Has("dataset") ? MakeDiskFileSource(".")->Read(args->Get("dataset"))
-                           : MakeEmbeddedFileSource()->Read("questions.jsonl");
+      !flags.dataset.empty()
+          ? MakeDiskFileSource(".")->Read(flags.dataset)
+          : MakeEmbeddedFileSource()->Read("questions.jsonl");
   if (!text.ok()) {
     std::cerr << "arbiter: --dataset: " << text.status().message() << "\n";
     return 1;
@@ -237,30 +280,41 @@ int RunLoadgen(int argc, char** argv) {
     std::cerr << "arbiter: --dataset: " << questions.status().message() << "\n";
     return 1;
   }
-  if (args->Has("task")) {
+  if (!flags.task.empty()) {
     std::erase_if(*questions, [&](const sim::LabeledQuestion& q) {
-      return q.task != args->Get("task");
+      return q.task != flags.task;
     });
   }
   if (questions->empty()) {
     std::cerr << "arbiter: --dataset: no questions to send\n";
     return 1;
   }
-  Loadgen loadgen(Connect(args->Get("target", kDefaultTarget)),
-                  args->Has("feedback"));
-  absl::BitGen gen(std::seed_seq{*seed});
+  GatewayChannel channel(flags.target);
+  if (absl::Status reached = channel.WaitUntilConnected(absl::Seconds(10));
+      !reached.ok()) {
+    return Fail(reached);
+  }
+  Loadgen loadgen(channel.get(), flags.feedback);
+  absl::BitGen gen(std::seed_seq{flags.seed});
+  // The live table redraws itself with cursor moves: only on a terminal.
+  // Elsewhere (a file, a pipe) a line of counts a second, the table at the
+  // end.
   const bool tty = isatty(STDOUT_FILENO);
   const absl::Time start = absl::Now();
-  const absl::Duration interval = absl::Seconds(1.0 / *qps);
+  const absl::Duration interval = absl::Seconds(1.0 / flags.qps);
   absl::Time next_send = start;
   absl::Time next_print = start + absl::Seconds(1);
   int printed_lines = 0;
   auto print = [&](bool final) {
+    if (!tty && !final) {
+      std::cout << loadgen.Progress(absl::Now() - start) << std::flush;
+      return;
+    }
     std::string table = loadgen.Table(absl::Now() - start);
     if (tty && printed_lines > 0 && !final) {
       std::cout << "\033[" << printed_lines << "A\033[J";
     }
-    std::cout << table << (tty ? "" : "\n") << std::flush;
+    std::cout << table << std::flush;
     printed_lines =
         static_cast<int>(std::count(table.begin(), table.end(), '\n'));
   };
@@ -276,8 +330,8 @@ int RunLoadgen(int argc, char** argv) {
     }
     const auto& question =
         (*questions)[absl::Uniform<size_t>(gen, 0, questions->size())];
-    loadgen.Send(question,
-                 absl::StrCat("user-", absl::Uniform<int>(gen, 0, *units)));
+    loadgen.Send(question, absl::StrCat("user-", absl::Uniform<int>(
+                                                     gen, 0, flags.units)));
     loadgen.CountSent();
     next_send += interval;
   }

@@ -2,14 +2,16 @@
 
 #include <iostream>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "gateway/cli/args.h"
+#include "common/json.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/flags.h"
 #include "gateway/config.h"
 #include "gateway/file_source.h"
 #include "nlohmann/json.hpp"
@@ -20,6 +22,82 @@ namespace {
 
 using nlohmann::json;
 
+// An id given as a string ("r1") or a number (17).
+absl::StatusOr<std::string> IdOf(const arbiter::json::View& id) {
+  if (id.get() != nullptr && id.get()->is_number()) {
+    return arbiter::json::Dump(*id.get());
+  }
+  return id.String();
+}
+
+absl::StatusOr<policy::LoggedOutcome> OutcomeOf(
+    const arbiter::json::View& value) {
+  if (absl::Status s = value.RequireObject(); !s.ok()) return s;
+  policy::LoggedOutcome outcome;
+  auto correct = value["correct"].OptionalBool();
+  if (!correct.ok()) return correct.status();
+  auto score = value["score"].OptionalNumber();
+  if (!score.ok()) return score.status();
+  if (correct->has_value()) {
+    outcome.score = **correct ? 1 : 0;
+  } else if (score->has_value()) {
+    outcome.score = **score;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(value.path(),
+                     ": needs \"correct\" (a boolean) or \"score\" (a "
+                     "number)"));
+  }
+  auto input_tokens = value["input_tokens"].OptionalInt();
+  if (!input_tokens.ok()) return input_tokens.status();
+  auto output_tokens = value["output_tokens"].OptionalInt();
+  if (!output_tokens.ok()) return output_tokens.status();
+  auto latency_ms = value["latency_ms"].OptionalNumber();
+  if (!latency_ms.ok()) return latency_ms.status();
+  outcome.input_tokens = input_tokens->value_or(0);
+  outcome.output_tokens = output_tokens->value_or(0);
+  outcome.latency_seconds = latency_ms->value_or(0) / 1000;
+  if (outcome.input_tokens < 0 || outcome.output_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(value.path(), ": negative tokens"));
+  }
+  return outcome;
+}
+
+absl::StatusOr<policy::LoggedRequest> RequestOf(absl::string_view line) {
+  auto parsed = arbiter::json::Parse(line);
+  if (!parsed.ok()) return parsed.status();
+  const arbiter::json::View item(*parsed);
+  if (!item.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected a JSON object, got ", arbiter::json::TypeName(*parsed)));
+  }
+  policy::LoggedRequest request;
+  if (item["id"].exists()) {
+    auto id = IdOf(item["id"]);
+    if (!id.ok()) return id.status();
+    request.id = *std::move(id);
+  }
+  auto task = item["task"].OptionalString();
+  if (!task.ok()) return task.status();
+  request.task = task->value_or("");
+  auto prompt = item["prompt"].OptionalString();
+  if (!prompt.ok()) return prompt.status();
+  request.prompt = prompt->value_or("");
+  const arbiter::json::View outcomes = item["outcomes"];
+  if (absl::Status s = outcomes.RequireObject(); !s.ok()) return s;
+  if (outcomes.size() == 0) {
+    return absl::InvalidArgumentError(
+        "outcomes: must map at least one route to its outcome");
+  }
+  for (const auto& [route, unused] : outcomes.get()->items()) {
+    auto outcome = OutcomeOf(outcomes[route]);
+    if (!outcome.ok()) return outcome.status();
+    request.outcomes[route] = *outcome;
+  }
+  return request;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<policy::LoggedRequest>> ParseOutcomeLog(
@@ -29,51 +107,12 @@ absl::StatusOr<std::vector<policy::LoggedRequest>> ParseOutcomeLog(
   for (absl::string_view line : absl::StrSplit(jsonl, '\n')) {
     ++line_number;
     if (absl::StripAsciiWhitespace(line).empty()) continue;
-    auto error = [&](absl::string_view what) {
+    auto request = RequestOf(line);
+    if (!request.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("line ", line_number, ": ", what));
-    };
-    json item = json::parse(line, nullptr, false);
-    if (item.is_discarded() || !item.is_object()) {
-      return error("not a JSON object");
+          absl::StrCat("line ", line_number, ": ", request.status().message()));
     }
-    policy::LoggedRequest request;
-    if (item.contains("id")) {
-      request.id = item["id"].is_string() ? item["id"].get<std::string>()
-                                          : item["id"].dump();
-    }
-    if (item.contains("task") && item["task"].is_string()) {
-      request.task = item["task"].get<std::string>();
-    }
-    if (item.contains("prompt") && item["prompt"].is_string()) {
-      request.prompt = item["prompt"].get<std::string>();
-    }
-    auto outcomes = item.find("outcomes");
-    if (outcomes == item.end() || !outcomes->is_object() || outcomes->empty()) {
-      return error("\"outcomes\" must be an object of route -> outcome");
-    }
-    for (const auto& [route, value] : outcomes->items()) {
-      if (!value.is_object()) {
-        return error(absl::StrCat("outcomes.", route, ": must be an object"));
-      }
-      policy::LoggedOutcome outcome;
-      if (value.contains("correct") && value["correct"].is_boolean()) {
-        outcome.score = value["correct"].get<bool>() ? 1 : 0;
-      } else if (value.contains("score") && value["score"].is_number()) {
-        outcome.score = value["score"].get<double>();
-      } else {
-        return error(absl::StrCat("outcomes.", route,
-                                  ": needs \"correct\" (bool) or \"score\""));
-      }
-      outcome.input_tokens = value.value("input_tokens", int64_t{0});
-      outcome.output_tokens = value.value("output_tokens", int64_t{0});
-      outcome.latency_seconds = value.value("latency_ms", 0.0) / 1000;
-      if (outcome.input_tokens < 0 || outcome.output_tokens < 0) {
-        return error(absl::StrCat("outcomes.", route, ": negative tokens"));
-      }
-      request.outcomes[route] = outcome;
-    }
-    log.push_back(std::move(request));
+    log.push_back(*std::move(request));
   }
   return log;
 }
@@ -104,30 +143,47 @@ std::string Row(const policy::ReplayResult& result) {
 
 }  // namespace
 
-int RunReplay(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"log", "config", "seed"}, {"json"});
-  if (!args.ok()) return Fail(args.status().message());
-  if (!args->Has("log") || !args->Has("config")) {
-    std::cerr << "usage: arbiter replay --log outcomes.jsonl --config "
-                 "policy.yaml [--seed N] [--json]\n";
-    return 2;
-  }
-  auto seed = args->GetInt("seed", 1);
-  if (!seed.ok()) return Fail(seed.status().message());
-  auto loaded = LoadConfigFile(args->Get("config"));
+CLI::App* AddReplayCommand(CLI::App& arbiter, ReplayFlags& flags) {
+  CLI::App* replay = AddCommand(
+      arbiter, "replay",
+      "Run a config's policy over logged outcomes, offline.\nThe policy "
+      "learns from each outcome as it would live; it is compared with each\n"
+      "route alone and the per-request oracle. No gateway needed.",
+      "arbiter replay --log outcomes.jsonl --config policy.yaml --json");
+  replay
+      ->add_option("--log", flags.log,
+                   "JSON Lines: {\"id\", \"task\", \"prompt\", "
+                   "\"outcomes\": {ROUTE: {\"correct\" or\n\"score\", "
+                   "\"input_tokens\", \"output_tokens\", \"latency_ms\"}}}")
+      ->type_name("FILE")
+      ->required();
+  replay
+      ->add_option("--config", flags.config,
+                   "the config whose policy and prices to use")
+      ->type_name("FILE")
+      ->required();
+  replay->add_option("--seed", flags.seed, "seed of the policy's randomness")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(Integer());
+  replay->add_flag("--json", flags.json, "the same figures as JSON");
+  return replay;
+}
+
+int RunReplay(const ReplayFlags& flags) {
+  auto loaded = LoadConfigFile(flags.config);
   if (!loaded.ok()) return Fail(loaded.status().message());
-  auto text = MakeDiskFileSource(".")->Read(args->Get("log"));
+  auto text = MakeDiskFileSource(".")->Read(flags.log);
   if (!text.ok()) return Fail(text.status().message());
   auto log = ParseOutcomeLog(*text);
   if (!log.ok()) {
-    return Fail(absl::StrCat(args->Get("log"), ": ", log.status().message()));
+    return Fail(absl::StrCat(flags.log, ": ", log.status().message()));
   }
-  auto report = policy::Replay(loaded->config, *log, *seed);
+  auto report = policy::Replay(loaded->config, *log, flags.seed);
   if (!report.ok()) {
-    return Fail(
-        absl::StrCat(args->Get("log"), ": ", report.status().message()));
+    return Fail(absl::StrCat(flags.log, ": ", report.status().message()));
   }
-  if (args->Has("json")) {
+  if (flags.json) {
     json out = {{"policy", ResultJson(report->policy)},
                 {"oracle", ResultJson(report->oracle)},
                 {"routes", json::array()}};
@@ -147,11 +203,11 @@ int RunReplay(int argc, char** argv) {
                         {"cpt80", m.cpt80 ? json(*m.cpt80) : json(nullptr)},
                         {"curve", curve}};
     }
-    std::cout << out.dump(2) << "\n";
+    std::cout << arbiter::json::Dump(out, 2) << "\n";
     return 0;
   }
   std::cout << absl::StrFormat("replay of %d requests from %s\n", log->size(),
-                               args->Get("log"));
+                               flags.log);
   std::cout << absl::StrFormat("%-14s %8s %9s %11s %12s %12s   %s\n", "",
                                "requests", "accuracy", "total $", "$/request",
                                "$/correct", "traffic");

@@ -4,13 +4,14 @@
 #include <cstdio>
 #include <iostream>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "gateway/cli/args.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/flags.h"
 #include "gateway/config.h"
 #include "gateway/gateway.h"
 #include "gateway/grpc_server.h"
@@ -38,9 +39,9 @@ int WaitForStopSignal(const sigset_t& signals) {
   return signal;
 }
 
-absl::StatusOr<LoadedConfig> LoadFromArgs(const Args& args) {
-  return args.Has("config") ? LoadConfigFile(args.Get("config"))
-                            : LoadEmbeddedConfig();
+// An empty --config is the embedded quickstart config.
+absl::StatusOr<LoadedConfig> LoadFromFlag(const std::string& config) {
+  return config.empty() ? LoadEmbeddedConfig() : LoadConfigFile(config);
 }
 
 // Splits "host:port" (IPv4 or a name) for servers that want them apart.
@@ -58,18 +59,76 @@ absl::Status SplitHostPort(const std::string& address, std::string* host,
 
 }  // namespace
 
-int RunServe(int argc, char** argv) {
-  auto args =
-      Args::Parse(argc, argv, {"config", "grpc-listen", "metrics-listen"}, {});
-  if (!args.ok()) return Fail(args.status());
-  auto loaded = LoadFromArgs(*args);
+CLI::App* AddServeCommand(CLI::App& arbiter, ServeFlags& flags) {
+  CLI::App* serve = AddCommand(
+      arbiter, "serve",
+      "Start the gateway.\nServes the gRPC API and Prometheus metrics over "
+      "the config's routes; SIGINT or\nSIGTERM drains the calls in flight "
+      "and stops.",
+      "arbiter serve --config quickstart/arbiter.yaml --grpc-listen "
+      "127.0.0.1:50051");
+  serve->add_option("--config", flags.config, "the config (YAML)")
+      ->type_name("FILE")
+      ->default_str("the embedded quickstart config");
+  serve->add_option("--grpc-listen", flags.grpc_listen, "the gRPC address")
+      ->type_name("ADDR")
+      ->default_str("the config's server.grpc_listen")
+      ->check(HostPort());
+  serve
+      ->add_option("--metrics-listen", flags.metrics_listen,
+                   "the address of /metrics")
+      ->type_name("ADDR")
+      ->default_str("the config's server.metrics_listen")
+      ->check(HostPort());
+  return serve;
+}
+
+CLI::App* AddCheckConfigCommand(CLI::App& arbiter, CheckConfigFlags& flags) {
+  CLI::App* check = AddCommand(
+      arbiter, "check-config",
+      "Validate a config without serving.\nChecks the config and what it "
+      "points at (corpus, question sets); exits 1 listing\nevery error.",
+      "arbiter check-config quickstart/arbiter.yaml");
+  check->add_option("FILE", flags.file, "the config (YAML)")->required();
+  return check;
+}
+
+CLI::App* AddSimServerCommand(CLI::App& arbiter, SimServerFlags& flags) {
+  CLI::App* sim = AddCommand(
+      arbiter, "sim-server",
+      "Serve a config's simulated LLM over OpenAI-compatible HTTP.\n"
+      "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, "
+      "GET /health.",
+      "arbiter sim-server --listen 127.0.0.1:8000 --config "
+      "quickstart/arbiter.yaml");
+  sim->add_option("--listen", flags.listen, "the HTTP address; port 0: any")
+      ->type_name("ADDR")
+      ->capture_default_str()
+      ->check(HostPort());
+  sim->add_option("--config", flags.config, "the config (YAML)")
+      ->type_name("FILE")
+      ->default_str("the embedded quickstart config");
+  sim->add_option("--backend", flags.backend, "the config's sim backend")
+      ->type_name("NAME")
+      ->default_str("the first");
+  sim->add_option("--embedding-dim", flags.embedding_dim,
+                  "dimension of /v1/embeddings vectors")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(Integer())
+      ->check(Between(1, 8192));
+  return sim;
+}
+
+int RunServe(const ServeFlags& flags) {
+  auto loaded = LoadFromFlag(flags.config);
   if (!loaded.ok()) return Fail(loaded.status());
   v1::Server& server_config = *loaded->config.mutable_server();
-  if (args->Has("grpc-listen")) {
-    server_config.set_grpc_listen(args->Get("grpc-listen"));
+  if (!flags.grpc_listen.empty()) {
+    server_config.set_grpc_listen(flags.grpc_listen);
   }
-  if (args->Has("metrics-listen")) {
-    server_config.set_metrics_listen(args->Get("metrics-listen"));
+  if (!flags.metrics_listen.empty()) {
+    server_config.set_metrics_listen(flags.metrics_listen);
   }
   const std::string grpc_listen = server_config.grpc_listen();
   const std::string metrics_listen = server_config.metrics_listen();
@@ -107,14 +166,8 @@ int RunServe(int argc, char** argv) {
   return 0;
 }
 
-int RunCheckConfig(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {}, {});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional().size() != 1) {
-    std::cerr << "usage: arbiter check-config FILE\n";
-    return 2;
-  }
-  const std::string& path = args->positional().front();
+int RunCheckConfig(const CheckConfigFlags& flags) {
+  const std::string& path = flags.file;
   auto loaded = LoadConfigFile(path);
   if (!loaded.ok()) return Fail(loaded.status());
   // What the config points at is read, never created or written: building
@@ -131,42 +184,31 @@ int RunCheckConfig(int argc, char** argv) {
   return 0;
 }
 
-int RunSimServer(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv,
-                          {"listen", "config", "backend", "embedding-dim"}, {});
-  if (!args.ok()) return Fail(args.status());
+int RunSimServer(const SimServerFlags& flags) {
   std::string host;
   int port = 0;
-  absl::Status split =
-      SplitHostPort(args->Get("listen", "127.0.0.1:8000"), &host, &port);
+  absl::Status split = SplitHostPort(flags.listen, &host, &port);
   if (!split.ok()) return Fail(split);
-  auto loaded = LoadFromArgs(*args);
+  auto loaded = LoadFromFlag(flags.config);
   if (!loaded.ok()) return Fail(loaded.status());
   const v1::Backend* chosen = nullptr;
   for (const v1::Backend& backend : loaded->config.backends()) {
     if (!backend.has_sim()) continue;
-    if (args->Has("backend") ? backend.name() == args->Get("backend")
-                             : chosen == nullptr) {
+    if (!flags.backend.empty() ? backend.name() == flags.backend
+                               : chosen == nullptr) {
       chosen = &backend;
     }
   }
   if (chosen == nullptr) {
     return Fail(absl::NotFoundError(
-        args->Has("backend")
-            ? absl::StrCat("no sim backend \"", args->Get("backend"),
-                           "\" in the config")
-            : std::string("the config has no sim backend")));
+        !flags.backend.empty() ? absl::StrCat("no sim backend \"",
+                                              flags.backend, "\" in the config")
+                               : std::string("the config has no sim backend")));
   }
   sigset_t signals = BlockStopSignals();
   auto simulator = MakeSimulator(chosen->sim(), *loaded->files);
   if (!simulator.ok()) return Fail(simulator.status());
-  int embedding_dim = 384;
-  if (args->Has("embedding-dim") &&
-      (!absl::SimpleAtoi(args->Get("embedding-dim"), &embedding_dim) ||
-       embedding_dim < 1 || embedding_dim > 8192)) {
-    return Fail(
-        absl::InvalidArgumentError("--embedding-dim: an integer in [1, 8192]"));
-  }
+  const int embedding_dim = flags.embedding_dim;
   auto server = sim::SimServer::Start(*simulator, host, port, embedding_dim);
   if (!server.ok()) return Fail(server.status());
   std::cout << "arbiter sim-server (simulated LLM, backend \"" << chosen->name()

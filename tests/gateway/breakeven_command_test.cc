@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "absl/time/civil_time.h"
+#include "gateway/cli/command_line.h"
 #include "gateway/cli/commands.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -15,10 +16,18 @@ using ::testing::Not;
 
 const absl::CivilDay kToday(2026, 12, 1);
 
-absl::StatusOr<std::string> Breakeven(std::vector<std::string> words) {
-  std::vector<char*> argv;
-  for (std::string& word : words) argv.push_back(word.data());
-  return BreakevenOutput(static_cast<int>(argv.size()), argv.data(), kToday);
+// `arbiter breakeven WORDS...` as the binary would parse and plan it: the
+// help, the plan, or the usage error as INVALID_ARGUMENT.
+absl::StatusOr<std::string> Breakeven(const std::vector<std::string>& words) {
+  std::vector<std::string> argv = {"arbiter", "breakeven"};
+  argv.insert(argv.end(), words.begin(), words.end());
+  CommandLine command_line;
+  CommandLine::Parsed parsed = command_line.Parse(argv);
+  if (parsed.outcome == CommandLine::Outcome::kHelp) return parsed.text;
+  if (parsed.outcome == CommandLine::Outcome::kUsageError) {
+    return absl::InvalidArgumentError(parsed.text);
+  }
+  return BreakevenOutput(command_line.flags().breakeven, kToday);
 }
 
 // The policy test's first example: $0.0009 against $0.0003 per request, $48
@@ -184,7 +193,7 @@ TEST(BreakevenCommandTest, ErrorsNameTheFlag) {
             "--base-input-usd-per-mtok, --base-output-usd-per-mtok, "
             "--base-accuracy, --tuned-input-tokens, --tuned-output-tokens, "
             "--tuned-input-usd-per-mtok, --tuned-output-usd-per-mtok, "
-            "--tuned-accuracy (see arbiter breakeven --help)");
+            "--tuned-accuracy");
   EXPECT_EQ(Breakeven(With(Example(), {"--tuned-accuracy", "1.2"}))
                 .status()
                 .message(),
@@ -204,8 +213,7 @@ TEST(BreakevenCommandTest, ErrorsNameTheFlag) {
   EXPECT_EQ(Breakeven(With(Example(), {"--rag-context-tokens", "800"}))
                 .status()
                 .message(),
-            "missing required flag: --rag-accuracy (see arbiter breakeven "
-            "--help)");
+            "missing required flag: --rag-accuracy");
   EXPECT_EQ(Breakeven(With(Example(), {"--rag-accuracy", "0.9",
                                        "--rag-retrieval-usd-per-query", "-1",
                                        "--rag-context-tokens", "1"}))
@@ -219,9 +227,13 @@ TEST(BreakevenCommandTest, ErrorsNameTheFlag) {
   EXPECT_EQ(Breakeven(With(Example(), {"--base-accuracy", "high"}))
                 .status()
                 .message(),
-            "--base-accuracy: not a number: \"high\"");
-  EXPECT_EQ(Breakeven(With(Example(), {"--epochs", "3"})).status().message(),
-            "unknown flag --epochs");
+            "arbiter breakeven: --base-accuracy: not a number: \"high\" (see "
+            "arbiter breakeven --help)");
+  EXPECT_THAT(
+      Breakeven(With(Example(), {"--epochs", "3"})).status().message(),
+      HasSubstr("unknown flag --epochs (did you mean --training-epochs?)"));
+  EXPECT_THAT(Breakeven(With(Example(), {"monthly"})).status().message(),
+              HasSubstr("unexpected argument \"monthly\""));
 }
 
 TEST(BreakevenCommandTest, HelpDocumentsTheFlags) {
