@@ -268,15 +268,16 @@ absl::Status Gateway::Init() {
       size_t replaced = 0;
       const std::string clean_name = RepairUtf8(name);
       std::string clean = RepairUtf8(content, &replaced);
+      documents.push_back(retrieval::ParseDocument(clean_name, clean));
       if (replaced > 0 || clean_name != name) {
         std::cerr << "retrieval.corpus_dir: " << QuoteInput(clean_name)
-                  << ": invalid UTF-8 at byte "
+                  << " (document " << QuoteInput(documents.back().id)
+                  << "): invalid UTF-8 at byte "
                   << FirstInvalidUtf8(content).value_or(0) << "; " << replaced
                   << " sequence(s) replaced with U+FFFD"
                   << (clean_name != name ? " (and in the file name)" : "")
                   << std::endl;
       }
-      documents.push_back(retrieval::ParseDocument(clean_name, clean));
     }
     if (documents.empty()) {
       return absl::InvalidArgumentError(

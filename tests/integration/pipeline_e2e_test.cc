@@ -550,9 +550,11 @@ TEST_F(PipelineTest, CorpusWithALatin1ByteIsRepairedAndRagAnswers) {
        {"password.md",
         "# Reset your password\n\nOpen Settings > Account > Password.\n"}});
   StartGateway(Config("", "", corpus));
-  EXPECT_THAT(gateway_->Output(),
-              HasSubstr("\"cafe.md\": invalid UTF-8 at byte 5; 2 sequence(s) "
-                        "replaced with U+FFFD"));
+  EXPECT_THAT(
+      gateway_->Output(),
+      HasSubstr("\"cafe.md\" (document \"cafe\"): invalid UTF-8 at byte 5; 2 "
+                "sequence(s) "
+                "replaced with U+FFFD"));
   for (const char* question : {"When does the cafe open?", kQuestion}) {
     v1::InferResponse response;
     grpc::Status status = Infer(Ask(question, "rag"), &response);
