@@ -5,6 +5,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/quote.h"
 #include "common/utf8.h"
 #include "google/protobuf/unknown_field_set.h"
 
@@ -18,6 +19,21 @@ using google::protobuf::UnknownFieldSet;
 
 // Deeper nesting is not walked (our messages nest a few levels).
 constexpr int kMaxDepth = 16;
+
+// " (id \"doc-7\")" when the message has a string field `id` (a document,
+// say), to say which one; else "".
+std::string IdOf(const Descriptor& descriptor, const UnknownFieldSet& fields) {
+  const FieldDescriptor* id = descriptor.FindFieldByName("id");
+  if (id == nullptr || id->type() != FieldDescriptor::TYPE_STRING) return "";
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const UnknownField& field = fields.field(i);
+    if (field.number() == id->number() &&
+        field.type() == UnknownField::TYPE_LENGTH_DELIMITED) {
+      return absl::StrCat(" (id ", QuoteInput(field.length_delimited()), ")");
+    }
+  }
+  return "";
+}
 
 // "path: invalid UTF-8 at byte N" for the first string field of `fields`
 // (read as a `descriptor` message) that is not UTF-8; nullopt if none is.
@@ -38,7 +54,8 @@ std::optional<std::string> FirstInvalidString(const Descriptor& descriptor,
     const std::string& value = field.length_delimited();
     if (known->type() == FieldDescriptor::TYPE_STRING) {
       if (std::optional<size_t> bad = FirstInvalidUtf8(value)) {
-        return absl::StrCat(path, ": invalid UTF-8 at byte ", *bad);
+        return absl::StrCat(path, IdOf(descriptor, fields),
+                            ": invalid UTF-8 at byte ", *bad);
       }
     } else if (known->type() == FieldDescriptor::TYPE_MESSAGE &&
                depth < kMaxDepth) {

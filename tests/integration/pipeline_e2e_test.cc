@@ -585,7 +585,8 @@ TEST_F(PipelineTest, InvalidUtf8InARequestGetsInvalidArgumentNamingTheField) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << status.error_message();
   EXPECT_THAT(status.error_message(),
-              HasSubstr("documents[0].text: invalid UTF-8 at byte 16"));
+              HasSubstr("documents[0].text (id \"doc-1\"): invalid UTF-8 at "
+                        "byte 16"));
 
   status = CallRaw("/arbiter.v1.Gateway/Infer", "\xFF\xFF\xFF");
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
