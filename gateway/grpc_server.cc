@@ -11,8 +11,6 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/byte_buffer.h"
-#include "grpcpp/support/proto_buffer_reader.h"
-#include "grpcpp/support/proto_buffer_writer.h"
 
 namespace arbiter {
 
@@ -33,8 +31,9 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
 }
 
 // Serves a unary call from its raw bytes. A request that protobuf refuses
-// (most often a string field that is not UTF-8) would otherwise get gRPC's
-// own bare INTERNAL; parsed here, it gets INVALID_ARGUMENT naming the field.
+// (most often a string field that is not UTF-8) would otherwise get gRPC
+// 1.51's bare UNIMPLEMENTED with no message; parsed here, it gets
+// INVALID_ARGUMENT naming the field.
 // `handler(request, response, done)` answers through done, possibly later
 // on another thread; the call's messages live until then.
 template <typename Request, typename Response, typename Handler>
