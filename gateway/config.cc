@@ -565,6 +565,20 @@ class Validator {
             kMaxRequestBytesLimit, "] (64 MiB)");
     }
     AtLeast(server.decision_log_capacity(), 0, "server.decision_log_capacity");
+    // Worker pools: unset takes the default; a set value is used as it is.
+    auto pool = [&](bool set, int value, int low, int high, const char* path) {
+      if (set && (value < low || value > high)) {
+        Error(path, "must be in [", low, ", ", high, "], got ", value);
+      }
+    };
+    pool(server.has_retrieval_threads(), server.retrieval_threads(), 1, 256,
+         "server.retrieval_threads");
+    pool(server.has_retrieval_queue(), server.retrieval_queue(), 0, 1'000'000,
+         "server.retrieval_queue");
+    pool(server.has_ingest_threads(), server.ingest_threads(), 1, 256,
+         "server.ingest_threads");
+    pool(server.has_ingest_queue(), server.ingest_queue(), 0, 1'000'000,
+         "server.ingest_queue");
   }
 
   void CheckBackends() {
@@ -1089,6 +1103,10 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (!server.has_decision_log_capacity()) {
     server.set_decision_log_capacity(1'000'000);
   }
+  if (!server.has_retrieval_threads()) server.set_retrieval_threads(4);
+  if (!server.has_retrieval_queue()) server.set_retrieval_queue(256);
+  if (!server.has_ingest_threads()) server.set_ingest_threads(2);
+  if (!server.has_ingest_queue()) server.set_ingest_queue(64);
   if (config.default_task().empty() && !config.tasks().empty()) {
     config.set_default_task(config.tasks(0));
   }

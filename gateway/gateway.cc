@@ -1,12 +1,16 @@
 #include "gateway/gateway.h"
 
 #include <cstdlib>
+#include <exception>
+#include <iostream>
 
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/quote.h"
+#include "common/utf8.h"
 #include "gateway/backends/openai_backend.h"
 #include "gateway/backends/sim_backend.h"
 #include "gateway/request_id.h"
@@ -79,6 +83,39 @@ retrieval::IndexKind IndexKindOf(v1::IndexKind kind) {
   }
 }
 
+// The embedding client's message names the server's URL and quotes its
+// answer: for the log. Callers get the code and a pointer to the log.
+absl::Status PublicEmbeddingError(const absl::Status& status) {
+  std::cerr << "retrieval: " << status << std::endl;
+  absl::string_view what;
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+      what = "is unreachable or failing";
+      break;
+    case absl::StatusCode::kDeadlineExceeded:
+      what = "did not answer in time";
+      break;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      what = "refused the gateway's credentials";
+      break;
+    case absl::StatusCode::kFailedPrecondition:
+      what = "answered vectors of another dimension or an unexpected status";
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      what = "refused the text";
+      break;
+    default:
+      what = "answered something the gateway cannot read";
+      break;
+  }
+  return absl::Status(
+      status.code(),
+      absl::StrCat("the embedding server ", what,
+                   " (retrieval.embedding_server; the gateway's log has the "
+                   "details)"));
+}
+
 Outcome OutcomeOf(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
@@ -117,6 +154,10 @@ Gateway::Gateway(LoadedConfig config, prometheus::Registry& registry)
 Gateway::~Gateway() {
   stopping_ = true;
   ticker_.reset();
+  // Pools stop before the backends their rag tasks call, failing what
+  // still waits.
+  retrieval_pool_.reset();
+  ingest_pool_.reset();
   // Backends stop before the rest, failing what they still hold.
   backends_.clear();
 }
@@ -132,6 +173,24 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(
 
 absl::Status Gateway::Init() {
   const v1::Config& config = loaded_.config;
+  const v1::Server& server = config.server();
+  auto pool_options = [this](Pool pool, const char* name, int threads,
+                             int queue) {
+    WorkerPool::Options options;
+    options.name = name;
+    options.threads = threads;
+    options.queue_capacity = queue;
+    options.on_load = [this, pool](size_t queued, size_t busy) {
+      metrics_.SetPoolLoad(pool, queued, busy);
+    };
+    options.on_rejected = [this, pool] { metrics_.RecordPoolRejected(pool); };
+    return options;
+  };
+  retrieval_pool_ = std::make_unique<WorkerPool>(
+      pool_options(Pool::kRetrieval, "retrieval", server.retrieval_threads(),
+                   server.retrieval_queue()));
+  ingest_pool_ = std::make_unique<WorkerPool>(pool_options(
+      Pool::kIngest, "ingest", server.ingest_threads(), server.ingest_queue()));
   for (int i = 0; i < config.tasks_size(); ++i) {
     task_index_[config.tasks(i)] = i;
   }
@@ -228,7 +287,21 @@ absl::Status Gateway::Init() {
     std::vector<retrieval::Document> documents;
     for (const auto& [name, content] : *files) {
       if (!name.ends_with(".md") && !name.ends_with(".txt")) continue;
-      documents.push_back(retrieval::ParseDocument(name, content));
+      // Text must be UTF-8 everywhere after this (prompts, JSON, protobuf):
+      // a stray byte is replaced here, once, and said so.
+      size_t replaced = 0;
+      const std::string clean_name = RepairUtf8(name);
+      std::string clean = RepairUtf8(content, &replaced);
+      documents.push_back(retrieval::ParseDocument(clean_name, clean));
+      if (replaced > 0 || clean_name != name) {
+        std::cerr << "retrieval.corpus_dir: " << QuoteInput(clean_name)
+                  << " (document " << QuoteInput(documents.back().id)
+                  << "): invalid UTF-8 at byte "
+                  << FirstInvalidUtf8(content).value_or(0) << "; " << replaced
+                  << " sequence(s) replaced with U+FFFD"
+                  << (clean_name != name ? " (and in the file name)" : "")
+                  << std::endl;
+      }
     }
     if (documents.empty()) {
       return absl::InvalidArgumentError(
@@ -328,22 +401,29 @@ absl::Status Gateway::InitExperiments(const std::vector<double>& prior_costs) {
 
 absl::StatusOr<retrieval::Collection*> Gateway::FindCollection(
     const std::string& name, bool create) {
-  std::lock_guard lock(collections_mu_);
-  auto it = collections_.find(name);
-  if (it != collections_.end()) return it->second.get();
+  auto open_one = [&]() -> retrieval::Collection* {
+    std::lock_guard lock(collections_mu_);
+    auto it = collections_.find(name);
+    return it != collections_.end() ? it->second.get() : nullptr;
+  };
+  if (retrieval::Collection* open = open_one()) return open;
+  // Opening may load or rebuild an index: only other opens wait for it.
+  std::lock_guard open_lock(open_mu_);
+  if (retrieval::Collection* open = open_one()) return open;
   if (!create) {
     auto names = store_->Collections();
     bool stored = names.ok() &&
                   std::find(names->begin(), names->end(), name) != names->end();
     if (!stored) {
       return absl::NotFoundError(
-          absl::StrCat("collection: unknown collection \"", name, "\""));
+          absl::StrCat("collection: unknown collection ", QuoteInput(name)));
     }
   }
   auto collection =
       retrieval::Collection::Open(*store_, name, CollectionOptionsFor(name));
   if (!collection.ok()) return collection.status();
   retrieval::Collection* opened = collection->get();
+  std::lock_guard lock(collections_mu_);
   collections_[name] = *std::move(collection);
   return opened;
 }
@@ -381,7 +461,7 @@ retrieval::CollectionOptions Gateway::CollectionOptionsFor(
     options.remote_embedder = [client](absl::Span<const std::string> texts)
         -> absl::StatusOr<std::vector<std::vector<float>>> {
       auto embeddings = client->Embed(texts);
-      if (!embeddings.ok()) return embeddings.status();
+      if (!embeddings.ok()) return PublicEmbeddingError(embeddings.status());
       return std::move(embeddings->vectors);
     };
   }
@@ -482,8 +562,8 @@ absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
   auto task_it = task_index_.find(task_name);
   if (task_it == task_index_.end()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("task: unknown task \"", task_name,
-                     "\" (known: ", absl::StrJoin(config.tasks(), ", "), ")"));
+        absl::StrCat("task: unknown task ", QuoteInput(task_name),
+                     " (known: ", absl::StrJoin(config.tasks(), ", "), ")"));
   }
   *task = task_it->second;
   *pinned_route = -1;
@@ -491,8 +571,8 @@ absl::Status Gateway::Validate(const v1::InferRequest& request, int* task,
     auto route_it = route_index_.find(request.route());
     if (route_it == route_index_.end()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("route: unknown route \"", request.route(),
-                       "\" (known: ", KnownNames(config.routes()), ")"));
+          absl::StrCat("route: unknown route ", QuoteInput(request.route()),
+                       " (known: ", KnownNames(config.routes()), ")"));
     }
     *pinned_route = route_it->second;
   }
@@ -577,6 +657,22 @@ absl::StatusOr<BackendRequest> Gateway::BuildBackendRequest(
   return out;
 }
 
+struct Gateway::InferCall {
+  const v1::InferRequest* request = nullptr;  // The caller's, until done.
+  absl::Time deadline;
+  v1::InferResponse* response = nullptr;
+  int route_index = -1;
+  int task = -1;
+  absl::Time start;
+  double propensity = 1;
+  int experiment = -1;
+  int arm = -1;
+  policy::Engine* engine = nullptr;
+  std::vector<float> embedding;
+  std::string request_id;
+  Done done;
+};
+
 void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
                     v1::InferResponse* response, Done done) {
   const absl::Time start = absl::Now();
@@ -623,10 +719,14 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   auto decision = engine->Decide(features, *stats_.Snapshot());
   if (decision.ok() && experiment >= 0) {
     const v1::Experiment& spec = loaded_.config.experiments(experiment);
+    const int arm_route = experiments_[experiment].arm_route[arm];
     decision->propensity *= experiments_[experiment].arm_share[arm];
-    decision->reason =
-        absl::StrCat("experiment ", spec.name(), " arm ", spec.arms(arm).name(),
-                     ": ", decision->reason);
+    // A route arm decided by itself: the engine only saw its pin.
+    decision->reason = absl::StrCat(
+        "experiment ", spec.name(), " arm ", spec.arms(arm).name(), ": ",
+        arm_route >= 0
+            ? absl::StrCat("route ", loaded_.config.routes(arm_route).name())
+            : decision->reason);
     decision->reason_class = "experiment";
   }
   if (!decision.ok()) {
@@ -664,7 +764,53 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
   wire_decision->set_experiment(id_parts.experiment);
   wire_decision->set_arm(id_parts.arm);
 
-  auto backend_request = BuildBackendRequest(route, request, response);
+  auto call = std::make_unique<InferCall>();
+  call->request = &request;
+  call->deadline = deadline;
+  call->response = response;
+  call->route_index = route_index;
+  call->task = task;
+  call->start = start;
+  call->propensity = decision->propensity;
+  call->experiment = experiment;
+  call->arm = arm;
+  call->engine = engine;
+  call->embedding = std::move(embedding);
+  call->request_id = std::move(request_id);
+  call->done = std::move(done);
+  if (route.kind() != v1::ROUTE_KIND_RAG) {
+    CallBackend(std::move(call));
+    return;
+  }
+  // Retrieval may take milliseconds (or an embedding server's round trip):
+  // never on a gRPC thread.
+  retrieval_pool_->Submit(
+      [this, call = std::move(call)](absl::Status admitted) mutable {
+        if (!admitted.ok()) {
+          metrics_.RecordRejected(absl::StatusCodeToString(admitted.code()));
+          std::move(call->done)(admitted);
+          return;
+        }
+        CallBackend(std::move(call));
+      });
+}
+
+void Gateway::CallBackend(std::unique_ptr<InferCall> call) {
+  const int route_index = call->route_index;
+  const int task = call->task;
+  const int experiment = call->experiment;
+  const int arm = call->arm;
+  const absl::Time start = call->start;
+  const v1::InferRequest& request = *call->request;
+  const v1::Route& route = loaded_.config.routes(route_index);
+  absl::StatusOr<BackendRequest> backend_request =
+      absl::InternalError("building the backend request failed");
+  try {
+    backend_request = BuildBackendRequest(route, request, call->response);
+  } catch (const std::exception& e) {
+    backend_request = absl::InternalError(
+        absl::StrCat("building the backend request failed: ", e.what()));
+  }
   if (!backend_request.ok()) {
     double latency = absl::ToDoubleSeconds(absl::Now() - start);
     stats_.RecordError(route_index, task, latency);
@@ -673,19 +819,18 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
       metrics_.RecordExperimentRequest(experiment, arm, false);
     }
     metrics_.RecordFailure(route_index, task, Outcome::kError, latency);
-    std::move(done)(backend_request.status());
+    std::move(call->done)(backend_request.status());
     return;
   }
   // The caller's deadline bounds the backend call too.
   absl::Duration timeout =
-      std::min(route_timeout_[route_index], deadline - absl::Now());
+      std::min(route_timeout_[route_index], call->deadline - absl::Now());
   if (timeout <= absl::ZeroDuration()) {
-    std::move(done)(absl::DeadlineExceededError(
+    std::move(call->done)(absl::DeadlineExceededError(
         "the request's deadline passed before a backend was called"));
     return;
   }
   backend_request->timeout = timeout;
-  double propensity = decision->propensity;
   // A rag request embeds its question to search: priced per token.
   const int64_t embedding_tokens =
       route.kind() == v1::ROUTE_KIND_RAG
@@ -694,10 +839,9 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
           : 0;
   route_backend_[route_index]->Complete(
       *std::move(backend_request),
-      [this, route_index, task, start, propensity, response, experiment, arm,
-       engine, embedding_tokens, embedding = std::move(embedding),
-       request_id = std::move(request_id),
-       done = std::move(done)](absl::StatusOr<BackendResponse> result) mutable {
+      [this, route_index, task, start, experiment, arm, embedding_tokens,
+       call = std::move(call)](absl::StatusOr<BackendResponse> result) mutable {
+        v1::InferResponse* response = call->response;
         const v1::Route& route = loaded_.config.routes(route_index);
         double latency = absl::ToDoubleSeconds(absl::Now() - start);
         if (!result.ok()) {
@@ -708,7 +852,7 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
           }
           metrics_.RecordFailure(route_index, task, OutcomeOf(result.status()),
                                  latency);
-          std::move(done)(result.status());
+          std::move(call->done)(result.status());
           return;
         }
         const policy::RequestCost priced = policy::PriceRequest(
@@ -731,15 +875,15 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
             {result->input_tokens, result->output_tokens, cost, latency});
         metrics_.RecordCompletion(route_index, task, result->input_tokens,
                                   result->output_tokens, priced, latency);
-        engine->ObserveCost(task, cost);
+        call->engine->ObserveCost(task, cost);
         if (experiment >= 0) {
           experiment_stats_->RecordCompletion(experiment, arm, cost, latency);
           metrics_.RecordExperimentRequest(experiment, arm, true);
         }
-        decisions_.Record(std::move(request_id),
-                          {route_index, task, propensity, cost, false,
-                           experiment, arm, std::move(embedding)});
-        std::move(done)(absl::OkStatus());
+        decisions_.Record(std::move(call->request_id),
+                          {route_index, task, call->propensity, cost, false,
+                           experiment, arm, std::move(call->embedding)});
+        std::move(call->done)(absl::OkStatus());
       });
 }
 
@@ -782,9 +926,10 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
     auto route_it = route_index_.find(parts->route);
     auto task_it = task_index_.find(parts->task);
     if (route_it == route_index_.end() || task_it == task_index_.end()) {
-      return absl::NotFoundError(absl::StrCat(
-          "request_id: route \"", parts->route, "\" or task \"", parts->task,
-          "\" of this request is not in the current config"));
+      return absl::NotFoundError(
+          absl::StrCat("request_id: route ", QuoteInput(parts->route),
+                       " or task ", QuoteInput(parts->task),
+                       " of this request is not in the current config"));
     }
     route = route_it->second;
     task = task_it->second;
@@ -846,7 +991,7 @@ absl::StatusOr<v1::GetEconomicsResponse> Gateway::GetEconomics(
     auto it = route_index_.find(request.route());
     if (it == route_index_.end()) {
       return absl::NotFoundError(
-          absl::StrCat("route: unknown route \"", request.route(), "\""));
+          absl::StrCat("route: unknown route ", QuoteInput(request.route())));
     }
     only = it->second;
   }
@@ -942,7 +1087,7 @@ absl::StatusOr<v1::GetRouteStatsResponse> Gateway::GetRouteStats(
     auto it = route_index_.find(request.route());
     if (it == route_index_.end()) {
       return absl::NotFoundError(
-          absl::StrCat("route: unknown route \"", request.route(), "\""));
+          absl::StrCat("route: unknown route ", QuoteInput(request.route())));
     }
     only = it->second;
   }
@@ -1030,7 +1175,7 @@ absl::StatusOr<v1::ExperimentAnalysis> Gateway::GetExperiment(
     return out;
   }
   return absl::NotFoundError(
-      absl::StrCat("name: no experiment \"", request.name(), "\""));
+      absl::StrCat("name: no experiment ", QuoteInput(request.name())));
 }
 
 }  // namespace arbiter
@@ -1041,9 +1186,72 @@ namespace {
 // Search inputs larger than this are refused rather than scanned.
 constexpr size_t kMaxQueryBytes = 4096;
 
+// Runs `work` (returning StatusOr<Response>) on `pool`: fills *response and
+// calls done with the outcome; a full pool's refusal goes to done at once.
+template <typename Response, typename Work>
+void RunOnPool(WorkerPool& pool, Response* response, Gateway::Done done,
+               Work work) {
+  pool.Submit([response, done = std::move(done),
+               work = std::move(work)](absl::Status admitted) mutable {
+    if (!admitted.ok()) {
+      std::move(done)(admitted);
+      return;
+    }
+    absl::StatusOr<Response> result =
+        absl::InternalError("the request failed unexpectedly");
+    try {
+      result = work();
+    } catch (const std::exception& e) {
+      std::cerr << "retrieval: unexpected exception: " << e.what() << std::endl;
+    }
+    if (result.ok()) *response = *std::move(result);
+    std::move(done)(result.status());
+  });
+}
+
+// Protobuf strings are UTF-8 on the wire, but the pipeline may be fed by
+// other fronts: text enters the store only valid.
+absl::Status CheckUtf8(const v1::RetrievalDocument& document, int i) {
+  for (const auto& [field, text] :
+       {std::pair{"id", &document.id()}, std::pair{"title", &document.title()},
+        std::pair{"text", &document.text()},
+        std::pair{"metadata_json", &document.metadata_json()}}) {
+    if (auto bad = FirstInvalidUtf8(*text)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "documents[", i, "].", field, " (id ", QuoteInput(document.id()),
+          "): invalid UTF-8 at byte ", *bad));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-absl::StatusOr<v1::UpsertResponse> Gateway::Upsert(
+void Gateway::Upsert(const v1::UpsertRequest& request,
+                     v1::UpsertResponse* response, Done done) {
+  RunOnPool(*ingest_pool_, response, std::move(done),
+            [this, &request] { return UpsertNow(request); });
+}
+
+void Gateway::Delete(const v1::DeleteRequest& request,
+                     v1::DeleteResponse* response, Done done) {
+  RunOnPool(*ingest_pool_, response, std::move(done),
+            [this, &request] { return DeleteNow(request); });
+}
+
+void Gateway::Search(const v1::SearchRequest& request,
+                     v1::SearchResponse* response, Done done) {
+  RunOnPool(*retrieval_pool_, response, std::move(done),
+            [this, &request] { return SearchNow(request); });
+}
+
+void Gateway::GetCollection(const v1::GetCollectionRequest& request,
+                            v1::CollectionInfo* response, Done done) {
+  RunOnPool(*retrieval_pool_, response, std::move(done),
+            [this, &request] { return GetCollectionNow(request); });
+}
+
+absl::StatusOr<v1::UpsertResponse> Gateway::UpsertNow(
     const v1::UpsertRequest& request) {
   if (request.documents().empty()) {
     return absl::InvalidArgumentError("documents: must not be empty");
@@ -1054,6 +1262,7 @@ absl::StatusOr<v1::UpsertResponse> Gateway::Upsert(
       return absl::InvalidArgumentError(
           absl::StrCat("documents[", i, "].id: must not be empty"));
     }
+    if (absl::Status utf8 = CheckUtf8(document, i); !utf8.ok()) return utf8;
     if (retrieval::Words(document.text()).empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("documents[", i, "].text: must not be empty"));
@@ -1076,7 +1285,7 @@ absl::StatusOr<v1::UpsertResponse> Gateway::Upsert(
   return response;
 }
 
-absl::StatusOr<v1::DeleteResponse> Gateway::Delete(
+absl::StatusOr<v1::DeleteResponse> Gateway::DeleteNow(
     const v1::DeleteRequest& request) {
   auto collection = FindCollection(request.collection(), false);
   if (!collection.ok()) return collection.status();
@@ -1099,7 +1308,7 @@ absl::StatusOr<v1::DeleteResponse> Gateway::Delete(
   return response;
 }
 
-absl::StatusOr<v1::SearchResponse> Gateway::Search(
+absl::StatusOr<v1::SearchResponse> Gateway::SearchNow(
     const v1::SearchRequest& request) {
   if (request.query().size() > kMaxQueryBytes) {
     return absl::InvalidArgumentError(
@@ -1116,14 +1325,19 @@ absl::StatusOr<v1::SearchResponse> Gateway::Search(
                      ", got ", static_cast<int>(request.mode())));
   }
   const retrieval::SearchMode mode = SearchModeOf(request.mode());
-  auto collection = FindCollection(request.collection(), false);
-  if (!collection.ok()) return collection.status();
   std::vector<retrieval::MetadataFilter> filters;
   for (const v1::MetadataFilter& filter : request.filters()) {
     filters.push_back(
         {filter.key(),
          {filter.values_json().begin(), filter.values_json().end()}});
   }
+  // Before any SQL: too many filters would only fail inside SQLite.
+  if (absl::Status limits = retrieval::CheckFilterLimits(filters);
+      !limits.ok()) {
+    return limits;
+  }
+  auto collection = FindCollection(request.collection(), false);
+  if (!collection.ok()) return collection.status();
   auto hits = (*collection)->Search(request.query(), k, mode, filters);
   if (!hits.ok()) return hits.status();
   v1::SearchResponse response;
@@ -1138,7 +1352,7 @@ absl::StatusOr<v1::SearchResponse> Gateway::Search(
   return response;
 }
 
-absl::StatusOr<v1::CollectionInfo> Gateway::GetCollection(
+absl::StatusOr<v1::CollectionInfo> Gateway::GetCollectionNow(
     const v1::GetCollectionRequest& request) {
   auto collection = FindCollection(request.name(), false);
   if (!collection.ok()) return collection.status();

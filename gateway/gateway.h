@@ -15,6 +15,7 @@
 #include "gateway/config.h"
 #include "gateway/metrics.h"
 #include "gateway/timer_queue.h"
+#include "gateway/worker_pool.h"
 #include "policy/decision_log.h"
 #include "policy/economics.h"
 #include "policy/engine.h"
@@ -62,14 +63,18 @@ class Gateway final {
       const v1::GetRouteStatsRequest& request);
 
   // The Retrieval service: ingestion and search of document collections.
-  [[nodiscard]] absl::StatusOr<v1::UpsertResponse> Upsert(
-      const v1::UpsertRequest& request);
-  [[nodiscard]] absl::StatusOr<v1::DeleteResponse> Delete(
-      const v1::DeleteRequest& request);
-  [[nodiscard]] absl::StatusOr<v1::SearchResponse> Search(
-      const v1::SearchRequest& request);
-  [[nodiscard]] absl::StatusOr<v1::CollectionInfo> GetCollection(
-      const v1::GetCollectionRequest& request);
+  // Each runs on a worker pool (ingest for Upsert and Delete, retrieval for
+  // the reads), fills *response and calls done once on that pool's thread;
+  // a full pool calls done at once with RESOURCE_EXHAUSTED. `request` and
+  // `response` must live until done is called.
+  void Upsert(const v1::UpsertRequest& request, v1::UpsertResponse* response,
+              Done done);
+  void Delete(const v1::DeleteRequest& request, v1::DeleteResponse* response,
+              Done done);
+  void Search(const v1::SearchRequest& request, v1::SearchResponse* response,
+              Done done);
+  void GetCollection(const v1::GetCollectionRequest& request,
+                     v1::CollectionInfo* response, Done done);
 
   // NOT_FOUND for an experiment the config does not define.
   [[nodiscard]] absl::StatusOr<v1::ExperimentAnalysis> GetExperiment(
@@ -105,6 +110,19 @@ class Gateway final {
   absl::StatusOr<BackendRequest> BuildBackendRequest(
       const v1::Route& route, const v1::InferRequest& request,
       v1::InferResponse* response);
+  // What Infer has decided, carried to the backend call (on a retrieval
+  // thread for a rag route).
+  struct InferCall;
+  void CallBackend(std::unique_ptr<InferCall> call);
+  // The retrieval methods' work, run on a pool.
+  absl::StatusOr<v1::UpsertResponse> UpsertNow(
+      const v1::UpsertRequest& request);
+  absl::StatusOr<v1::DeleteResponse> DeleteNow(
+      const v1::DeleteRequest& request);
+  absl::StatusOr<v1::SearchResponse> SearchNow(
+      const v1::SearchRequest& request);
+  absl::StatusOr<v1::CollectionInfo> GetCollectionNow(
+      const v1::GetCollectionRequest& request);
 
   const LoadedConfig loaded_;
   absl::flat_hash_map<std::string, int> route_index_;
@@ -118,11 +136,19 @@ class Gateway final {
   std::unique_ptr<retrieval::EmbeddingClient> embedding_client_;
   retrieval::Collection* corpus_ = nullptr;  // In collections_, if any.
   // A collection by name, opened (and created) on demand for `create`.
+  // Opening one holds only open_mu_, so lookups of open collections (under
+  // collections_mu_) never wait for an index to load.
   absl::StatusOr<retrieval::Collection*> FindCollection(const std::string& name,
                                                         bool create);
-  std::mutex collections_mu_;  // std:: so ThreadSanitizer sees it.
+  std::mutex open_mu_;         // One open at a time; std:: for TSan.
+  std::mutex collections_mu_;  // Held only to look up or insert.
+  // Entries are never removed, so the pointers handed out stay valid.
   absl::flat_hash_map<std::string, std::unique_ptr<retrieval::Collection>>
       collections_ ABSL_GUARDED_BY(collections_mu_);
+  // Blocking retrieval work runs here, never on gRPC's threads: reads
+  // (searches, the rag step of Infer) and writes (ingest).
+  std::unique_ptr<WorkerPool> retrieval_pool_;
+  std::unique_ptr<WorkerPool> ingest_pool_;
   retrieval::SearchMode search_mode_ = retrieval::SearchMode::kHybrid;
   // Embeds prompts for contextual policies unless the corpus's built-in
   // embedder does.

@@ -2,13 +2,18 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <iostream>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
+#include "gateway/wire_check.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
+#include "grpcpp/support/byte_buffer.h"
 
 namespace arbiter {
 
@@ -28,109 +33,188 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(deadline);
 }
 
-// Answers a unary call at once from a synchronous gateway method: these
-// touch only local state (statistics, the document store), never a backend.
-template <typename Request, typename Response, typename Method>
-grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* context,
-                                    const Request* request, Response* response,
-                                    Method method) {
+// Serves a unary call from its raw bytes. A request that protobuf refuses
+// (most often a string field that is not UTF-8) would otherwise get gRPC
+// 1.51's bare UNIMPLEMENTED with no message; parsed here, it gets
+// INVALID_ARGUMENT naming the field.
+// `handler(request, response, done)` answers through done, possibly later
+// on another thread; the call's messages live until then.
+template <typename Request, typename Response, typename Handler>
+grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* wire_request,
+                                grpc::ByteBuffer* wire_response,
+                                Handler handler) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto result = method(*request);
-  if (result.ok()) *response = *std::move(result);
-  reactor->Finish(ToGrpcStatus(result.status()));
+  struct Call {
+    Request request;
+    Response response;
+  };
+  auto call = std::make_unique<Call>();
+  grpc::ByteBuffer buffer(*wire_request);  // Shares the slices.
+  if (!grpc::SerializationTraits<Request>::Deserialize(&buffer, &call->request)
+           .ok()) {
+    std::string bytes;
+    std::vector<grpc::Slice> slices;
+    if (wire_request->Dump(&slices).ok()) {
+      for (const grpc::Slice& slice : slices) {
+        bytes.append(reinterpret_cast<const char*>(slice.begin()),
+                     slice.size());
+      }
+    }
+    reactor->Finish(ToGrpcStatus(WhyUnparsable(*Request::descriptor(), bytes)));
+    return reactor;
+  }
+  const Request& request = call->request;
+  Response* response = &call->response;
+  handler(request, response,
+          [reactor, wire_response,
+           call = std::move(call)](absl::Status status) mutable {
+            if (status.ok()) {
+              bool own_buffer = false;
+              grpc::Status serialized =
+                  grpc::SerializationTraits<Response>::Serialize(
+                      call->response, wire_response, &own_buffer);
+              if (!serialized.ok()) {
+                status = absl::InternalError("the answer could not be encoded");
+              }
+            }
+            reactor->Finish(ToGrpcStatus(status));
+          });
   return reactor;
 }
 
-class GatewayService final : public v1::Gateway::CallbackService {
+// A handler over a synchronous gateway method: these touch only local
+// state (statistics, the decision log), never a backend or the store.
+template <typename Request, typename Response, typename Method>
+auto AnswerNow(Method method) {
+  return [method](const Request& request, Response* response,
+                  Gateway::Done done) mutable {
+    absl::StatusOr<Response> result =
+        absl::InternalError("the request failed unexpectedly");
+    try {
+      result = method(request);
+    } catch (const std::exception& e) {
+      std::cerr << "grpc: unexpected exception: " << e.what() << std::endl;
+    }
+    if (result.ok()) *response = *std::move(result);
+    std::move(done)(result.status());
+  };
+}
+
+// An asynchronous gateway method (Infer, the Retrieval service) as a
+// handler.
+template <typename Method>
+auto Answer(Gateway& gateway, Method method) {
+  return [&gateway, method](const auto& request, auto* response,
+                            Gateway::Done done) {
+    (gateway.*method)(request, response, std::move(done));
+  };
+}
+
+using grpc::ByteBuffer;
+
+class GatewayService final
+    : public v1::Gateway::WithRawCallbackMethod_Infer<
+          v1::Gateway::WithRawCallbackMethod_Feedback<v1::Gateway::Service>> {
  public:
   explicit GatewayService(Gateway& gateway) : gateway_(gateway) {}
 
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
-                                  const v1::InferRequest* request,
-                                  v1::InferResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    gateway_.Infer(*request, DeadlineOf(context), response,
-                   [reactor](absl::Status status) {
-                     reactor->Finish(ToGrpcStatus(status));
-                   });
-    return reactor;
+                                  const ByteBuffer* request,
+                                  ByteBuffer* response) override {
+    return Serve<v1::InferRequest, v1::InferResponse>(
+        context, request, response,
+        [this, context](const v1::InferRequest& r, v1::InferResponse* out,
+                        Gateway::Done done) {
+          gateway_.Infer(r, DeadlineOf(context), out, std::move(done));
+        });
   }
 
   grpc::ServerUnaryReactor* Feedback(grpc::CallbackServerContext* context,
-                                     const v1::FeedbackRequest* request,
-                                     v1::FeedbackResponse* response) override {
-    return AnswerNow(context, request, response,
-                     [this](const auto& r) { return gateway_.Feedback(r); });
+                                     const ByteBuffer* request,
+                                     ByteBuffer* response) override {
+    return Serve<v1::FeedbackRequest, v1::FeedbackResponse>(
+        context, request, response,
+        AnswerNow<v1::FeedbackRequest, v1::FeedbackResponse>(
+            [this](const auto& r) { return gateway_.Feedback(r); }));
   }
 
  private:
   Gateway& gateway_;
 };
 
-class AdminService final : public v1::Admin::CallbackService {
+class AdminService final
+    : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
+          v1::Admin::WithRawCallbackMethod_GetExperiment<
+              v1::Admin::WithRawCallbackMethod_GetEconomics<
+                  v1::Admin::Service>>> {
  public:
   explicit AdminService(Gateway& gateway) : gateway_(gateway) {}
 
-  grpc::ServerUnaryReactor* GetRouteStats(
-      grpc::CallbackServerContext* context,
-      const v1::GetRouteStatsRequest* request,
-      v1::GetRouteStatsResponse* response) override {
-    return AnswerNow(context, request, response, [this](const auto& r) {
-      return gateway_.GetRouteStats(r);
-    });
+  grpc::ServerUnaryReactor* GetRouteStats(grpc::CallbackServerContext* context,
+                                          const ByteBuffer* request,
+                                          ByteBuffer* response) override {
+    return Serve<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
+        context, request, response,
+        AnswerNow<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
+            [this](const auto& r) { return gateway_.GetRouteStats(r); }));
   }
 
-  grpc::ServerUnaryReactor* GetExperiment(
-      grpc::CallbackServerContext* context,
-      const v1::GetExperimentRequest* request,
-      v1::ExperimentAnalysis* response) override {
-    return AnswerNow(context, request, response, [this](const auto& r) {
-      return gateway_.GetExperiment(r);
-    });
+  grpc::ServerUnaryReactor* GetExperiment(grpc::CallbackServerContext* context,
+                                          const ByteBuffer* request,
+                                          ByteBuffer* response) override {
+    return Serve<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
+        context, request, response,
+        AnswerNow<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
+            [this](const auto& r) { return gateway_.GetExperiment(r); }));
   }
 
-  grpc::ServerUnaryReactor* GetEconomics(
-      grpc::CallbackServerContext* context,
-      const v1::GetEconomicsRequest* request,
-      v1::GetEconomicsResponse* response) override {
-    return AnswerNow(context, request, response, [this](const auto& r) {
-      return gateway_.GetEconomics(r);
-    });
+  grpc::ServerUnaryReactor* GetEconomics(grpc::CallbackServerContext* context,
+                                         const ByteBuffer* request,
+                                         ByteBuffer* response) override {
+    return Serve<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
+        context, request, response,
+        AnswerNow<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
+            [this](const auto& r) { return gateway_.GetEconomics(r); }));
   }
 
  private:
   Gateway& gateway_;
 };
 
-class RetrievalService final : public v1::Retrieval::CallbackService {
+// Every method runs on a worker pool; the reactor is finished from there.
+class RetrievalService final
+    : public v1::Retrieval::WithRawCallbackMethod_Upsert<
+          v1::Retrieval::WithRawCallbackMethod_Delete<
+              v1::Retrieval::WithRawCallbackMethod_Search<
+                  v1::Retrieval::WithRawCallbackMethod_GetCollection<
+                      v1::Retrieval::Service>>>> {
  public:
   explicit RetrievalService(Gateway& gateway) : gateway_(gateway) {}
 
   grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* context,
-                                   const v1::UpsertRequest* request,
-                                   v1::UpsertResponse* response) override {
-    return AnswerNow(context, request, response,
-                     [this](const auto& r) { return gateway_.Upsert(r); });
+                                   const ByteBuffer* request,
+                                   ByteBuffer* response) override {
+    return Serve<v1::UpsertRequest, v1::UpsertResponse>(
+        context, request, response, Answer(gateway_, &Gateway::Upsert));
   }
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
-                                   const v1::DeleteRequest* request,
-                                   v1::DeleteResponse* response) override {
-    return AnswerNow(context, request, response,
-                     [this](const auto& r) { return gateway_.Delete(r); });
+                                   const ByteBuffer* request,
+                                   ByteBuffer* response) override {
+    return Serve<v1::DeleteRequest, v1::DeleteResponse>(
+        context, request, response, Answer(gateway_, &Gateway::Delete));
   }
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
-                                   const v1::SearchRequest* request,
-                                   v1::SearchResponse* response) override {
-    return AnswerNow(context, request, response,
-                     [this](const auto& r) { return gateway_.Search(r); });
+                                   const ByteBuffer* request,
+                                   ByteBuffer* response) override {
+    return Serve<v1::SearchRequest, v1::SearchResponse>(
+        context, request, response, Answer(gateway_, &Gateway::Search));
   }
-  grpc::ServerUnaryReactor* GetCollection(
-      grpc::CallbackServerContext* context,
-      const v1::GetCollectionRequest* request,
-      v1::CollectionInfo* response) override {
-    return AnswerNow(context, request, response, [this](const auto& r) {
-      return gateway_.GetCollection(r);
-    });
+  grpc::ServerUnaryReactor* GetCollection(grpc::CallbackServerContext* context,
+                                          const ByteBuffer* request,
+                                          ByteBuffer* response) override {
+    return Serve<v1::GetCollectionRequest, v1::CollectionInfo>(
+        context, request, response, Answer(gateway_, &Gateway::GetCollection));
   }
 
  private:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "absl/strings/ascii.h"
 #include "gateway/config.h"
@@ -149,6 +150,44 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                      .Register(registry);
   corpus_documents_ = &corpus.Add({{"item", "documents"}});
   corpus_chunks_ = &corpus.Add({{"item", "chunks"}});
+  auto& pool_threads =
+      BuildGauge()
+          .Name("arbiter_worker_pool_threads")
+          .Help("Threads of a worker pool (retrieval reads or ingest).")
+          .Register(registry);
+  auto& pool_capacity =
+      BuildGauge()
+          .Name("arbiter_worker_pool_queue_capacity")
+          .Help("Tasks a worker pool lets wait before it refuses more.")
+          .Register(registry);
+  auto& pool_queued = BuildGauge()
+                          .Name("arbiter_worker_pool_queued_tasks")
+                          .Help("Tasks waiting for a worker pool's thread.")
+                          .Register(registry);
+  auto& pool_busy = BuildGauge()
+                        .Name("arbiter_worker_pool_busy_threads")
+                        .Help("Threads of a worker pool running a task.")
+                        .Register(registry);
+  auto& pool_rejected =
+      BuildCounter()
+          .Name("arbiter_worker_pool_rejected_total")
+          .Help(
+              "Tasks a worker pool refused with RESOURCE_EXHAUSTED because "
+              "its queue was full.")
+          .Register(registry);
+  const v1::Server& server = config.server();
+  for (auto [pool, name, threads, capacity] :
+       {std::tuple{Pool::kRetrieval, "retrieval", server.retrieval_threads(),
+                   server.retrieval_queue()},
+        std::tuple{Pool::kIngest, "ingest", server.ingest_threads(),
+                   server.ingest_queue()}}) {
+    const prometheus::Labels labels{{"pool", name}};
+    pool_threads.Add(labels).Set(threads);
+    pool_capacity.Add(labels).Set(capacity);
+    pools_[static_cast<int>(pool)] = {&pool_queued.Add(labels),
+                                      &pool_busy.Add(labels),
+                                      &pool_rejected.Add(labels)};
+  }
   RegisterEconomics(registry, config);
   BuildGauge()
       .Name("arbiter_build_info")
@@ -393,6 +432,16 @@ void Metrics::RecordRetrieval(double seconds) {
 void Metrics::SetCorpus(size_t documents, size_t chunks) {
   corpus_documents_->Set(static_cast<double>(documents));
   corpus_chunks_->Set(static_cast<double>(chunks));
+}
+
+void Metrics::SetPoolLoad(Pool pool, size_t queued, size_t busy) {
+  PoolSeries& series = pools_[static_cast<int>(pool)];
+  series.queued->Set(static_cast<double>(queued));
+  series.busy->Set(static_cast<double>(busy));
+}
+
+void Metrics::RecordPoolRejected(Pool pool) {
+  pools_[static_cast<int>(pool)].rejected->Increment();
 }
 
 }  // namespace arbiter

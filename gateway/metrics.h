@@ -19,6 +19,9 @@ namespace arbiter {
 // How a request that reached a route ended.
 enum class Outcome { kOk, kUnavailable, kTimeout, kError };
 
+// The gateway's worker pools, a metric label each.
+enum class Pool { kRetrieval, kIngest };
+
 // The gateway's Prometheus metrics. Every label value comes from the config
 // (route, kind, task, backend) or a fixed set (outcome, direction, code), so
 // series stay bounded. Series for each (route, task) exist from the start at
@@ -49,6 +52,9 @@ class Metrics final {
   // Fixed costs accrued, cost per correct answer and break-even; called
   // periodically with the ledger's latest figures.
   void UpdateEconomics(const policy::EconomicsSnapshot& snapshot);
+  // A worker pool's tasks waiting and running, and tasks it refused.
+  void SetPoolLoad(Pool pool, size_t queued, size_t busy);
+  void RecordPoolRejected(Pool pool);
 
  private:
   void RegisterEconomics(prometheus::Registry& registry,
@@ -107,6 +113,12 @@ class Metrics final {
   prometheus::Histogram* retrieval_duration_;
   prometheus::Gauge* corpus_documents_;
   prometheus::Gauge* corpus_chunks_;
+  struct PoolSeries {
+    prometheus::Gauge* queued;
+    prometheus::Gauge* busy;
+    prometheus::Counter* rejected;
+  };
+  PoolSeries pools_[2];  // By Pool.
 };
 
 }  // namespace arbiter

@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/quote.h"
 #include "policy/hash.h"
 
 namespace arbiter {
@@ -37,8 +38,9 @@ std::string EncodeRequestId(const RequestIdParts& parts) {
 
 absl::StatusOr<RequestIdParts> DecodeRequestId(absl::string_view id) {
   auto not_ours = [&] {
-    return absl::NotFoundError(absl::StrCat(
-        "request_id: \"", id, "\" is not a request id issued by arbiter"));
+    return absl::NotFoundError(
+        absl::StrCat("request_id: ", QuoteInput(id),
+                     " is not a request id issued by arbiter"));
   };
   if (!absl::ConsumePrefix(&id, kPrefix)) return not_ours();
   std::string decoded;

@@ -100,6 +100,11 @@ class Engine::Strategy {
   virtual absl::Status Propose(ProposalContext& ctx) const = 0;
   virtual void ObserveCost(double cost_usd) const {}
   [[nodiscard]] virtual bool UsesContext() const { return false; }
+  // Judged answers a route needs on a task before a request's min_accuracy
+  // can hold for it.
+  [[nodiscard]] virtual double min_feedback() const {
+    return kDefaultMinFeedback;
+  }
   virtual void ObserveOutcome(int route, absl::Span<const float> embedding,
                               double score) const {}
 };
@@ -209,6 +214,7 @@ class CheapestMeetingAccuracyStrategy final : public Strategy {
   absl::string_view name() const override {
     return "cheapest_meeting_accuracy";
   }
+  double min_feedback() const override { return min_feedback_; }
 
   absl::Status Propose(ProposalContext& ctx) const override {
     const int task = ctx.features.task;
@@ -259,6 +265,7 @@ class BestUtilityStrategy final : public Strategy {
         min_feedback_(config.min_feedback()),
         explore_share_(config.explore_share()) {}
   absl::string_view name() const override { return "best_utility"; }
+  double min_feedback() const override { return min_feedback_; }
 
   absl::Status Propose(ProposalContext& ctx) const override {
     return BestOrExplore(ctx, min_feedback_, explore_share_, Why::kBestUtility,
@@ -381,6 +388,7 @@ class ContextualStrategy final : public Strategy {
         explore_share_(config.explore_share()),
         memory_(dim, config.memory_size()) {}
   absl::string_view name() const override { return "contextual"; }
+  double min_feedback() const override { return min_feedback_; }
   bool UsesContext() const override { return true; }
 
   absl::Status Propose(ProposalContext& ctx) const override {
@@ -663,10 +671,17 @@ static absl::StatusOr<Evaluation> Evaluate(
       }
     }
     if (features.min_accuracy > 0) {
+      // A constraint holds only on evidence: too few judged answers fail it.
       const Evidence& cell = stats.Cell(r, features.task).recent;
       double accuracy = engine.Posterior(r, features.task, stats).mean();
-      if (cell.feedback >= kDefaultMinFeedback &&
-          accuracy < features.min_accuracy) {
+      const double needed = strategy->min_feedback();
+      if (cell.feedback < needed) {
+        eligible[r] = false;
+        excluded.push_back(absl::StrFormat(
+            "%s: %.0f judged answers, fewer than the %.0f needed to hold "
+            "min_accuracy %.3f",
+            names[r], cell.feedback, needed, features.min_accuracy));
+      } else if (accuracy < features.min_accuracy) {
         eligible[r] = false;
         excluded.push_back(absl::StrFormat(
             "%s: accuracy %.3f < min_accuracy %.3f (n=%.0f)", names[r],

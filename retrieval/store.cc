@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/quote.h"
 #include "retrieval/embedder.h"
 #include "retrieval/tokenizer.h"
 
@@ -361,8 +362,8 @@ absl::Status DocumentStore::CreateCollection(absl::string_view name) {
   std::lock_guard lock(mu_);
   if (!IsName(name)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("collection: \"", name,
-                     "\" must be 1-128 letters, digits, '_', '-' or '.'"));
+        absl::StrCat("collection: ", QuoteInput(name),
+                     " must be 1-128 letters, digits, '_', '-' or '.'"));
   }
   Statement insert(db_, "INSERT OR IGNORE INTO collections(name) VALUES (?)");
   insert.Bind(1, name);
@@ -385,8 +386,8 @@ absl::Status RequireCollectionIn(SqliteReader& reader,
   Statement select(reader, "SELECT 1 FROM collections WHERE name = ?");
   select.Bind(1, collection);
   if (select.Step() != SQLITE_ROW) {
-    return absl::NotFoundError(
-        absl::StrCat("collection: unknown collection \"", collection, "\""));
+    return absl::NotFoundError(absl::StrCat("collection: unknown collection ",
+                                            QuoteInput(collection)));
   }
   return absl::OkStatus();
 }
@@ -407,21 +408,22 @@ absl::StatusOr<int64_t> DocumentStore::Upsert(absl::string_view collection,
       document.chunks.begin(), document.chunks.end(),
       [](const std::string& chunk) { return !Words(chunk).empty(); });
   if (!has_text) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("document \"", document.id, "\": text must not be empty"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "document ", QuoteInput(document.id), ": text must not be empty"));
   }
   if (!document.embeddings.empty() &&
       document.embeddings.size() != document.chunks.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "document \"", document.id, "\": ", document.embeddings.size(),
+        "document ", QuoteInput(document.id), ": ", document.embeddings.size(),
         " embeddings for ", document.chunks.size(), " chunks"));
   }
   {
     Statement check(db_, "SELECT json_valid(?1) AND json_type(?1) = 'object'");
     check.Bind(1, document.metadata_json);
     if (check.Step() != SQLITE_ROW || check.Int(0) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "document \"", document.id, "\": metadata must be a JSON object"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("document ", QuoteInput(document.id),
+                       ": metadata must be a JSON object"));
     }
   }
   Transaction transaction(db_);
@@ -482,8 +484,9 @@ absl::Status DocumentStore::Delete(absl::string_view collection,
   remove.Bind(1, collection).Bind(2, doc_id);
   if (absl::Status s = remove.Run(); !s.ok()) return s;
   if (sqlite3_changes(db_) == 0) {
-    return absl::NotFoundError(absl::StrCat(
-        "document \"", doc_id, "\" is not in collection \"", collection, "\""));
+    return absl::NotFoundError(absl::StrCat("document ", QuoteInput(doc_id),
+                                            " is not in collection ",
+                                            QuoteInput(collection)));
   }
   if (absl::Status s = DeleteChunks(db_, collection, doc_id); !s.ok()) return s;
   if (absl::Status s = RecordChange(db_, collection, doc_id, "delete");
@@ -498,12 +501,13 @@ absl::StatusOr<int64_t> DocumentStore::DeleteWhere(
     absl::string_view value_json) {
   std::lock_guard lock(mu_);
   if (!IsName(key)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "filter key: \"", key, "\" must be letters, digits, '_', '-' or '.'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("filter key: ", QuoteInput(key),
+                     " must be letters, digits, '_', '-' or '.'"));
   }
   if (!IsJsonScalar(db_, value_json)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("filter value: ", value_json, " is not a JSON scalar"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "filter value: ", QuoteInput(value_json), " is not a JSON scalar"));
   }
   Transaction transaction(db_);
   if (!transaction.status().ok()) return transaction.status();
@@ -679,6 +683,22 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(
   return chunks;
 }
 
+absl::Status CheckFilterLimits(const std::vector<MetadataFilter>& filters) {
+  if (filters.size() > kMaxMetadataFilters) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("filters: ", filters.size(),
+                     " filters exceed the limit of ", kMaxMetadataFilters));
+  }
+  for (size_t i = 0; i < filters.size(); ++i) {
+    if (filters[i].values_json.size() > kMaxFilterValues) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "filters[", i, "].values: ", filters[i].values_json.size(),
+          " values exceed the limit of ", kMaxFilterValues));
+    }
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // The SQL condition of the filters on documents aliased `d`, with one `?`
@@ -686,13 +706,16 @@ namespace {
 absl::StatusOr<std::string> FilterClause(
     sqlite3* db, const std::vector<MetadataFilter>& filters,
     std::vector<std::string>& params) {
+  if (absl::Status limits = CheckFilterLimits(filters); !limits.ok()) {
+    return limits;
+  }
   std::string clause;
   for (size_t i = 0; i < filters.size(); ++i) {
     const MetadataFilter& filter = filters[i];
     if (!IsName(filter.key)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("filters[", i, "].key: \"", filter.key,
-                       "\" must be letters, digits, '_', '-' or '.'"));
+          absl::StrCat("filters[", i, "].key: ", QuoteInput(filter.key),
+                       " must be letters, digits, '_', '-' or '.'"));
     }
     if (filter.values_json.empty()) {
       return absl::InvalidArgumentError(
@@ -701,8 +724,9 @@ absl::StatusOr<std::string> FilterClause(
     std::vector<std::string> slots;
     for (const std::string& value : filter.values_json) {
       if (!IsJsonScalar(db, value)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "filters[", i, "].values: ", value, " is not a JSON scalar"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("filters[", i, "].values: ", QuoteInput(value),
+                         " is not a JSON scalar"));
       }
       slots.push_back("json_extract(?, '$')");
       params.push_back(value);

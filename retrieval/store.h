@@ -67,6 +67,18 @@ struct MetadataFilter {
   std::vector<std::string> values_json;
 };
 
+// A search takes at most this many filters, each with at most this many
+// values: SQLite's expression tree (1,000 deep) and bound parameters
+// (32,766) stay far away.
+inline constexpr size_t kMaxMetadataFilters = 64;
+inline constexpr size_t kMaxFilterValues = 256;
+
+// INVALID_ARGUMENT naming the limit when there are too many filters or
+// values; checks nothing else (KeywordSearch and ChunkIdsMatching check the
+// keys and values too).
+[[nodiscard]] absl::Status CheckFilterLimits(
+    const std::vector<MetadataFilter>& filters);
+
 // The durable source of truth of retrieval: collections, documents (id,
 // title, source, metadata, version), chunks and their embeddings, in SQLite
 // (WAL mode, synchronous commits: a write returns only once it is durable).

@@ -817,5 +817,29 @@ TEST(ConfigTest, EmbeddedQuickstartConfigIsValid) {
   EXPECT_EQ(loaded->config.routes_size(), 3);
 }
 
+TEST(ConfigTest, WorkerPoolSizesAreDefaultedAndValidated) {
+  auto config = ParseConfigYaml(kValid);
+  ASSERT_TRUE(config.ok());
+  ApplyConfigDefaults(*config);
+  EXPECT_EQ(config->server().retrieval_threads(), 4);
+  EXPECT_EQ(config->server().retrieval_queue(), 256);
+  EXPECT_EQ(config->server().ingest_threads(), 2);
+  EXPECT_EQ(config->server().ingest_queue(), 64);
+  // Zero queues mean zero: nothing waits.
+  auto zero = ParseConfigYaml(
+      std::string(kValid) + "server: {retrieval_queue: 0, ingest_queue: 0}\n");
+  ASSERT_TRUE(zero.ok());
+  EXPECT_THAT(ValidateConfig(*zero), IsEmpty());
+  ApplyConfigDefaults(*zero);
+  EXPECT_EQ(zero->server().retrieval_queue(), 0);
+  EXPECT_EQ(zero->server().ingest_queue(), 0);
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) +
+               "server: {retrieval_threads: 0, ingest_queue: -1}\n"),
+      ::testing::AllOf(
+          Contains("server.retrieval_threads: must be in [1, 256], got 0"),
+          Contains("server.ingest_queue: must be in [0, 1000000], got -1")));
+}
+
 }  // namespace
 }  // namespace arbiter

@@ -301,6 +301,44 @@ TEST(EngineTest, MinAccuracyExcludesRoutesMeasuredBelowIt) {
   EXPECT_EQ(proposal->probability[kCheap], 0);
 }
 
+TEST(EngineTest, MinAccuracyHoldsOnlyOnEvidence) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy {
+             weighted {
+               weights { key: "expensive" value: 1 }
+               weights { key: "cheap" value: 1 }
+             }
+           })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kExpensive, 0, 40, 0.95);
+  Judge(stats, kCheap, 0, 5, 1.0);  // Perfect, but on 5 answers of 20.
+  RequestFeatures features;
+  features.min_accuracy = 0.9;
+  auto proposal = engine->Propose(features, *stats.Snapshot());
+  ASSERT_TRUE(proposal.ok()) << proposal.status();
+  EXPECT_EQ(proposal->probability[kExpensive], 1);
+  EXPECT_EQ(proposal->probability[kCheap], 0);
+}
+
+TEST(EngineTest, MinAccuracyWithoutEvidenceFailsSayingWhyPerRoute) {
+  auto engine = MakeEngine(ThreeRouteConfig(
+      R"pb(policy { cheapest_meeting_accuracy { accuracy_floor: 0.5 } })pb"));
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  Judge(stats, kMid, 0, 3, 1.0);
+  RequestFeatures features;
+  features.min_accuracy = 1.0;
+  auto decision = engine->Decide(features, *stats.Snapshot());
+  ASSERT_FALSE(decision.ok()) << decision->reason;
+  EXPECT_EQ(decision.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(decision.status().message(),
+              HasSubstr("mid: 3 judged answers, fewer than the 20 needed to "
+                        "hold min_accuracy 1.000"));
+  EXPECT_THAT(decision.status().message(),
+              HasSubstr("expensive: 0 judged answers"));
+  EXPECT_THAT(decision.status().message(),
+              HasSubstr("cheap: 0 judged answers"));
+}
+
 TEST(EngineTest, TaskPoliciesOverrideTheDefault) {
   auto engine = MakeEngine(ThreeRouteConfig(
       R"pb(policy { pinned { route: "expensive" } }

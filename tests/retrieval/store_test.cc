@@ -329,6 +329,38 @@ TEST_F(StoreTest, BadInputGetsClearErrors) {
               HasSubstr("1 embeddings for 2 chunks"));
 }
 
+TEST_F(StoreTest, TooManyFiltersAreRefusedNamingTheLimit) {
+  ASSERT_TRUE(store_->Upsert("help", Doc("a", {"reset the password"})).ok());
+  std::vector<MetadataFilter> filters;
+  for (int i = 0; i < 1000; ++i) {
+    filters.push_back({absl::StrCat("k", i), {"1"}});
+  }
+  auto hits = store_->KeywordSearch("help", "password", 3, filters);
+  EXPECT_EQ(hits.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(hits.status().message(),
+              HasSubstr("1000 filters exceed the limit of 64"));
+  auto ids = store_->ChunkIdsMatching("help", filters);
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<std::string> values(257, "1");
+  EXPECT_THAT(CheckFilterLimits({{"team", values}}).message(),
+              HasSubstr("filters[0].values: 257 values exceed the limit"));
+  filters.resize(kMaxMetadataFilters);
+  EXPECT_TRUE(CheckFilterLimits(filters).ok());
+  EXPECT_TRUE(store_->KeywordSearch("help", "password", 3, filters).ok());
+}
+
+TEST_F(StoreTest, MessagesQuoteLongInputBriefly) {
+  const std::string huge(100'000, 'x');
+  absl::Status unknown = store_->Upsert(huge, Doc("a", {"text"})).status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(unknown.message().size(), 300u);
+  absl::Status missing = store_->Delete("help", huge);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(missing.message().size(), 300u);
+  EXPECT_LT(store_->DeleteWhere("help", huge, "1").status().message().size(),
+            300u);
+}
+
 TEST_F(StoreTest, SurvivesReopening) {
   ASSERT_TRUE(store_->Upsert("help", Doc("a", {"durable words"})).ok());
   store_.reset();
