@@ -155,6 +155,8 @@ class Validator {
     }
     NonNegative(server.max_request_bytes(), "server.max_request_bytes");
     NonNegative(server.decision_log_capacity(), "server.decision_log_capacity");
+    NonNegative(server.shutdown_grace_seconds(),
+                "server.shutdown_grace_seconds");
   }
 
   void CheckBackends() {
@@ -626,6 +628,9 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (server.max_request_bytes() == 0) server.set_max_request_bytes(1 << 20);
   if (server.decision_log_capacity() == 0) {
     server.set_decision_log_capacity(1'000'000);
+  }
+  if (!server.has_shutdown_grace_seconds()) {
+    server.set_shutdown_grace_seconds(10);
   }
   if (config.default_task().empty() && !config.tasks().empty()) {
     config.set_default_task(config.tasks(0));
