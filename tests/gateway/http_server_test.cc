@@ -7,13 +7,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gateway/http/metrics_handler.h"
@@ -318,25 +319,26 @@ TEST_F(HttpServerTest, ClosesAConnectionThatDoesNotSendARequestInTime) {
 }
 
 TEST_F(HttpServerTest, AHandlerMayAnswerLaterFromAnotherThread) {
-  absl::Mutex mu;
+  std::mutex mu;  // std:: so that ThreadSanitizer sees it.
+  std::condition_variable held;
   std::vector<Responder> waiting;  // Guarded by mu.
   Routes routes;
   routes.Add(Verb::get, "/later", [&](Request, Responder responder) {
-    absl::MutexLock lock(&mu);
+    std::lock_guard lock(mu);
     waiting.push_back(std::move(responder));
+    held.notify_one();
   });
   routes.Add(Verb::get, "/hello", Answer("hello"));
   Start(std::move(routes));
   Client client(server_->port());
   client.Send(Get("/later"));
   {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(
-        +[](std::vector<Responder>* w) { return !w->empty(); }, &waiting));
+    std::unique_lock lock(mu);
+    held.wait(lock, [&] { return !waiting.empty(); });
   }
   ExpectServing();  // Other connections are not held up meanwhile.
   std::thread([&] {
-    absl::MutexLock lock(&mu);
+    std::lock_guard lock(mu);
     std::move(waiting.front()).Send(Text("later"));
   }).join();
   EXPECT_EQ(Body(client.ReadResponse()), "later");
