@@ -311,8 +311,10 @@ TEST_F(ServeTest, RefusesToStartOnGrpcPortInUse) {
   auto second = Subprocess::Start(ServeArgs(
       config, absl::StrCat("127.0.0.1:", first.grpc_port), "127.0.0.1:0"));
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_FALSE(
-      (*second)->WaitForLine("grpc listening on ", absl::Seconds(30)).ok());
+  // Should it start, its destructor stops it.
+  ASSERT_FALSE(
+      (*second)->WaitForLine("grpc listening on ", absl::Seconds(30)).ok())
+      << "a second gateway started on a port in use";
   EXPECT_NE((*second)->Wait(), 0);
   EXPECT_THAT((*second)->Output(),
               HasSubstr(absl::StrCat(
@@ -328,8 +330,10 @@ TEST_F(ServeTest, RefusesToStartOnMetricsPortInUse) {
   auto second = Subprocess::Start(ServeArgs(
       config, "127.0.0.1:0", absl::StrCat("127.0.0.1:", first.metrics_port)));
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_FALSE(
-      (*second)->WaitForLine("grpc listening on ", absl::Seconds(30)).ok());
+  // Should it start, its destructor stops it.
+  ASSERT_FALSE(
+      (*second)->WaitForLine("grpc listening on ", absl::Seconds(30)).ok())
+      << "a second gateway started on a port in use";
   EXPECT_NE((*second)->Wait(), 0);
   EXPECT_THAT((*second)->Output(),
               HasSubstr(absl::StrCat(
