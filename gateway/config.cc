@@ -579,6 +579,8 @@ class Validator {
          "server.ingest_threads");
     pool(server.has_ingest_queue(), server.ingest_queue(), 0, 1'000'000,
          "server.ingest_queue");
+    NonNegative(server.shutdown_grace_seconds(),
+                "server.shutdown_grace_seconds");
   }
 
   void CheckBackends() {
@@ -1107,6 +1109,9 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (!server.has_retrieval_queue()) server.set_retrieval_queue(256);
   if (!server.has_ingest_threads()) server.set_ingest_threads(2);
   if (!server.has_ingest_queue()) server.set_ingest_queue(64);
+  if (!server.has_shutdown_grace_seconds()) {
+    server.set_shutdown_grace_seconds(10);
+  }
   if (config.default_task().empty() && !config.tasks().empty()) {
     config.set_default_task(config.tasks(0));
   }

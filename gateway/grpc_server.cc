@@ -1,13 +1,21 @@
 #include "gateway/grpc_server.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <exception>
 #include <iostream>
 #include <limits>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
 #include "gateway/wire_check.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -221,6 +229,37 @@ class RetrievalService final
   Gateway& gateway_;
 };
 
+// Whether another socket listens on `address` ("host:port"): gRPC logs why
+// it could not bind but does not return it, so a bind of our own tells.
+bool PortInUse(const std::string& address) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = address.substr(0, colon);
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints = {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), address.c_str() + colon + 1, &hints, &found) !=
+      0) {
+    return false;
+  }
+  bool in_use = false;
+  for (addrinfo* a = found; a != nullptr && !in_use; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    int on = 1;  // As gRPC binds: a port in TIME_WAIT is free.
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    in_use = bind(fd, a->ai_addr, a->ai_addrlen) != 0 && errno == EADDRINUSE;
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return in_use;
+}
+
 }  // namespace
 
 class GrpcServer::Services {
@@ -234,11 +273,14 @@ class GrpcServer::Services {
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     Gateway& gateway, const std::string& address) {
-  auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
+  auto server = std::unique_ptr<GrpcServer>(new GrpcServer(gateway));
   server->services_ = std::make_unique<Services>(gateway);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second gateway on the same port
+  // would start and silently take part of the traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
                            &server->port_);
   // Oversized requests get a clear INVALID_ARGUMENT from the gateway up to
@@ -253,11 +295,19 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   builder.RegisterService(&server->services_->retrieval);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
+    server->server_.reset();
+    if (PortInUse(address)) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot listen for gRPC on ", address, ": port ",
+          address.substr(address.rfind(':') + 1), " is already in use"));
+    }
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", address));
   }
   return server;
 }
+
+GrpcServer::GrpcServer(Gateway& gateway) : gateway_(gateway) {}
 
 GrpcServer::~GrpcServer() {
   if (server_ != nullptr) Shutdown(absl::Seconds(5));
@@ -266,7 +316,28 @@ GrpcServer::~GrpcServer() {
 void GrpcServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (grpc::HealthCheckServiceInterface* health =
+          server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  const absl::Time grace_over = absl::Now() + grace;
+  // gRPC cancels the calls left at its deadline but still waits for their
+  // reactors to Finish: at the end of the grace, fail what backends hold so
+  // that they do, a moment before gRPC's deadline so that these failures,
+  // which say why, reach their clients first. Again while calls remain, for
+  // those that reach a backend only now.
+  constexpr absl::Duration kFlush = absl::Milliseconds(200);
+  absl::Notification drained;
+  std::thread drain([&] {
+    server_->Shutdown(absl::ToChronoTime(grace_over + kFlush));
+    drained.Notify();
+  });
+  if (!drained.WaitForNotificationWithDeadline(grace_over)) {
+    do {
+      gateway_.CancelInFlight();
+    } while (!drained.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+  }
+  drain.join();
 }
 
 void GrpcServer::Wait() { server_->Wait(); }

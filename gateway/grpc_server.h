@@ -16,7 +16,8 @@ namespace arbiter {
 // waits on a backend), plus health checking and reflection.
 class GrpcServer final {
  public:
-  // Listens on `address` (port 0 lets the OS choose; see port()).
+  // Listens on `address` (port 0 lets the OS choose; see port()), alone:
+  // UNAVAILABLE saying so when another process listens there.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
       Gateway& gateway, const std::string& address);
   ~GrpcServer();
@@ -25,15 +26,19 @@ class GrpcServer final {
   GrpcServer& operator=(const GrpcServer&) = delete;
 
   [[nodiscard]] int port() const { return port_; }
-  // Stops taking calls, lets running ones finish for up to `grace`.
+  // Reports NOT_SERVING to health checks (load balancers stop sending),
+  // stops taking calls and lets running ones finish for up to `grace`; then
+  // fails what backends still hold (Gateway::CancelInFlight) so that every
+  // call ends. Returns when all have.
   void Shutdown(absl::Duration grace);
   void Wait();
 
   class Services;
 
  private:
-  GrpcServer() = default;
+  explicit GrpcServer(Gateway& gateway);
 
+  Gateway& gateway_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -12,11 +12,11 @@
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
 #include "gateway/cli/flags.h"
+#include "gateway/cli/serve_lifecycle.h"
 #include "gateway/config.h"
 #include "gateway/gateway.h"
 #include "gateway/grpc_server.h"
 #include "gateway/sim/sim_server.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 
 namespace arbiter::cli {
@@ -130,40 +130,7 @@ int RunServe(const ServeFlags& flags) {
   if (!flags.metrics_listen.empty()) {
     server_config.set_metrics_listen(flags.metrics_listen);
   }
-  const std::string grpc_listen = server_config.grpc_listen();
-  const std::string metrics_listen = server_config.metrics_listen();
-
-  sigset_t signals = BlockStopSignals();
-  auto registry = std::make_shared<prometheus::Registry>();
-  auto gateway = Gateway::Create(*std::move(loaded), *registry);
-  if (!gateway.ok()) return Fail(gateway.status());
-
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    exposer = std::make_unique<prometheus::Exposer>(metrics_listen);
-  } catch (const std::exception& e) {
-    return Fail(absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on ", metrics_listen, ": ", e.what())));
-  }
-  exposer->RegisterCollectable(registry);
-  auto server = GrpcServer::Start(**gateway, grpc_listen);
-  if (!server.ok()) return Fail(server.status());
-
-  std::string metrics_host =
-      metrics_listen.substr(0, metrics_listen.rfind(':'));
-  std::cout << "arbiter 0.1.0 serving\n"
-            << (*gateway)->Describe() << "grpc listening on "
-            << grpc_listen.substr(0, grpc_listen.rfind(':')) << ":"
-            << (*server)->port() << "\n"
-            << "metrics on http://" << metrics_host << ":"
-            << exposer->GetListeningPorts().front() << "/metrics\n"
-            << "press Ctrl-C to stop" << std::endl;
-
-  int signal = WaitForStopSignal(signals);
-  std::cout << "received signal " << signal << ", draining" << std::endl;
-  (*server)->Shutdown(absl::Seconds(10));
-  (*server)->Wait();
-  return 0;
+  return ServeUntilStopped(*std::move(loaded));
 }
 
 int RunCheckConfig(const CheckConfigFlags& flags) {

@@ -255,6 +255,21 @@ TEST(ConfigTest, BadBaseUrlAndListenAddressAreRejected) {
       Contains("server.grpc_listen: must be host:port, got \"localhost\""));
 }
 
+TEST(ConfigTest, ShutdownGraceDefaultsToTenSecondsAndZeroMeansZero) {
+  auto unset = ParseConfigYaml(kValid);
+  ASSERT_TRUE(unset.ok());
+  ApplyConfigDefaults(*unset);
+  EXPECT_EQ(unset->server().shutdown_grace_seconds(), 10);
+  auto zero = ParseConfigYaml(std::string(kValid) +
+                              "server: {shutdown_grace_seconds: 0}\n");
+  ASSERT_TRUE(zero.ok());
+  ApplyConfigDefaults(*zero);
+  EXPECT_EQ(zero->server().shutdown_grace_seconds(), 0);
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) + "server: {shutdown_grace_seconds: -1}\n"),
+      Contains("server.shutdown_grace_seconds: must be >= 0"));
+}
+
 TEST(ConfigTest, IndexSettingsAndEmbeddingServerAreValidated) {
   auto errors = ErrorsOf(ValidWith(
       "corpus_dir: corpus",

@@ -121,4 +121,8 @@ int PortOf(const std::string& host_port) {
   return absl::SimpleAtoi(digits, &port) ? port : 0;
 }
 
+void Subprocess::Signal(int signal) {
+  if (pid_ > 0) kill(pid_, signal);
+}
+
 }  // namespace arbiter::testing

@@ -33,6 +33,8 @@ class Subprocess final {
   // as Stop does.
   int Wait();
   std::string Output();
+  // Sends `signal` to the process while it runs; returns at once.
+  void Signal(int signal);
 
  private:
   Subprocess() = default;
