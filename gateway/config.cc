@@ -154,7 +154,16 @@ class Validator {
             server.metrics_listen(), "\"");
     }
     NonNegative(server.max_request_bytes(), "server.max_request_bytes");
-    NonNegative(server.decision_log_capacity(), "server.decision_log_capacity");
+    if (server.decision_log_capacity() != 0) {
+      Error("server.decision_log_capacity",
+            "is no longer read: the decision log is bounded by bytes, set "
+            "server.decision_log_max_mb instead (default 64)");
+    }
+    if (server.has_decision_log_max_mb() &&
+        (server.decision_log_max_mb() < 0 ||
+         server.decision_log_max_mb() > 65536)) {
+      Error("server.decision_log_max_mb", "must be in [0, 65536]");
+    }
   }
 
   void CheckBackends() {
@@ -624,9 +633,7 @@ void ApplyConfigDefaults(v1::Config& config) {
     server.set_metrics_listen("127.0.0.1:9464");
   }
   if (server.max_request_bytes() == 0) server.set_max_request_bytes(1 << 20);
-  if (server.decision_log_capacity() == 0) {
-    server.set_decision_log_capacity(1'000'000);
-  }
+  if (!server.has_decision_log_max_mb()) server.set_decision_log_max_mb(64);
   if (config.default_task().empty() && !config.tasks().empty()) {
     config.set_default_task(config.tasks(0));
   }

@@ -371,5 +371,25 @@ TEST(ConfigTest, EmbeddedQuickstartConfigIsValid) {
   EXPECT_EQ(loaded->config.routes_size(), 3);
 }
 
+TEST(ConfigTest, DecisionLogIsBoundedByBytes) {
+  auto defaults = ParseConfigYaml(kValid);
+  ASSERT_TRUE(defaults.ok());
+  ApplyConfigDefaults(*defaults);
+  EXPECT_EQ(defaults->server().decision_log_max_mb(), 64);
+  // Zero means no log, not the default.
+  auto none = ParseConfigYaml(std::string(kValid) +
+                              "server: {decision_log_max_mb: 0}\n");
+  ASSERT_TRUE(none.ok());
+  ApplyConfigDefaults(*none);
+  EXPECT_EQ(none->server().decision_log_max_mb(), 0);
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) + "server: {decision_log_max_mb: -1}\n"),
+      Contains("server.decision_log_max_mb: must be in [0, 65536]"));
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) +
+               "server: {decision_log_capacity: 1000000}\n"),
+      Contains(HasSubstr("server.decision_log_capacity: is no longer read")));
+}
+
 }  // namespace
 }  // namespace arbiter
