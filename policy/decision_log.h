@@ -18,7 +18,8 @@ namespace arbiter::policy {
 // and the prompt's embedding when a contextual policy decided. Requests are
 // keyed by a 64-bit hash of their id, salted per log so ids cannot be made
 // to collide; embeddings are kept as 8-bit codes and a scale, a quarter of
-// their float size (similarities move by about 1e-3).
+// their float size (on the quickstart's questions similarities move by
+// 0.0002 on average, 0.003 at most; bench/decision_log_bench).
 //
 // Bounded by bytes: requests are filed in kGenerations generations of
 // max_bytes / kGenerations each, and when the newest is full the oldest is
