@@ -70,6 +70,7 @@ test-tsan: deps
 # the full-size commands (1M vectors take about half an hour).
 bench: build
 	./$(BUILD_DIR)/bench/policy_bench
+	./$(BUILD_DIR)/bench/decision_log_bench
 	./$(BUILD_DIR)/bench/gateway_load_bench
 	./$(BUILD_DIR)/bench/index_bench --quick
 	./$(BUILD_DIR)/bench/retrieval_bench --quick

@@ -564,7 +564,16 @@ class Validator {
       Error("server.max_request_bytes", "must be in [1, ",
             kMaxRequestBytesLimit, "] (64 MiB)");
     }
-    AtLeast(server.decision_log_capacity(), 0, "server.decision_log_capacity");
+    if (server.has_decision_log_capacity()) {
+      Error("server.decision_log_capacity",
+            "is no longer read: the decision log is bounded by bytes, set "
+            "server.decision_log_max_mb instead (default 64)");
+    }
+    if (server.has_decision_log_max_mb() &&
+        (server.decision_log_max_mb() < 0 ||
+         server.decision_log_max_mb() > 65536)) {
+      Error("server.decision_log_max_mb", "must be in [0, 65536]");
+    }
     // Worker pools: unset takes the default; a set value is used as it is.
     auto pool = [&](bool set, int value, int low, int high, const char* path) {
       if (set && (value < low || value > high)) {
@@ -1102,9 +1111,7 @@ void ApplyConfigDefaults(v1::Config& config) {
     server.set_metrics_listen("127.0.0.1:9464");
   }
   if (!server.has_max_request_bytes()) server.set_max_request_bytes(1 << 20);
-  if (!server.has_decision_log_capacity()) {
-    server.set_decision_log_capacity(1'000'000);
-  }
+  if (!server.has_decision_log_max_mb()) server.set_decision_log_max_mb(64);
   if (!server.has_retrieval_threads()) server.set_retrieval_threads(4);
   if (!server.has_retrieval_queue()) server.set_retrieval_queue(256);
   if (!server.has_ingest_threads()) server.set_ingest_threads(2);

@@ -148,7 +148,10 @@ Gateway::Gateway(LoadedConfig config, prometheus::Registry& registry)
     : loaded_(std::move(config)),
       stats_(loaded_.config.routes_size(), loaded_.config.tasks_size(),
              StatsOptionsFrom(loaded_.config)),
-      decisions_(loaded_.config.server().decision_log_capacity()),
+      decisions_(
+          {static_cast<size_t>(loaded_.config.server().decision_log_max_mb())
+               << 20,
+           loaded_.config.retrieval().embedding_dim()}),
       metrics_(registry, loaded_.config) {}
 
 Gateway::~Gateway() {
@@ -880,9 +883,7 @@ void Gateway::CallBackend(std::unique_ptr<InferCall> call) {
           experiment_stats_->RecordCompletion(experiment, arm, cost, latency);
           metrics_.RecordExperimentRequest(experiment, arm, true);
         }
-        decisions_.Record(std::move(call->request_id),
-                          {route_index, task, call->propensity, cost, false,
-                           experiment, arm, std::move(call->embedding)});
+        decisions_.Record(call->request_id, call->embedding);
         std::move(call->done)(absl::OkStatus());
       });
 }
@@ -911,47 +912,41 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   }
   auto parts = DecodeRequestId(request.request_id());
   if (!parts.ok()) return parts.status();
-  int route = -1;
-  int task = -1;
+  // The id says where the request went; the log adds whether feedback came
+  // already and the prompt's embedding. An id it no longer holds (evicted,
+  // or served by another replica) is credited from the id alone.
+  auto route_it = route_index_.find(parts->route);
+  auto task_it = task_index_.find(parts->task);
+  if (route_it == route_index_.end() || task_it == task_index_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("request_id: route ", QuoteInput(parts->route),
+                     " or task ", QuoteInput(parts->task),
+                     " of this request is not in the current config"));
+  }
+  const int route = route_it->second;
+  const int task = task_it->second;
   int experiment = -1;
   int arm = -1;
-  auto recorded = decisions_.TakeFeedback(request.request_id());
-  if (recorded.ok()) {
-    route = recorded->route;
-    task = recorded->task;
-    experiment = recorded->experiment;
-    arm = recorded->arm;
-  } else if (recorded.status().code() == absl::StatusCode::kNotFound) {
-    // Served by another replica (or evicted): the id says where it went.
-    auto route_it = route_index_.find(parts->route);
-    auto task_it = task_index_.find(parts->task);
-    if (route_it == route_index_.end() || task_it == task_index_.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("request_id: route ", QuoteInput(parts->route),
-                       " or task ", QuoteInput(parts->task),
-                       " of this request is not in the current config"));
-    }
-    route = route_it->second;
-    task = task_it->second;
-    for (int e = 0; e < loaded_.config.experiments_size(); ++e) {
-      const v1::Experiment& spec = loaded_.config.experiments(e);
-      if (spec.name() != parts->experiment) continue;
-      for (int a = 0; a < spec.arms_size(); ++a) {
-        if (spec.arms(a).name() == parts->arm) {
-          experiment = e;
-          arm = a;
-        }
+  for (int e = 0; e < loaded_.config.experiments_size(); ++e) {
+    const v1::Experiment& spec = loaded_.config.experiments(e);
+    if (spec.name() != parts->experiment) continue;
+    for (int a = 0; a < spec.arms_size(); ++a) {
+      if (spec.arms(a).name() == parts->arm) {
+        experiment = e;
+        arm = a;
       }
     }
-  } else {
-    return recorded.status();
   }
-  if (recorded.ok() && !recorded->embedding.empty()) {
+  auto embedding = decisions_.TakeFeedback(request.request_id());
+  if (!embedding.ok() && !absl::IsNotFound(embedding.status())) {
+    return embedding.status();
+  }
+  if (embedding.ok() && !embedding->empty()) {
     policy::Engine* engine =
         experiment >= 0 && experiments_[experiment].arm_engine[arm] != nullptr
             ? experiments_[experiment].arm_engine[arm].get()
             : engine_.get();
-    engine->ObserveOutcome(task, route, recorded->embedding, score);
+    engine->ObserveOutcome(task, route, *embedding, score);
   }
   if (experiment >= 0) {
     experiment_stats_->RecordFeedback(experiment, arm, score);

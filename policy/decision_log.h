@@ -1,56 +1,80 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <mutex>
-#include <optional>
-#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace arbiter::policy {
 
-// What Feedback needs to know about a served request.
-struct DecisionRecord {
-  int route = -1;
-  int task = -1;
-  double propensity = 1;
-  double cost_usd = 0;
-  bool feedback_received = false;
-  int experiment = -1;  // Index into the config's experiments, or -1.
-  int arm = -1;
-  // The prompt's embedding, kept only when a contextual policy decided.
-  std::vector<float> embedding;
-};
-
-// The decisions of recent requests, keyed by request id, oldest evicted
-// first once `capacity` is reached. Thread-safe.
+// What Feedback needs about a served request that its id cannot carry (the
+// id names route, task, experiment and arm): whether feedback came already,
+// and the prompt's embedding when a contextual policy decided. Requests are
+// keyed by a 64-bit hash of their id, salted per log so ids cannot be made
+// to collide; embeddings are kept as 8-bit codes and a scale, a quarter of
+// their float size (on the quickstart's questions similarities move by
+// 0.0002 on average, 0.003 at most; bench/decision_log_bench).
+//
+// Bounded by bytes: requests are filed in kGenerations generations of
+// max_bytes / kGenerations each, and when the newest is full the oldest is
+// forgotten whole. Feedback for a forgotten request is credited from its id
+// alone (its embedding is lost, and a repeat is not caught). Thread-safe.
+//
+//   DecisionLog log({.max_bytes = 64 << 20, .embedding_dim = 512});
+//   log.Record(request_id, embedding);
+//   auto embedding = log.TakeFeedback(request_id);  // Then ALREADY_EXISTS.
 class DecisionLog final {
  public:
-  explicit DecisionLog(size_t capacity);
+  static constexpr int kGenerations = 8;
+
+  struct Options {
+    // Everything the log allocates; 0 keeps nothing.
+    size_t max_bytes = size_t{64} << 20;
+    // The size of the embeddings kept; others are dropped.
+    int embedding_dim = 0;
+  };
+
+  explicit DecisionLog(Options options);
+  ~DecisionLog();
 
   DecisionLog(const DecisionLog&) = delete;
   DecisionLog& operator=(const DecisionLog&) = delete;
 
-  void Record(std::string request_id, const DecisionRecord& record);
+  // Remembers a served request, with its prompt's embedding if a contextual
+  // policy decided (empty otherwise). A repeated id is ignored.
+  void Record(absl::string_view request_id,
+              absl::Span<const float> embedding = {});
 
-  // Marks the request's feedback as received and returns its record.
-  // NOT_FOUND if the id is not (or no longer) here; ALREADY_EXISTS if it
-  // already had feedback.
-  [[nodiscard]] absl::StatusOr<DecisionRecord> TakeFeedback(
-      const std::string& request_id);
+  // Marks the request's feedback as received and returns its embedding
+  // (empty if none was kept). NOT_FOUND if the id is not (or no longer)
+  // here; ALREADY_EXISTS if it already had feedback.
+  [[nodiscard]] absl::StatusOr<std::vector<float>> TakeFeedback(
+      absl::string_view request_id);
 
+  // Requests remembered.
   [[nodiscard]] size_t size() const;
+  // Bytes allocated for them: at most max_bytes, but for a moment while a
+  // generation's table grows.
+  [[nodiscard]] size_t bytes() const;
 
  private:
-  const size_t capacity_;
+  class Generation;
+
+  [[nodiscard]] uint64_t KeyOf(absl::string_view request_id) const;
+
+  const Options options_;
+  const size_t generation_bytes_;   // Budget of each generation.
+  const size_t records_per_block_;  // Embeddings per allocation.
+  const uint64_t salt_;
   mutable std::mutex mu_;  // std:: so ThreadSanitizer sees it.
-  absl::flat_hash_map<std::string, DecisionRecord> records_
-      ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);  // Oldest first.
+  std::vector<std::unique_ptr<Generation>> generations_
+      ABSL_GUARDED_BY(mu_);  // Oldest first.
 };
 
 }  // namespace arbiter::policy

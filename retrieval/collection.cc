@@ -29,6 +29,8 @@ constexpr size_t kCatchUpUnderLock = 256;
 // A catch-up round this quick leaves a batch that applies about as fast.
 constexpr absl::Duration kQuickCatchUpRound = absl::Milliseconds(100);
 constexpr int64_t kRebuildPage = 4096;
+// How often the background thread prunes the change log.
+constexpr absl::Duration kPruneInterval = absl::Seconds(10);
 
 std::string Describe(StorePosition position) {
   return absl::StrCat("removal ", position.removal, ", chunk ", position.chunk);
@@ -41,7 +43,8 @@ Collection::Collection(DocumentStore& store, std::string name,
     : store_(store),
       name_(std::move(name)),
       options_(std::move(options)),
-      remote_(static_cast<bool>(options_.remote_embedder)) {}
+      remote_(static_cast<bool>(options_.remote_embedder)),
+      live_hold_(store.HoldRemovals(name_)) {}
 
 Collection::~Collection() {
   {
@@ -130,6 +133,8 @@ absl::Status Collection::Load() {
   const std::string& path = options_.snapshot_path;
   std::string reason;
   if (!path.empty()) {
+    // Keeps every removal while the snapshot's position is unknown.
+    DocumentStore::RemovalHold snapshot_hold = store_.HoldRemovals(name_);
     auto snapshot = ReadIndexSnapshot(path);
     if (snapshot.ok()) {
       auto index = VectorIndex::Deserialize(snapshot->index_image);
@@ -160,39 +165,54 @@ absl::Status Collection::Load() {
         }
         auto pending = Gather(DocumentStore::ReadOn::kReader,
                               snapshot->position, embedder.get(), false);
-        if (!pending.ok()) return pending.status();
-        (*index)->Remove(pending->removed);
-        if (absl::Status s = (*index)->Add(pending->ids, pending->vectors);
-            !s.ok()) {
-          return s;
+        if (absl::IsOutOfRange(pending.status())) {
+          // Pruned past it (a copy, or an older one put back).
+          reason = absl::StrCat(
+              "index snapshot ", path,
+              " is too old to replay: ", pending.status().message());
+        } else if (!pending.ok()) {
+          return pending.status();
+        } else {
+          (*index)->Remove(pending->removed);
+          if (absl::Status s = (*index)->Add(pending->ids, pending->vectors);
+              !s.ok()) {
+            return s;
+          }
+          const std::string opened = absl::StrFormat(
+              "loaded index snapshot %s (%s, %d vectors, at %s); replayed %d "
+              "removals and %d additions",
+              path, IndexKindName((*index)->kind()), (*index)->size(),
+              Describe(snapshot->position), pending->removed.size(),
+              pending->ids.size());
+          {
+            std::unique_lock lock(mu_);
+            fitted_on_ = (*index)->size();
+            built_size_ = (*index)->size();
+            index_ = *std::move(index);
+            ++index_generation_;
+            embedder_ = std::move(embedder);
+            position_ = pending->position;
+            live_hold_.MoveTo(position_.removal);
+          }
+          snapshot_hold.MoveTo(snapshot->position.removal);
+          {
+            std::lock_guard lock(snapshot_mu_);
+            snapshot_hold_ = std::move(snapshot_hold);
+          }
+          changes_since_snapshot_ = static_cast<int64_t>(
+              pending->removed.size() + pending->ids.size());
+          {
+            std::lock_guard lock(stats_mu_);
+            opened_from_ = opened;
+            snapshot_saved_ = true;
+            snapshot_position_ = snapshot->position;
+            snapshot_time_ = snapshot->written;
+            snapshot_bytes_ =
+                static_cast<int64_t>(snapshot->index_image.size());
+          }
+          Log(opened);
+          return absl::OkStatus();
         }
-        const std::string opened = absl::StrFormat(
-            "loaded index snapshot %s (%s, %d vectors, at %s); replayed %d "
-            "removals and %d additions",
-            path, IndexKindName((*index)->kind()), (*index)->size(),
-            Describe(snapshot->position), pending->removed.size(),
-            pending->ids.size());
-        {
-          std::unique_lock lock(mu_);
-          fitted_on_ = (*index)->size();
-          built_size_ = (*index)->size();
-          index_ = *std::move(index);
-          ++index_generation_;
-          embedder_ = std::move(embedder);
-          position_ = pending->position;
-        }
-        changes_since_snapshot_ =
-            static_cast<int64_t>(pending->removed.size() + pending->ids.size());
-        {
-          std::lock_guard lock(stats_mu_);
-          opened_from_ = opened;
-          snapshot_saved_ = true;
-          snapshot_position_ = snapshot->position;
-          snapshot_time_ = snapshot->written;
-          snapshot_bytes_ = static_cast<int64_t>(snapshot->index_image.size());
-        }
-        Log(opened);
-        return absl::OkStatus();
       }
     } else if (absl::IsNotFound(snapshot.status())) {
       reason = absl::StrCat("no index snapshot at ", path);
@@ -219,12 +239,15 @@ absl::Status Collection::Rebuild() {
   std::vector<StoredChunk> chunks;
   std::shared_ptr<const HashedNgramEmbedder> embedder;
   int64_t fitted_on = 0;
+  // Keeps the removals after the rebuild's position until it is done.
+  DocumentStore::RemovalHold hold = store_.HoldRemovals(name_);
   {
     // Writers go on: the chunks up to the position's last id, read after
     // it, are the ones it covers that are still there. The removals after
     // it are replayed below, and removing a chunk already gone is harmless.
     auto at = store_.Position();
     if (!at.ok()) return at.status();
+    hold.MoveTo(at->removal);
     // In pages, each its own short read: one long read would keep SQLite
     // from checkpointing its log while writers go on.
     for (int64_t after = 0;;) {
@@ -306,6 +329,7 @@ absl::Status Collection::Rebuild() {
       return s;
     }
     position = pending->position;
+    hold.MoveTo(position.removal);
     if (changes <= kCatchUpUnderLock ||
         absl::Now() - round_start <= kQuickCatchUpRound) {
       break;
@@ -327,6 +351,7 @@ absl::Status Collection::Rebuild() {
     fitted_on_ = fitted_on;
     built_size_ = index_->size();
     position_ = pending->position;
+    live_hold_.MoveTo(position_.removal);
   }
   ++rebuilds_;
   // The whole index is new: the next snapshot should not wait for changes.
@@ -387,6 +412,7 @@ absl::Status Collection::CatchUpLive(bool stored_vectors) {
       return s;
     }
     position_ = pending->position;
+    live_hold_.MoveTo(position_.removal);
     growth_due = index_->GrowthDue();
   }
   changes_since_snapshot_ +=
@@ -505,8 +531,19 @@ absl::StatusOr<int64_t> Collection::DeleteWhere(const std::string& key,
 
 absl::Status Collection::SaveSnapshot() {
   if (options_.snapshot_path.empty()) return absl::OkStatus();
+  if (absl::Status s = WriteSnapshot(); !s.ok()) return s;
+  // The removals before the new snapshot's position no longer need keeping.
+  return PruneChangeLog();
+}
+
+absl::Status Collection::PruneChangeLog() {
+  return store_.PruneChangeLog(name_).status();
+}
+
+absl::Status Collection::WriteSnapshot() {
   std::lock_guard snapshot_lock(snapshot_mu_);
   IndexSnapshot snapshot;
+  DocumentStore::RemovalHold writing = store_.HoldRemovals(name_);
   int64_t covered = 0;
   absl::Duration copy;
   {
@@ -520,6 +557,7 @@ absl::Status Collection::SaveSnapshot() {
     if (!image.ok()) return image.status();
     snapshot.index_image = *std::move(image);
     snapshot.position = position_;
+    writing.MoveTo(position_.removal);
     if (embedder_ != nullptr) snapshot.embedder_weights = embedder_->weights();
     covered = changes_since_snapshot_.exchange(0);
   }
@@ -528,6 +566,7 @@ absl::Status Collection::SaveSnapshot() {
     changes_since_snapshot_ += covered;
     return s;
   }
+  snapshot_hold_ = std::move(writing);
   std::lock_guard lock(stats_mu_);
   snapshot_saved_ = true;
   snapshot_position_ = snapshot.position;
@@ -567,6 +606,7 @@ bool Collection::Stopping() {
 
 void Collection::MaintenanceLoop() {
   absl::Time last_snapshot = absl::Now();
+  absl::Time last_prune = absl::Now();
   for (;;) {
     {
       std::unique_lock lock(maintenance_mu_);
@@ -597,6 +637,12 @@ void Collection::MaintenanceLoop() {
          absl::Now() - last_snapshot >= options_.snapshot_interval)) {
       if (absl::Status s = SaveSnapshot(); !s.ok()) Log(s.message());
       last_snapshot = absl::Now();
+    }
+    if (absl::Now() - last_prune >= kPruneInterval) {
+      if (absl::Status s = PruneChangeLog(); !s.ok()) {
+        Log(absl::StrCat("pruning the change log failed: ", s.message()));
+      }
+      last_prune = absl::Now();
     }
   }
 }

@@ -131,8 +131,16 @@ class Collection final {
   // Rebuilds the index from the store now (the background thread does this
   // by itself when it is due); writes go on meanwhile.
   absl::Status Rebuild();
-  // Writes the snapshot now (no-op without a snapshot path).
+  // Writes the snapshot now (no-op without a snapshot path), then prunes
+  // the change log.
   absl::Status SaveSnapshot();
+  // Deletes the store's change records this collection no longer needs:
+  // removals before its live index, its snapshot and any rebuild in
+  // progress (less the store's retained_changes). Done after each snapshot
+  // and every 10 s by the background thread. A collection that is not open
+  // keeps its records, so its snapshot replays at the next open; one whose
+  // records were pruned past its snapshot is rebuilt from the store.
+  absl::Status PruneChangeLog();
   [[nodiscard]] IndexStats Stats() const;
 
  private:
@@ -158,6 +166,7 @@ class Collection final {
       const HashedNgramEmbedder* embedder) const;
   // Loads the snapshot if it matches, else builds from the store.
   absl::Status Load();
+  absl::Status WriteSnapshot();
   // The index's best k (ids and scores), filters applied.
   absl::StatusOr<std::vector<Neighbor>> VectorNeighbors(
       absl::string_view query, int k,
@@ -189,11 +198,15 @@ class Collection final {
   int64_t fitted_on_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t built_size_ ABSL_GUARDED_BY(mu_) = 0;
   StorePosition position_ ABSL_GUARDED_BY(mu_);  // What the index covers.
+  // Keeps the store's removals after position_ (all of them until loaded).
+  DocumentStore::RemovalHold live_hold_ ABSL_GUARDED_BY(mu_);
   // Changes whenever index_ is replaced: a growth started on an index that
   // is gone is dropped.
   int64_t index_generation_ ABSL_GUARDED_BY(mu_) = 0;
 
   std::mutex snapshot_mu_;  // One snapshot writer at a time.
+  // Keeps the removals after the snapshot on disk, once one is.
+  DocumentStore::RemovalHold snapshot_hold_ ABSL_GUARDED_BY(snapshot_mu_);
   std::atomic<int64_t> changes_since_snapshot_{0};
   std::atomic<int64_t> rebuilds_{0};
   mutable std::mutex stats_mu_;

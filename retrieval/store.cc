@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -66,7 +67,17 @@ CREATE TABLE IF NOT EXISTS changes(
   collection TEXT NOT NULL,
   doc_id TEXT NOT NULL,
   op TEXT NOT NULL);
+-- Pruning: removal records of a collection up to `through` may be gone, so
+-- a position before it can no longer catch up.
+CREATE INDEX IF NOT EXISTS removed_chunks_by_collection
+  ON removed_chunks(collection, seq);
+CREATE TABLE IF NOT EXISTS pruned_removals(
+  collection TEXT PRIMARY KEY,
+  through INTEGER NOT NULL);
 )sql";
+
+// Rows deleted per pruning transaction: writers wait for one at most.
+constexpr int64_t kPruneBatch = 1000;
 
 bool IsName(absl::string_view name) {
   if (name.empty() || name.size() > 128) return false;
@@ -200,6 +211,24 @@ class Transaction final {
   sqlite3* db_;
   absl::Status status_;
   bool done_ = false;
+};
+
+// A read of several statements that sees one commit, on a connection
+// without a transaction of its own.
+class ReadTransaction final {
+ public:
+  explicit ReadTransaction(sqlite3* db) : db_(db), status_(Exec(db, "BEGIN")) {}
+  ~ReadTransaction() {
+    if (status_.ok()) Exec(db_, "COMMIT").IgnoreError();
+  }
+  ReadTransaction(const ReadTransaction&) = delete;
+  ReadTransaction& operator=(const ReadTransaction&) = delete;
+
+  absl::Status status() const { return status_; }
+
+ private:
+  sqlite3* db_;
+  absl::Status status_;
 };
 
 // Whether `value` is a JSON number, string, boolean or null.
@@ -337,6 +366,10 @@ absl::StatusOr<std::unique_ptr<DocumentStore>> DocumentStore::Open(
     sqlite3_close(db);
     return absl::InvalidArgumentError(
         "keyword_match_budget: must be >= 0 (0: no budget)");
+  }
+  if (options.retained_changes < 0) {
+    sqlite3_close(db);
+    return absl::InvalidArgumentError("retained_changes: must be >= 0");
   }
   auto store = std::unique_ptr<DocumentStore>(
       new DocumentStore(db, private_memory ? "" : path, options));
@@ -560,7 +593,10 @@ absl::StatusOr<int64_t> DocumentStore::ChunkCount(
 
 absl::StatusOr<int64_t> DocumentStore::LastChange() {
   ReadLease lease(*this);
-  Statement select(lease.reader(), "SELECT coalesce(max(seq), 0) FROM changes");
+  // The counter, not max(seq): pruning deletes the rows, never the count.
+  Statement select(lease.reader(),
+                   "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE "
+                   "name = 'changes'), 0)");
   return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
 }
 
@@ -648,6 +684,21 @@ absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunkPage(
 absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
     absl::string_view collection, StorePosition since, ReadOn on) {
   ReadLease lease(*this, on);
+  // The pruning mark and the removals after `since` from one commit.
+  ReadTransaction transaction(lease.db());
+  if (!transaction.status().ok()) return transaction.status();
+  {
+    Statement pruned(
+        lease.reader(),
+        "SELECT through FROM pruned_removals WHERE collection = ?");
+    pruned.Bind(1, collection);
+    if (pruned.Step() == SQLITE_ROW && since.removal < pruned.Int(0)) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "collection \"", collection, "\" keeps removals only after ",
+          pruned.Int(0), " (older ones were pruned); a position at removal ",
+          since.removal, " cannot catch up"));
+    }
+  }
   StoreChanges changes;
   Statement removed(lease.reader(),
                     "SELECT chunk_id FROM removed_chunks WHERE seq > ? AND "
@@ -665,6 +716,134 @@ absl::StatusOr<StoreChanges> DocumentStore::ChangesSince(
   added.Bind(1, since.chunk).Bind(2, collection);
   while (added.Step() == SQLITE_ROW) changes.added.push_back(ReadChunk(added));
   return changes;
+}
+
+DocumentStore::RemovalHold::RemovalHold(RemovalHold&& other) noexcept
+    : store_(std::exchange(other.store_, nullptr)), id_(other.id_) {}
+
+DocumentStore::RemovalHold& DocumentStore::RemovalHold::operator=(
+    RemovalHold&& other) noexcept {
+  if (this != &other) {
+    RemovalHold released(std::move(*this));
+    store_ = std::exchange(other.store_, nullptr);
+    id_ = other.id_;
+  }
+  return *this;
+}
+
+DocumentStore::RemovalHold::~RemovalHold() {
+  if (store_ == nullptr) return;
+  std::lock_guard lock(store_->holds_mu_);
+  store_->holds_.erase(id_);
+}
+
+void DocumentStore::RemovalHold::MoveTo(int64_t removal) const {
+  if (store_ == nullptr) return;
+  std::lock_guard lock(store_->holds_mu_);
+  int64_t& held = store_->holds_[id_].removal;
+  held = std::max(held, removal);  // Never back: what went is gone.
+}
+
+DocumentStore::RemovalHold DocumentStore::HoldRemovals(
+    absl::string_view collection) {
+  std::lock_guard lock(holds_mu_);
+  const uint64_t id = next_hold_++;
+  holds_[id] = {std::string(collection), 0};
+  return RemovalHold(this, id);
+}
+
+int64_t DocumentStore::OldestHeld(absl::string_view collection) {
+  std::lock_guard lock(holds_mu_);
+  int64_t oldest = -1;
+  for (const auto& [id, hold] : holds_) {
+    if (hold.collection != collection) continue;
+    if (oldest < 0 || hold.removal < oldest) oldest = hold.removal;
+  }
+  return oldest;
+}
+
+absl::StatusOr<DocumentStore::ChangeLogRows> DocumentStore::PruneChangeLog(
+    absl::string_view collection) {
+  ChangeLogRows pruned;
+  for (;;) {
+    std::lock_guard lock(mu_);
+    const int64_t held = OldestHeld(collection);
+    const int64_t cut = held - options_.retained_changes;
+    if (held < 0 || cut <= 0) break;
+    // The first batch of the collection's records at or below the cut.
+    int64_t through = 0;
+    {
+      Statement last(db_,
+                     "SELECT max(seq) FROM (SELECT seq FROM removed_chunks "
+                     "WHERE collection = ? AND seq <= ? ORDER BY seq LIMIT ?)");
+      last.Bind(1, collection).Bind(2, cut).Bind(3, kPruneBatch);
+      if (last.Step() == SQLITE_ROW) through = last.Int(0);
+    }
+    if (through == 0) break;
+    Transaction transaction(db_);
+    if (!transaction.status().ok()) return transaction.status();
+    Statement remove(
+        db_, "DELETE FROM removed_chunks WHERE collection = ? AND seq <= ?");
+    remove.Bind(1, collection).Bind(2, through);
+    if (absl::Status s = remove.Run(); !s.ok()) return s;
+    const int64_t deleted = sqlite3_changes(db_);
+    Statement mark(db_,
+                   "INSERT INTO pruned_removals(collection, through) VALUES "
+                   "(?, ?) ON CONFLICT(collection) DO UPDATE SET through = "
+                   "max(through, excluded.through)");
+    mark.Bind(1, collection).Bind(2, through);
+    if (absl::Status s = mark.Run(); !s.ok()) return s;
+    if (absl::Status s = transaction.Commit(); !s.ok()) return s;
+    pruned.removals += deleted;
+    if (deleted < kPruneBatch) break;
+  }
+  // Nothing reads the changes table but LastChange, which reads the counter.
+  for (;;) {
+    std::lock_guard lock(mu_);
+    int64_t cut = 0;
+    {
+      Statement ends(db_,
+                     "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE "
+                     "name = 'changes'), 0), coalesce((SELECT min(seq) FROM "
+                     "changes), 0)");
+      if (ends.Step() != SQLITE_ROW) {
+        return absl::InternalError(
+            absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+      }
+      cut = ends.Int(0) - options_.retained_changes;
+      if (ends.Int(1) == 0 || ends.Int(1) > cut) break;
+    }
+    Transaction transaction(db_);
+    if (!transaction.status().ok()) return transaction.status();
+    Statement remove(db_,
+                     "DELETE FROM changes WHERE seq IN (SELECT seq FROM "
+                     "changes WHERE seq <= ? ORDER BY seq LIMIT ?)");
+    remove.Bind(1, cut).Bind(2, kPruneBatch);
+    if (absl::Status s = remove.Run(); !s.ok()) return s;
+    const int64_t deleted = sqlite3_changes(db_);
+    if (absl::Status s = transaction.Commit(); !s.ok()) return s;
+    pruned.changes += deleted;
+    if (deleted < kPruneBatch) break;
+  }
+  return pruned;
+}
+
+absl::StatusOr<DocumentStore::ChangeLogRows> DocumentStore::ChangeLogSize(
+    absl::string_view collection) {
+  ReadLease lease(*this);
+  ChangeLogRows rows;
+  Statement removals(
+      lease.reader(),
+      "SELECT count(*) FROM removed_chunks WHERE collection = ?");
+  removals.Bind(1, collection);
+  Statement changes(lease.reader(), "SELECT count(*) FROM changes");
+  if (removals.Step() != SQLITE_ROW || changes.Step() != SQLITE_ROW) {
+    return absl::InternalError(
+        absl::StrCat("sqlite: ", sqlite3_errmsg(lease.db())));
+  }
+  rows.removals = removals.Int(0);
+  rows.changes = changes.Int(0);
+  return rows;
 }
 
 absl::StatusOr<std::vector<StoredChunk>> DocumentStore::ChunksById(

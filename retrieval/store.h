@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -95,6 +96,40 @@ class DocumentStore final {
     // Above this many matches, its commonest words (the lowest BM25 weight)
     // are left out until the rest fit. 0: always exact.
     int64_t keyword_match_budget = 20'000;
+    // PruneChangeLog keeps the removal records of this many removals behind
+    // the oldest position a hold needs, so a snapshot a little older than
+    // the last one (a copy, a backup) still replays; and the latest this
+    // many records of the `changes` table.
+    int64_t retained_changes = 1000;
+  };
+
+  // Keeps the removal records of one collection after a position from
+  // PruneChangeLog while it lives: a collection's live index, its snapshot
+  // on disk and a rebuild in progress each hold the position they must
+  // catch up from. New, it keeps them all; MoveTo(removal) lets go of those
+  // up to `removal`. Movable; a default one holds nothing.
+  class RemovalHold final {
+   public:
+    RemovalHold() = default;
+    RemovalHold(RemovalHold&& other) noexcept;
+    RemovalHold& operator=(RemovalHold&& other) noexcept;
+    ~RemovalHold();
+
+    void MoveTo(int64_t removal) const;
+
+   private:
+    friend class DocumentStore;
+    RemovalHold(DocumentStore* store, uint64_t id) : store_(store), id_(id) {}
+
+    DocumentStore* store_ = nullptr;
+    uint64_t id_ = 0;
+  };
+
+  // Records of the change log: a collection's removals, the store's
+  // changes.
+  struct ChangeLogRows {
+    int64_t removals = 0;
+    int64_t changes = 0;
   };
 
   // Opens or creates the database at `path` (":memory:" for a private one).
@@ -142,11 +177,25 @@ class DocumentStore final {
 
   // The current position, and what changed in a collection since one.
   // Callers that need the two consistent hold off the collection's writers.
+  // OUT_OF_RANGE when removals after `since` were pruned (a position no
+  // hold kept): only a rebuild from the store catches up from there.
   [[nodiscard]] absl::StatusOr<StorePosition> Position(
       ReadOn on = ReadOn::kReader);
   [[nodiscard]] absl::StatusOr<StoreChanges> ChangesSince(
       absl::string_view collection, StorePosition since,
       ReadOn on = ReadOn::kReader);
+
+  [[nodiscard]] RemovalHold HoldRemovals(absl::string_view collection);
+  // Deletes the collection's removal records that no hold needs (all but
+  // those after its oldest hold, less retained_changes) and the store's
+  // `changes` records but the latest retained_changes, in transactions of
+  // at most 1000 rows that let writers in between; returns how many went.
+  // A collection without a hold keeps everything: a snapshot on disk may
+  // need it.
+  absl::StatusOr<ChangeLogRows> PruneChangeLog(absl::string_view collection);
+  // How many records the change log holds.
+  [[nodiscard]] absl::StatusOr<ChangeLogRows> ChangeLogSize(
+      absl::string_view collection);
 
   // Every chunk of the collection, or of one document, in id order.
   [[nodiscard]] absl::StatusOr<std::vector<StoredChunk>> Chunks(
@@ -208,6 +257,16 @@ class DocumentStore final {
   int open_readers_ = 0;
   std::mutex counts_mu_;
   absl::flat_hash_map<std::string, CachedCount> term_counts_;
+
+  struct Hold {
+    std::string collection;
+    int64_t removal = 0;
+  };
+  // The oldest removal a hold of the collection needs kept, or -1 if none.
+  int64_t OldestHeld(absl::string_view collection);
+  std::mutex holds_mu_;  // Taken under mu_ by pruning, never the reverse.
+  absl::flat_hash_map<uint64_t, Hold> holds_ ABSL_GUARDED_BY(holds_mu_);
+  uint64_t next_hold_ ABSL_GUARDED_BY(holds_mu_) = 1;
 };
 
 // Reciprocal rank fusion: each list votes 1 / (k + rank) for its items

@@ -661,7 +661,7 @@ TEST(ConfigTest, ZeroMeansZeroWhereZeroMeansSomething) {
       "          snapshot_every_changes: 0, pq_refine_factor: 0}\n"
       "  embedding_server: {url: \"http://127.0.0.1:8080/v1\", model: e,\n"
       "                     max_retries: 0}\n"
-      "server: {decision_log_capacity: 0}\n"
+      "server: {decision_log_max_mb: 0}\n"
       "statistics: {prior_strength: 0}\n"
       "task_policies: {billing: {contextual: {min_feedback: 0, "
       "prior_weight: 0}}}\n");
@@ -676,7 +676,7 @@ TEST(ConfigTest, ZeroMeansZeroWhereZeroMeansSomething) {
   EXPECT_EQ(retrieval.index().snapshot_every_changes(), 0);
   EXPECT_EQ(retrieval.index().pq_refine_factor(), 0);
   EXPECT_EQ(retrieval.embedding_server().max_retries(), 0);
-  EXPECT_EQ(config.server().decision_log_capacity(), 0);
+  EXPECT_EQ(config.server().decision_log_max_mb(), 0);
   EXPECT_EQ(config.statistics().prior_strength(), 0);
   const auto& contextual = config.task_policies().at("billing").contextual();
   EXPECT_EQ(contextual.min_feedback(), 0);
@@ -854,6 +854,26 @@ TEST(ConfigTest, WorkerPoolSizesAreDefaultedAndValidated) {
       ::testing::AllOf(
           Contains("server.retrieval_threads: must be in [1, 256], got 0"),
           Contains("server.ingest_queue: must be in [0, 1000000], got -1")));
+}
+
+TEST(ConfigTest, DecisionLogIsBoundedByBytes) {
+  auto defaults = ParseConfigYaml(kValid);
+  ASSERT_TRUE(defaults.ok());
+  ApplyConfigDefaults(*defaults);
+  EXPECT_EQ(defaults->server().decision_log_max_mb(), 64);
+  // Zero means no log, not the default.
+  auto none = ParseConfigYaml(std::string(kValid) +
+                              "server: {decision_log_max_mb: 0}\n");
+  ASSERT_TRUE(none.ok());
+  ApplyConfigDefaults(*none);
+  EXPECT_EQ(none->server().decision_log_max_mb(), 0);
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) + "server: {decision_log_max_mb: -1}\n"),
+      Contains("server.decision_log_max_mb: must be in [0, 65536]"));
+  EXPECT_THAT(
+      ErrorsOf(std::string(kValid) +
+               "server: {decision_log_capacity: 1000000}\n"),
+      Contains(HasSubstr("server.decision_log_capacity: is no longer read")));
 }
 
 }  // namespace

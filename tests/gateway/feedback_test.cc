@@ -1,0 +1,101 @@
+// Feedback through a gateway built in-process from the quickstart config
+// (its sim backend answers without a network).
+
+#include <future>
+#include <memory>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "gateway/config.h"
+#include "gateway/gateway.h"
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+
+namespace arbiter {
+namespace {
+
+class FeedbackTest : public ::testing::Test {
+ protected:
+  void Start(int decision_log_max_mb) {
+    auto loaded = LoadEmbeddedConfig();
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    loaded->config.mutable_server()->set_decision_log_max_mb(
+        decision_log_max_mb);
+    auto gateway = Gateway::Create(*std::move(loaded), registry_);
+    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    gateway_ = *std::move(gateway);
+  }
+
+  // The id of a request answered by the prompted route on task faq.
+  std::string Serve() {
+    v1::InferRequest request;
+    v1::ChatMessage* message = request.add_messages();
+    message->set_role(v1::ROLE_USER);
+    message->set_content("How do I reset my password?");
+    request.set_route("prompted");
+    request.set_task("faq");
+    v1::InferResponse response;
+    std::promise<absl::Status> done;
+    gateway_->Infer(request, absl::Now() + absl::Seconds(30), &response,
+                    [&](absl::Status status) { done.set_value(status); });
+    const absl::Status status = done.get_future().get();
+    EXPECT_TRUE(status.ok()) << status;
+    return response.request_id();
+  }
+
+  absl::StatusOr<v1::FeedbackResponse> Feedback(const std::string& id) {
+    v1::FeedbackRequest request;
+    request.set_request_id(id);
+    request.set_correct(true);
+    return gateway_->Feedback(request);
+  }
+
+  // Judged answers of (prompted, faq) once the statistics show `want`.
+  int64_t FeedbackCount(int64_t want) {
+    int64_t count = -1;
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (absl::Now() < deadline) {
+      auto stats = gateway_->GetRouteStats({});
+      if (!stats.ok()) return -1;
+      for (const v1::RouteTaskStats& cell : stats->stats()) {
+        if (cell.route() == "prompted" && cell.task() == "faq") {
+          count = cell.feedback_count();
+        }
+      }
+      if (count == want) break;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return count;
+  }
+
+  prometheus::Registry registry_;
+  std::unique_ptr<Gateway> gateway_;
+};
+
+TEST_F(FeedbackTest, SecondFeedbackIsRefusedWhileTheLogHoldsTheRequest) {
+  Start(64);
+  const std::string id = Serve();
+  auto first = Feedback(id);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->route(), "prompted");
+  EXPECT_EQ(first->task(), "faq");
+  EXPECT_EQ(Feedback(id).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(FeedbackCount(1), 1);
+}
+
+// What happens to a request the log has forgotten (or another replica
+// served): the id alone says where the credit goes.
+TEST_F(FeedbackTest, FeedbackIsCreditedFromTheIdWhenTheLogHoldsNothing) {
+  Start(0);
+  const std::string id = Serve();
+  for (int i = 0; i < 2; ++i) {
+    auto feedback = Feedback(id);
+    ASSERT_TRUE(feedback.ok()) << feedback.status();
+    EXPECT_EQ(feedback->route(), "prompted");
+    EXPECT_EQ(feedback->task(), "faq");
+  }
+  EXPECT_EQ(FeedbackCount(2), 2);
+}
+
+}  // namespace
+}  // namespace arbiter
