@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "gateway/backends/openai_backend.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "retrieval/vector_index.h"
@@ -24,6 +25,8 @@ namespace {
 using nlohmann::json;
 
 constexpr char kEmbeddedConfigPath[] = "arbiter.yaml";
+// backends[].openai.max_response_bytes: one answer held in memory at most.
+constexpr int64_t kMaxResponseBytesLimit = int64_t{1} << 30;
 
 // Plain YAML scalars become JSON numbers, booleans or null when they look
 // like one; quoted scalars stay strings.
@@ -181,6 +184,15 @@ class Validator {
                       path + ".openai.timeout_seconds");
           NonNegative(openai.max_connections(),
                       path + ".openai.max_connections");
+          if (openai.has_max_response_bytes() &&
+              (openai.max_response_bytes() < 1 ||
+               openai.max_response_bytes() > kMaxResponseBytesLimit)) {
+            Error(path + ".openai.max_response_bytes", "must be in [1, ",
+                  kMaxResponseBytesLimit, "], got ",
+                  openai.max_response_bytes());
+          }
+          NonNegative(openai.max_queued_requests(),
+                      path + ".openai.max_queued_requests");
           break;
         }
         case v1::Backend::kSim: {
@@ -635,6 +647,13 @@ void ApplyConfigDefaults(v1::Config& config) {
       v1::OpenAIBackend& openai = *backend.mutable_openai();
       if (openai.timeout_seconds() == 0) openai.set_timeout_seconds(30);
       if (openai.max_connections() == 0) openai.set_max_connections(64);
+      if (!openai.has_max_response_bytes()) {
+        openai.set_max_response_bytes(OpenAIBackend::kDefaultMaxResponseBytes);
+      }
+      if (!openai.has_max_queued_requests()) {
+        openai.set_max_queued_requests(
+            OpenAIBackend::kDefaultMaxQueuedRequests);
+      }
     }
   }
   for (v1::Route& route : *config.mutable_routes()) {
