@@ -88,8 +88,9 @@ template <typename T>
 }
 
 // Something that generates text. Complete never blocks its caller: the
-// callback runs later on the backend's own event thread (never inline), with
-// UNAVAILABLE or DEADLINE_EXCEEDED naming the backend when it fails.
+// callback runs exactly once, later, on the backend's own event thread (never
+// inline), with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (too
+// many requests already waiting) naming the backend when it fails.
 // Implementations are thread-safe.
 class Backend {
  public:

@@ -1,6 +1,9 @@
 #include "gateway/backends/openai_backend.h"
 
 #include <curl/curl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -53,8 +56,11 @@ namespace {
 constexpr int64_t kMaxTokenCount = 1'000'000'000;
 // curl's own timeout comes this long after the loop's deadline.
 constexpr absl::Duration kCurlTimeoutSlack = absl::Milliseconds(10);
+// A queue that held this many requests returns its memory once drained.
+constexpr size_t kTrimAfterWaiting = 256;
+constexpr absl::Duration kMinTrimInterval = absl::Seconds(10);
 // Log lines per backend per second; the rest are counted and summed up.
-constexpr int kLogLinesPerSecond = 20;
+constexpr int kLogLinesPerSecond = 10;
 
 size_t AppendBody(char* data, size_t size, size_t count, void* user) {
   auto* transfer = static_cast<OpenAIBackend::Transfer*>(user);
@@ -235,6 +241,7 @@ OpenAIBackend::~OpenAIBackend() {
   }
   curl_multi_wakeup(multi_);
   thread_.join();
+  if (trimmer_.joinable()) trimmer_.join();
   curl_multi_cleanup(multi_);
 }
 
@@ -280,6 +287,7 @@ void OpenAIBackend::Loop() {
     const absl::Time now = absl::Now();
     if (now >= next_deadline_) ExpireOverdue(now);
     StartWaiting();
+    ReleaseMemoryIfDrained(now);
     int still_running = 0;
     curl_multi_perform(multi_, &still_running);
     // A finished transfer frees a connection that a waiting one can take at
@@ -296,6 +304,28 @@ void OpenAIBackend::Loop() {
   // Nothing accepted is dropped silently: what is left fails clearly.
   FailAll(absl::UnavailableError(
       absl::StrCat("backend \"", name_, "\": gateway shutting down")));
+}
+
+void OpenAIBackend::ReleaseMemoryIfDrained(absl::Time now) {
+  most_waiting_ = std::max(most_waiting_, waiting_.size());
+  if (!waiting_.empty() || most_waiting_ < kTrimAfterWaiting ||
+      now - last_trim_ < kMinTrimInterval || trimming_.load()) {
+    return;
+  }
+  most_waiting_ = 0;
+  last_trim_ = now;
+#ifdef __GLIBC__
+  // Requests that waited were allocated on gRPC's threads and freed here;
+  // glibc keeps such memory in its arenas unless asked to return it, so a
+  // burst of overload would hold its peak RSS for good. Trimming a
+  // fragmented heap takes up to a few hundred milliseconds: not on the loop.
+  if (trimmer_.joinable()) trimmer_.join();
+  trimming_ = true;
+  trimmer_ = std::thread([this] {
+    malloc_trim(0);
+    trimming_ = false;
+  });
+#endif
 }
 
 bool OpenAIBackend::TakeIncoming() {
@@ -345,7 +375,9 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
     Fail(*transfer, BackendError::kTimeout,
          timed_out(*transfer,
                    waited >= absl::Milliseconds(1)
-                       ? absl::StrCat(" (", absl::FormatDuration(waited),
+                       ? absl::StrCat(" (",
+                                      absl::FormatDuration(absl::Trunc(
+                                          waited, absl::Milliseconds(100))),
                                       " of it before a connection was free)")
                        : ""));
     return true;

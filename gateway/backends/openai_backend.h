@@ -70,6 +70,8 @@ class OpenAIBackend final : public Backend {
   void ExpireOverdue(absl::Time now);
   // Puts waiting requests on the wire while connections are free.
   void StartWaiting();
+  // After a long queue has drained, gives freed memory back to the system.
+  void ReleaseMemoryIfDrained(absl::Time now);
   // False if curl could not take it.
   bool Start(Transfer& transfer);
   // Answers the transfers curl has finished; false if none.
@@ -110,6 +112,10 @@ class OpenAIBackend final : public Backend {
   std::deque<std::unique_ptr<Transfer>> waiting_;
   std::vector<std::unique_ptr<Transfer>> active_;  // On the wire.
   absl::Time next_deadline_ = absl::InfiniteFuture();
+  size_t most_waiting_ = 0;  // Since the last trim.
+  absl::Time last_trim_ = absl::InfinitePast();
+  std::thread trimmer_;  // Returns freed memory to the system, off the loop.
+  std::atomic<bool> trimming_{false};
 
   std::mutex log_mu_;
   absl::Time log_window_ ABSL_GUARDED_BY(log_mu_);
