@@ -47,6 +47,8 @@ constexpr size_t kMaxListedErrors = 100;
 // No schema nests this deep; an alias loop would.
 constexpr int kMaxDepth = 64;
 constexpr int kDefaultChunkTokens = 200;
+// backends[].openai.max_response_bytes: one answer held in memory at most.
+constexpr int64_t kMaxResponseBytesLimit = int64_t{1} << 30;
 
 // Optimal string alignment distance: edits, with a swap of neighbours as
 // one, so "modle" is one step from "model".
@@ -620,6 +622,17 @@ class Validator {
                     path + ".openai.max_connections");
           }
           KeyIsSet(openai.api_key_env(), path + ".openai.api_key_env");
+          if (openai.has_max_response_bytes() &&
+              (openai.max_response_bytes() < 1 ||
+               openai.max_response_bytes() > kMaxResponseBytesLimit)) {
+            Error(path + ".openai.max_response_bytes", "must be in [1, ",
+                  kMaxResponseBytesLimit, "], got ",
+                  openai.max_response_bytes());
+          }
+          if (openai.has_max_queued_requests()) {
+            AtLeast(openai.max_queued_requests(), 0,
+                    path + ".openai.max_queued_requests");
+          }
           break;
         }
         case v1::Backend::kSim: {
@@ -1104,6 +1117,15 @@ void ApplyIndexDefaults(v1::IndexSettings& index) {
 
 }  // namespace
 
+void ApplyOpenAIBackendDefaults(v1::OpenAIBackend& openai) {
+  if (!openai.has_timeout_seconds()) openai.set_timeout_seconds(30);
+  if (!openai.has_max_connections()) openai.set_max_connections(64);
+  if (!openai.has_max_response_bytes()) {
+    openai.set_max_response_bytes(int64_t{8} << 20);
+  }
+  if (!openai.has_max_queued_requests()) openai.set_max_queued_requests(1024);
+}
+
 void ApplyConfigDefaults(v1::Config& config) {
   v1::Server& server = *config.mutable_server();
   if (server.grpc_listen().empty()) server.set_grpc_listen("127.0.0.1:50051");
@@ -1124,9 +1146,7 @@ void ApplyConfigDefaults(v1::Config& config) {
   }
   for (v1::Backend& backend : *config.mutable_backends()) {
     if (backend.has_openai()) {
-      v1::OpenAIBackend& openai = *backend.mutable_openai();
-      if (!openai.has_timeout_seconds()) openai.set_timeout_seconds(30);
-      if (!openai.has_max_connections()) openai.set_max_connections(64);
+      ApplyOpenAIBackendDefaults(*backend.mutable_openai());
     }
   }
   for (v1::Route& route : *config.mutable_routes()) {

@@ -41,6 +41,8 @@ struct LoadedConfig {
 // Fills in the documented defaults of unset fields: the one place defaults
 // live. Everything that reads a config reads it after this, as it is.
 void ApplyConfigDefaults(v1::Config& config);
+// The part of it for one openai backend, for code that builds one alone.
+void ApplyOpenAIBackendDefaults(v1::OpenAIBackend& openai);
 
 // What a config points at, checked without creating or writing anything:
 // the corpus folder (readable, holding .md or .txt files), every sim

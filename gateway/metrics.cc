@@ -134,6 +134,24 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
     }
     experiment_arms_.push_back(std::move(arms));
   }
+  auto& backend_errors =
+      BuildCounter()
+          .Name("arbiter_backend_errors_total")
+          .Help(
+              "Failed calls to an openai backend, by reason (malformed, "
+              "too_large, http_3xx, http_4xx, http_5xx, http_other, connect, "
+              "transport, timeout, queue_full, internal).")
+          .Register(registry);
+  for (const v1::Backend& backend : config.backends()) {
+    if (!backend.has_openai()) continue;
+    auto& counters = backend_errors_[backend.name()];
+    for (int i = 0; i < kBackendErrorCount; ++i) {
+      counters[i] = &backend_errors.Add(
+          {{"backend", backend.name()},
+           {"reason",
+            std::string(BackendErrorName(static_cast<BackendError>(i)))}});
+    }
+  }
   retrieval_duration_ =
       &BuildHistogram()
            .Name("arbiter_retrieval_duration_seconds")
@@ -220,6 +238,13 @@ void Metrics::RecordCompletion(int route, int task, int64_t input_tokens,
   cell.cost_retrieval->Increment(cost.retrieval_usd);
   cell.cost_embedding->Increment(cost.embedding_usd);
   cell.duration->Observe(latency_seconds);
+}
+
+void Metrics::RecordBackendError(absl::string_view backend,
+                                 BackendError reason) {
+  auto it = backend_errors_.find(backend);
+  if (it == backend_errors_.end()) return;
+  it->second[static_cast<int>(reason)]->Increment();
 }
 
 void Metrics::RegisterEconomics(prometheus::Registry& registry,

@@ -1,12 +1,15 @@
 #pragma once
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "arbiter/v1/config.pb.h"
+#include "gateway/backends/backend.h"
 #include "policy/economics.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -42,6 +45,8 @@ class Metrics final {
                      double latency_seconds);
   // A request refused before any route was tried; code is the gRPC code name.
   void RecordRejected(absl::string_view code);
+  // A failed call to an openai backend of the config, by reason.
+  void RecordBackendError(absl::string_view backend, BackendError reason);
   // score in [0, 1]; binary feedback is 1 or 0.
   void RecordFeedback(int route, int task, double score, bool graded);
   void RecordRetrieval(double seconds);
@@ -110,6 +115,10 @@ class Metrics final {
     prometheus::Counter* score;
   };
   std::vector<std::vector<ArmCounters>> experiment_arms_;
+  // Per openai backend, one counter per reason. Constant after construction.
+  absl::flat_hash_map<std::string,
+                      std::array<prometheus::Counter*, kBackendErrorCount>>
+      backend_errors_;
   prometheus::Histogram* retrieval_duration_;
   prometheus::Gauge* corpus_documents_;
   prometheus::Gauge* corpus_chunks_;

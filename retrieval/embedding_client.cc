@@ -16,6 +16,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/json.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace arbiter::retrieval {
@@ -36,10 +38,10 @@ void InitCurlOnce() {
   (void)initialized;
 }
 
-// The start of a body, on one line, for an error message.
+// The start of a body, on one line and valid UTF-8, for an error message.
 std::string Snippet(absl::string_view text) {
   text = absl::StripAsciiWhitespace(text);
-  std::string snippet(text.substr(0, kSnippetChars));
+  std::string snippet = RepairUtf8(TruncateUtf8(text, kSnippetChars));
   std::replace_if(
       snippet.begin(), snippet.end(),
       [](char c) { return c == '\n' || c == '\r'; }, ' ');
@@ -58,11 +60,24 @@ struct HttpResult {
   long status = 0;
   std::string body;
   std::optional<absl::Duration> retry_after;
+  size_t max_body = 0;
+  bool too_large = false;  // The body hit max_body and the transfer stopped.
 };
 
 size_t OnBody(char* data, size_t size, size_t count, void* user) {
-  static_cast<HttpResult*>(user)->body.append(data, size * count);
-  return size * count;
+  auto* result = static_cast<HttpResult*>(user);
+  const size_t n = size * count;
+  // Returning less than n makes curl abort the transfer.
+  if (result->body.size() + n > result->max_body) {
+    result->too_large = true;
+    return 0;
+  }
+  try {
+    result->body.append(data, n);
+  } catch (...) {  // Nothing may unwind through curl's C frames.
+    return 0;
+  }
+  return n;
 }
 
 size_t OnHeader(char* data, size_t size, size_t count, void* user) {
@@ -91,6 +106,7 @@ long Milliseconds(absl::Duration d) {
 HttpResult Post(CURL* handle, const EmbeddingServerOptions& options,
                 const std::string& endpoint, const std::string& body) {
   HttpResult result;
+  result.max_body = static_cast<size_t>(options.max_response_bytes);
   if (handle == nullptr) {
     result.curl_code = CURLE_FAILED_INIT;
     result.curl_error = "could not create a curl handle";
@@ -114,6 +130,9 @@ HttpResult Post(CURL* handle, const EmbeddingServerOptions& options,
                    static_cast<curl_off_t>(body.size()));
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, OnBody);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &result);
+  // An announced length over the cap fails before the body arrives.
+  curl_easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE,
+                   static_cast<curl_off_t>(options.max_response_bytes));
   curl_easy_setopt(handle, CURLOPT_HEADERFUNCTION, OnHeader);
   curl_easy_setopt(handle, CURLOPT_HEADERDATA, &result);
   curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, error);
@@ -196,65 +215,87 @@ std::string RequestBody(const std::string& model,
   body["input"] = nlohmann::json::array();
   for (const std::string& text : texts) body["input"].push_back(text);
   body["encoding_format"] = "float";
-  // Invalid UTF-8 would make dump() throw; the server gets U+FFFD instead.
-  return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // Invalid UTF-8 becomes U+FFFD instead of throwing.
+  return json::Dump(body);
 }
 
+// A parse error without the bytes it stopped at, which the server sent.
+std::string WithoutUpstreamText(absl::string_view message) {
+  if (size_t at = message.find("; last read"); at != message.npos) {
+    message = message.substr(0, at);
+  }
+  return std::string(message);
+}
+
+// Every field is read through json::View: a wrong one is an error naming
+// its path ("data[1].embedding[3]: expected a number, got a string").
 absl::StatusOr<Embeddings> ParseResponse(absl::string_view endpoint,
-                                         const std::string& text, size_t n,
+                                         absl::string_view text, size_t n,
                                          size_t offset, int dim) {
   auto malformed = [&](absl::string_view what) {
-    return absl::InternalError(absl::StrCat("embedding server ", endpoint,
-                                            " returned malformed JSON: ", what,
-                                            ": ", Snippet(text)));
+    return absl::InternalError(absl::StrCat(
+        "embedding server ", endpoint, " returned malformed JSON: ", what));
   };
-  nlohmann::json json = nlohmann::json::parse(text, nullptr, false);
-  if (json.is_discarded()) return malformed("not JSON");
-  if (!json.is_object()) return malformed("not an object");
-  auto data = json.find("data");
-  if (data == json.end() || !data->is_array()) {
-    return malformed("no \"data\" array");
+  // Strings the client does not read ("model", "object") must not fail the
+  // parse for a stray byte.
+  std::string repaired;
+  if (!IsValidUtf8(text)) {
+    repaired = RepairUtf8(text);
+    text = repaired;
   }
-  if (data->size() != n) {
-    return malformed(absl::StrCat(
-        "expected ", n, " embeddings in \"data\", got ", data->size()));
+  auto document = json::Parse(text);
+  if (!document.ok()) {
+    return malformed(WithoutUpstreamText(document.status().message()));
+  }
+  const json::View root(*document);
+  if (absl::Status status = root.RequireObject(); !status.ok()) {
+    return malformed(status.message());
+  }
+  const json::View data = root["data"];
+  if (absl::Status status = data.RequireArray(); !status.ok()) {
+    return malformed(status.message());
+  }
+  if (data.size() != n) {
+    return malformed(
+        absl::StrCat("data: expected ", n, " embeddings, got ", data.size()));
   }
   Embeddings result;
   result.vectors.resize(n);
   std::vector<bool> seen(n, false);
   for (size_t i = 0; i < n; ++i) {
-    const nlohmann::json& item = (*data)[i];
-    if (!item.is_object()) return malformed("a \"data\" item is not an object");
+    const json::View item = data[i];
+    if (absl::Status status = item.RequireObject(); !status.ok()) {
+      return malformed(status.message());
+    }
     // Servers may answer out of order; "index" says which input it is.
     size_t index = i;
-    if (auto it = item.find("index"); it != item.end()) {
-      if (!it->is_number_integer() || it->get<int64_t>() < 0 ||
-          it->get<int64_t>() >= static_cast<int64_t>(n)) {
-        return malformed(absl::StrCat("\"index\" out of range in data[", i,
-                                      "] (batch of ", n, ")"));
+    auto given = item["index"].OptionalInt();
+    if (!given.ok()) return malformed(given.status().message());
+    if (given->has_value()) {
+      if (**given < 0 || **given >= static_cast<int64_t>(n)) {
+        return malformed(absl::StrCat(item["index"].path(), ": ", **given,
+                                      " is out of range for a batch of ", n));
       }
-      index = static_cast<size_t>(it->get<int64_t>());
+      index = static_cast<size_t>(**given);
     }
     if (seen[index]) {
-      return malformed(absl::StrCat("index ", index, " appears twice"));
+      return malformed(absl::StrCat(item["index"].path(), ": index ", index,
+                                    " appears twice"));
     }
     seen[index] = true;
-    auto embedding = item.find("embedding");
-    if (embedding == item.end()) {
-      return malformed(absl::StrCat("no \"embedding\" in data[", i, "]"));
+    const json::View embedding = item["embedding"];
+    if (embedding.exists() && embedding.get()->is_string()) {
+      return malformed(absl::StrCat(
+          embedding.path(),
+          ": a string (base64?) although encoding_format \"float\" was "
+          "requested"));
     }
-    if (embedding->is_string()) {
-      return malformed(
-          "\"embedding\" is a string (base64?) although encoding_format "
-          "\"float\" was requested");
+    if (absl::Status status = embedding.RequireArray(); !status.ok()) {
+      return malformed(status.message());
     }
-    if (!embedding->is_array()) {
-      return malformed(
-          absl::StrCat("\"embedding\" in data[", i, "] is not an array"));
-    }
-    if (embedding->size() != static_cast<size_t>(dim)) {
+    if (embedding.size() != static_cast<size_t>(dim)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "embedding server ", endpoint, " returned ", embedding->size(),
+          "embedding server ", endpoint, " returned ", embedding.size(),
           "-dim vectors; the collection expects ", dim,
           " (embedding_server.dim)"));
     }
@@ -262,10 +303,13 @@ absl::StatusOr<Embeddings> ParseResponse(absl::string_view endpoint,
     std::vector<float>& vector = result.vectors[index];
     vector.reserve(dim);
     double norm = 0;
-    for (const nlohmann::json& value : *embedding) {
+    // The elements directly: a View per number would cost a path string.
+    size_t j = 0;
+    for (const nlohmann::json& value : *embedding.get()) {
       if (!value.is_number()) {
-        return malformed(absl::StrCat("a non-number in the embedding of texts[",
-                                      input, "]"));
+        return malformed(absl::StrCat(embedding.path(), "[", j,
+                                      "]: expected a number, got ",
+                                      json::TypeName(value)));
       }
       const float x = static_cast<float>(value.get<double>());
       if (!std::isfinite(x)) {
@@ -277,6 +321,7 @@ absl::StatusOr<Embeddings> ParseResponse(absl::string_view endpoint,
       }
       vector.push_back(x);
       norm += static_cast<double>(x) * x;
+      ++j;
     }
     if (norm == 0) {
       return absl::InternalError(absl::StrCat("embedding server ", endpoint,
@@ -288,15 +333,22 @@ absl::StatusOr<Embeddings> ParseResponse(absl::string_view endpoint,
     const double scale = 1.0 / std::sqrt(norm);
     for (float& x : vector) x = static_cast<float>(x * scale);
   }
-  if (auto usage = json.find("usage");
-      usage != json.end() && usage->is_object()) {
+  // Usage is optional; when given it must be a count.
+  const json::View usage = root["usage"];
+  if (!usage.is_null()) {
+    if (absl::Status status = usage.RequireObject(); !status.ok()) {
+      return malformed(status.message());
+    }
     for (const char* field : {"prompt_tokens", "total_tokens"}) {
-      auto tokens = usage->find(field);
-      if (tokens != usage->end() && tokens->is_number_integer() &&
-          tokens->get<int64_t>() >= 0) {
-        result.tokens = tokens->get<int64_t>();
-        break;
+      auto tokens = usage[field].OptionalInt();
+      if (!tokens.ok()) return malformed(tokens.status().message());
+      if (!tokens->has_value()) continue;
+      if (**tokens < 0) {
+        return malformed(absl::StrCat(usage[field].path(),
+                                      ": must be >= 0, got ", **tokens));
       }
+      result.tokens = **tokens;
+      break;
     }
   }
   return result;
@@ -346,6 +398,9 @@ absl::StatusOr<std::unique_ptr<EmbeddingClient>> EmbeddingClient::Create(
   }
   if (options.backoff < absl::ZeroDuration()) {
     return Invalid("backoff", "must be >= 0");
+  }
+  if (options.max_response_bytes < 1) {
+    return Invalid("max_response_bytes", "must be >= 1");
   }
   // A line break would let the key inject headers.
   if (absl::StrContains(options.api_key, '\r') ||
@@ -415,6 +470,14 @@ absl::StatusOr<Embeddings> EmbeddingClient::EmbedBatch(
     absl::StatusCode code;
     std::string what;
     std::string detail;
+    if (result.too_large || result.curl_code == CURLE_FILESIZE_EXCEEDED) {
+      // The same batch would be as large again: not retried.
+      return absl::UnavailableError(absl::StrCat(
+          "embedding server ", endpoint_,
+          ": response larger than embedding_server.max_response_bytes (",
+          options_.max_response_bytes,
+          " bytes); lower embedding_server.batch_size"));
+    }
     if (result.curl_code != CURLE_OK) {
       if (!IsTransient(result.curl_code)) {
         return absl::UnavailableError(absl::StrCat(

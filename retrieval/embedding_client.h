@@ -35,6 +35,9 @@ struct EmbeddingServerOptions {
   int max_retries = 3;
   // Doubles each retry, with jitter.
   absl::Duration backoff = absl::Milliseconds(100);
+  // A larger answer is cut off and the batch fails (not retried): 64 MiB
+  // holds 64 vectors of 8192 floats with room to spare.
+  int64_t max_response_bytes = int64_t{64} << 20;
 };
 
 struct Embeddings {
@@ -71,7 +74,9 @@ class EmbeddingClient final {
   // Blocks until every batch is embedded or one fails; the whole call fails
   // then. An empty list returns empty Embeddings without a request; an empty
   // text is INVALID_ARGUMENT ("texts[3]: empty text"). A server answering
-  // with vectors of another dimension is FAILED_PRECONDITION.
+  // with vectors of another dimension is FAILED_PRECONDITION; a malformed
+  // answer is INTERNAL naming the field ("data[1].embedding[3]: expected a
+  // number, got a string"); one over max_response_bytes is UNAVAILABLE.
   [[nodiscard]] absl::StatusOr<Embeddings> Embed(
       absl::Span<const std::string> texts) const;
 

@@ -13,4 +13,32 @@ int64_t CountPromptTokens(const std::vector<BackendMessage>& messages) {
   return tokens;
 }
 
+absl::string_view BackendErrorName(BackendError error) {
+  switch (error) {
+    case BackendError::kMalformed:
+      return "malformed";
+    case BackendError::kTooLarge:
+      return "too_large";
+    case BackendError::kHttp3xx:
+      return "http_3xx";
+    case BackendError::kHttp4xx:
+      return "http_4xx";
+    case BackendError::kHttp5xx:
+      return "http_5xx";
+    case BackendError::kHttpOther:
+      return "http_other";
+    case BackendError::kConnect:
+      return "connect";
+    case BackendError::kTransport:
+      return "transport";
+    case BackendError::kTimeout:
+      return "timeout";
+    case BackendError::kQueueFull:
+      return "queue_full";
+    case BackendError::kInternal:
+      return "internal";
+  }
+  return "internal";
+}
+
 }  // namespace arbiter

@@ -2,10 +2,14 @@
 
 #include <httplib.h>
 
+#include <exception>
+#include <optional>
+
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/json.h"
 #include "nlohmann/json.hpp"
 #include "retrieval/embedder.h"
 #include "retrieval/tokenizer.h"
@@ -13,61 +17,84 @@
 namespace arbiter::sim {
 namespace {
 
+using ::arbiter::json::Dump;
+using ::arbiter::json::View;
 using nlohmann::json;
 
 // Simulated generation sleeps, so the pool bounds concurrent answers.
 constexpr size_t kWorkerThreads = 256;
+// Larger request bodies get 413 before they are read into memory.
+constexpr size_t kMaxRequestBytes = 8 << 20;
+constexpr int64_t kMaxTokensLimit = 1'000'000;
+constexpr int64_t kMaxDimensions = 8192;
 
 void SendError(httplib::Response& response, int status, absl::string_view type,
                absl::string_view message) {
   response.status = status;
   response.set_content(
-      json{{"error", {{"type", type}, {"message", message}}}}.dump(),
+      Dump(json{{"error", {{"type", type}, {"message", message}}}}),
       "application/json");
+}
+
+void BadRequest(httplib::Response& response, absl::string_view message) {
+  SendError(response, 400, "invalid_request_error", message);
+}
+
+// The request's JSON object, or a 400 already sent.
+std::optional<json> ParseBody(const httplib::Request& request,
+                              httplib::Response& response) {
+  auto body = arbiter::json::Parse(request.body);
+  if (!body.ok()) {
+    BadRequest(response,
+               absl::StrCat("body: not JSON: ", body.status().message()));
+    return std::nullopt;
+  }
+  if (!body->is_object()) {
+    BadRequest(response, absl::StrCat("body: expected an object, got ",
+                                      arbiter::json::TypeName(*body)));
+    return std::nullopt;
+  }
+  return *std::move(body);
 }
 
 void HandleChat(const Simulator& simulator, const httplib::Request& request,
                 httplib::Response& response) {
-  json body = json::parse(request.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
-    SendError(response, 400, "invalid_request_error", "body: not JSON");
-    return;
+  std::optional<json> body = ParseBody(request, response);
+  if (!body.has_value()) return;
+  const View root(*body);
+  auto stream = root["stream"].OptionalBool();
+  if (!stream.ok()) return BadRequest(response, stream.status().message());
+  if (stream->value_or(false)) {
+    return BadRequest(response,
+                      "stream: this simulator answers without streaming");
   }
-  if (body.value("stream", false)) {
-    SendError(response, 400, "invalid_request_error",
-              "stream: this simulator answers without streaming");
-    return;
-  }
-  auto model = body.find("model");
-  if (model == body.end() || !model->is_string()) {
-    SendError(response, 400, "invalid_request_error",
-              "model: must be a string");
-    return;
-  }
-  auto messages_json = body.find("messages");
-  if (messages_json == body.end() || !messages_json->is_array() ||
-      messages_json->empty()) {
-    SendError(response, 400, "invalid_request_error",
-              "messages: must be a non-empty array");
-    return;
+  auto model = root["model"].String();
+  if (!model.ok()) return BadRequest(response, model.status().message());
+  const View messages_json = root["messages"];
+  if (!messages_json.is_array() || messages_json.size() == 0) {
+    return BadRequest(response, "messages: must be a non-empty array");
   }
   std::vector<SimMessage> messages;
   int64_t prompt_tokens = 0;
-  for (const json& message : *messages_json) {
-    if (!message.is_object() || !message.contains("role") ||
-        !message["role"].is_string() || !message.contains("content") ||
-        !message["content"].is_string()) {
-      SendError(response, 400, "invalid_request_error",
-                "messages: each needs string role and content");
-      return;
-    }
-    messages.push_back({message["role"].get<std::string>(),
-                        message["content"].get<std::string>()});
+  for (size_t i = 0; i < messages_json.size(); ++i) {
+    auto role = messages_json[i]["role"].String();
+    if (!role.ok()) return BadRequest(response, role.status().message());
+    auto content = messages_json[i]["content"].String();
+    if (!content.ok()) return BadRequest(response, content.status().message());
+    messages.push_back({*std::move(role), *std::move(content)});
     prompt_tokens += retrieval::CountTokens(messages.back().content) + 4;
   }
-  int max_tokens = body.value("max_tokens", 0);
-  SimAnswer answer =
-      simulator.Answer(model->get<std::string>(), messages, max_tokens);
+  auto max_tokens = root["max_tokens"].OptionalInt();
+  if (!max_tokens.ok()) {
+    return BadRequest(response, max_tokens.status().message());
+  }
+  if (max_tokens->value_or(0) < 0 ||
+      max_tokens->value_or(0) > kMaxTokensLimit) {
+    return BadRequest(response, absl::StrCat("max_tokens: must be in [0, ",
+                                             kMaxTokensLimit, "]"));
+  }
+  SimAnswer answer = simulator.Answer(
+      *model, messages, static_cast<int>(max_tokens->value_or(0)));
   absl::SleepFor(answer.delay);
   thread_local absl::BitGen gen;
   json reply = {
@@ -84,39 +111,38 @@ void HandleChat(const Simulator& simulator, const httplib::Request& request,
        {{"prompt_tokens", prompt_tokens},
         {"completion_tokens", answer.output_tokens},
         {"total_tokens", prompt_tokens + answer.output_tokens}}}};
-  response.set_content(reply.dump(), "application/json");
+  response.set_content(Dump(reply), "application/json");
 }
 
 void HandleEmbeddings(int default_dim, const httplib::Request& request,
                       httplib::Response& response) {
-  json body = json::parse(request.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
-    return SendError(response, 400, "invalid_request_error",
-                     "body: not a JSON object");
-  }
+  std::optional<json> body = ParseBody(request, response);
+  if (!body.has_value()) return;
+  const View root(*body);
   std::vector<std::string> inputs;
-  const json& input = body.value("input", json());
-  if (input.is_string()) {
-    inputs.push_back(input.get<std::string>());
-  } else if (input.is_array() && !input.empty()) {
-    for (const json& item : input) {
-      if (!item.is_string()) {
-        return SendError(response, 400, "invalid_request_error",
-                         "input: every item must be a string");
-      }
-      inputs.push_back(item.get<std::string>());
+  const View input = root["input"];
+  if (auto text = input.String(); text.ok()) {
+    inputs.push_back(*std::move(text));
+  } else if (input.is_array() && input.size() > 0) {
+    for (size_t i = 0; i < input.size(); ++i) {
+      auto item = input[i].String();
+      if (!item.ok()) return BadRequest(response, item.status().message());
+      inputs.push_back(*std::move(item));
     }
   } else {
-    return SendError(response, 400, "invalid_request_error",
-                     "input: a string or a non-empty array of strings");
+    return BadRequest(response,
+                      "input: a string or a non-empty array of strings");
   }
-  const json& dimensions = body.value("dimensions", json(default_dim));
-  if (!dimensions.is_number_integer() || dimensions.get<int>() < 1 ||
-      dimensions.get<int>() > 8192) {
-    return SendError(response, 400, "invalid_request_error",
-                     "dimensions: an integer in [1, 8192]");
+  auto dimensions = root["dimensions"].OptionalInt();
+  if (!dimensions.ok() || dimensions->value_or(default_dim) < 1 ||
+      dimensions->value_or(default_dim) > kMaxDimensions) {
+    return BadRequest(response, absl::StrCat("dimensions: an integer in [1, ",
+                                             kMaxDimensions, "]"));
   }
-  const retrieval::HashedNgramEmbedder embedder(dimensions.get<int>());
+  auto model = root["model"].OptionalString();
+  if (!model.ok()) return BadRequest(response, model.status().message());
+  const retrieval::HashedNgramEmbedder embedder(
+      static_cast<int>(dimensions->value_or(default_dim)));
   json data = json::array();
   int64_t tokens = 0;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -127,10 +153,10 @@ void HandleEmbeddings(int default_dim, const httplib::Request& request,
   }
   json reply = {
       {"object", "list"},
-      {"model", body.value("model", "sim-embedding")},
+      {"model", model->value_or("sim-embedding")},
       {"data", std::move(data)},
       {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
-  response.set_content(reply.dump(), "application/json");
+  response.set_content(Dump(reply), "application/json");
 }
 
 }  // namespace
@@ -145,6 +171,20 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
   http.new_task_queue = [] { return new httplib::ThreadPool(kWorkerThreads); };
   // Small responses go out at once instead of waiting on Nagle.
   http.set_tcp_nodelay(true);
+  http.set_payload_max_length(kMaxRequestBytes);
+  // The last line of defence: a handler's exception is this request's 500.
+  http.set_exception_handler([](const httplib::Request&,
+                                httplib::Response& response,
+                                std::exception_ptr error) {
+    std::string what = "unknown exception";
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    SendError(response, 500, "internal_error", what);
+  });
   const Simulator* sim = server->simulator_.get();
   http.Post("/v1/chat/completions", [sim](const httplib::Request& request,
                                           httplib::Response& response) {
@@ -162,7 +202,7 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
                         {"object", "model"},
                         {"owned_by", "arbiter-sim"}});
     }
-    response.set_content(json{{"object", "list"}, {"data", models}}.dump(),
+    response.set_content(Dump(json{{"object", "list"}, {"data", models}}),
                          "application/json");
   });
   http.Get("/health", [](const httplib::Request&, httplib::Response& response) {

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "nlohmann/json.hpp"
+#include "common/json.h"
 #include "policy/hash.h"
 #include "retrieval/tokenizer.h"
 
@@ -35,24 +35,28 @@ absl::StatusOr<std::vector<LabeledQuestion>> ParseQuestionSet(
   for (absl::string_view line : absl::StrSplit(jsonl, '\n')) {
     ++line_number;
     if (absl::StripAsciiWhitespace(line).empty()) continue;
-    nlohmann::json item = nlohmann::json::parse(line, nullptr, false);
-    if (item.is_discarded() || !item.is_object()) {
+    auto item = json::Parse(line);
+    if (!item.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", line_number, ": ", item.status().message()));
+    }
+    if (!item->is_object()) {
       return absl::InvalidArgumentError(
           absl::StrCat("line ", line_number, ": not a JSON object"));
     }
+    const json::View fields(*item);
     LabeledQuestion question;
     for (auto [key, field] :
          {std::pair{"id", &question.id}, std::pair{"task", &question.task},
           std::pair{"question", &question.question},
           std::pair{"answer", &question.answer}}) {
-      auto it = item.find(key);
-      if (it == item.end() || !it->is_string() ||
-          it->get_ref<const std::string&>().empty()) {
+      auto value = fields[key].String();
+      if (!value.ok() || value->empty()) {
         return absl::InvalidArgumentError(
             absl::StrCat("line ", line_number, ": \"", key,
                          "\" must be a non-empty string"));
       }
-      *field = it->get<std::string>();
+      *field = *std::move(value);
     }
     questions.push_back(std::move(question));
   }

@@ -409,6 +409,122 @@ TEST_F(EmbeddingClientTest, MalformedAnswersAreInternal) {
   }
 }
 
+// Every field the client reads, of the wrong type or missing: INTERNAL
+// naming the field, never an abort.
+TEST_F(EmbeddingClientTest, MalformedAnswersNameTheField) {
+  struct Case {
+    std::string body;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {R"([1, 2])", "the document: expected an object, got an array"},
+      {R"({"data":{"index":0}})", "data: expected an array, got an object"},
+      {R"({"data":null})", "data: expected an array, got null"},
+      {R"({"data":[1, 2]})", "data[0]: expected an object, got a number"},
+      {R"({"data":[{"index":"0","embedding":[1,0,0,0]},
+                   {"index":1,"embedding":[0,1,0,0]}]})",
+       "data[0].index: expected an integer, got a string"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":7,"embedding":[0,1,0,0]}]})",
+       "data[1].index: 7 is out of range for a batch of 2"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":1}]})",
+       "data[1].embedding: missing"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":1,"embedding":{"x":1}}]})",
+       "data[1].embedding: expected an array, got an object"},
+      {R"({"data":[{"index":0,"embedding":[1,0,"0",0]},
+                   {"index":1,"embedding":[0,1,0,0]}]})",
+       "data[0].embedding[2]: expected a number, got a string"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":1,"embedding":[0,1,null,0]}]})",
+       "data[1].embedding[2]: expected a number, got null"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":1,"embedding":[0,1,0,0]}],
+           "usage":{"prompt_tokens":"4"}})",
+       "usage.prompt_tokens: expected an integer, got a string"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":1,"embedding":[0,1,0,0]}],
+           "usage":{"prompt_tokens":-4}})",
+       "usage.prompt_tokens: must be >= 0"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},
+                   {"index":1,"embedding":[0,1,0,0]}],"usage":7})",
+       "usage: expected an object, got a number"},
+      {R"({"data":[{"index":0,"embedding":[1,0,0,0]},)",
+       "not valid JSON at byte"},
+  };
+  for (const Case& c : cases) {
+    Serve([&c](const nlohmann::json&, int, httplib::Response& response) {
+      response.set_content(c.body, "application/json");
+    });
+    auto client = Client(Options());
+    ASSERT_NE(client, nullptr);
+    auto embeddings = client->Embed(Texts(2));
+    EXPECT_EQ(embeddings.status().code(), absl::StatusCode::kInternal)
+        << c.body;
+    EXPECT_THAT(embeddings.status().message(),
+                HasSubstr(absl::StrCat("returned malformed JSON: ", c.message)))
+        << c.body;
+  }
+}
+
+TEST_F(EmbeddingClientTest, ReadsAnAnswerThatIsNotUtf8) {
+  Serve([](const nlohmann::json& request, int, httplib::Response& response) {
+    std::string answer = Answer(request);
+    // A Latin-1 byte in a field the client does not read.
+    answer.insert(1, "\"model\":\"caf\xe9\",");
+    response.set_content(answer, "application/json");
+  });
+  auto client = Client(Options());
+  ASSERT_NE(client, nullptr);
+  auto embeddings = client->Embed(Texts(2));
+  ASSERT_TRUE(embeddings.ok()) << embeddings.status();
+  EXPECT_EQ(embeddings->vectors.size(), 2u);
+}
+
+TEST_F(EmbeddingClientTest, CutsOffAnAnswerOverMaxResponseBytes) {
+  // 100 MB without a length, then the same with one.
+  constexpr size_t kHuge = 100u << 20;
+  for (bool chunked : {true, false}) {
+    Serve([chunked](const nlohmann::json&, int, httplib::Response& response) {
+      auto write = [](httplib::DataSink& sink) {
+        static const std::string chunk(64 << 10, ' ');
+        return sink.write(chunk.data(), chunk.size());
+      };
+      if (chunked) {
+        response.set_chunked_content_provider(
+            "application/json",
+            [write, sent = size_t{0}](size_t, httplib::DataSink& sink) mutable {
+              if (sent >= kHuge) {
+                sink.done();
+                return true;
+              }
+              sent += 64 << 10;
+              return write(sink);
+            });
+      } else {
+        response.set_content_provider(
+            kHuge, "application/json",
+            [write](size_t, size_t, httplib::DataSink& sink) {
+              return write(sink);
+            });
+      }
+    });
+    EmbeddingServerOptions options = Options();
+    options.max_response_bytes = 1 << 20;
+    auto client = Client(options);
+    ASSERT_NE(client, nullptr);
+    const absl::Time start = absl::Now();
+    auto embeddings = client->Embed(Texts(2));
+    EXPECT_EQ(embeddings.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(embeddings.status().message(),
+                HasSubstr("larger than embedding_server.max_response_bytes "
+                          "(1048576 bytes)"));
+    EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+    EXPECT_EQ(client->counters().retries, 0);  // Would be as large again.
+  }
+}
+
 TEST_F(EmbeddingClientTest, EmptyInputSendsNothing) {
   auto client = Client(Options());
   ASSERT_NE(client, nullptr);
@@ -474,6 +590,8 @@ TEST(EmbeddingClientOptionsTest, RejectsBadOptionsNamingTheField) {
        "embedding_server.backoff"},
       {[](auto& o) { o.api_key = "key\r\nX-Injected: 1"; },
        "embedding_server.api_key"},
+      {[](auto& o) { o.max_response_bytes = 0; },
+       "embedding_server.max_response_bytes"},
   };
   for (const Case& c : cases) {
     EmbeddingServerOptions bad = options();
