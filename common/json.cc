@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/utf8.h"
 
 namespace arbiter::json {
 
@@ -19,12 +20,21 @@ absl::StatusOr<nlohmann::json> Parse(absl::string_view text) {
     if (size_t colon = what.find(": "); colon != std::string::npos) {
       what = what.substr(colon + 2);
     }
+    // nlohmann quotes what it last read: the caller's bytes stay out.
+    if (size_t quoted = what.find("; last read"); quoted != std::string::npos) {
+      what = what.substr(0, quoted);
+    }
     return absl::InvalidArgumentError(
         absl::StrCat("not valid JSON at byte ", e.byte, ": ", what));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("not valid JSON: ", e.what()));
   }
+}
+
+absl::StatusOr<nlohmann::json> ParseRepairingUtf8(absl::string_view text) {
+  if (IsValidUtf8(text)) return Parse(text);
+  return Parse(RepairUtf8(text));
 }
 
 std::string Dump(const nlohmann::json& value, int indent) {

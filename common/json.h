@@ -23,8 +23,15 @@
 
 namespace arbiter::json {
 
-// INVALID_ARGUMENT saying where the text stops being JSON. Never throws.
+// INVALID_ARGUMENT saying where the text stops being JSON (the byte offset
+// and why, never the text itself: it may be a server's and reach a client).
+// Never throws.
 [[nodiscard]] absl::StatusOr<nlohmann::json> Parse(absl::string_view text);
+
+// Parse after replacing invalid UTF-8 with U+FFFD: for answers of servers,
+// where a stray byte must not fail fields the reader never looks at.
+[[nodiscard]] absl::StatusOr<nlohmann::json> ParseRepairingUtf8(
+    absl::string_view text);
 
 // Serializes; invalid UTF-8 in strings becomes U+FFFD instead of throwing.
 // indent < 0: compact.

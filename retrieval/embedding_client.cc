@@ -219,14 +219,6 @@ std::string RequestBody(const std::string& model,
   return json::Dump(body);
 }
 
-// A parse error without the bytes it stopped at, which the server sent.
-std::string WithoutUpstreamText(absl::string_view message) {
-  if (size_t at = message.find("; last read"); at != message.npos) {
-    message = message.substr(0, at);
-  }
-  return std::string(message);
-}
-
 // Every field is read through json::View: a wrong one is an error naming
 // its path ("data[1].embedding[3]: expected a number, got a string").
 absl::StatusOr<Embeddings> ParseResponse(absl::string_view endpoint,
@@ -238,15 +230,8 @@ absl::StatusOr<Embeddings> ParseResponse(absl::string_view endpoint,
   };
   // Strings the client does not read ("model", "object") must not fail the
   // parse for a stray byte.
-  std::string repaired;
-  if (!IsValidUtf8(text)) {
-    repaired = RepairUtf8(text);
-    text = repaired;
-  }
-  auto document = json::Parse(text);
-  if (!document.ok()) {
-    return malformed(WithoutUpstreamText(document.status().message()));
-  }
+  auto document = json::ParseRepairingUtf8(text);
+  if (!document.ok()) return malformed(document.status().message());
   const json::View root(*document);
   if (absl::Status status = root.RequireObject(); !status.ok()) {
     return malformed(status.message());

@@ -100,15 +100,6 @@ std::string RequestBody(const BackendRequest& request) {
   return json::Dump(body);
 }
 
-// A parse error without the bytes it stopped at: those came from the backend
-// and do not go to clients.
-std::string WithoutUpstreamText(absl::string_view message) {
-  if (size_t at = message.find("; last read"); at != message.npos) {
-    message = message.substr(0, at);
-  }
-  return std::string(message);
-}
-
 absl::StatusOr<int64_t> TokenCount(const json::View& field, bool* reported) {
   auto count = field.OptionalInt();
   if (!count.ok()) return count.status();
@@ -127,16 +118,8 @@ absl::StatusOr<int64_t> TokenCount(const json::View& field, bool* reported) {
 absl::StatusOr<BackendResponse> ParseResponse(const BackendRequest& request,
                                               absl::string_view text) {
   // Strings must be UTF-8 to be parsed and to reach a protobuf.
-  std::string repaired;
-  if (!IsValidUtf8(text)) {
-    repaired = RepairUtf8(text);
-    text = repaired;
-  }
-  auto document = json::Parse(text);
-  if (!document.ok()) {
-    return absl::InvalidArgumentError(
-        WithoutUpstreamText(document.status().message()));
-  }
+  auto document = json::ParseRepairingUtf8(text);
+  if (!document.ok()) return document.status();
   const json::View root(*document);
   if (absl::Status status = root.RequireObject(); !status.ok()) return status;
   const json::View choices = root["choices"];

@@ -15,6 +15,19 @@ TEST(JsonParseTest, SaysWhereTheTextStopsBeingJson) {
   EXPECT_THAT(parsed.status().message(), HasSubstr("at byte"));
 }
 
+TEST(JsonParseTest, NeverQuotesTheText) {
+  auto parsed = Parse("{\"secret-token\": nope}");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_THAT(parsed.status().message(),
+              ::testing::Not(HasSubstr("secret-token")));
+}
+
+TEST(JsonParseTest, RepairingUtf8ParsesWhatStrictParsingRefuses) {
+  auto parsed = ParseRepairingUtf8("{\"a\": \"caf\xe9\"}");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ((*parsed)["a"], "caf\xef\xbf\xbd");
+}
+
 TEST(JsonParseTest, RejectsInvalidUtf8WithoutThrowing) {
   EXPECT_FALSE(Parse("{\"a\": \"caf\xe9\"}").ok());
   EXPECT_FALSE(Parse("").ok());
