@@ -859,7 +859,11 @@ class Validator {
         NonNegative(contextual.cost_weight(), sub + ".cost_weight");
         NonNegative(contextual.latency_weight(), sub + ".latency_weight");
         if (contextual.has_memory_size()) {
-          AtLeast(contextual.memory_size(), 1, sub + ".memory_size");
+          // Each remembered prompt costs embedding_dim floats: bound it.
+          if (contextual.memory_size() < 1 ||
+              contextual.memory_size() > 1'000'000) {
+            Error(sub + ".memory_size", "must be in [1, 1000000]");
+          }
         }
         AtLeast(contextual.min_feedback(), 0, sub + ".min_feedback");
         if (contextual.has_prior_weight()) {
@@ -971,6 +975,11 @@ class Validator {
 
   void CheckRetrieval() {
     const v1::RetrievalSettings& retrieval = config_.retrieval();
+    if (retrieval.has_max_collections() &&
+        (retrieval.max_collections() < 1 ||
+         retrieval.max_collections() > 10'000)) {
+      Error("retrieval.max_collections", "must be in [1, 10000]");
+    }
     if (retrieval.keyword_match_budget() < 0) {
       Error("retrieval.keyword_match_budget", "must be >= 0 (0: no budget)");
     }
@@ -1192,6 +1201,7 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (retrieval.search() == v1::SEARCH_MODE_UNSPECIFIED) {
     retrieval.set_search(v1::SEARCH_MODE_HYBRID);
   }
+  if (!retrieval.has_max_collections()) retrieval.set_max_collections(64);
   if (!retrieval.has_keyword_match_budget()) {
     retrieval.set_keyword_match_budget(20'000);
   }

@@ -416,14 +416,19 @@ absl::StatusOr<retrieval::Collection*> Gateway::FindCollection(
   // Opening may load or rebuild an index: only other opens wait for it.
   std::lock_guard open_lock(open_mu_);
   if (retrieval::Collection* open = open_one()) return open;
-  if (!create) {
-    auto names = store_->Collections();
-    bool stored = names.ok() &&
-                  std::find(names->begin(), names->end(), name) != names->end();
-    if (!stored) {
-      return absl::NotFoundError(
-          absl::StrCat("collection: unknown collection ", QuoteInput(name)));
-    }
+  auto names = store_->Collections();
+  if (!names.ok()) return names.status();
+  const bool stored =
+      std::find(names->begin(), names->end(), name) != names->end();
+  if (!stored && !create) {
+    return absl::NotFoundError(
+        absl::StrCat("collection: unknown collection ", QuoteInput(name)));
+  }
+  const int max_collections = loaded_.config.retrieval().max_collections();
+  if (!stored && static_cast<int64_t>(names->size()) >= max_collections) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "collection: cannot create ", QuoteInput(name), ": the store holds ",
+        names->size(), " collections, the limit (retrieval.max_collections)"));
   }
   auto collection =
       retrieval::Collection::Open(*store_, name, CollectionOptionsFor(name));

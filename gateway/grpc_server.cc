@@ -340,6 +340,4 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   drain.join();
 }
 
-void GrpcServer::Wait() { server_->Wait(); }
-
 }  // namespace arbiter

@@ -31,7 +31,6 @@ class GrpcServer final {
   // fails what backends still hold (Gateway::CancelInFlight) so that every
   // call ends. Returns when all have.
   void Shutdown(absl::Duration grace);
-  void Wait();
 
   class Services;
 

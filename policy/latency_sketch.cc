@@ -8,6 +8,9 @@ namespace {
 
 // Below a microsecond every latency is the same to us.
 constexpr double kMinValue = 1e-6;
+// Above a day too: it bounds the buckets, and an infinite value would make
+// the bucket index undefined.
+constexpr double kMaxValue = 86'400;
 
 }  // namespace
 
@@ -31,7 +34,7 @@ void LatencySketch::Add(double value) {
     ++zero_count_;
     return;
   }
-  ++buckets_[Index(value)];
+  ++buckets_[Index(std::min(value, kMaxValue))];
 }
 
 void LatencySketch::Merge(const LatencySketch& other) {

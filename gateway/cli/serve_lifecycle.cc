@@ -1,10 +1,5 @@
 #include "gateway/cli/serve_lifecycle.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <csignal>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -12,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gateway/cli/client.h"
+#include "gateway/cli/stop_signals.h"
 #include "gateway/gateway.h"
 #include "gateway/grpc_server.h"
 #include "gateway/http/http_server.h"
@@ -21,62 +17,6 @@
 namespace arbiter::cli {
 namespace {
 
-// SIGTERM, SIGINT and SIGHUP, taken by a handler that writes their number
-// to a pipe the serving thread reads. Not sigwait alone: libraries start
-// threads of their own before main (OpenBLAS's pool), and a signal that
-// reaches one of those while no thread waits in sigwait would end the
-// process. Threads started while a Signals is Blocked() leave them to it.
-class Signals final {
- public:
-  Signals() {
-    if (pipe2(fds_, O_CLOEXEC) != 0) fds_[0] = fds_[1] = -1;
-    write_fd_ = fds_[1];
-    struct sigaction action = {};
-    action.sa_handler = &Signals::OnSignal;
-    action.sa_flags = SA_RESTART;
-    sigemptyset(&action.sa_mask);
-    sigemptyset(&set_);
-    for (int signal : {SIGTERM, SIGINT, SIGHUP}) {
-      sigaction(signal, &action, nullptr);
-      sigaddset(&set_, signal);
-    }
-  }
-  Signals(const Signals&) = delete;
-  Signals& operator=(const Signals&) = delete;
-
-  // While threads are started, so that they inherit the mask.
-  void Block() { pthread_sigmask(SIG_BLOCK, &set_, nullptr); }
-  void Unblock() { pthread_sigmask(SIG_UNBLOCK, &set_, nullptr); }
-
-  // Waits for SIGTERM or SIGINT and returns its name; logs SIGHUP.
-  std::string WaitForStop() {
-    for (;;) {
-      unsigned char signal = 0;
-      ssize_t n = read(fds_[0], &signal, 1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n != 1) return "SIGTERM";  // No pipe: stop rather than spin.
-      if (signal == SIGHUP) {
-        std::cout << "SIGHUP: reload is not supported yet; ignored"
-                  << std::endl;
-        continue;
-      }
-      return signal == SIGINT ? "SIGINT" : "SIGTERM";
-    }
-  }
-
- private:
-  static void OnSignal(int signal) {
-    const int saved_errno = errno;
-    const unsigned char byte = static_cast<unsigned char>(signal);
-    [[maybe_unused]] ssize_t ignored = write(write_fd_, &byte, 1);
-    errno = saved_errno;
-  }
-
-  static inline volatile sig_atomic_t write_fd_ = -1;
-  int fds_[2] = {-1, -1};
-  sigset_t set_ = {};
-};
-
 std::string HostOf(const std::string& host_port) {
   return host_port.substr(0, host_port.rfind(':'));
 }
@@ -84,7 +24,7 @@ std::string HostOf(const std::string& host_port) {
 }  // namespace
 
 int ServeUntilStopped(LoadedConfig loaded) {
-  static Signals& signals = *new Signals();  // The handler outlives us.
+  StopSignals& signals = StopSignals::Install();
   signals.Block();
   const v1::Server config = loaded.config.server();
   auto registry = std::make_shared<prometheus::Registry>();

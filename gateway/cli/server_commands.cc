@@ -1,6 +1,5 @@
 // serve, check-config and sim-server.
 
-#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -13,6 +12,7 @@
 #include "gateway/cli/commands.h"
 #include "gateway/cli/flags.h"
 #include "gateway/cli/serve_lifecycle.h"
+#include "gateway/cli/stop_signals.h"
 #include "gateway/config.h"
 #include "gateway/gateway.h"
 #include "gateway/grpc_server.h"
@@ -21,23 +21,6 @@
 
 namespace arbiter::cli {
 namespace {
-
-// Blocks SIGINT and SIGTERM in every thread started after this, so the
-// calling thread can wait for them with sigwait.
-sigset_t BlockStopSignals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  return signals;
-}
-
-int WaitForStopSignal(const sigset_t& signals) {
-  int signal = 0;
-  sigwait(&signals, &signal);
-  return signal;
-}
 
 // An empty --config is the embedded quickstart config.
 absl::StatusOr<LoadedConfig> LoadFromFlag(const std::string& config) {
@@ -172,7 +155,8 @@ int RunSimServer(const SimServerFlags& flags) {
                                               flags.backend, "\" in the config")
                                : std::string("the config has no sim backend")));
   }
-  sigset_t signals = BlockStopSignals();
+  StopSignals& signals = StopSignals::Install();
+  signals.Block();
   auto simulator = MakeSimulator(chosen->sim(), *loaded->files);
   if (!simulator.ok()) return Fail(simulator.status());
   const int embedding_dim = flags.embedding_dim;
@@ -185,7 +169,9 @@ int RunSimServer(const SimServerFlags& flags) {
             << "OpenAI-compatible endpoint: http://" << host << ":"
             << (*server)->port() << "/v1/chat/completions (and /v1/embeddings, "
             << embedding_dim << "-d)" << std::endl;
-  WaitForStopSignal(signals);
+  signals.Unblock();
+  const std::string signal = signals.WaitForStop();
+  std::cout << "received " << signal << ", stopping" << std::endl;
   (*server)->Stop();
   return 0;
 }

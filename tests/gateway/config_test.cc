@@ -714,7 +714,7 @@ TEST(ConfigTest, ZeroIsRejectedWhereZeroMeansNothing) {
             Contains("economics.window_minutes: must be in [1, 10080]"),
             Contains("task_policies.billing.contextual.k: must be >= 1"),
             Contains("task_policies.billing.contextual.memory_size: must be "
-                     ">= 1")));
+                     "in [1, 1000000]")));
   EXPECT_THAT(
       ErrorsOf(ValidWith("openai: {base_url: \"http://127.0.0.1:8000/v1\"}",
                          "openai: {base_url: \"http://127.0.0.1:8000/v1\", "

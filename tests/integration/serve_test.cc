@@ -429,5 +429,29 @@ TEST_F(ServeTest, SighupIsLoggedAndIgnored) {
   EXPECT_EQ(gateway.process->Stop(), 0) << gateway.process->Output();
 }
 
+// A SIGTERM that comes while the main thread is not yet waiting for it may
+// be delivered to a library thread that does not block it (OpenBLAS starts
+// its pool before main), which ends the process with 143 instead of a
+// drain. serve and sim-server take it through a handler; right after the
+// banner is the likeliest moment for the race.
+TEST_F(ServeTest, SigtermRightAfterTheBannerStopsCleanly) {
+  for (int i = 0; i < 5; ++i) {
+    Gateway gateway = Start("");
+    ASSERT_GT(gateway.grpc_port, 0);
+    EXPECT_EQ(gateway.process->Stop(), 0) << gateway.process->Output();
+    EXPECT_THAT(gateway.process->Output(), HasSubstr("received SIGTERM"));
+  }
+  for (int i = 0; i < 10; ++i) {
+    auto sim = Subprocess::Start(
+        {ARBITER_BINARY, "sim-server", "--listen", "127.0.0.1:0"});
+    ASSERT_TRUE(sim.ok()) << sim.status();
+    ASSERT_TRUE(
+        (*sim)->WaitForLine("sim-server listening on ", absl::Seconds(30)).ok())
+        << (*sim)->Output();
+    EXPECT_EQ((*sim)->Stop(), 0) << (*sim)->Output();
+    EXPECT_THAT((*sim)->Output(), HasSubstr("received SIGTERM"));
+  }
+}
+
 }  // namespace
 }  // namespace arbiter

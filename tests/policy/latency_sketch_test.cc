@@ -1,6 +1,7 @@
 #include "policy/latency_sketch.h"
 
 #include <algorithm>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -51,6 +52,13 @@ TEST(LatencySketchTest, EmptyAndZeroValues) {
   sketch.Add(1);
   EXPECT_EQ(sketch.Quantile(0.5), 0);
   EXPECT_NEAR(sketch.Quantile(1), 1, 0.01);
+}
+
+TEST(LatencySketchTest, InfiniteAndHugeValuesAreClampedToADay) {
+  LatencySketch sketch(0.01);
+  sketch.Add(std::numeric_limits<double>::infinity());
+  sketch.Add(1e300);
+  EXPECT_NEAR(sketch.Quantile(1), 86'400, 86'400 * 0.01);
 }
 
 }  // namespace
