@@ -173,6 +173,8 @@ int Main(int argc, char** argv) {
       absl::StrCat("http://127.0.0.1:", sim_port, "/v1"));
   backend->mutable_openai()->set_timeout_seconds(30);
   backend->mutable_openai()->set_max_connections(256);
+  // The loaded config had its defaults applied before this backend existed.
+  ApplyOpenAIBackendDefaults(*backend->mutable_openai());
   prometheus::Registry registry;
   auto gateway = Gateway::Create(config, registry);
   if (!gateway.ok()) {

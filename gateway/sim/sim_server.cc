@@ -215,6 +215,9 @@ absl::StatusOr<std::unique_ptr<SimServer>> SimServer::Start(
         absl::StrCat("sim-server: cannot listen on ", host, ":", port));
   }
   server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  // httplib's stop() does nothing until the loop runs: a Stop() that came
+  // first would leave the thread in accept() for ever.
+  while (!http.is_running()) absl::SleepFor(absl::Milliseconds(1));
   return server;
 }
 

@@ -24,7 +24,7 @@
 namespace arbiter {
 namespace {
 
-using ::arbiter::testing::PortOf;
+using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -321,14 +321,10 @@ TEST(CliTest, IndexEvalNamesTheLineAndFieldOfABadQuery) {
 class CliGatewayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto gateway =
-        Subprocess::Start({ARBITER_BINARY, "serve", "--grpc-listen",
-                           "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
+    auto gateway = StartServe(ARBITER_BINARY);
     ASSERT_TRUE(gateway.ok()) << gateway.status();
-    gateway_ = gateway->release();
-    auto line = gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
-    ASSERT_TRUE(line.ok()) << line.status();
-    target_ = new std::string(absl::StrCat("127.0.0.1:", PortOf(*line)));
+    gateway_ = gateway->process.release();
+    target_ = new std::string(gateway->target());
   }
   static void TearDownTestSuite() {
     delete gateway_;

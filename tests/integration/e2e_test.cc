@@ -23,6 +23,7 @@ namespace arbiter {
 namespace {
 
 using ::arbiter::testing::PortOf;
+using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
@@ -133,19 +134,11 @@ class EndToEndTest : public ::testing::Test {
                          absl::StrCat("arbiter-e2e-", getpid(), ".yaml"))
                             .string());
     std::ofstream(*config_path_) << TestConfig(sim_port);
-    auto gateway = Subprocess::Start(
-        {ARBITER_BINARY, "serve", "--config", *config_path_, "--grpc-listen",
-         "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
+    auto gateway = StartServe(ARBITER_BINARY, {"--config", *config_path_});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
-    gateway_ = gateway->release();
-    auto grpc_line =
-        gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
-    ASSERT_TRUE(grpc_line.ok()) << grpc_line.status();
-    auto metrics_line =
-        gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
-    ASSERT_TRUE(metrics_line.ok()) << metrics_line.status();
-    grpc_port_ = PortOf(*grpc_line);
-    metrics_port_ = PortOf(metrics_line->substr(0, metrics_line->find('/')));
+    gateway_ = gateway->process.release();
+    grpc_port_ = gateway->grpc_port;
+    metrics_port_ = gateway->metrics_port;
     channel_ = new std::shared_ptr<grpc::Channel>(
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port_),
                             grpc::InsecureChannelCredentials()));

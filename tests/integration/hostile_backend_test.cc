@@ -25,7 +25,7 @@
 namespace arbiter {
 namespace {
 
-using ::arbiter::testing::PortOf;
+using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
@@ -138,21 +138,12 @@ class HostileBackendTest : public ::testing::Test {
                     absl::StrCat("arbiter-hostile-", getpid(), ".yaml"))
                        .string();
     std::ofstream(config_path_) << GatewayConfig(backend_.port());
-    auto gateway = Subprocess::Start(
-        {ARBITER_BINARY, "serve", "--config", config_path_, "--grpc-listen",
-         "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
+    auto gateway = StartServe(ARBITER_BINARY, {"--config", config_path_});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
-    gateway_ = *std::move(gateway);
-    auto grpc_line =
-        gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
-    ASSERT_TRUE(grpc_line.ok()) << grpc_line.status();
-    auto metrics_line =
-        gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
-    ASSERT_TRUE(metrics_line.ok()) << metrics_line.status();
-    metrics_port_ = PortOf(metrics_line->substr(0, metrics_line->find('/')));
-    stub_ = v1::Gateway::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", PortOf(*grpc_line)),
-                            grpc::InsecureChannelCredentials()));
+    gateway_ = std::move(gateway->process);
+    metrics_port_ = gateway->metrics_port;
+    stub_ = v1::Gateway::NewStub(grpc::CreateChannel(
+        gateway->target(), grpc::InsecureChannelCredentials()));
   }
 
   void TearDown() override {

@@ -32,7 +32,7 @@
 namespace arbiter {
 namespace {
 
-using ::arbiter::testing::PortOf;
+using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using nlohmann::json;
 
@@ -93,20 +93,12 @@ class MonitoringTest : public ::testing::Test {
     std::filesystem::remove_all(*dir_);
     std::filesystem::create_directories(*dir_);
 
-    auto gateway =
-        Subprocess::Start({ARBITER_BINARY, "serve", "--grpc-listen",
-                           "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
+    auto gateway = StartServe(ARBITER_BINARY);
     ASSERT_TRUE(gateway.ok()) << gateway.status();
-    gateway_ = gateway->release();
-    auto grpc_line =
-        gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
-    ASSERT_TRUE(grpc_line.ok()) << grpc_line.status();
-    auto metrics_line =
-        gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
-    ASSERT_TRUE(metrics_line.ok()) << metrics_line.status();
-    grpc_port_ = PortOf(*grpc_line);
+    gateway_ = gateway->process.release();
+    grpc_port_ = gateway->grpc_port;
     const std::string metrics_address =
-        metrics_line->substr(0, metrics_line->find('/'));
+        absl::StrCat("127.0.0.1:", gateway->metrics_port);
 
     // Scrape and evaluate every second so the test need not wait long.
     prometheus_port_ = FreePort();

@@ -28,6 +28,7 @@ namespace arbiter {
 namespace {
 
 using ::arbiter::testing::PortOf;
+using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -120,19 +121,11 @@ routes:
             .string();
     cleanup_.push_back(path);
     std::ofstream(path) << yaml;
-    auto gateway = Subprocess::Start({ARBITER_BINARY, "serve", "--config", path,
-                                      "--grpc-listen", "127.0.0.1:0",
-                                      "--metrics-listen", "127.0.0.1:0"});
+    auto gateway = StartServe(ARBITER_BINARY, {"--config", path});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
-    gateway_ = *std::move(gateway);
-    auto grpc_line =
-        gateway_->WaitForLine("grpc listening on ", absl::Seconds(60));
-    ASSERT_TRUE(grpc_line.ok()) << grpc_line.status();
-    auto metrics_line =
-        gateway_->WaitForLine("metrics on http://", absl::Seconds(5));
-    ASSERT_TRUE(metrics_line.ok()) << metrics_line.status();
-    metrics_port_ = PortOf(metrics_line->substr(0, metrics_line->find('/')));
-    channel_target_ = absl::StrCat("127.0.0.1:", PortOf(*grpc_line));
+    gateway_ = std::move(gateway->process);
+    metrics_port_ = gateway->metrics_port;
+    channel_target_ = gateway->target();
     channel_ = grpc::CreateChannel(channel_target_,
                                    grpc::InsecureChannelCredentials());
   }

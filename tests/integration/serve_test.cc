@@ -32,7 +32,7 @@
 namespace arbiter {
 namespace {
 
-using ::arbiter::testing::PortOf;
+using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::grpc::health::v1::Health;
 using ::grpc::health::v1::HealthCheckRequest;
@@ -182,11 +182,7 @@ v1::InferRequest Ask(const std::string& text) {
 
 class ServeTest : public ::testing::Test {
  protected:
-  struct Gateway {
-    std::unique_ptr<Subprocess> process;
-    int grpc_port = 0;
-    int metrics_port = 0;
-  };
+  using Gateway = ::arbiter::testing::ServingGateway;
 
   void TearDown() override {
     for (const std::string& path : config_paths_) {
@@ -220,26 +216,14 @@ class ServeTest : public ::testing::Test {
   // Starts `arbiter serve` (the embedded quickstart when `config_path` is
   // empty) on OS-chosen ports and waits for its banner.
   static Gateway Start(const std::string& config_path) {
-    Gateway gateway;
-    auto process =
-        Subprocess::Start(ServeArgs(config_path, "127.0.0.1:0", "127.0.0.1:0"));
-    if (!process.ok()) {
-      ADD_FAILURE() << process.status();
-      return gateway;
+    std::vector<std::string> args;
+    if (!config_path.empty()) args = {"--config", config_path};
+    auto gateway = StartServe(ARBITER_BINARY, args);
+    if (!gateway.ok()) {
+      ADD_FAILURE() << "no banner: " << gateway.status();
+      return Gateway();
     }
-    gateway.process = *std::move(process);
-    auto grpc_line =
-        gateway.process->WaitForLine("grpc listening on ", absl::Seconds(60));
-    auto metrics_line =
-        gateway.process->WaitForLine("metrics on http://", absl::Seconds(5));
-    if (!grpc_line.ok() || !metrics_line.ok()) {
-      ADD_FAILURE() << "no banner: " << gateway.process->Output();
-      return gateway;
-    }
-    gateway.grpc_port = PortOf(*grpc_line);
-    gateway.metrics_port =
-        PortOf(metrics_line->substr(0, metrics_line->find('/')));
-    return gateway;
+    return *std::move(gateway);
   }
 
   static std::shared_ptr<grpc::Channel> Channel(const Gateway& gateway) {

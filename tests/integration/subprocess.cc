@@ -125,4 +125,30 @@ void Subprocess::Signal(int signal) {
   if (pid_ > 0) kill(pid_, signal);
 }
 
+std::string ServingGateway::target() const {
+  return absl::StrCat("127.0.0.1:", grpc_port);
+}
+
+absl::StatusOr<ServingGateway> StartServe(
+    const std::string& binary, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {
+      binary,       "serve", "--grpc-listen", "127.0.0.1:0", "--metrics-listen",
+      "127.0.0.1:0"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto process = Subprocess::Start(argv);
+  if (!process.ok()) return process.status();
+  ServingGateway gateway;
+  gateway.process = *std::move(process);
+  auto grpc_line =
+      gateway.process->WaitForLine("grpc listening on ", absl::Seconds(60));
+  if (!grpc_line.ok()) return grpc_line.status();
+  auto metrics_line =
+      gateway.process->WaitForLine("metrics on http://", absl::Seconds(5));
+  if (!metrics_line.ok()) return metrics_line.status();
+  gateway.grpc_port = PortOf(*grpc_line);
+  gateway.metrics_port =
+      PortOf(metrics_line->substr(0, metrics_line->find('/')));
+  return gateway;
+}
+
 }  // namespace arbiter::testing

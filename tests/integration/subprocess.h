@@ -1,5 +1,6 @@
 #pragma once
 
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,5 +51,21 @@ class Subprocess final {
 
 // "127.0.0.1:1234" from a banner line's tail, e.g. "127.0.0.1:1234".
 int PortOf(const std::string& host_port);
+
+// An `arbiter serve` on OS-chosen loopback ports, once its banner has said
+// where it listens.
+struct ServingGateway {
+  std::unique_ptr<Subprocess> process;
+  int grpc_port = 0;
+  int metrics_port = 0;
+  // "127.0.0.1:PORT" of the gRPC server.
+  std::string target() const;
+};
+
+// Runs `binary serve` with `args` (e.g. {"--config", path}) on port 0 for
+// gRPC and metrics, and waits for the banner; DEADLINE_EXCEEDED with the
+// output when none comes.
+absl::StatusOr<ServingGateway> StartServe(
+    const std::string& binary, const std::vector<std::string>& args = {});
 
 }  // namespace arbiter::testing
