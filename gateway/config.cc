@@ -592,6 +592,22 @@ class Validator {
          "server.ingest_queue");
     NonNegative(server.shutdown_grace_seconds(),
                 "server.shutdown_grace_seconds");
+    if (!server.request_id_key_file().empty() &&
+        !server.request_id_key_env().empty()) {
+      Error("server.request_id_key_env",
+            "set either it or server.request_id_key_file, not both");
+    }
+    KeyIsSet(server.request_id_key_env(), "server.request_id_key_env");
+    if (server.has_feedback_window_hours() &&
+        !(server.feedback_window_hours() > 0 &&
+          server.feedback_window_hours() <= 24 * 3660)) {
+      Error("server.feedback_window_hours",
+            "must be in (0, 87840] (ten years)");
+    }
+    const v1::State& state = config_.state();
+    if (state.has_flush_interval_ms()) {
+      InRange(state.flush_interval_ms(), 10, 60'000, "state.flush_interval_ms");
+    }
   }
 
   void CheckBackends() {
@@ -1149,6 +1165,12 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (!server.has_ingest_queue()) server.set_ingest_queue(64);
   if (!server.has_shutdown_grace_seconds()) {
     server.set_shutdown_grace_seconds(10);
+  }
+  if (!server.has_feedback_window_hours()) {
+    server.set_feedback_window_hours(24 * 7);
+  }
+  if (!config.state().has_flush_interval_ms()) {
+    config.mutable_state()->set_flush_interval_ms(100);
   }
   if (config.default_task().empty() && !config.tasks().empty()) {
     config.set_default_task(config.tasks(0));
