@@ -11,7 +11,7 @@ DEB_PACKAGES := build-essential cmake pkg-config ccache git \
   libabsl-dev libfaiss-dev libopenblas0-pthread libopenblas-dev \
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcurl4-openssl-dev libsqlite3-dev libyaml-cpp-dev libcpp-httplib-dev \
-  nlohmann-json3-dev libhnswlib-dev libboost1.81-dev libcli11-dev \
+  nlohmann-json3-dev libhnswlib-dev libboost1.81-dev libcli11-dev libssl-dev \
   prometheus curl
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
