@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "absl/random/random.h"
+#include "openssl/sha.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -155,6 +156,13 @@ Gateway::Gateway(LoadedConfig config, prometheus::Registry& registry)
       metrics_(registry, loaded_.config) {}
 
 Gateway::~Gateway() {
+  // The last batch is written while everything it reads is still here.
+  if (state_store_ != nullptr) {
+    if (absl::Status closed = state_store_->Close(); !closed.ok()) {
+      std::cerr << "state: the last changes were not written: " << closed
+                << std::endl;
+    }
+  }
   stopping_ = true;
   ticker_.reset();
   // Pools stop before the backends their rag tasks call, failing what
@@ -362,8 +370,11 @@ absl::Status Gateway::Init() {
   engine_ = *std::move(engine);
   absl::Status experiments = InitExperiments(prior_costs);
   if (!experiments.ok()) return experiments;
+  absl::Status state = InitState();
+  if (!state.ok()) return state;
   ticker_ = std::make_unique<TimerQueue>();
   SchedulePublish();
+  ScheduleForgetJudged();
   metrics_.UpdateEconomics(EconomicsNow());
   ScheduleEconomics();
   return absl::OkStatus();
@@ -477,6 +488,65 @@ retrieval::CollectionOptions Gateway::CollectionOptionsFor(
     };
   }
   return options;
+}
+
+absl::Status Gateway::InitState() {
+  const v1::Config& config = loaded_.config;
+  StateSync::Parts parts;
+  parts.config = &config;
+  parts.stats = &stats_;
+  parts.engine = engine_.get();
+  for (const ExperimentRuntime& runtime : experiments_) {
+    std::vector<policy::Engine*> arms;
+    for (const auto& engine : runtime.arm_engine) arms.push_back(engine.get());
+    parts.arm_engines.push_back(std::move(arms));
+  }
+  parts.experiment_stats = experiment_stats_.get();
+  parts.economics_mu = &economics_mu_;
+  parts.economics = economics_.get();
+  parts.judged = &judged_;
+  state_sync_ = std::make_unique<StateSync>(std::move(parts));
+  if (config.state().path().empty()) {
+    std::cerr << "state: in memory only (set state.path to keep statistics, "
+                 "economics and experiments across restarts)"
+              << std::endl;
+    return absl::OkStatus();
+  }
+  const absl::Duration window =
+      absl::Hours(config.server().feedback_window_hours());
+  state::StateStoreOptions options;
+  options.path = config.state().path();
+  options.flush_interval =
+      absl::Milliseconds(config.state().flush_interval_ms());
+  options.judged_retention = window;
+  auto store = state::StateStore::Open(std::move(options));
+  if (!store.ok()) {
+    return absl::Status(store.status().code(),
+                        absl::StrCat("state.path: ", store.status().message()));
+  }
+  const absl::Time now = absl::Now();
+  auto stored = (*store)->Load(now - window);
+  if (!stored.ok()) {
+    return absl::Status(
+        stored.status().code(),
+        absl::StrCat("state.path: ", stored.status().message()));
+  }
+  for (const std::string& line : state_sync_->Restore(*stored, now)) {
+    std::cerr << "state: " << line << std::endl;
+  }
+  state_store_ = *std::move(store);
+  state_store_->StartWriter([this] { return state_sync_->Collect(); });
+  return absl::OkStatus();
+}
+
+void Gateway::ScheduleForgetJudged() {
+  if (stopping_) return;
+  ticker_->RunAfter(absl::Minutes(1), [this] {
+    judged_.ForgetIssuedBefore(
+        absl::Now() -
+        absl::Hours(loaded_.config.server().feedback_window_hours()));
+    ScheduleForgetJudged();
+  });
 }
 
 std::vector<float> Gateway::EmbedPrompt(absl::string_view text) const {
@@ -945,16 +1015,32 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
       }
     }
   }
-  auto embedding = decisions_.TakeFeedback(request.request_id());
-  if (!embedding.ok() && !absl::IsNotFound(embedding.status())) {
-    return embedding.status();
+  // Counted once, whether the first came before a restart, left the
+  // decision log, or reached another replica's copy of this id.
+  // TODO(ids): key by the id's MAC once ids are signed.
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(request.request_id().data()),
+         request.request_id().size(), digest);
+  const std::string judged_key(reinterpret_cast<const char*>(digest), 16);
+  const absl::Time issued = absl::FromUnixMillis(parts->unix_millis);
+  if (!judged_.Insert(judged_key, issued)) {
+    return absl::AlreadyExistsError(
+        "request_id: feedback for this request was already counted");
   }
+  if (state_store_ != nullptr) state_sync_->NoteJudged(judged_key, issued);
+  auto embedding = decisions_.TakeFeedback(request.request_id());
   if (embedding.ok() && !embedding->empty()) {
-    policy::Engine* engine =
-        experiment >= 0 && experiments_[experiment].arm_engine[arm] != nullptr
-            ? experiments_[experiment].arm_engine[arm].get()
-            : engine_.get();
+    const bool arm_engine =
+        experiment >= 0 && experiments_[experiment].arm_engine[arm] != nullptr;
+    policy::Engine* engine = arm_engine
+                                 ? experiments_[experiment].arm_engine[arm].get()
+                                 : engine_.get();
     engine->ObserveOutcome(task, route, *embedding, score);
+    if (state_store_ != nullptr) {
+      state_sync_->NoteOutcome(arm_engine ? experiment : -1,
+                               arm_engine ? arm : -1, task, route, *embedding,
+                               score);
+    }
   }
   if (experiment >= 0) {
     experiment_stats_->RecordFeedback(experiment, arm, score);

@@ -13,7 +13,9 @@
 #include "arbiter/v1/gateway.pb.h"
 #include "gateway/backends/backend.h"
 #include "gateway/config.h"
+#include "gateway/judged_ids.h"
 #include "gateway/metrics.h"
+#include "gateway/state_sync.h"
 #include "gateway/timer_queue.h"
 #include "gateway/worker_pool.h"
 #include "policy/decision_log.h"
@@ -24,6 +26,7 @@
 #include "retrieval/collection.h"
 #include "retrieval/embedding_client.h"
 #include "retrieval/retriever.h"
+#include "state/state_store.h"
 
 namespace arbiter {
 
@@ -97,6 +100,10 @@ class Gateway final {
   explicit Gateway(LoadedConfig config, prometheus::Registry& registry);
   absl::Status Init();
   absl::Status InitExperiments(const std::vector<double>& prior_costs);
+  // Opens the state store of state.path, restores what it holds and starts
+  // its writer; says so when state lives in memory only.
+  absl::Status InitState();
+  void ScheduleForgetJudged();
   // The experiment a request of this task takes part in, or -1.
   int ExperimentFor(int task) const;
   std::vector<float> EmbedPrompt(absl::string_view text) const;
@@ -169,6 +176,11 @@ class Gateway final {
   std::unique_ptr<policy::EconomicsLedger> economics_
       ABSL_GUARDED_BY(economics_mu_);
   policy::DecisionLog decisions_;
+  // Requests whose feedback was counted, for ALREADY_EXISTS.
+  JudgedIds judged_;
+  // The durable copy of what is learned and accounted; null in memory only.
+  std::unique_ptr<state::StateStore> state_store_;
+  std::unique_ptr<StateSync> state_sync_;
   Metrics metrics_;
   // Publishes statistics periodically; declared last so it stops first.
   std::atomic<bool> stopping_{false};

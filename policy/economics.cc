@@ -51,7 +51,11 @@ EconomicsLedger::EconomicsLedger(const v1::Config& config, absl::Time start,
       window_(absl::Minutes(config.economics().window_minutes())),
       prior_cost_usd_(std::move(prior_cost_usd)) {
   const int window_minutes = static_cast<int>(absl::ToInt64Minutes(window_));
+  for (const std::string& task : config.tasks()) task_names_.push_back(task);
+  task_names_.resize(num_tasks_);
   for (const v1::Route& route : config.routes()) {
+    route_names_.push_back(route.name());
+    accrued_.push_back({0, 0, start});
     RouteTerms terms;
     terms.hosting_usd_per_hour = route.pricing().hosting_usd_per_hour();
     if (route.has_training()) {
@@ -118,8 +122,10 @@ void EconomicsLedger::RecordFeedback(int route, int task, double score,
 }
 
 double EconomicsLedger::HostingUsd(int route, absl::Time now) const {
-  return terms_[route].hosting_usd_per_hour *
-         std::max(0.0, absl::ToDoubleHours(now - start_));
+  const Accrual& accrued = accrued_[route];
+  return accrued.hosting_usd +
+         terms_[route].hosting_usd_per_hour *
+             std::max(0.0, absl::ToDoubleHours(now - accrued.as_of));
 }
 
 double EconomicsLedger::TrainingBetween(int route, absl::Time from,
@@ -135,7 +141,89 @@ double EconomicsLedger::TrainingBetween(int route, absl::Time from,
 }
 
 double EconomicsLedger::TrainingAmortizedUsd(int route, absl::Time now) const {
-  return TrainingBetween(route, start_, now);
+  const Accrual& accrued = accrued_[route];
+  return accrued.training_usd + TrainingBetween(route, accrued.as_of, now);
+}
+
+v1::EconomicsState EconomicsLedger::ToState(absl::Time now) const {
+  v1::EconomicsState state;
+  state.set_start_unix_micros(absl::ToUnixMicros(start_));
+  for (int r = 0; r < num_routes_; ++r) {
+    v1::RouteAccrualState& accrual = *state.add_routes();
+    accrual.set_route(route_names_[r]);
+    accrual.set_hosting_usd(HostingUsd(r, now));
+    accrual.set_training_usd(TrainingAmortizedUsd(r, now));
+    accrual.set_as_of_unix_micros(absl::ToUnixMicros(now));
+  }
+  const int64_t oldest = MinuteOf(now) - absl::ToInt64Minutes(window_);
+  for (int r = 0; r < num_routes_; ++r) {
+    for (int t = 0; t < num_tasks_; ++t) {
+      const Cell& cell = At(r, t);
+      if (cell.requests == 0 && cell.judged == 0) continue;
+      v1::EconomicsCellState& out = *state.add_cells();
+      out.set_route(route_names_[r]);
+      out.set_task(task_names_[t]);
+      out.set_requests(cell.requests);
+      out.set_input_usd(cell.cost.input_usd);
+      out.set_output_usd(cell.cost.output_usd);
+      out.set_request_usd(cell.cost.request_usd);
+      out.set_retrieval_usd(cell.cost.retrieval_usd);
+      out.set_embedding_usd(cell.cost.embedding_usd);
+      out.set_judged(cell.judged);
+      out.set_correct(cell.correct);
+      for (const Bucket& bucket : cell.window) {
+        if (bucket.minute <= oldest) continue;
+        v1::EconomicsMinute& minute = *out.add_window();
+        minute.set_minute(bucket.minute);
+        minute.set_requests(bucket.requests);
+        minute.set_cost_usd(bucket.cost_usd);
+        minute.set_correct(bucket.correct);
+      }
+    }
+  }
+  return state;
+}
+
+void EconomicsLedger::Restore(const v1::EconomicsState& state,
+                              absl::Time now) {
+  if (state.start_unix_micros() != 0) {
+    start_ = std::min(now, absl::FromUnixMicros(state.start_unix_micros()));
+  }
+  auto index_of = [](const std::vector<std::string>& names,
+                     const std::string& name) {
+    auto it = std::find(names.begin(), names.end(), name);
+    return it == names.end() ? -1 : static_cast<int>(it - names.begin());
+  };
+  // A route new to this config accrues from now.
+  for (Accrual& accrued : accrued_) accrued = {0, 0, now};
+  for (const v1::RouteAccrualState& stored : state.routes()) {
+    const int r = index_of(route_names_, stored.route());
+    if (r < 0) continue;
+    accrued_[r] = {stored.hosting_usd(), stored.training_usd(),
+                   std::min(now, absl::FromUnixMicros(
+                                     stored.as_of_unix_micros()))};
+  }
+  const int64_t oldest = MinuteOf(now) - absl::ToInt64Minutes(window_);
+  for (const v1::EconomicsCellState& stored : state.cells()) {
+    const int r = index_of(route_names_, stored.route());
+    const int t = index_of(task_names_, stored.task());
+    if (r < 0 || t < 0) continue;
+    Cell& cell = At(r, t);
+    cell.requests = stored.requests();
+    cell.cost = {stored.input_usd(), stored.output_usd(), stored.request_usd(),
+                 stored.retrieval_usd(), stored.embedding_usd()};
+    cell.judged = stored.judged();
+    cell.correct = stored.correct();
+    for (Bucket& bucket : cell.window) bucket = Bucket{};
+    for (const v1::EconomicsMinute& minute : stored.window()) {
+      if (minute.minute() <= oldest || minute.minute() > MinuteOf(now)) {
+        continue;
+      }
+      cell.window[minute.minute() % cell.window.size()] = {
+          minute.minute(), minute.requests(), minute.cost_usd(),
+          minute.correct()};
+    }
+  }
 }
 
 EconomicsSnapshot EconomicsLedger::Snapshot(absl::Time now) const {

@@ -7,6 +7,7 @@
 
 #include "absl/time/time.h"
 #include "arbiter/v1/config.pb.h"
+#include "arbiter/v1/state.pb.h"
 
 namespace arbiter::policy {
 
@@ -128,6 +129,14 @@ class EconomicsLedger final {
 
   [[nodiscard]] EconomicsSnapshot Snapshot(absl::Time now) const;
 
+  // What the ledger holds, by route and task name, for the state store.
+  [[nodiscard]] v1::EconomicsState ToState(absl::Time now) const;
+  // Takes up a stored ledger after a restart: accounting goes on from its
+  // start, and fixed costs accrue from when they were stored (so downtime
+  // is billed once, at today's prices). Routes and tasks are matched by
+  // name; those not in the config are left out.
+  void Restore(const v1::EconomicsState& state, absl::Time now);
+
  private:
   struct Bucket {
     int64_t minute = -1;
@@ -155,7 +164,9 @@ class EconomicsLedger final {
 
   const int num_routes_;
   const int num_tasks_;
-  const absl::Time start_;
+  std::vector<std::string> route_names_;
+  std::vector<std::string> task_names_;
+  absl::Time start_;
   const absl::Duration window_;
   const std::vector<double> prior_cost_usd_;
   struct RouteTerms {
@@ -166,6 +177,13 @@ class EconomicsLedger final {
     int baseline = -1;
   };
   std::vector<RouteTerms> terms_;
+  // Fixed costs accrued up to as_of; they accrue on from there.
+  struct Accrual {
+    double hosting_usd = 0;
+    double training_usd = 0;
+    absl::Time as_of;
+  };
+  std::vector<Accrual> accrued_;
   std::vector<Cell> cells_;
 };
 

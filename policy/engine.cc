@@ -1,6 +1,7 @@
 #include "policy/engine.h"
 
 #include <algorithm>
+#include <optional>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -107,6 +108,13 @@ class Engine::Strategy {
   }
   virtual void ObserveOutcome(int route, absl::Span<const float> embedding,
                               double score) const {}
+  // A budget strategy's dual variable; none for the others.
+  [[nodiscard]] virtual std::optional<double> cost_weight() const {
+    return std::nullopt;
+  }
+  virtual void set_cost_weight(double weight) const {}
+  // Judged prompts a contextual strategy remembers; 0 for the others.
+  [[nodiscard]] virtual int context_capacity() const { return 0; }
 };
 
 namespace {
@@ -368,6 +376,12 @@ class BudgetStrategy final : public Strategy {
                                           std::memory_order_relaxed)) {
     }
   }
+  std::optional<double> cost_weight() const override {
+    return weight_.load(std::memory_order_relaxed);
+  }
+  void set_cost_weight(double weight) const override {
+    weight_.store(std::max(0.0, weight), std::memory_order_relaxed);
+  }
 
  private:
   const double target_;
@@ -386,8 +400,10 @@ class ContextualStrategy final : public Strategy {
         prior_weight_(config.prior_weight()),
         min_feedback_(config.min_feedback()),
         explore_share_(config.explore_share()),
+        capacity_(config.memory_size()),
         memory_(dim, config.memory_size()) {}
   absl::string_view name() const override { return "contextual"; }
+  int context_capacity() const override { return capacity_; }
   double min_feedback() const override { return min_feedback_; }
   bool UsesContext() const override { return true; }
 
@@ -428,6 +444,7 @@ class ContextualStrategy final : public Strategy {
   const double prior_weight_;
   const double min_feedback_;
   const double explore_share_;
+  const int capacity_;
   mutable ContextMemory memory_;  // Thread-safe on its own.
 };
 
@@ -551,15 +568,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   auto default_strategy = make(config.policy(), "policy");
   if (!default_strategy.ok()) return default_strategy.status();
   engine->strategies_.push_back(*std::move(default_strategy));
-  for (const std::string& task : config.tasks()) {
+  engine->strategy_paths_.push_back("policy");
+  engine->path_by_task_.assign(config.tasks_size(), 0);
+  for (int t = 0; t < config.tasks_size(); ++t) {
+    const std::string& task = config.tasks(t);
     auto it = config.task_policies().find(task);
     if (it == config.task_policies().end()) {
       engine->strategy_by_task_.push_back(engine->strategies_.front().get());
       continue;
     }
-    auto strategy = make(it->second, absl::StrCat("task_policies.", task));
+    std::string path = absl::StrCat("task_policies.", task);
+    auto strategy = make(it->second, path);
     if (!strategy.ok()) return strategy.status();
     engine->strategies_.push_back(*std::move(strategy));
+    engine->strategy_paths_.push_back(std::move(path));
+    engine->path_by_task_[t] = static_cast<int>(engine->strategies_.size()) - 1;
     engine->strategy_by_task_.push_back(engine->strategies_.back().get());
   }
   return engine;
@@ -615,6 +638,45 @@ void Engine::ObserveOutcome(int task, int route,
                             absl::Span<const float> embedding, double score) {
   if (!UsesContext(task)) return;
   strategy_by_task_[task]->ObserveOutcome(route, embedding, score);
+}
+
+std::vector<std::pair<std::string, double>> Engine::CostWeights() const {
+  std::vector<std::pair<std::string, double>> weights;
+  for (size_t i = 0; i < strategies_.size(); ++i) {
+    if (auto weight = strategies_[i]->cost_weight()) {
+      weights.emplace_back(strategy_paths_[i], *weight);
+    }
+  }
+  return weights;
+}
+
+bool Engine::RestoreCostWeight(absl::string_view strategy, double weight) {
+  for (size_t i = 0; i < strategies_.size(); ++i) {
+    if (strategy_paths_[i] == strategy && strategies_[i]->cost_weight()) {
+      strategies_[i]->set_cost_weight(weight);
+      return true;
+    }
+  }
+  return false;
+}
+
+const std::string& Engine::StrategyOf(int task) const {
+  return strategy_paths_[path_by_task_[task]];
+}
+
+int Engine::ContextCapacity(int task) const {
+  return strategy_by_task_[task]->context_capacity();
+}
+
+bool Engine::RestoreOutcome(absl::string_view strategy, int route,
+                            absl::Span<const float> embedding, double score) {
+  for (size_t i = 0; i < strategies_.size(); ++i) {
+    if (strategy_paths_[i] == strategy && strategies_[i]->UsesContext()) {
+      strategies_[i]->ObserveOutcome(route, embedding, score);
+      return true;
+    }
+  }
+  return false;
 }
 
 void Engine::ObserveCost(int task, double cost_usd) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -100,6 +101,22 @@ class Engine final {
   void ObserveOutcome(int task, int route, absl::Span<const float> embedding,
                       double score);
 
+  // What its strategies learned, for the state store. A strategy is named
+  // by where it is in the config: "policy" or "task_policies.<task>".
+  // The budget strategies' dual variables (the price put on cost).
+  [[nodiscard]] std::vector<std::pair<std::string, double>> CostWeights()
+      const;
+  // false when no budget strategy is at that place (the config changed).
+  bool RestoreCostWeight(absl::string_view strategy, double weight);
+  // Where the task's strategy is, and how many judged prompts it remembers
+  // (0 unless contextual).
+  [[nodiscard]] const std::string& StrategyOf(int task) const;
+  [[nodiscard]] int ContextCapacity(int task) const;
+  // Gives a contextual strategy a stored judged prompt back; false when
+  // none is at that place.
+  bool RestoreOutcome(absl::string_view strategy, int route,
+                      absl::Span<const float> embedding, double score);
+
   [[nodiscard]] int num_routes() const {
     return static_cast<int>(route_names_.size());
   }
@@ -114,6 +131,8 @@ class Engine final {
   double prior_strength_ = 0;
   std::vector<std::unique_ptr<Strategy>> strategies_;  // Owned, shared.
   std::vector<const Strategy*> strategy_by_task_;
+  std::vector<std::string> strategy_paths_;  // Per strategy.
+  std::vector<int> path_by_task_;            // Index into strategy_paths_.
 };
 
 }  // namespace arbiter::policy

@@ -176,6 +176,11 @@ std::vector<ArmTally> ExperimentStats::Tallies(int experiment) const {
   return arms_[experiment];
 }
 
+void ExperimentStats::Restore(int experiment, int arm, ArmTally tally) {
+  std::lock_guard lock(mu_);
+  arms_[experiment][arm] = std::move(tally);
+}
+
 ExperimentAnalysis AnalyzeExperiment(const v1::Experiment& experiment,
                                      const std::vector<ArmTally>& tallies) {
   ExperimentAnalysis analysis;

@@ -71,6 +71,8 @@ class ExperimentStats final {
   void RecordError(int experiment, int arm, double latency_seconds);
   void RecordFeedback(int experiment, int arm, double score);
   [[nodiscard]] std::vector<ArmTally> Tallies(int experiment) const;
+  // Replaces an arm's tally with a stored one (a restart).
+  void Restore(int experiment, int arm, ArmTally tally);
 
  private:
   mutable std::mutex mu_;  // std:: so ThreadSanitizer sees it.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+
 namespace arbiter::policy {
 namespace {
 
@@ -15,7 +17,8 @@ constexpr double kMaxValue = 86'400;
 }  // namespace
 
 LatencySketch::LatencySketch(double relative_accuracy)
-    : gamma_((1 + relative_accuracy) / (1 - relative_accuracy)),
+    : relative_accuracy_(relative_accuracy),
+      gamma_((1 + relative_accuracy) / (1 - relative_accuracy)),
       log_gamma_(std::log(gamma_)) {}
 
 int LatencySketch::Index(double value) const {
@@ -55,6 +58,36 @@ double LatencySketch::Quantile(double q) const {
     if (seen > rank) return ValueAt(index);
   }
   return ValueAt(buckets_.rbegin()->first);
+}
+
+LatencySketch::Parts LatencySketch::parts() const {
+  return {relative_accuracy_, count_, zero_count_, buckets_};
+}
+
+absl::StatusOr<LatencySketch> LatencySketch::FromParts(Parts parts) {
+  if (!(parts.relative_accuracy > 0 && parts.relative_accuracy < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("latency sketch: relative accuracy ",
+                     parts.relative_accuracy, " is not in (0, 1)"));
+  }
+  int64_t sum = parts.zero_count;
+  for (const auto& [index, n] : parts.buckets) {
+    if (n <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("latency sketch: bucket ", index, " has count ", n));
+    }
+    sum += n;
+  }
+  if (parts.zero_count < 0 || sum != parts.count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("latency sketch: buckets add up to ", sum,
+                     " values, not its count ", parts.count));
+  }
+  LatencySketch sketch(parts.relative_accuracy);
+  sketch.count_ = parts.count;
+  sketch.zero_count_ = parts.zero_count;
+  sketch.buckets_ = std::move(parts.buckets);
+  return sketch;
 }
 
 }  // namespace arbiter::policy

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <map>
 
+#include "absl/status/statusor.h"
+
 namespace arbiter::policy {
 
 // A mergeable quantile sketch with relative error (DDSketch): values fall
@@ -24,10 +26,22 @@ class LatencySketch final {
   [[nodiscard]] double Quantile(double q) const;
   [[nodiscard]] int64_t count() const { return count_; }
 
+  // What a sketch holds, to store it and restore it.
+  struct Parts {
+    double relative_accuracy = 0.01;
+    int64_t count = 0;
+    int64_t zero_count = 0;
+    std::map<int, int64_t> buckets;
+  };
+  [[nodiscard]] Parts parts() const;
+  // INVALID_ARGUMENT when the parts do not add up (counts, accuracy).
+  [[nodiscard]] static absl::StatusOr<LatencySketch> FromParts(Parts parts);
+
  private:
   int Index(double value) const;
   double ValueAt(int index) const;
 
+  double relative_accuracy_;
   double gamma_;
   double log_gamma_;
   int64_t count_ = 0;

@@ -112,4 +112,39 @@ void RouteStats::PublishLocked(absl::Time now) {
   last_publish_ = now;
 }
 
+void RouteStats::Restore(std::vector<StoredCell> cells, absl::Time now) {
+  std::lock_guard lock(mu_);
+  const int num_tasks = working_.num_tasks_;
+  for (StoredCell& cell : cells) {
+    working_.cells_[cell.route * num_tasks + cell.task] =
+        std::move(cell.counters);
+  }
+  // A route's total is the sum of its cells, evidence decayed alike.
+  for (int route = 0; route < working_.num_routes_; ++route) {
+    RouteTaskCounters total;
+    total.recent.as_of = now;
+    for (int task = 0; task < num_tasks; ++task) {
+      RouteTaskCounters& c = working_.cells_[route * num_tasks + task];
+      c.recent.DecayTo(now, options_.half_life);
+      total.requests += c.requests;
+      total.errors += c.errors;
+      total.input_tokens += c.input_tokens;
+      total.output_tokens += c.output_tokens;
+      total.cost_usd += c.cost_usd;
+      total.latency_seconds_sum += c.latency_seconds_sum;
+      total.feedback_count += c.feedback_count;
+      total.feedback_score_sum += c.feedback_score_sum;
+      total.recent.completions += c.recent.completions;
+      total.recent.errors += c.recent.errors;
+      total.recent.cost_usd += c.recent.cost_usd;
+      total.recent.latency_seconds += c.recent.latency_seconds;
+      total.recent.feedback += c.recent.feedback;
+      total.recent.score += c.recent.score;
+      total.latency.Merge(c.latency);
+    }
+    working_.totals_[route] = std::move(total);
+  }
+  PublishLocked(now);
+}
+
 }  // namespace arbiter::policy

@@ -138,6 +138,15 @@ class RouteStats final {
   // decays, if the last publish is a second old; call it periodically.
   void PublishIfChanged(absl::Time now = absl::Now());
 
+  // Replaces cells with stored ones (a restart) and recomputes the routes'
+  // totals from every cell, then publishes.
+  struct StoredCell {
+    int route = 0;
+    int task = 0;
+    RouteTaskCounters counters;
+  };
+  void Restore(std::vector<StoredCell> cells, absl::Time now = absl::Now());
+
  private:
   template <typename Update>
   void Apply(int route, int task, absl::Time now, const Update& update);

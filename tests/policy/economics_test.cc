@@ -231,5 +231,59 @@ TEST(EconomicsTest, EmbeddingIsPricedPerThousandTokensWhenRetrieving) {
   EXPECT_EQ(PriceRequest(pricing, 0, 0, false, 50).embedding_usd, 0);
 }
 
+TEST_F(LedgerTest, RestoredLedgerAnswersAsTheOneItWasStoredFrom) {
+  EconomicsLedger before(Config(1, 100), start_, {0.009, 0.001});
+  Fill(before);
+  const v1::EconomicsState stored = before.ToState(now_);
+  // A restart a second later, from a ledger that began then.
+  const absl::Time later = now_ + absl::Seconds(1);
+  EconomicsLedger after(Config(1, 100), later, {0.009, 0.001});
+  after.Restore(stored, later);
+  const EconomicsSnapshot a = before.Snapshot(later);
+  const EconomicsSnapshot b = after.Snapshot(later);
+  EXPECT_EQ(b.uptime, a.uptime);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(b.routes[r].requests, a.routes[r].requests);
+    EXPECT_NEAR(b.routes[r].total_usd(), a.routes[r].total_usd(), 1e-9);
+    EXPECT_EQ(b.routes[r].judged, a.routes[r].judged);
+    EXPECT_EQ(b.routes[r].window_cost_per_correct_usd,
+              a.routes[r].window_cost_per_correct_usd);
+  }
+  ASSERT_TRUE(b.routes[1].breakeven.has_value());
+  EXPECT_NEAR(b.routes[1].breakeven->savings_usd,
+              a.routes[1].breakeven->savings_usd, 1e-9);
+  EXPECT_NEAR(b.routes[1].breakeven->recovered_share,
+              a.routes[1].breakeven->recovered_share, 1e-12);
+}
+
+TEST_F(LedgerTest, DowntimeIsBilledOnceAtTodaysPrice) {
+  EconomicsLedger before(Config(1, 100), start_, {0.009, 0.001});
+  const v1::EconomicsState stored = before.ToState(now_);  // 12 h, $12.
+  // Down for 6 hours; hosting now costs $2 an hour.
+  const absl::Time restart = now_ + absl::Hours(6);
+  EconomicsLedger after(Config(2, 100), restart, {0.009, 0.001});
+  after.Restore(stored, restart);
+  EXPECT_NEAR(after.HostingUsd(1, restart), 12 + 6 * 2, 1e-9);
+  EXPECT_NEAR(after.HostingUsd(1, restart + absl::Hours(1)), 12 + 7 * 2,
+              1e-9);
+  // Training: 18 hours of $1 a day, whatever the restarts.
+  EXPECT_NEAR(after.TrainingAmortizedUsd(1, restart), 0.75, 1e-9);
+}
+
+TEST_F(LedgerTest, RoutesAndTasksAreMatchedByName) {
+  EconomicsLedger before(Config(1, 100), start_, {0.009, 0.001});
+  Fill(before);
+  v1::EconomicsState stored = before.ToState(now_);
+  // The next config drops "prompted" and adds "new" in front of "tuned".
+  v1::Config next = Config(1, 100);
+  next.mutable_routes(0)->set_name("new");
+  EconomicsLedger after(next, now_, {0.009, 0.001});
+  after.Restore(stored, now_);
+  const EconomicsSnapshot snapshot = after.Snapshot(now_);
+  EXPECT_EQ(snapshot.routes[0].requests, 0);  // "new" starts cold.
+  EXPECT_NEAR(snapshot.routes[0].hosting_usd, 0, 1e-12);
+  EXPECT_EQ(snapshot.routes[1].requests, 100);  // "tuned" kept.
+}
+
 }  // namespace
 }  // namespace arbiter::policy

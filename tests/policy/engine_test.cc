@@ -542,6 +542,63 @@ TEST(EngineTest, ContextMemoryForgetsTheOldestWhenFull) {
       << "wrong dimension";
 }
 
+TEST(EngineTest, BudgetCostWeightIsExportedAndRestoredByPlace) {
+  const v1::Config config = ThreeRouteConfig(
+      R"pb(policy { budget { target_cost_usd: 0.001 learning_rate: 0.05 } }
+           task_policies {
+             key: "b"
+             value { budget { target_cost_usd: 0.002 learning_rate: 0.1 } }
+           })pb");
+  auto engine = MakeEngine(config);
+  for (int i = 0; i < 10; ++i) engine->ObserveCost(1, 0.02);  // Task b.
+  auto weights = engine->CostWeights();
+  ASSERT_EQ(weights.size(), 2u);
+  EXPECT_EQ(weights[0].first, "policy");
+  EXPECT_EQ(weights[1].first, "task_policies.b");
+  EXPECT_GT(weights[1].second, weights[0].second);
+  auto restarted = MakeEngine(config);
+  for (const auto& [strategy, weight] : weights) {
+    EXPECT_TRUE(restarted->RestoreCostWeight(strategy, weight));
+  }
+  EXPECT_EQ(restarted->CostWeights(), weights);
+  EXPECT_FALSE(restarted->RestoreCostWeight("task_policies.a", 1));
+}
+
+TEST(EngineTest, ContextualMemoryIsRestoredFromStoredOutcomes) {
+  const v1::Config config = ThreeRouteConfig(
+      R"pb(policy { contextual { k: 10 explore_share: 0 min_feedback: 20 } }
+           retrieval { embedding_dim: 4 })pb");
+  auto engine = MakeEngine(config);
+  EXPECT_EQ(engine->StrategyOf(0), "policy");
+  EXPECT_GT(engine->ContextCapacity(0), 0);
+  RouteStats stats(3, 2, absl::ZeroDuration());
+  const std::vector<float> password = {1, 0, 0, 0};
+  const std::vector<float> invoice = {0, 1, 0, 0};
+  // Only what the memory holds tells kMid (password) from kCheap (invoice).
+  for (int i = 0; i < 40; ++i) {
+    for (int r : {kMid, kCheap}) {
+      const bool on_password = i % 2 == 0;
+      stats.RecordFeedback(r, 0, (r == kMid) == on_password ? 1 : 0);
+    }
+    stats.RecordFeedback(kExpensive, 0, 0.4);
+  }
+  auto restarted = MakeEngine(config);
+  for (int i = 0; i < 40; ++i) {
+    for (int r : {kMid, kCheap}) {
+      const bool on_password = i % 2 == 0;
+      ASSERT_TRUE(restarted->RestoreOutcome(
+          "policy", r, on_password ? password : invoice,
+          (r == kMid) == on_password ? 1 : 0));
+    }
+  }
+  RequestFeatures features;
+  features.embedding = password;
+  EXPECT_EQ(restarted->Decide(features, *stats.Snapshot())->route, kMid);
+  features.embedding = invoice;
+  EXPECT_EQ(restarted->Decide(features, *stats.Snapshot())->route, kCheap);
+  EXPECT_FALSE(restarted->RestoreOutcome("task_policies.a", 0, password, 1));
+}
+
 TEST(EngineTest, BudgetNeedsAPositiveTarget) {
   auto engine = Engine::Create(
       ThreeRouteConfig(R"pb(policy { budget { target_cost_usd: 0 } })pb"),

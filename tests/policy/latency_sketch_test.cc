@@ -61,5 +61,35 @@ TEST(LatencySketchTest, InfiniteAndHugeValuesAreClampedToADay) {
   EXPECT_NEAR(sketch.Quantile(1), 86'400, 86'400 * 0.01);
 }
 
+TEST(LatencySketchTest, PartsRestoreTheSameQuantiles) {
+  LatencySketch sketch;
+  for (int i = 0; i < 1000; ++i) sketch.Add(0.001 * (i % 97) + 1e-7 * i);
+  sketch.Add(0);
+  auto restored = LatencySketch::FromParts(sketch.parts());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->count(), sketch.count());
+  for (double q : {0.0, 0.5, 0.9, 0.99, 1.0}) {
+    EXPECT_EQ(restored->Quantile(q), sketch.Quantile(q)) << q;
+  }
+}
+
+TEST(LatencySketchTest, PartsThatDoNotAddUpAreRefused) {
+  LatencySketch sketch;
+  sketch.Add(0.2);
+  LatencySketch::Parts parts = sketch.parts();
+  parts.count = 5;
+  EXPECT_EQ(LatencySketch::FromParts(parts).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  parts = sketch.parts();
+  parts.relative_accuracy = 0;
+  EXPECT_EQ(LatencySketch::FromParts(parts).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  parts = sketch.parts();
+  parts.buckets.begin()->second = -1;
+  parts.count = -1;
+  EXPECT_EQ(LatencySketch::FromParts(parts).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace arbiter::policy

@@ -150,5 +150,47 @@ TEST(ContextMemoryTest, ConcurrentAddsAndSearches) {
   EXPECT_EQ(memory.size(), 500);
 }
 
+TEST(RouteStatsTest, RestoredCellsGiveTheSameCellsAndTotals) {
+  const absl::Time t0 = absl::FromUnixSeconds(1'800'000'000);
+  StatsOptions options{absl::Milliseconds(10), absl::Hours(1)};
+  RouteStats before(2, 3, options);
+  for (int i = 0; i < 30; ++i) {
+    before.RecordCompletion(i % 2, i % 3, {100, 10 + i, 0.01 * i, 0.1 * i},
+                            t0 + absl::Seconds(i));
+    before.RecordFeedback(i % 2, i % 3, i % 4 == 0, t0 + absl::Seconds(i));
+    if (i % 7 == 0) before.RecordError(1, 2, 0.5, t0 + absl::Seconds(i));
+  }
+  const absl::Time stored_at = t0 + absl::Minutes(1);
+  before.Publish(stored_at);
+  std::shared_ptr<const StatsSnapshot> a = before.Snapshot();
+  std::vector<RouteStats::StoredCell> cells;
+  for (int r = 0; r < 2; ++r) {
+    for (int t = 0; t < 3; ++t) cells.push_back({r, t, a->Cell(r, t)});
+  }
+  RouteStats after(2, 3, options);
+  after.Restore(cells, stored_at);
+  std::shared_ptr<const StatsSnapshot> b = after.Snapshot();
+  auto same = [](const RouteTaskCounters& x, const RouteTaskCounters& y) {
+    EXPECT_EQ(x.requests, y.requests);
+    EXPECT_EQ(x.errors, y.errors);
+    EXPECT_EQ(x.output_tokens, y.output_tokens);
+    EXPECT_NEAR(x.cost_usd, y.cost_usd, 1e-12);
+    EXPECT_EQ(x.feedback_count, y.feedback_count);
+    EXPECT_NEAR(x.recent.completions, y.recent.completions, 1e-9);
+    EXPECT_NEAR(x.recent.score, y.recent.score, 1e-9);
+    EXPECT_NEAR(x.recent.feedback, y.recent.feedback, 1e-9);
+    EXPECT_EQ(x.latency.count(), y.latency.count());
+    EXPECT_EQ(x.latency.Quantile(0.9), y.latency.Quantile(0.9));
+  };
+  for (int r = 0; r < 2; ++r) {
+    for (int t = 0; t < 3; ++t) same(a->Cell(r, t), b->Cell(r, t));
+    same(a->RouteTotal(r), b->RouteTotal(r));
+  }
+  // Evidence keeps decaying from where it was stored.
+  after.Publish(stored_at + absl::Hours(1));
+  EXPECT_NEAR(after.Snapshot()->Cell(0, 0).recent.completions,
+              a->Cell(0, 0).recent.completions / 2, 1e-9);
+}
+
 }  // namespace
 }  // namespace arbiter::policy
