@@ -39,6 +39,7 @@ build: deps $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j$(JOBS)
 
 run: build
+	mkdir -p data
 	./$(BUILD_DIR)/arbiter serve
 
 # The gateway, traffic with feedback, and a real Prometheus with

@@ -63,6 +63,14 @@ CLI::App* AddServeCommand(CLI::App& arbiter, ServeFlags& flags) {
       ->type_name("ADDR")
       ->default_str("the config's server.metrics_listen")
       ->check(HostPort());
+  CLI::Option* state =
+      serve->add_option("--state", flags.state, "the state file (SQLite)")
+          ->type_name("FILE")
+          ->default_str("the config's state.path");
+  serve
+      ->add_flag("--no-state", flags.no_state,
+                 "keep state in memory only, whatever the config says")
+      ->excludes(state);
   return serve;
 }
 
@@ -113,6 +121,8 @@ int RunServe(const ServeFlags& flags) {
   if (!flags.metrics_listen.empty()) {
     server_config.set_metrics_listen(flags.metrics_listen);
   }
+  if (!flags.state.empty()) loaded->config.mutable_state()->set_path(flags.state);
+  if (flags.no_state) loaded->config.mutable_state()->clear_path();
   return ServeUntilStopped(*std::move(loaded));
 }
 

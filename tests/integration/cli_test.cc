@@ -321,7 +321,7 @@ TEST(CliTest, IndexEvalNamesTheLineAndFieldOfABadQuery) {
 class CliGatewayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto gateway = StartServe(ARBITER_BINARY);
+    auto gateway = StartServe(ARBITER_BINARY, {"--no-state"});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = gateway->process.release();
     target_ = new std::string(gateway->target());

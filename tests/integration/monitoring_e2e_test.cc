@@ -93,7 +93,7 @@ class MonitoringTest : public ::testing::Test {
     std::filesystem::remove_all(*dir_);
     std::filesystem::create_directories(*dir_);
 
-    auto gateway = StartServe(ARBITER_BINARY);
+    auto gateway = StartServe(ARBITER_BINARY, {"--no-state"});
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = gateway->process.release();
     grpc_port_ = gateway->grpc_port;
