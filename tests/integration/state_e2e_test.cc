@@ -61,10 +61,10 @@ class StateTest : public ::testing::Test {
          {"dataset: questions.jsonl",
           "dataset: " ARBITER_SOURCE_DIR "/quickstart/questions.jsonl"},
          {"corpus_dir: corpus",
-          "corpus_dir: " ARBITER_SOURCE_DIR "/quickstart/corpus"}});
-    quickstart_ = absl::StrCat(quickstart_, "\nstate:\n  path: ",
-                               (dir_ / "state.db").string(),
-                               "\n  flush_interval_ms: 100\n");
+          "corpus_dir: " ARBITER_SOURCE_DIR "/quickstart/corpus"},
+         {"path: data/arbiter-state.db",
+          absl::StrCat("path: ", (dir_ / "state.db").string())}});
+    ASSERT_THAT(quickstart_, HasSubstr("flush_interval_ms: 100"));
   }
   void TearDown() override {
     gateway_.process.reset();
