@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -37,6 +38,8 @@ struct Options {
   double qps = 200;
   double seconds = 10;
   std::string route = "fine-tuned";
+  // A state store file (created afresh), or empty for state in memory.
+  std::string state;
 };
 
 struct Percentiles {
@@ -150,6 +153,7 @@ int Main(int argc, char** argv) {
     if (flag == "--qps") absl::SimpleAtod(argv[i + 1], &options.qps);
     if (flag == "--seconds") absl::SimpleAtod(argv[i + 1], &options.seconds);
     if (flag == "--route") options.route = argv[i + 1];
+    if (flag == "--state") options.state = argv[i + 1];
   }
   auto quickstart = LoadEmbeddedConfig();
   if (!quickstart.ok()) {
@@ -175,6 +179,13 @@ int Main(int argc, char** argv) {
   backend->mutable_openai()->set_max_connections(256);
   // The loaded config had its defaults applied before this backend existed.
   ApplyOpenAIBackendDefaults(*backend->mutable_openai());
+  // A state store only when asked for, in a fresh file.
+  config.config.mutable_state()->set_path(options.state);
+  if (!options.state.empty()) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::filesystem::remove(options.state + suffix);
+    }
+  }
   prometheus::Registry registry;
   auto gateway = Gateway::Create(config, registry);
   if (!gateway.ok()) {
@@ -186,8 +197,9 @@ int Main(int argc, char** argv) {
 
   std::cout << absl::StrFormat(
       "fixed rate %.0f req/s for %.0f s each; sim-server answers after 5 ms; "
-      "route %s\n",
-      options.qps, options.seconds, options.route);
+      "route %s; state %s\n",
+      options.qps, options.seconds, options.route,
+      options.state.empty() ? "in memory" : options.state);
   Percentiles direct = RunDirect(sim_port, options);
   Percentiles through = RunGateway((*server)->port(), options);
   std::cout << absl::StrFormat("%-26s %8s %8s %9s %9s %9s %7s\n", "path", "n",

@@ -32,6 +32,7 @@ absl::Status Upsert(Gateway& gateway, const std::string& collection) {
 TEST(CollectionLimitTest, UpsertCreatesNoCollectionBeyondTheLimit) {
   auto loaded = LoadEmbeddedConfig();
   ASSERT_TRUE(loaded.ok()) << loaded.status();
+  loaded->config.mutable_state()->clear_path();  // In memory: no files.
   // The quickstart's corpus is one collection already.
   loaded->config.mutable_retrieval()->set_max_collections(3);
   prometheus::Registry registry;

@@ -19,6 +19,7 @@ class FeedbackTest : public ::testing::Test {
   void Start(int decision_log_max_mb) {
     auto loaded = LoadEmbeddedConfig();
     ASSERT_TRUE(loaded.ok()) << loaded.status();
+    loaded->config.mutable_state()->clear_path();  // In memory: no files.
     loaded->config.mutable_server()->set_decision_log_max_mb(
         decision_log_max_mb);
     auto gateway = Gateway::Create(*std::move(loaded), registry_);
