@@ -579,6 +579,11 @@ void Gateway::ScheduleEconomics() {
   if (stopping_) return;
   ticker_->RunAfter(kEconomicsInterval, [this] {
     metrics_.UpdateEconomics(EconomicsNow());
+    if (state_store_ != nullptr) {
+      const state::WriterStats writes = state_store_->writer_stats();
+      metrics_.SetStateWrites(writes.batches, writes.failures,
+                              absl::ToDoubleSeconds(writes.last_commit));
+    }
     ScheduleEconomics();
   });
 }

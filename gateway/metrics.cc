@@ -168,6 +168,20 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                      .Register(registry);
   corpus_documents_ = &corpus.Add({{"item", "documents"}});
   corpus_chunks_ = &corpus.Add({{"item", "chunks"}});
+  auto& state_batches =
+      BuildCounter()
+          .Name("arbiter_state_batches_total")
+          .Help("Batches of changes the state store's writer committed (ok) "
+                "or could not commit (failed; kept and retried).")
+          .Register(registry);
+  state_committed_ = &state_batches.Add({{"result", "ok"}});
+  state_failed_ = &state_batches.Add({{"result", "failed"}});
+  state_last_commit_ = &BuildGauge()
+                            .Name("arbiter_state_last_commit_seconds")
+                            .Help("How long the state store's last commit "
+                                  "took.")
+                            .Register(registry)
+                            .Add({});
   auto& pool_threads =
       BuildGauge()
           .Name("arbiter_worker_pool_threads")
@@ -457,6 +471,15 @@ void Metrics::RecordRetrieval(double seconds) {
 void Metrics::SetCorpus(size_t documents, size_t chunks) {
   corpus_documents_->Set(static_cast<double>(documents));
   corpus_chunks_->Set(static_cast<double>(chunks));
+}
+
+void Metrics::SetStateWrites(int64_t committed, int64_t failed,
+                             double last_commit_seconds) {
+  state_committed_->Increment(std::max(
+      0.0, static_cast<double>(committed) - state_committed_->Value()));
+  state_failed_->Increment(
+      std::max(0.0, static_cast<double>(failed) - state_failed_->Value()));
+  state_last_commit_->Set(last_commit_seconds);
 }
 
 void Metrics::SetPoolLoad(Pool pool, size_t queued, size_t busy) {

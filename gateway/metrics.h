@@ -54,6 +54,10 @@ class Metrics final {
   void RecordExperimentRequest(int experiment, int arm, bool ok);
   void RecordExperimentFeedback(int experiment, int arm, double score);
   void SetCorpus(size_t documents, size_t chunks);
+  // The state store's writer: batches committed and failed so far, and how
+  // long the last commit took.
+  void SetStateWrites(int64_t committed, int64_t failed,
+                      double last_commit_seconds);
   // Fixed costs accrued, cost per correct answer and break-even; called
   // periodically with the ledger's latest figures.
   void UpdateEconomics(const policy::EconomicsSnapshot& snapshot);
@@ -120,6 +124,9 @@ class Metrics final {
                       std::array<prometheus::Counter*, kBackendErrorCount>>
       backend_errors_;
   prometheus::Histogram* retrieval_duration_;
+  prometheus::Counter* state_committed_;
+  prometheus::Counter* state_failed_;
+  prometheus::Gauge* state_last_commit_;
   prometheus::Gauge* corpus_documents_;
   prometheus::Gauge* corpus_chunks_;
   struct PoolSeries {
