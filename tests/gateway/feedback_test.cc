@@ -1,9 +1,12 @@
 // Feedback through a gateway built in-process from the quickstart config
 // (its sim backend answers without a network).
 
+#include <atomic>
 #include <future>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "gateway/config.h"
@@ -85,17 +88,42 @@ TEST_F(FeedbackTest, SecondFeedbackIsRefusedWhileTheLogHoldsTheRequest) {
 }
 
 // What happens to a request the log has forgotten (or another replica
-// served): the id alone says where the credit goes.
-TEST_F(FeedbackTest, FeedbackIsCreditedFromTheIdWhenTheLogHoldsNothing) {
+// served): the id alone says where the credit goes, and it goes once.
+TEST_F(FeedbackTest, FeedbackIsCreditedOnceFromTheIdWhenTheLogHoldsNothing) {
   Start(0);
   const std::string id = Serve();
-  for (int i = 0; i < 2; ++i) {
-    auto feedback = Feedback(id);
-    ASSERT_TRUE(feedback.ok()) << feedback.status();
-    EXPECT_EQ(feedback->route(), "prompted");
-    EXPECT_EQ(feedback->task(), "faq");
+  auto feedback = Feedback(id);
+  ASSERT_TRUE(feedback.ok()) << feedback.status();
+  EXPECT_EQ(feedback->route(), "prompted");
+  EXPECT_EQ(feedback->task(), "faq");
+  EXPECT_EQ(Feedback(id).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(FeedbackCount(1), 1);
+}
+
+TEST_F(FeedbackTest, TenThousandConcurrentFeedbacksOnOneIdCountOnce) {
+  Start(0);
+  const std::string id = Serve();
+  std::atomic<int> accepted{0}, refused{0}, other{0};
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 8; ++t) {
+    senders.emplace_back([&] {
+      for (int i = 0; i < 1250; ++i) {
+        auto feedback = Feedback(id);
+        if (feedback.ok()) {
+          ++accepted;
+        } else if (absl::IsAlreadyExists(feedback.status())) {
+          ++refused;
+        } else {
+          ++other;
+        }
+      }
+    });
   }
-  EXPECT_EQ(FeedbackCount(2), 2);
+  for (std::thread& sender : senders) sender.join();
+  EXPECT_EQ(accepted, 1);
+  EXPECT_EQ(refused, 9999);
+  EXPECT_EQ(other, 0);
+  EXPECT_EQ(FeedbackCount(1), 1);
 }
 
 }  // namespace
