@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,11 @@
 #include "arbiter/v1/state.pb.h"
 
 namespace arbiter::state {
+
+// The layout of the file (its meta table) and of GatewayState.format_version.
+inline constexpr int kStateFormatVersion = 1;
+// The secret that GatewayState.request_id_key exports and imports.
+inline constexpr char kRequestIdKeySecret[] = "request_id_key";
 
 // What changed since the last batch. Aggregates replace the stored row of
 // their key (rows equal to what was last written are skipped); entries are
@@ -37,11 +43,16 @@ struct StateStoreOptions {
   absl::Duration flush_interval = absl::Milliseconds(100);
   // Judged ids issued before now - this are deleted as batches are written.
   absl::Duration judged_retention = absl::Hours(24 * 7);
+  // Where the writer's failures go, a line each; empty: stderr.
+  std::function<void(absl::string_view)> log = nullptr;
 };
 
 struct WriterStats {
   int64_t batches = 0;   // Transactions committed.
   int64_t failures = 0;  // Batches that failed (kept and retried).
+  // Rows inserted, replaced or deleted by committed batches; rows equal to
+  // the stored ones are skipped, so they are not counted.
+  int64_t rows_written = 0;
   absl::Duration last_commit;
 };
 
@@ -64,6 +75,12 @@ class StateStore final {
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(
       StateStoreOptions options);
   ~StateStore();  // Close() if not closed.
+
+  // Everything in the file at `path`, read without its lock and without
+  // writing: a gateway may be serving from it (a reader sees its last
+  // commit). NOT_FOUND when there is no file; INVALID_ARGUMENT as Open.
+  [[nodiscard]] static absl::StatusOr<v1::GatewayState> ReadFile(
+      const std::string& path, absl::Time judged_since = absl::InfinitePast());
 
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;
