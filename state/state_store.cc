@@ -340,12 +340,24 @@ absl::StatusOr<bool> CheckFormat(Db& db) {
   return true;
 }
 
-template <typename Message>
-absl::Status ParseRow(const std::string& bytes, absl::string_view table,
-                      const std::string& path, Message* message) {
-  if (message->ParseFromString(bytes)) return absl::OkStatus();
-  return absl::DataLossError(absl::StrCat("state file ", path, ": a row of ",
-                                          table, " does not parse"));
+// Each row's `state` column parsed into add(); with `written`, its bytes by
+// key_of(the row). DATA_LOSS for a row that does not parse.
+template <typename Add, typename KeyOf>
+absl::Status ReadRows(Db& db, const char* sql, absl::string_view table, Add add,
+                      KeyOf key_of,
+                      absl::flat_hash_map<std::string, std::string>* written) {
+  Statement rows(db, sql);
+  absl::Status status;
+  while (rows.Next(&status)) {
+    std::string bytes = rows.Blob(0);
+    auto* row = add();
+    if (!row->ParseFromString(bytes)) {
+      return absl::DataLossError(absl::StrCat(
+          "state file ", db.path(), ": a row of ", table, " does not parse"));
+    }
+    if (written != nullptr) (*written)[key_of(*row)] = std::move(bytes);
+  }
+  return status;
 }
 
 // Everything stored, in one read transaction. `written`, when given, gets
@@ -353,7 +365,6 @@ absl::Status ParseRow(const std::string& bytes, absl::string_view table,
 absl::StatusOr<v1::GatewayState> ReadState(
     Db& db, absl::Time judged_since,
     absl::flat_hash_map<std::string, std::string>* written) {
-  const std::string& path = db.path();
   Transaction read(db, "BEGIN");
   if (!read.status().ok()) return read.status();
   v1::GatewayState state;
@@ -364,82 +375,49 @@ absl::StatusOr<v1::GatewayState> ReadState(
     meta.Bind(1, kWrittenKey);
     if (meta.Next(&status)) state.set_written_unix_micros(meta.Int(0));
   }
-  {
-    Statement rows(db, "SELECT state FROM route_tasks ORDER BY route, task");
-    while (rows.Next(&status)) {
-      std::string bytes = rows.Blob(0);
-      v1::RouteTaskState* row = state.add_route_tasks();
-      if (absl::Status s = ParseRow(bytes, "route_tasks", path, row); !s.ok()) {
-        return s;
-      }
-      if (written) {
-        (*written)[RowKey("route_tasks", {row->route(), row->task()})] =
-            std::move(bytes);
-      }
-    }
-  }
-  {
-    Statement rows(db, "SELECT state FROM routes ORDER BY route");
-    while (rows.Next(&status)) {
-      std::string bytes = rows.Blob(0);
-      v1::RouteIdentity* row = state.add_routes();
-      if (absl::Status s = ParseRow(bytes, "routes", path, row); !s.ok()) {
-        return s;
-      }
-      if (written) (*written)[RowKey("routes", {row->route()})] = bytes;
-    }
-  }
-  {
-    Statement rows(
-        db, "SELECT state FROM budgets ORDER BY experiment, arm, strategy");
-    while (rows.Next(&status)) {
-      std::string bytes = rows.Blob(0);
-      v1::BudgetState* row = state.add_budgets();
-      if (absl::Status s = ParseRow(bytes, "budgets", path, row); !s.ok()) {
-        return s;
-      }
-      if (written) {
-        (*written)[RowKey("budgets", {StrategyKeyName(row->key())})] = bytes;
-      }
-    }
-  }
-  {
-    Statement rows(
-        db, "SELECT state FROM experiment_arms ORDER BY experiment, arm");
-    while (rows.Next(&status)) {
-      std::string bytes = rows.Blob(0);
-      v1::ExperimentArmState* row = state.add_experiment_arms();
-      if (absl::Status s = ParseRow(bytes, "experiment_arms", path, row);
-          !s.ok()) {
-        return s;
-      }
-      if (written) {
-        (*written)[RowKey("experiment_arms", {row->experiment(), row->arm()})] =
-            bytes;
-      }
-    }
-  }
-  {
-    Statement rows(db, "SELECT state FROM economics WHERE id = 1");
-    if (rows.Next(&status)) {
-      std::string bytes = rows.Blob(0);
-      if (absl::Status s =
-              ParseRow(bytes, "economics", path, state.mutable_economics());
-          !s.ok()) {
-        return s;
-      }
-      if (written) (*written)[RowKey("economics", {})] = bytes;
-    }
-  }
-  {
-    Statement rows(db, "SELECT state FROM context_entries ORDER BY seq");
-    while (rows.Next(&status)) {
-      if (absl::Status s = ParseRow(rows.Blob(0), "context_entries", path,
-                                    state.add_context_entries());
-          !s.ok()) {
-        return s;
-      }
-    }
+  for (
+      absl::Status s : {
+          ReadRows(
+              db, "SELECT state FROM route_tasks ORDER BY route, task",
+              "route_tasks", [&] { return state.add_route_tasks(); },
+              [](const v1::RouteTaskState& row) {
+                return RowKey("route_tasks", {row.route(), row.task()});
+              },
+              written),
+          ReadRows(
+              db, "SELECT state FROM routes ORDER BY route", "routes",
+              [&] { return state.add_routes(); },
+              [](const v1::RouteIdentity& row) {
+                return RowKey("routes", {row.route()});
+              },
+              written),
+          ReadRows(
+              db,
+              "SELECT state FROM budgets ORDER BY experiment, arm, strategy",
+              "budgets", [&] { return state.add_budgets(); },
+              [](const v1::BudgetState& row) {
+                return RowKey("budgets", {StrategyKeyName(row.key())});
+              },
+              written),
+          ReadRows(
+              db, "SELECT state FROM experiment_arms ORDER BY experiment, arm",
+              "experiment_arms", [&] { return state.add_experiment_arms(); },
+              [](const v1::ExperimentArmState& row) {
+                return RowKey("experiment_arms", {row.experiment(), row.arm()});
+              },
+              written),
+          ReadRows(
+              db, "SELECT state FROM economics WHERE id = 1", "economics",
+              [&] { return state.mutable_economics(); },
+              [](const v1::EconomicsState&) { return RowKey("economics", {}); },
+              written),
+          // Entries are appended, never compared: no bytes kept.
+          ReadRows(
+              db, "SELECT state FROM context_entries ORDER BY seq",
+              "context_entries", [&] { return state.add_context_entries(); },
+              [](const v1::ContextEntry&) { return std::string(); }, nullptr),
+      }) {
+    if (!s.ok()) return s;
   }
   {
     Statement rows(db,
@@ -1120,6 +1098,8 @@ class StateStore::Impl {
       } catch (const std::exception& e) {
         return absl::InternalError(
             absl::StrCat("writing the state failed: ", e.what()));
+      } catch (...) {
+        return absl::InternalError("writing the state failed");
       }
     };
     for (;;) {
