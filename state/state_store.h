@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,11 @@
 #include "arbiter/v1/state.pb.h"
 
 namespace arbiter::state {
+
+// The layout of the file (its meta table) and of GatewayState.format_version.
+inline constexpr int kStateFormatVersion = 1;
+// The secret that GatewayState.request_id_key exports and imports.
+inline constexpr char kRequestIdKeySecret[] = "request_id_key";
 
 // What changed since the last batch. Aggregates replace the stored row of
 // their key (rows equal to what was last written are skipped); entries are
@@ -37,11 +43,16 @@ struct StateStoreOptions {
   absl::Duration flush_interval = absl::Milliseconds(100);
   // Judged ids issued before now - this are deleted as batches are written.
   absl::Duration judged_retention = absl::Hours(24 * 7);
+  // Where the writer's failures go, a line each; empty: stderr.
+  std::function<void(absl::string_view)> log = nullptr;
 };
 
 struct WriterStats {
   int64_t batches = 0;   // Transactions committed.
   int64_t failures = 0;  // Batches that failed (kept and retried).
+  // Rows inserted, replaced or deleted by committed batches; rows equal to
+  // the stored ones are skipped, so they are not counted.
+  int64_t rows_written = 0;
   absl::Duration last_commit;
 };
 
@@ -58,43 +69,62 @@ struct WriterStats {
 class StateStore final {
  public:
   // Creates the file (and its folder, mode 0700; the file 0600) if missing.
-  // FAILED_PRECONDITION naming the path when another process has it open;
-  // INVALID_ARGUMENT for a file that is not a state store or of a newer
-  // format.
+  // FAILED_PRECONDITION naming the path when another process (or another
+  // StateStore of this one) has it open; INVALID_ARGUMENT naming the path
+  // for a file that is not a state store or of a newer format.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(
       StateStoreOptions options);
   ~StateStore();  // Close() if not closed.
 
+  // Everything in the file at `path`, read without its lock and without
+  // writing: a gateway may be serving from it (a reader sees its last
+  // commit). NOT_FOUND when there is no file; INVALID_ARGUMENT as Open.
+  [[nodiscard]] static absl::StatusOr<v1::GatewayState> ReadFile(
+      const std::string& path, absl::Time judged_since = absl::InfinitePast());
+
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;
 
-  // Everything stored; judged ids issued before judged_since are left out.
+  // Everything stored (context entries oldest first); judged ids issued
+  // before judged_since are left out. Rows loaded are not written again
+  // until they change.
   [[nodiscard]] absl::StatusOr<v1::GatewayState> Load(
       absl::Time judged_since = absl::InfinitePast()) const;
 
   // The secret of that name, made of `bytes` random bytes (OpenSSL's
-  // RAND_bytes) and stored at first call.
+  // RAND_bytes) and stored at first call; later calls return it as stored.
+  // The one named kRequestIdKeySecret is exported and imported.
   [[nodiscard]] absl::StatusOr<std::string> GetOrCreateSecret(
       absl::string_view name, size_t bytes);
 
   // From now on a thread calls `collect` every flush_interval and commits
-  // what it returns. A failed commit is logged, counted and its entries
-  // (context, judged) are kept for the next batch. Once only.
+  // what it returns; `collect` runs on that thread only, and an exception
+  // from it is logged and counted. A failed commit is logged once per kind
+  // of error, counted, and its content is kept and merged into the next
+  // batch (newer aggregates win). Once only.
   void StartWriter(absl::AnyInvocable<StateBatch()> collect);
 
-  // Commits one batch now, on the caller's thread.
+  // Commits one batch now, on the caller's thread; fails as the writer's
+  // commits do (the batch is kept for the next).
   absl::Status Write(const StateBatch& batch);
 
-  // Stops the writer after one last collect and commit; the status of that
-  // commit. Idempotent.
+  // Stops the writer after one last collect and commit, closes the file and
+  // releases its lock; the status of that commit. Idempotent; afterwards
+  // the other calls fail with FAILED_PRECONDITION.
   absl::Status Close();
 
-  // Replaces everything stored with `state` (import), in one transaction.
+  // Replaces everything stored with `state` (import), in one transaction,
+  // its written_unix_micros and request_id_key included. INVALID_ARGUMENT
+  // for a format_version other than kStateFormatVersion or a key given
+  // twice ("route_tasks[3]: route \"a\", task \"t\" appears more than
+  // once").
   absl::Status Replace(const v1::GatewayState& state);
 
   // Deletes learned statistics (route_tasks rows, and the context entries
-  // naming the route) of the route and task given; empty means all.
-  // What was deleted, for people: "3 route/task rows, 120 context entries".
+  // naming the route) of the route and task given; empty means all. The
+  // task does not narrow context entries, which are kept per route.
+  // What was deleted, for people: "3 route/task rows, 120 context entries"
+  // (and saying so when the task was given or nothing matched).
   absl::StatusOr<std::string> ResetStatistics(absl::string_view route,
                                               absl::string_view task);
 

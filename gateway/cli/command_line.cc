@@ -234,6 +234,12 @@ CommandLine::CommandLine() : app_(std::make_unique<CLI::App>(kDescription)) {
       [this] { return RunReplay(flags_.replay); });
   Add(in(AddBreakevenCommand(arbiter, flags_.breakeven), kOffline),
       [this] { return RunBreakeven(flags_.breakeven); });
+  StateCommands state = AddStateCommands(
+      arbiter, flags_.state_export, flags_.state_import, flags_.state_reset);
+  in(state.export_->get_parent(), kOffline);
+  Add(state.export_, [this] { return RunStateExport(flags_.state_export); });
+  Add(state.import, [this] { return RunStateImport(flags_.state_import); });
+  Add(state.reset, [this] { return RunStateReset(flags_.state_reset); });
 }
 
 CommandLine::~CommandLine() = default;

@@ -130,6 +130,28 @@ struct BreakevenFlags {
   bool json = false;
 };
 
+// The state file of `state export|import|reset`: one of the two.
+struct StateFileFlags {
+  std::string config;  // A config whose state.path names it.
+  std::string state;   // The file itself.
+};
+
+struct StateExportFlags {
+  StateFileFlags file;
+  std::string output;  // Empty: stdout.
+};
+
+struct StateImportFlags {
+  StateFileFlags file;
+  std::string input;
+};
+
+struct StateResetFlags {
+  StateFileFlags file;
+  std::string route;  // Empty: every route.
+  std::string task;   // Empty: every task.
+};
+
 // Every command's flags, for one parse.
 struct Flags {
   ServeFlags serve;
@@ -147,6 +169,9 @@ struct Flags {
   EconomicsFlags economics;
   ReplayFlags replay;
   BreakevenFlags breakeven;
+  StateExportFlags state_export;
+  StateImportFlags state_import;
+  StateResetFlags state_reset;
 };
 
 // Each defines its subcommand of `arbiter`, binding its flags to `flags`,
@@ -173,6 +198,14 @@ CLI::App* AddExperimentShowCommand(CLI::App& arbiter,
 CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags);
 CLI::App* AddReplayCommand(CLI::App& arbiter, ReplayFlags& flags);
 CLI::App* AddBreakevenCommand(CLI::App& arbiter, BreakevenFlags& flags);
+struct StateCommands {
+  CLI::App* export_;
+  CLI::App* import;
+  CLI::App* reset;
+};
+StateCommands AddStateCommands(CLI::App& arbiter, StateExportFlags& export_,
+                               StateImportFlags& import,
+                               StateResetFlags& reset);
 
 int RunServe(const ServeFlags& flags);
 int RunCheckConfig(const CheckConfigFlags& flags);
@@ -189,6 +222,9 @@ int RunExperimentShow(const ExperimentShowFlags& flags);
 int RunEconomics(const EconomicsFlags& flags);
 int RunReplay(const ReplayFlags& flags);
 int RunBreakeven(const BreakevenFlags& flags);
+int RunStateExport(const StateExportFlags& flags);
+int RunStateImport(const StateImportFlags& flags);
+int RunStateReset(const StateResetFlags& flags);
 
 // Parses the replay log: JSON Lines of {"id", "task", "prompt", "outcomes":
 // {"<route>": {"correct": bool | "score": x, "input_tokens", "output_tokens",

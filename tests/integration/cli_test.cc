@@ -96,6 +96,10 @@ TEST(CliTest, EveryCommandsHelpListsItsFlagsAndExitsZero) {
       {{"experiment", "show"}, {"--target", "NAME"}},
       {{"economics"}, {"--target", "--route", "--json"}},
       {{"replay"}, {"--log", "--config", "--seed", "--json"}},
+      {{"state"}, {"export", "import", "reset"}},
+      {{"state", "export"}, {"--config", "--state", "--output"}},
+      {{"state", "import"}, {"--config", "--state", "FILE"}},
+      {{"state", "reset"}, {"--config", "--state", "--route", "--task"}},
       {{"breakeven"},
        {"--requests-per-day",
         "--start",
@@ -165,8 +169,8 @@ TEST(CliTest, ArbiterHelpListsTheCommands) {
     EXPECT_EQ(help.exit_code, 0) << help.output;
     for (const char* command :
          {"serve", "check-config", "sim-server", "infer", "feedback", "stats",
-          "loadgen", "index", "experiment", "economics", "replay",
-          "breakeven"}) {
+          "loadgen", "index", "experiment", "economics", "replay", "breakeven",
+          "state"}) {
       EXPECT_THAT(help.output, HasSubstr(absl::StrCat("\n  ", command, " ")))
           << command;
     }
