@@ -1028,6 +1028,7 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
          request.request_id().size(), digest);
   const std::string judged_key(reinterpret_cast<const char*>(digest), 16);
   const absl::Time issued = absl::FromUnixMillis(parts->unix_millis);
+  const auto applying = state_sync_->HoldForFeedback();
   if (!judged_.Insert(judged_key, issued)) {
     return absl::AlreadyExistsError(
         "request_id: feedback for this request was already counted");

@@ -330,7 +330,7 @@ state::StateBatch StateSync::Collect() {
   const v1::Config& config = *parts_.config;
   const absl::Time now = absl::Now();
   state::StateBatch batch;
-  // Aggregates first, entries after: see NoteJudged.
+  std::unique_lock no_feedback_half_applied(feedback_mu_);
   parts_.stats->Publish(now);
   std::shared_ptr<const policy::StatsSnapshot> snapshot =
       parts_.stats->Snapshot();

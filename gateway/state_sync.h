@@ -1,6 +1,7 @@
 #pragma once
 
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -46,17 +47,21 @@ class StateSync final {
   std::vector<std::string> Restore(const v1::GatewayState& state,
                                    absl::Time now);
 
-  // Entries the next batch appends. A judged id is noted before the
-  // feedback's effects are applied, so that a batch holding an effect
-  // holds its id too, and a crash can lose feedback but never count it
-  // twice.
+  // Held while one feedback is judged and applied: a batch holds a
+  // feedback's id and all of its effects, or none of them, so that after a
+  // crash a lost feedback can be sent again and a kept one is refused.
+  [[nodiscard]] std::shared_lock<std::shared_mutex> HoldForFeedback() {
+    return std::shared_lock(feedback_mu_);
+  }
+
+  // Entries the next batch appends, noted while HoldForFeedback is held.
   void NoteJudged(absl::string_view mac, absl::Time issued);
   // experiment and arm are -1 for the main policy.
   void NoteOutcome(int experiment, int arm, int task, int route,
                    absl::Span<const float> embedding, double score);
 
-  // For the store's writer: every aggregate as of now, then the entries
-  // noted so far.
+  // For the store's writer: every aggregate as of now and the entries
+  // noted so far, with no feedback half-applied.
   [[nodiscard]] state::StateBatch Collect();
 
  private:
@@ -65,6 +70,8 @@ class StateSync final {
                                       const std::string& strategy) const;
 
   const Parts parts_;
+  // Shared by feedbacks being applied, exclusive while a batch is taken.
+  std::shared_mutex feedback_mu_;
   // What the config no longer names, written back as it was so that it
   // stays on disk.
   v1::EconomicsState unserved_economics_;
