@@ -13,7 +13,7 @@
 #include "common/utf8.h"
 #include "gateway/backends/openai_backend.h"
 #include "gateway/backends/sim_backend.h"
-#include "gateway/request_id.h"
+#include "gateway/request_id_keys.h"
 #include "gateway/sim/simulator.h"
 #include "policy/economics.h"
 #include "retrieval/tokenizer.h"
@@ -197,6 +197,23 @@ absl::Status Gateway::Init() {
   for (int i = 0; i < config.tasks_size(); ++i) {
     task_index_[config.tasks(i)] = i;
   }
+  auto keys = ResolveRequestIdKeys(server, [] {
+    std::cerr << "server: no request_id_key_file or request_id_key_env: "
+                 "request ids are signed with a random key made at start and "
+                 "will not verify after a restart without state.path or a "
+                 "key file"
+              << std::endl;
+    return RandomRequestIdKey();
+  });
+  if (!keys.ok()) return keys.status();
+  for (const std::string& warning : keys->warnings) {
+    std::cerr << "warning: " << warning << std::endl;
+  }
+  auto signer = RequestIdSigner::Create(
+      std::move(keys->keys), absl::Hours(server.feedback_window_hours()));
+  if (!signer.ok()) return signer.status();
+  signer_ = *std::move(signer);
+  signer_source_ = std::move(keys->source);
   for (const v1::Backend& backend : config.backends()) {
     std::unique_ptr<Backend> made;
     if (backend.has_sim()) {
@@ -532,6 +549,9 @@ std::string Gateway::Describe() const {
                     " documents, ", *store_->ChunkCount("corpus"), " chunks (",
                     EnumName(config.retrieval().search()), " search)\n");
   }
+  absl::StrAppend(&text, "request ids: HMAC-SHA-256 with ", signer_source_,
+                  "; feedback accepted for ",
+                  config.server().feedback_window_hours(), " hours\n");
 
   return text;
 }
@@ -761,7 +781,12 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
     id_parts.experiment = spec.name();
     id_parts.arm = spec.arms(arm).name();
   }
-  std::string request_id = EncodeRequestId(id_parts);
+  auto issued = signer_->Issue(id_parts);
+  if (!issued.ok()) {
+    std::move(done)(issued.status());
+    return;
+  }
+  std::string request_id = *std::move(issued);
   response->set_request_id(request_id);
   response->set_route(route.name());
   response->set_route_kind(EnumName(route.kind()));
@@ -918,8 +943,12 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   if (request.request_id().empty()) {
     return absl::InvalidArgumentError("request_id: must not be empty");
   }
-  auto parts = DecodeRequestId(request.request_id());
-  if (!parts.ok()) return parts.status();
+  auto verified = signer_->Verify(request.request_id(), absl::Now());
+  if (!verified.ok()) {
+    metrics_.RecordFeedbackRejected(RejectionOf(verified.status()));
+    return verified.status();
+  }
+  const RequestIdParts* parts = &verified->parts;
   // The id says where the request went; the log adds whether feedback came
   // already and the prompt's embedding. An id it no longer holds (evicted,
   // or served by another replica) is credited from the id alone.

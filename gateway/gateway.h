@@ -14,6 +14,7 @@
 #include "gateway/backends/backend.h"
 #include "gateway/config.h"
 #include "gateway/metrics.h"
+#include "gateway/request_id.h"
 #include "gateway/timer_queue.h"
 #include "gateway/worker_pool.h"
 #include "policy/decision_log.h"
@@ -169,6 +170,9 @@ class Gateway final {
   std::unique_ptr<policy::EconomicsLedger> economics_
       ABSL_GUARDED_BY(economics_mu_);
   policy::DecisionLog decisions_;
+  // Signs request ids and verifies feedback's. Constant after Init.
+  std::unique_ptr<RequestIdSigner> signer_;
+  std::string signer_source_;  // Where its keys came from, for Describe.
   Metrics metrics_;
   // Publishes statistics periodically; declared last so it stops first.
   std::atomic<bool> stopping_{false};
