@@ -287,7 +287,11 @@ TEST_F(RequestIdTest, ShortKeyIsRefusedByCheckConfigAndServeWithoutShowingIt) {
     argv.push_back(path);
     auto run = Subprocess::Start(argv);
     ASSERT_TRUE(run.ok()) << run.status();
-    EXPECT_NE((*run)->Wait(), 0) << command;
+    // A serve that took the key would listen; one that refused it exits.
+    const bool listening =
+        (*run)->WaitForLine("grpc listening on ", absl::Seconds(30)).ok();
+    EXPECT_FALSE(listening) << command;
+    EXPECT_NE(listening ? (*run)->Stop() : (*run)->Wait(), 0) << command;
     const std::string output = (*run)->Output();
     EXPECT_THAT(output, HasSubstr(absl::StrCat("server.request_id_key_file: \"",
                                                keys, "\" line 3")))
