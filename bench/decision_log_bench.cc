@@ -33,10 +33,10 @@ size_t AllocatedBytes() {
   return info.uordblks + info.hblkhd;
 }
 
-// About as long as a real one: "arb1_" and the base64 of route, task, time,
-// nonce and check.
+// About as long as a real one: "arb2_" and the base64 of route, task, time,
+// nonce and MAC.
 std::string RequestId(int64_t i) {
-  return absl::StrCat("arb1_", std::string(48, 'x'), "_", i);
+  return absl::StrCat("arb2_", std::string(48, 'x'), "_", i);
 }
 
 std::vector<float> UnitVector(int dim, std::mt19937& rng) {

@@ -22,6 +22,7 @@
 #include "common/json.h"
 #include "common/quote.h"
 #include "common/utf8.h"
+#include "gateway/request_id_keys.h"
 #include "gateway/sim/simulator.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
@@ -1286,6 +1287,14 @@ std::vector<std::string> CheckConfigReferences(const v1::Config& config,
           absl::StrCat("retrieval.corpus_dir: no .md or .txt "
                        "files in \"",
                        retrieval.corpus_dir(), "\""));
+    }
+  }
+  // Read to check it, never printed.
+  if (!config.server().request_id_key_file().empty()) {
+    auto keys = ReadRequestIdKeyFile(config.server().request_id_key_file());
+    if (!keys.ok()) {
+      errors.push_back(absl::StrCat("server.request_id_key_file: ",
+                                    keys.status().message()));
     }
   }
   // The store is opened (and created) only by `serve`; its folder must be

@@ -46,7 +46,8 @@ void ApplyOpenAIBackendDefaults(v1::OpenAIBackend& openai);
 
 // What a config points at, checked without creating or writing anything:
 // the corpus folder (readable, holding .md or .txt files), every sim
-// backend's question set, the folder of the store file. Each problem as
+// backend's question set, the folder of the store file, the request-id key
+// file (its keys are checked, never shown). Each problem as
 // "path: reason"; empty when all is there.
 [[nodiscard]] std::vector<std::string> CheckConfigReferences(
     const v1::Config& config, const FileSource& files);

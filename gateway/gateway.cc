@@ -5,7 +5,6 @@
 #include <iostream>
 
 #include "absl/random/random.h"
-#include "openssl/sha.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,7 +13,7 @@
 #include "common/utf8.h"
 #include "gateway/backends/openai_backend.h"
 #include "gateway/backends/sim_backend.h"
-#include "gateway/request_id.h"
+#include "gateway/request_id_keys.h"
 #include "gateway/sim/simulator.h"
 #include "policy/economics.h"
 #include "retrieval/tokenizer.h"
@@ -372,6 +371,8 @@ absl::Status Gateway::Init() {
   if (!experiments.ok()) return experiments;
   absl::Status state = InitState();
   if (!state.ok()) return state;
+  absl::Status ids = InitRequestIds();
+  if (!ids.ok()) return ids;
   ticker_ = std::make_unique<TimerQueue>();
   SchedulePublish();
   ScheduleForgetJudged();
@@ -539,6 +540,35 @@ absl::Status Gateway::InitState() {
   return absl::OkStatus();
 }
 
+absl::Status Gateway::InitRequestIds() {
+  const v1::Server& server = loaded_.config.server();
+  auto keys =
+      ResolveRequestIdKeys(server, [this]() -> absl::StatusOr<std::string> {
+        if (state_store_ != nullptr) {
+          // Kept with the state, so ids stay valid across restarts.
+          return state_store_->GetOrCreateSecret(state::kRequestIdKeySecret,
+                                                 RequestIdSigner::kMinKeyBytes);
+        }
+        std::cerr
+            << "server: no request_id_key_file or request_id_key_env: "
+               "request ids are signed with a random key made at start and "
+               "will not verify after a restart without state.path or a "
+               "key file"
+            << std::endl;
+        return RandomRequestIdKey();
+      });
+  if (!keys.ok()) return keys.status();
+  for (const std::string& warning : keys->warnings) {
+    std::cerr << "warning: " << warning << std::endl;
+  }
+  auto signer = RequestIdSigner::Create(
+      std::move(keys->keys), absl::Hours(server.feedback_window_hours()));
+  if (!signer.ok()) return signer.status();
+  signer_ = *std::move(signer);
+  signer_source_ = std::move(keys->source);
+  return absl::OkStatus();
+}
+
 void Gateway::ScheduleForgetJudged() {
   if (stopping_) return;
   ticker_->RunAfter(absl::Minutes(1), [this] {
@@ -607,6 +637,9 @@ std::string Gateway::Describe() const {
                     " documents, ", *store_->ChunkCount("corpus"), " chunks (",
                     EnumName(config.retrieval().search()), " search)\n");
   }
+  absl::StrAppend(&text, "request ids: HMAC-SHA-256 with ", signer_source_,
+                  "; feedback accepted for ",
+                  config.server().feedback_window_hours(), " hours\n");
 
   return text;
 }
@@ -836,7 +869,12 @@ void Gateway::Infer(const v1::InferRequest& request, absl::Time deadline,
     id_parts.experiment = spec.name();
     id_parts.arm = spec.arms(arm).name();
   }
-  std::string request_id = EncodeRequestId(id_parts);
+  auto issued = signer_->Issue(id_parts);
+  if (!issued.ok()) {
+    std::move(done)(issued.status());
+    return;
+  }
+  std::string request_id = *std::move(issued);
   response->set_request_id(request_id);
   response->set_route(route.name());
   response->set_route_kind(EnumName(route.kind()));
@@ -993,8 +1031,12 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   if (request.request_id().empty()) {
     return absl::InvalidArgumentError("request_id: must not be empty");
   }
-  auto parts = DecodeRequestId(request.request_id());
-  if (!parts.ok()) return parts.status();
+  auto verified = signer_->Verify(request.request_id(), absl::Now());
+  if (!verified.ok()) {
+    metrics_.RecordFeedbackRejected(RejectionOf(verified.status()));
+    return verified.status();
+  }
+  const RequestIdParts* parts = &verified->parts;
   // The id says where the request went; the log adds whether feedback came
   // already and the prompt's embedding. An id it no longer holds (evicted,
   // or served by another replica) is credited from the id alone.
@@ -1021,15 +1063,13 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
     }
   }
   // Counted once, whether the first came before a restart, left the
-  // decision log, or reached another replica's copy of this id.
-  // TODO(ids): key by the id's MAC once ids are signed.
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(request.request_id().data()),
-         request.request_id().size(), digest);
-  const std::string judged_key(reinterpret_cast<const char*>(digest), 16);
-  const absl::Time issued = absl::FromUnixMillis(parts->unix_millis);
+  // decision log, or reached another replica's copy of this id: the MAC,
+  // which only this deployment's key makes, names the request.
+  const std::string& judged_key = verified->mac;
+  const absl::Time issued = verified->issued;
   const auto applying = state_sync_->HoldForFeedback();
   if (!judged_.Insert(judged_key, issued)) {
+    metrics_.RecordFeedbackDuplicate();
     return absl::AlreadyExistsError(
         "request_id: feedback for this request was already counted");
   }
@@ -1038,9 +1078,9 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
   if (embedding.ok() && !embedding->empty()) {
     const bool arm_engine =
         experiment >= 0 && experiments_[experiment].arm_engine[arm] != nullptr;
-    policy::Engine* engine = arm_engine
-                                 ? experiments_[experiment].arm_engine[arm].get()
-                                 : engine_.get();
+    policy::Engine* engine =
+        arm_engine ? experiments_[experiment].arm_engine[arm].get()
+                   : engine_.get();
     engine->ObserveOutcome(task, route, *embedding, score);
     if (state_store_ != nullptr) {
       state_sync_->NoteOutcome(arm_engine ? experiment : -1,

@@ -16,6 +16,7 @@
 #include "gateway/judged_ids.h"
 #include "gateway/metrics.h"
 #include "gateway/state_sync.h"
+#include "gateway/request_id.h"
 #include "gateway/timer_queue.h"
 #include "gateway/worker_pool.h"
 #include "policy/decision_log.h"
@@ -103,6 +104,9 @@ class Gateway final {
   // Opens the state store of state.path, restores what it holds and starts
   // its writer; says so when state lives in memory only.
   absl::Status InitState();
+  // Builds the request-id signer from the configured keys, else the key
+  // kept in the state store, else a random one (ids die with the process).
+  absl::Status InitRequestIds();
   void ScheduleForgetJudged();
   // The experiment a request of this task takes part in, or -1.
   int ExperimentFor(int task) const;
@@ -181,6 +185,9 @@ class Gateway final {
   // The durable copy of what is learned and accounted; null in memory only.
   std::unique_ptr<state::StateStore> state_store_;
   std::unique_ptr<StateSync> state_sync_;
+  // Signs request ids and verifies feedback's. Constant after Init.
+  std::unique_ptr<RequestIdSigner> signer_;
+  std::string signer_source_;  // Where its keys came from, for Describe.
   Metrics metrics_;
   // Publishes statistics periodically; declared last so it stops first.
   std::atomic<bool> stopping_{false};

@@ -220,6 +220,22 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                                       &pool_busy.Add(labels),
                                       &pool_rejected.Add(labels)};
   }
+  auto& feedback_rejected =
+      BuildCounter()
+          .Name("arbiter_feedback_rejected_total")
+          .Help(
+              "Feedback refused for its request id: not_issued_here (not "
+              "signed by this deployment's keys), expired (older than the "
+              "feedback window), from_the_future (beyond the clock skew), "
+              "duplicate (its feedback was counted already).")
+          .Register(registry);
+  feedback_duplicate_ = &feedback_rejected.Add({{"reason", "duplicate"}});
+  for (RequestIdRejection reason :
+       {RequestIdRejection::kNotIssuedHere, RequestIdRejection::kExpired,
+        RequestIdRejection::kFromTheFuture}) {
+    feedback_rejected_[static_cast<int>(reason)] = &feedback_rejected.Add(
+        {{"reason", std::string(RejectionName(reason))}});
+  }
   RegisterEconomics(registry, config);
   BuildGauge()
       .Name("arbiter_build_info")
@@ -452,6 +468,12 @@ void Metrics::RecordFeedback(int route, int task, double score, bool graded) {
   }
   cell.feedback_score->Increment(score);
 }
+
+void Metrics::RecordFeedbackRejected(RequestIdRejection reason) {
+  feedback_rejected_[static_cast<int>(reason)]->Increment();
+}
+
+void Metrics::RecordFeedbackDuplicate() { feedback_duplicate_->Increment(); }
 
 void Metrics::RecordExperimentRequest(int experiment, int arm, bool ok) {
   ArmCounters& counters = experiment_arms_[experiment][arm];

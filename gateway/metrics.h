@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "arbiter/v1/config.pb.h"
 #include "gateway/backends/backend.h"
+#include "gateway/request_id.h"
 #include "policy/economics.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -49,6 +50,10 @@ class Metrics final {
   void RecordBackendError(absl::string_view backend, BackendError reason);
   // score in [0, 1]; binary feedback is 1 or 0.
   void RecordFeedback(int route, int task, double score, bool graded);
+  // Feedback refused because its request id did not verify.
+  void RecordFeedbackRejected(RequestIdRejection reason);
+  // Feedback for a request whose feedback was counted already.
+  void RecordFeedbackDuplicate();
   void RecordRetrieval(double seconds);
   // A request or feedback of an experiment's arm (indices into the config).
   void RecordExperimentRequest(int experiment, int arm, bool ok);
@@ -93,6 +98,9 @@ class Metrics final {
   const int num_tasks_;
   std::vector<Cell> cells_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  // By RequestIdRejection. Constant after construction.
+  std::array<prometheus::Counter*, 3> feedback_rejected_;
+  prometheus::Counter* feedback_duplicate_;
   prometheus::Family<prometheus::Counter>* decisions_;
   struct RouteGauges {
     std::string route;

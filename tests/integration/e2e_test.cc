@@ -267,7 +267,7 @@ TEST_F(EndToEndTest, EachRouteKindAnswersPricesAndTakesFeedback) {
       EXPECT_GT(response.latency_seconds(), 0);
       EXPECT_EQ(response.decision().policy(), "pinned");
       EXPECT_EQ(response.decision().propensity(), 1);
-      EXPECT_THAT(response.request_id(), StartsWith("arb1_"));
+      EXPECT_THAT(response.request_id(), StartsWith("arb2_"));
       cost[route] += response.cost_usd();
       input_tokens[route] = response.usage().input_tokens();
       if (std::string(route) == "rag") {
