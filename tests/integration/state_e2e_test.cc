@@ -245,6 +245,49 @@ TEST_F(StateTest, FeedbackCountedBeforeARestartIsAlreadyExistsAfter) {
   EXPECT_EQ(FeedbackCount(Stats()), 1);
 }
 
+TEST_F(StateTest, IdsIssuedBeforeARestartAreCreditedAfterIt) {
+  // No key is configured: the one made at first start is in the state file.
+  Start();
+  const std::string id = Infer(1, "");
+  ASSERT_FALSE(id.empty());
+  ASSERT_EQ(gateway_.process->Stop(), 0);
+  Start();
+  grpc::Status feedback = Feedback(id, true);
+  EXPECT_TRUE(feedback.ok()) << feedback.error_message();
+  EXPECT_EQ(FeedbackCount(Stats()), 1);
+}
+
+TEST_F(StateTest, ExportAndImportMoveADeployment) {
+  Start();
+  Traffic(30);
+  const std::string unjudged = Infer(2, "");
+  const v1::GetRouteStatsResponse stats = Stats();
+  ASSERT_EQ(gateway_.process->Stop(), 0);
+  // Exported, imported into a new file, served from there.
+  const std::string exported = (dir_ / "state.json").string();
+  const std::string moved = (dir_ / "moved" / "state.db").string();
+  auto run = [&](std::vector<std::string> argv) {
+    argv.insert(argv.begin(), ARBITER_BINARY);
+    auto process = testing::Subprocess::Start(argv);
+    EXPECT_TRUE(process.ok());
+    const int code = (*process)->Wait();
+    EXPECT_EQ(code, 0) << (*process)->Output();
+  };
+  run({"state", "export", "--state", (dir_ / "state.db").string(), "--output",
+       exported});
+  run({"state", "import", exported, "--state", moved});
+  Start(absl::StrReplaceAll(
+      quickstart_, {{(dir_ / "state.db").string(), moved}}));
+  const v1::GetRouteStatsResponse after = Stats();
+  ASSERT_EQ(after.stats_size(), stats.stats_size());
+  for (int i = 0; i < stats.stats_size(); ++i) {
+    EXPECT_EQ(after.stats(i).requests(), stats.stats(i).requests());
+    EXPECT_EQ(after.stats(i).feedback_count(), stats.stats(i).feedback_count());
+  }
+  // The key moved with the state: ids issued before still verify.
+  EXPECT_TRUE(Feedback(unjudged, true).ok());
+}
+
 TEST_F(StateTest, SigkillUnderLoadLosesAtMostTheBatchWindowAndNothingTwice) {
   Start();
   // Four clients send requests and feedback until the kill; each feedback
