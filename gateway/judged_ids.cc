@@ -1,8 +1,7 @@
 #include "gateway/judged_ids.h"
 
-#include <cstring>
-
 #include <algorithm>
+#include <cstring>
 
 namespace arbiter {
 

@@ -171,15 +171,17 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
   auto& state_batches =
       BuildCounter()
           .Name("arbiter_state_batches_total")
-          .Help("Batches of changes the state store's writer committed (ok) "
-                "or could not commit (failed; kept and retried).")
+          .Help(
+              "Batches of changes the state store's writer committed (ok) "
+              "or could not commit (failed; kept and retried).")
           .Register(registry);
   state_committed_ = &state_batches.Add({{"result", "ok"}});
   state_failed_ = &state_batches.Add({{"result", "failed"}});
   state_last_commit_ = &BuildGauge()
                             .Name("arbiter_state_last_commit_seconds")
-                            .Help("How long the state store's last commit "
-                                  "took.")
+                            .Help(
+                                "How long the state store's last commit "
+                                "took.")
                             .Register(registry)
                             .Add({});
   auto& pool_threads =

@@ -34,8 +34,8 @@ policy::LatencySketch SketchFrom(const v1::LatencySketchState& state,
   parts.buckets.insert(state.buckets().begin(), state.buckets().end());
   auto sketch = policy::LatencySketch::FromParts(std::move(parts));
   if (!sketch.ok()) {
-    log.push_back(absl::StrCat(what, ": stored latencies dropped: ",
-                               sketch.status().message()));
+    log.push_back(absl::StrCat(
+        what, ": stored latencies dropped: ", sketch.status().message()));
     return policy::LatencySketch();
   }
   return *std::move(sketch);
@@ -86,9 +86,9 @@ policy::RouteTaskCounters CountersFrom(const v1::RouteTaskState& state,
   c.recent.as_of = recent.as_of_unix_micros() != 0
                        ? absl::FromUnixMicros(recent.as_of_unix_micros())
                        : absl::InfinitePast();
-  c.latency = SketchFrom(state.latency(), log,
-                         absl::StrCat("route ", state.route(), " task ",
-                                      state.task()));
+  c.latency =
+      SketchFrom(state.latency(), log,
+                 absl::StrCat("route ", state.route(), " task ", state.task()));
   return c;
 }
 
@@ -142,7 +142,8 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
   std::vector<std::string> log;
   auto route_index = IndexOf([&] {
     std::vector<std::string> names;
-    for (const v1::Route& route : config.routes()) names.push_back(route.name());
+    for (const v1::Route& route : config.routes())
+      names.push_back(route.name());
     return names;
   }());
   auto task_index = IndexOf(config.tasks());
@@ -155,7 +156,8 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
     auto it = route_index.find(stored.route());
     if (it == route_index.end()) continue;
     const v1::Route& route = config.routes(it->second);
-    if (stored.backend() == route.backend() && stored.model() == route.model()) {
+    if (stored.backend() == route.backend() &&
+        stored.model() == route.model()) {
       continue;
     }
     const std::string change =
@@ -164,8 +166,9 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
                      route.backend(), "/", route.model());
     if (route.reset_statistics()) {
       reset[it->second] = true;
-      log.push_back(absl::StrCat(change, "; its statistics start over "
-                                         "(reset_statistics)"));
+      log.push_back(absl::StrCat(change,
+                                 "; its statistics start over "
+                                 "(reset_statistics)"));
     } else {
       log.push_back(absl::StrCat(change,
                                  "; it keeps the statistics learned before "
@@ -228,11 +231,9 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
   for (const v1::BudgetState& stored : state.budgets()) {
     auto [e, a] = arm_of(stored.key().experiment(), stored.key().arm());
     policy::Engine* engine = e == -2 ? nullptr : EngineOf(e, a);
-    if (engine == nullptr ||
-        !engine->RestoreCostWeight(stored.key().strategy(),
-                                   stored.cost_weight())) {
-      log.push_back(absl::StrCat("budget strategy at ",
-                                 stored.key().strategy(),
+    if (engine == nullptr || !engine->RestoreCostWeight(stored.key().strategy(),
+                                                        stored.cost_weight())) {
+      log.push_back(absl::StrCat("budget strategy at ", stored.key().strategy(),
                                  " is no longer in the config; its cost "
                                  "weight is kept on disk, not used"));
     }
@@ -276,13 +277,12 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
                           absl::FromUnixMicros(judged.issued_unix_micros()));
   }
 
-  log.insert(
-      log.begin(),
-      absl::StrCat("restored ", restored_cells, " route/task statistics (",
-                   restored_requests, " requests), ", context_restored,
-                   " judged prompts, ", state.experiment_arms_size(),
-                   " experiment arms, ", state.judged_size(),
-                   " judged request ids"));
+  log.insert(log.begin(),
+             absl::StrCat("restored ", restored_cells,
+                          " route/task statistics (", restored_requests,
+                          " requests), ", context_restored, " judged prompts, ",
+                          state.experiment_arms_size(), " experiment arms, ",
+                          state.judged_size(), " judged request ids"));
   if (!unserved_routes.empty() || !unserved_tasks.empty() ||
       !unserved_experiments.empty()) {
     std::vector<std::string> parts;
@@ -296,9 +296,10 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
       parts.push_back(
           absl::StrCat("experiments ", Listed(unserved_experiments)));
     }
-    log.push_back(absl::StrCat("not in the config, kept on disk but not "
-                               "served: ",
-                               absl::StrJoin(parts, "; ")));
+    log.push_back(
+        absl::StrCat("not in the config, kept on disk but not "
+                     "served: ",
+                     absl::StrJoin(parts, "; ")));
   }
   return log;
 }

@@ -184,8 +184,7 @@ v1::EconomicsState EconomicsLedger::ToState(absl::Time now) const {
   return state;
 }
 
-void EconomicsLedger::Restore(const v1::EconomicsState& state,
-                              absl::Time now) {
+void EconomicsLedger::Restore(const v1::EconomicsState& state, absl::Time now) {
   if (state.start_unix_micros() != 0) {
     start_ = std::min(now, absl::FromUnixMicros(state.start_unix_micros()));
   }
@@ -199,9 +198,9 @@ void EconomicsLedger::Restore(const v1::EconomicsState& state,
   for (const v1::RouteAccrualState& stored : state.routes()) {
     const int r = index_of(route_names_, stored.route());
     if (r < 0) continue;
-    accrued_[r] = {stored.hosting_usd(), stored.training_usd(),
-                   std::min(now, absl::FromUnixMicros(
-                                     stored.as_of_unix_micros()))};
+    accrued_[r] = {
+        stored.hosting_usd(), stored.training_usd(),
+        std::min(now, absl::FromUnixMicros(stored.as_of_unix_micros()))};
   }
   const int64_t oldest = MinuteOf(now) - absl::ToInt64Minutes(window_);
   for (const v1::EconomicsCellState& stored : state.cells()) {

@@ -1,10 +1,10 @@
 #include "policy/engine.h"
 
 #include <algorithm>
-#include <optional>
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 
 #include "absl/status/status.h"

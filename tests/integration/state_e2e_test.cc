@@ -100,9 +100,8 @@ class StateTest : public ::testing::Test {
     request.set_task(task);
     request.set_unit_id(unit);
     v1::InferResponse response;
-    grpc::Status status =
-        v1::Gateway::NewStub(channel_)->Infer(Context().get(), request,
-                                              &response);
+    grpc::Status status = v1::Gateway::NewStub(channel_)->Infer(
+        Context().get(), request, &response);
     return status.ok() ? response.request_id() : "";
   }
   grpc::Status Feedback(const std::string& id, bool correct) {
@@ -210,8 +209,7 @@ TEST_F(StateTest, SigtermAndRestartKeepStatisticsEconomicsAndExperiments) {
     // Hosting ($0.40 an hour) goes on accruing through the restart, once.
     EXPECT_GE(b.hosting_usd(), a.hosting_usd());
     EXPECT_NEAR(b.hosting_usd(), a.hosting_usd(), 0.01);
-    EXPECT_NEAR(b.breakeven().savings_usd(), a.breakeven().savings_usd(),
-                0.01);
+    EXPECT_NEAR(b.breakeven().savings_usd(), a.breakeven().savings_usd(), 0.01);
     EXPECT_NEAR(b.breakeven().recovered_share(),
                 a.breakeven().recovered_share(), 0.001);
   }
@@ -276,8 +274,8 @@ TEST_F(StateTest, ExportAndImportMoveADeployment) {
   run({"state", "export", "--state", (dir_ / "state.db").string(), "--output",
        exported});
   run({"state", "import", exported, "--state", moved});
-  Start(absl::StrReplaceAll(
-      quickstart_, {{(dir_ / "state.db").string(), moved}}));
+  Start(absl::StrReplaceAll(quickstart_,
+                            {{(dir_ / "state.db").string(), moved}}));
   const v1::GetRouteStatsResponse after = Stats();
   ASSERT_EQ(after.stats_size(), stats.stats_size());
   for (int i = 0; i < stats.stats_size(); ++i) {
@@ -355,9 +353,8 @@ TEST_F(StateTest, ConfigChangesBetweenStartsAreHandledByName) {
   // "rag" is gone (and the experiment that used it), "fine-tuned" serves a
   // new model and starts over, "prompted" keeps its statistics.
   std::string next = absl::StrReplaceAll(
-      quickstart_,
-      {{"    model: quill-small-ft\n",
-        "    model: quill-large\n    reset_statistics: true\n"}});
+      quickstart_, {{"    model: quill-small-ft\n",
+                     "    model: quill-large\n    reset_statistics: true\n"}});
   const size_t rag = next.find("  - name: rag\n");
   const size_t policy = next.find("\npolicy:");
   ASSERT_NE(rag, std::string::npos);
