@@ -29,18 +29,11 @@ using ::arbiter::testing::Subprocess;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr, as they came.
-};
+using Result = ::arbiter::testing::CommandResult;
 
 // Runs `arbiter ARGS...` to its end.
 Result Arbiter(std::vector<std::string> args) {
-  args.insert(args.begin(), ARBITER_BINARY);
-  auto process = Subprocess::Start(args);
-  if (!process.ok()) return {-1, std::string(process.status().message())};
-  const int exit_code = (*process)->Wait();
-  return {exit_code, (*process)->Output()};
+  return ::arbiter::testing::RunCommand(ARBITER_BINARY, std::move(args));
 }
 
 // A loopback port nothing listens on: bound by the OS, then closed.

@@ -22,23 +22,16 @@
 namespace arbiter {
 namespace {
 
-using ::arbiter::testing::Subprocess;
 using ::google::protobuf::util::MessageDifferencer;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::SizeIs;
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr, as they came.
-};
+using Result = ::arbiter::testing::CommandResult;
 
+// Runs `arbiter ARGS...` to its end.
 Result Arbiter(std::vector<std::string> args) {
-  args.insert(args.begin(), ARBITER_BINARY);
-  auto process = Subprocess::Start(args);
-  if (!process.ok()) return {-1, std::string(process.status().message())};
-  const int exit_code = (*process)->Wait();
-  return {exit_code, (*process)->Output()};
+  return ::arbiter::testing::RunCommand(ARBITER_BINARY, std::move(args));
 }
 
 v1::RouteTaskState RouteTask(const std::string& route, const std::string& task,

@@ -264,12 +264,10 @@ TEST_F(StateTest, ExportAndImportMoveADeployment) {
   // Exported, imported into a new file, served from there.
   const std::string exported = (dir_ / "state.json").string();
   const std::string moved = (dir_ / "moved" / "state.db").string();
-  auto run = [&](std::vector<std::string> argv) {
-    argv.insert(argv.begin(), ARBITER_BINARY);
-    auto process = testing::Subprocess::Start(argv);
-    EXPECT_TRUE(process.ok());
-    const int code = (*process)->Wait();
-    EXPECT_EQ(code, 0) << (*process)->Output();
+  auto run = [&](std::vector<std::string> args) {
+    const testing::CommandResult result =
+        testing::RunCommand(ARBITER_BINARY, std::move(args));
+    EXPECT_EQ(result.exit_code, 0) << result.output;
   };
   run({"state", "export", "--state", (dir_ / "state.db").string(), "--output",
        exported});

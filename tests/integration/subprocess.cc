@@ -151,4 +151,13 @@ absl::StatusOr<ServingGateway> StartServe(
   return gateway;
 }
 
+CommandResult RunCommand(const std::string& binary,
+                         std::vector<std::string> args) {
+  args.insert(args.begin(), binary);
+  auto process = Subprocess::Start(args);
+  if (!process.ok()) return {-1, std::string(process.status().message())};
+  const int exit_code = (*process)->Wait();
+  return {exit_code, (*process)->Output()};
+}
+
 }  // namespace arbiter::testing

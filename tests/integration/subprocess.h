@@ -68,4 +68,15 @@ struct ServingGateway {
 absl::StatusOr<ServingGateway> StartServe(
     const std::string& binary, const std::vector<std::string>& args = {});
 
+// What a command printed (stdout and stderr, as they came) and its exit
+// code; -1 with the reason when it could not start.
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+// Runs `binary args...` to its end.
+CommandResult RunCommand(const std::string& binary,
+                         std::vector<std::string> args);
+
 }  // namespace arbiter::testing
