@@ -183,16 +183,22 @@ TEST_F(CollectionIndexTest, TombstonesAreCompactedByABackgroundRebuild) {
   for (const std::string& id : DocIds(*collection, "calendars", 60)) {
     EXPECT_EQ(std::stoi(id.substr(4)) % 2, 1) << id;
   }
+  // A rebuild starts once 64 rows, and a fifth of them, are tombstones;
+  // deletes made while it runs (a slow machine, a sanitizer) may stay
+  // tombstones in the new index, fewer than would start another.
+  auto compacted = [&] {
+    const IndexStats stats = collection->Stats();
+    return stats.rebuilds >= 2 && stats.tombstones < 64;
+  };
   const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (collection->Stats().tombstones > 0 &&
-         std::chrono::steady_clock::now() < deadline) {
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!compacted() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   const IndexStats stats = collection->Stats();
-  EXPECT_EQ(stats.tombstones, 0);
-  EXPECT_EQ(stats.vectors, 100);
   EXPECT_GE(stats.rebuilds, 2);  // At open, and in the background.
+  EXPECT_LT(stats.tombstones, 64);
+  EXPECT_EQ(stats.vectors, 100);
   EXPECT_EQ(stats.kind, IndexKind::kHnsw);
   EXPECT_THAT(DocIds(*collection, "calendars", 150), ::testing::SizeIs(100));
 }
