@@ -1037,9 +1037,9 @@ absl::StatusOr<v1::FeedbackResponse> Gateway::Feedback(
     return verified.status();
   }
   const RequestIdParts* parts = &verified->parts;
-  // The id says where the request went; the log adds whether feedback came
-  // already and the prompt's embedding. An id it no longer holds (evicted,
-  // or served by another replica) is credited from the id alone.
+  // The id says where the request went; the decision log adds the prompt's
+  // embedding. An id it no longer holds (evicted, or served by another
+  // replica) is credited from the id alone; judged_ says whether it was.
   auto route_it = route_index_.find(parts->route);
   auto task_it = task_index_.find(parts->task);
   if (route_it == route_index_.end() || task_it == task_index_.end()) {
