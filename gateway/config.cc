@@ -561,6 +561,19 @@ class Validator {
       Error("server.metrics_listen", "must be host:port, got \"",
             server.metrics_listen(), "\"");
     }
+    if (!server.http_listen().empty() && server.http_listen() != "off" &&
+        !IsHostPort(server.http_listen())) {
+      Error("server.http_listen", "must be host:port or \"off\", got \"",
+            server.http_listen(), "\"");
+    }
+    if (server.has_http_io_threads() &&
+        (server.http_io_threads() < 1 || server.http_io_threads() > 256)) {
+      Error("server.http_io_threads", "must be in [1, 256]");
+    }
+    if (server.has_http_max_connections() &&
+        server.http_max_connections() < 1) {
+      Error("server.http_max_connections", "must be >= 1");
+    }
     if (server.has_max_request_bytes() &&
         (server.max_request_bytes() < 1 ||
          server.max_request_bytes() > kMaxRequestBytesLimit)) {
@@ -1157,6 +1170,11 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (server.grpc_listen().empty()) server.set_grpc_listen("127.0.0.1:50051");
   if (server.metrics_listen().empty()) {
     server.set_metrics_listen("127.0.0.1:9464");
+  }
+  if (server.http_listen().empty()) server.set_http_listen("127.0.0.1:8080");
+  if (!server.has_http_io_threads()) server.set_http_io_threads(2);
+  if (!server.has_http_max_connections()) {
+    server.set_http_max_connections(16384);
   }
   if (!server.has_max_request_bytes()) server.set_max_request_bytes(1 << 20);
   if (!server.has_decision_log_max_mb()) server.set_decision_log_max_mb(64);

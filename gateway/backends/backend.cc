@@ -42,3 +42,39 @@ absl::string_view BackendErrorName(BackendError error) {
 }
 
 }  // namespace arbiter
+
+namespace arbiter {
+namespace {
+
+// Gathers a stream into one answer for Complete.
+class GatheringObserver final : public StreamObserver {
+ public:
+  explicit GatheringObserver(BackendCallback done) : done_(std::move(done)) {}
+
+  void OnDelta(BackendDelta delta) override {
+    absl::StrAppend(&text_, delta.text);
+  }
+
+  void OnEnd(absl::Status status, BackendResponse usage) override {
+    if (!status.ok()) {
+      std::move(done_)(std::move(status));
+      return;
+    }
+    usage.text = std::move(text_);
+    std::move(done_)(std::move(usage));
+  }
+
+ private:
+  BackendCallback done_;
+  std::string text_;
+};
+
+}  // namespace
+
+void Backend::Complete(BackendRequest request, BackendCallback done) {
+  request.stream = false;
+  Stream(std::move(request),
+         std::make_shared<GatheringObserver>(std::move(done)));
+}
+
+}  // namespace arbiter

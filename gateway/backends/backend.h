@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,15 +28,60 @@ struct BackendRequest {
   std::vector<BackendMessage> messages;
   int max_output_tokens = 0;
   std::optional<double> temperature;
+  std::optional<double> top_p;
+  std::vector<std::string> stop;
+  std::optional<int64_t> seed;
+  // OpenAI request fields arbiter does not read (tools, response_format...),
+  // a JSON object whose members go into the backend's request unchanged;
+  // empty for none. A backend that cannot honour them fails the call with
+  // INVALID_ARGUMENT naming the first field.
+  std::string passthrough_json;
+  // Ask the backend to stream (SSE): deltas arrive as generated. Unary
+  // calls get the whole text as one delta.
+  bool stream = false;
   // The request fails with DEADLINE_EXCEEDED after this long.
   absl::Duration timeout = absl::Seconds(30);
 };
 
+// A piece of the answer, in order.
+struct BackendDelta {
+  std::string text;
+  // The delta's other fields the backend sent (tool_calls, logprobs...), a
+  // JSON object for the client; empty for none.
+  std::string fields_json;
+};
+
 struct BackendResponse {
+  // The whole text: filled by Complete; a stream's text went out as deltas.
   std::string text;
   int64_t input_tokens = 0;
   int64_t output_tokens = 0;
   bool usage_reported = false;  // False when the backend sent no usage.
+  // "stop", "length", "tool_calls"...; empty when the backend said none.
+  std::string finish_reason;
+  // The answer's other fields matching passthrough_json (message.tool_calls,
+  // logprobs, system_fingerprint), a JSON object; empty for none.
+  std::string fields_json;
+};
+
+// Hears one streamed call, on the backend's event thread, in order: OnDelta
+// zero or more times, then OnEnd exactly once. Must not block.
+class StreamObserver {
+ public:
+  virtual ~StreamObserver() = default;
+  virtual void OnDelta(BackendDelta delta) = 0;
+  // status is OK, the failure, or CANCELLED after Cancel. usage holds the
+  // tokens produced so far even when the call failed or was cancelled
+  // (counted locally where the backend reported none): they are billed.
+  virtual void OnEnd(absl::Status status, BackendResponse usage) = 0;
+};
+
+// Cancels one call: the transfer stops at once and OnEnd follows with
+// CANCELLED. Thread-safe, idempotent, harmless after the end.
+class CallHandle {
+ public:
+  virtual ~CallHandle() = default;
+  virtual void Cancel() = 0;
 };
 
 // Counts prompt tokens as a chat model would bill them: each message's
@@ -87,15 +133,27 @@ template <typename T>
   }
 }
 
-// Something that generates text. Complete never blocks its caller: the
-// callback runs exactly once, later, on the backend's own event thread (never
-// inline), with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (too
-// many requests already waiting) naming the backend when it fails.
-// Implementations are thread-safe.
+// A call that cannot be cancelled (it ends on its own soon).
+class UncancellableCall final : public CallHandle {
+ public:
+  void Cancel() override {}
+};
+
+// Something that generates text. Stream never blocks its caller: the
+// observer hears the call later, on the backend's own event thread (never
+// inline), and its end says UNAVAILABLE, DEADLINE_EXCEEDED or
+// RESOURCE_EXHAUSTED (too many requests already waiting) naming the backend
+// when it fails. Implementations are thread-safe.
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual void Complete(BackendRequest request, BackendCallback done) = 0;
+  // The returned handle cancels this call; the observer is kept until its
+  // OnEnd has run.
+  virtual std::shared_ptr<CallHandle> Stream(
+      BackendRequest request, std::shared_ptr<StreamObserver> observer) = 0;
+  // Stream gathered into one answer (text joined): done runs exactly once,
+  // on the backend's thread.
+  void Complete(BackendRequest request, BackendCallback done);
   // Fails every request the backend holds, queued or in flight, with `why`
   // (on the backend's thread, as Complete's callbacks run). Used when
   // shutting down: a hung backend must not hold the process past its grace.

@@ -224,7 +224,22 @@ OpenAIBackend::~OpenAIBackend() {
   curl_multi_cleanup(multi_);
 }
 
-void OpenAIBackend::Complete(BackendRequest request, BackendCallback done) {
+std::shared_ptr<CallHandle> OpenAIBackend::Stream(
+    BackendRequest request, std::shared_ptr<StreamObserver> observer) {
+  CompleteWhole(std::move(request),
+                [observer](absl::StatusOr<BackendResponse> result) {
+                  if (!result.ok()) {
+                    observer->OnEnd(result.status(), {});
+                    return;
+                  }
+                  observer->OnDelta({std::move(result->text), ""});
+                  observer->OnEnd(absl::OkStatus(), *std::move(result));
+                });
+  return std::make_shared<UncancellableCall>();
+}
+
+void OpenAIBackend::CompleteWhole(BackendRequest request,
+                                  BackendCallback done) {
   // Refused at once rather than queued without end: a queued request costs
   // memory and only waits to time out.
   if (outstanding_.fetch_add(1) >= max_connections_ + max_queued_) {

@@ -50,13 +50,17 @@ class OpenAIBackend final : public Backend {
   OpenAIBackend(const OpenAIBackend&) = delete;
   OpenAIBackend& operator=(const OpenAIBackend&) = delete;
 
-  void Complete(BackendRequest request, BackendCallback done) override;
+  std::shared_ptr<CallHandle> Stream(
+      BackendRequest request,
+      std::shared_ptr<StreamObserver> observer) override;
   void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
 
   struct Transfer;
 
  private:
+  // The whole answer at once (the unary path, until streaming lands).
+  void CompleteWhole(BackendRequest request, BackendCallback done);
   // A request refused before it reached the loop, answered on the loop.
   using Refusal = std::pair<BackendCallback, absl::Status>;
 

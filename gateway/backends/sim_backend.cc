@@ -10,7 +10,21 @@ SimBackend::SimBackend(std::string name,
                        std::shared_ptr<const sim::Simulator> simulator)
     : name_(std::move(name)), simulator_(std::move(simulator)) {}
 
-void SimBackend::Complete(BackendRequest request, BackendCallback done) {
+std::shared_ptr<CallHandle> SimBackend::Stream(
+    BackendRequest request, std::shared_ptr<StreamObserver> observer) {
+  CompleteWhole(std::move(request),
+                [observer](absl::StatusOr<BackendResponse> result) {
+                  if (!result.ok()) {
+                    observer->OnEnd(result.status(), {});
+                    return;
+                  }
+                  observer->OnDelta({std::move(result->text), ""});
+                  observer->OnEnd(absl::OkStatus(), *std::move(result));
+                });
+  return std::make_shared<UncancellableCall>();
+}
+
+void SimBackend::CompleteWhole(BackendRequest request, BackendCallback done) {
   std::vector<sim::SimMessage> messages;
   messages.reserve(request.messages.size());
   for (const BackendMessage& message : request.messages) {

@@ -20,11 +20,15 @@ class SimBackend final : public Backend {
  public:
   SimBackend(std::string name, std::shared_ptr<const sim::Simulator> simulator);
 
-  void Complete(BackendRequest request, BackendCallback done) override;
+  std::shared_ptr<CallHandle> Stream(
+      BackendRequest request,
+      std::shared_ptr<StreamObserver> observer) override;
   void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
 
  private:
+  // The whole answer at once (the unary path, until streaming lands).
+  void CompleteWhole(BackendRequest request, BackendCallback done);
   // Answers the pending request `id` unless CancelAll already did.
   void Answer(uint64_t id, absl::StatusOr<BackendResponse> result);
 
