@@ -7,9 +7,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <iostream>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -96,7 +99,7 @@ grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context,
 template <typename Request, typename Response, typename Method>
 auto AnswerNow(Method method) {
   return [method](const Request& request, Response* response,
-                  Gateway::Done done) mutable {
+                  RetrievalService::Done done) mutable {
     absl::StatusOr<Response> result =
         absl::InternalError("the request failed unexpectedly");
     try {
@@ -109,23 +112,167 @@ auto AnswerNow(Method method) {
   };
 }
 
-// An asynchronous gateway method (Infer, the Retrieval service) as a
-// handler.
+// An asynchronous method of the Retrieval service as a handler.
 template <typename Method>
-auto Answer(Gateway& gateway, Method method) {
-  return [&gateway, method](const auto& request, auto* response,
-                            Gateway::Done done) {
-    (gateway.*method)(request, response, std::move(done));
+auto Answer(RetrievalService& service, Method method) {
+  return [&service, method](const auto& request, auto* response,
+                            RetrievalService::Done done) {
+    (service.*method)(request, response, std::move(done));
   };
 }
 
+// Parses a raw request as Serve does; INVALID_ARGUMENT naming the field.
+template <typename Request>
+absl::Status ParseRaw(const grpc::ByteBuffer& wire, Request* request) {
+  grpc::ByteBuffer buffer(wire);  // Shares the slices.
+  if (grpc::SerializationTraits<Request>::Deserialize(&buffer, request).ok()) {
+    return absl::OkStatus();
+  }
+  std::string bytes;
+  std::vector<grpc::Slice> slices;
+  if (wire.Dump(&slices).ok()) {
+    for (const grpc::Slice& slice : slices) {
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+  }
+  return WhyUnparsable(*Request::descriptor(), bytes);
+}
+
+// InferStream: the pipeline's events as messages, written one at a time in
+// order; a client that cancels cancels the request (and its backend call).
+class InferStreamReactor final
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+      public InferSink {
+ public:
+  // Starts the request; the reactor deletes itself when gRPC is done.
+  static InferStreamReactor* Start(RequestPipeline& pipeline,
+                                   grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* wire_request) {
+    // Owned by itself (self_) until OnDone.
+    auto reactor = std::shared_ptr<InferStreamReactor>(new InferStreamReactor);
+    reactor->self_ = reactor;
+    absl::Status parsed = ParseRaw(*wire_request, &reactor->request_);
+    if (!parsed.ok()) {
+      reactor->Finish(ToGrpcStatus(parsed));
+      return reactor.get();
+    }
+    InferOptions options;
+    options.deadline = DeadlineOf(context);
+    options.stream = true;
+    std::shared_ptr<InferHandle> handle =
+        pipeline.Infer(reactor->request_, options, reactor);
+    {
+      std::lock_guard lock(reactor->mu_);
+      reactor->handle_ = std::move(handle);
+      if (reactor->cancelled_) reactor->handle_->Cancel();
+    }
+    return reactor.get();
+  }
+
+  void OnStart(const v1::InferResponse& head) override {
+    v1::InferChunk chunk;
+    *chunk.mutable_start() = head;
+    Queue(chunk);
+  }
+  void OnDelta(BackendDelta delta) override {
+    v1::InferChunk chunk;
+    v1::TextDelta& out = *chunk.mutable_delta();
+    out.set_text(std::move(delta.text));
+    out.set_passthrough_json(std::move(delta.fields_json));
+    Queue(chunk);
+  }
+  void OnEnd(const absl::Status& status, v1::InferResponse& response) override {
+    std::lock_guard lock(mu_);
+    if (status.ok()) {
+      v1::InferChunk chunk;
+      *chunk.mutable_end() = std::move(response);
+      QueueLocked(chunk);
+    }
+    final_status_ = ToGrpcStatus(status);
+    ended_ = true;
+    WriteNextLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    writing_ = false;
+    if (!ok) {  // The client is gone: the rest cannot be sent.
+      queue_.clear();
+      return;
+    }
+    WriteNextLocked();
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<InferHandle> handle;
+    {
+      std::lock_guard lock(mu_);
+      cancelled_ = true;
+      handle = handle_;
+    }
+    if (handle != nullptr) handle->Cancel();
+  }
+
+  void OnDone() override {
+    std::shared_ptr<InferStreamReactor> self;
+    std::lock_guard lock(mu_);
+    self = std::move(self_);  // Released after the lock.
+  }
+
+ private:
+  InferStreamReactor() = default;
+
+  void Queue(const v1::InferChunk& chunk) {
+    std::lock_guard lock(mu_);
+    QueueLocked(chunk);
+    WriteNextLocked();
+  }
+  void QueueLocked(const v1::InferChunk& chunk)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    grpc::ByteBuffer buffer;
+    bool own = false;
+    if (grpc::SerializationTraits<v1::InferChunk>::Serialize(chunk, &buffer,
+                                                             &own)
+            .ok()) {
+      queue_.push_back(std::move(buffer));
+    }
+  }
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_) return;
+    if (!queue_.empty()) {
+      current_ = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      StartWrite(&current_);
+      return;
+    }
+    if (ended_) {
+      finished_ = true;
+      Finish(final_status_);
+    }
+  }
+
+  v1::InferRequest request_;  // Lives until OnDone, past the sink's end.
+  std::mutex mu_;             // std:: so ThreadSanitizer sees it.
+  std::shared_ptr<InferStreamReactor> self_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<InferHandle> handle_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer current_ ABSL_GUARDED_BY(mu_);  // Being written.
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
 using grpc::ByteBuffer;
 
-class GatewayService final
-    : public v1::Gateway::WithRawCallbackMethod_Infer<
-          v1::Gateway::WithRawCallbackMethod_Feedback<v1::Gateway::Service>> {
+class GatewayGrpc final : public v1::Gateway::WithRawCallbackMethod_Infer<
+                              v1::Gateway::WithRawCallbackMethod_InferStream<
+                                  v1::Gateway::WithRawCallbackMethod_Feedback<
+                                      v1::Gateway::Service>>> {
  public:
-  explicit GatewayService(Gateway& gateway) : gateway_(gateway) {}
+  explicit GatewayGrpc(Gateway& gateway) : gateway_(gateway) {}
 
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
                                   const ByteBuffer* request,
@@ -133,9 +280,16 @@ class GatewayService final
     return Serve<v1::InferRequest, v1::InferResponse>(
         context, request, response,
         [this, context](const v1::InferRequest& r, v1::InferResponse* out,
-                        Gateway::Done done) {
-          gateway_.Infer(r, DeadlineOf(context), out, std::move(done));
+                        RetrievalService::Done done) {
+          InferWhole(gateway_.pipeline(), r, DeadlineOf(context), out,
+                     std::move(done));
         });
+  }
+
+  grpc::ServerWriteReactor<ByteBuffer>* InferStream(
+      grpc::CallbackServerContext* context,
+      const ByteBuffer* request) override {
+    return InferStreamReactor::Start(gateway_.pipeline(), context, request);
   }
 
   grpc::ServerUnaryReactor* Feedback(grpc::CallbackServerContext* context,
@@ -144,20 +298,19 @@ class GatewayService final
     return Serve<v1::FeedbackRequest, v1::FeedbackResponse>(
         context, request, response,
         AnswerNow<v1::FeedbackRequest, v1::FeedbackResponse>(
-            [this](const auto& r) { return gateway_.Feedback(r); }));
+            [this](const auto& r) { return gateway_.feedback().Record(r); }));
   }
 
  private:
   Gateway& gateway_;
 };
 
-class AdminService final
-    : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
-          v1::Admin::WithRawCallbackMethod_GetExperiment<
-              v1::Admin::WithRawCallbackMethod_GetEconomics<
-                  v1::Admin::Service>>> {
+class AdminGrpc final : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
+                            v1::Admin::WithRawCallbackMethod_GetExperiment<
+                                v1::Admin::WithRawCallbackMethod_GetEconomics<
+                                    v1::Admin::Service>>> {
  public:
-  explicit AdminService(Gateway& gateway) : gateway_(gateway) {}
+  explicit AdminGrpc(Gateway& gateway) : gateway_(gateway) {}
 
   grpc::ServerUnaryReactor* GetRouteStats(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
@@ -165,7 +318,9 @@ class AdminService final
     return Serve<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
         context, request, response,
         AnswerNow<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
-            [this](const auto& r) { return gateway_.GetRouteStats(r); }));
+            [this](const auto& r) {
+              return gateway_.admin().GetRouteStats(r);
+            }));
   }
 
   grpc::ServerUnaryReactor* GetExperiment(grpc::CallbackServerContext* context,
@@ -174,7 +329,9 @@ class AdminService final
     return Serve<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
         context, request, response,
         AnswerNow<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
-            [this](const auto& r) { return gateway_.GetExperiment(r); }));
+            [this](const auto& r) {
+              return gateway_.admin().GetExperiment(r);
+            }));
   }
 
   grpc::ServerUnaryReactor* GetEconomics(grpc::CallbackServerContext* context,
@@ -183,7 +340,9 @@ class AdminService final
     return Serve<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
         context, request, response,
         AnswerNow<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
-            [this](const auto& r) { return gateway_.GetEconomics(r); }));
+            [this](const auto& r) {
+              return gateway_.admin().GetEconomics(r);
+            }));
   }
 
  private:
@@ -191,38 +350,42 @@ class AdminService final
 };
 
 // Every method runs on a worker pool; the reactor is finished from there.
-class RetrievalService final
+class RetrievalGrpc final
     : public v1::Retrieval::WithRawCallbackMethod_Upsert<
           v1::Retrieval::WithRawCallbackMethod_Delete<
               v1::Retrieval::WithRawCallbackMethod_Search<
                   v1::Retrieval::WithRawCallbackMethod_GetCollection<
                       v1::Retrieval::Service>>>> {
  public:
-  explicit RetrievalService(Gateway& gateway) : gateway_(gateway) {}
+  explicit RetrievalGrpc(Gateway& gateway) : gateway_(gateway) {}
 
   grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
     return Serve<v1::UpsertRequest, v1::UpsertResponse>(
-        context, request, response, Answer(gateway_, &Gateway::Upsert));
+        context, request, response,
+        Answer(gateway_.retrieval(), &RetrievalService::Upsert));
   }
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
     return Serve<v1::DeleteRequest, v1::DeleteResponse>(
-        context, request, response, Answer(gateway_, &Gateway::Delete));
+        context, request, response,
+        Answer(gateway_.retrieval(), &RetrievalService::Delete));
   }
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
     return Serve<v1::SearchRequest, v1::SearchResponse>(
-        context, request, response, Answer(gateway_, &Gateway::Search));
+        context, request, response,
+        Answer(gateway_.retrieval(), &RetrievalService::Search));
   }
   grpc::ServerUnaryReactor* GetCollection(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
                                           ByteBuffer* response) override {
     return Serve<v1::GetCollectionRequest, v1::CollectionInfo>(
-        context, request, response, Answer(gateway_, &Gateway::GetCollection));
+        context, request, response,
+        Answer(gateway_.retrieval(), &RetrievalService::GetCollection));
   }
 
  private:
@@ -266,9 +429,9 @@ class GrpcServer::Services {
  public:
   explicit Services(Gateway& gateway)
       : gateway(gateway), admin(gateway), retrieval(gateway) {}
-  GatewayService gateway;
-  AdminService admin;
-  RetrievalService retrieval;
+  GatewayGrpc gateway;
+  AdminGrpc admin;
+  RetrievalGrpc retrieval;
 };
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(

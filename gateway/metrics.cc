@@ -52,6 +52,13 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                        "(input_tokens, output_tokens, request_fee, retrieval, "
                        "embedding).")
                    .Register(registry);
+  auto& cancelled_cost =
+      BuildCounter()
+          .Name("arbiter_cancelled_cost_usd_total")
+          .Help(
+              "Cost in US dollars of what was produced for requests whose "
+              "caller went away mid-answer (also in arbiter_cost_usd_total).")
+          .Register(registry);
   auto& duration = BuildHistogram()
                        .Name("arbiter_request_duration_seconds")
                        .Help("Time from request to answer, per route.")
@@ -86,6 +93,8 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
       cell.unavailable = &requests.Add(with("outcome", "unavailable"));
       cell.timeout = &requests.Add(with("outcome", "timeout"));
       cell.error = &requests.Add(with("outcome", "error"));
+      cell.cancelled = &requests.Add(with("outcome", "cancelled"));
+      cell.cancelled_cost = &cancelled_cost.Add(with("outcome", "cancelled"));
       cell.labels = labels;
       cell.input_tokens = &tokens.Add(with("direction", "input"));
       cell.output_tokens = &tokens.Add(with("direction", "output"));
@@ -272,6 +281,23 @@ void Metrics::RecordCompletion(int route, int task, int64_t input_tokens,
   cell.duration->Observe(latency_seconds);
 }
 
+void Metrics::RecordCancelled(int route, int task, int64_t input_tokens,
+                              int64_t output_tokens,
+                              const policy::RequestCost& cost,
+                              double latency_seconds) {
+  Cell& cell = At(route, task);
+  cell.cancelled->Increment();
+  cell.input_tokens->Increment(static_cast<double>(input_tokens));
+  cell.output_tokens->Increment(static_cast<double>(output_tokens));
+  cell.cost_input->Increment(cost.input_usd);
+  cell.cost_output->Increment(cost.output_usd);
+  cell.cost_fee->Increment(cost.request_usd);
+  cell.cost_retrieval->Increment(cost.retrieval_usd);
+  cell.cost_embedding->Increment(cost.embedding_usd);
+  cell.cancelled_cost->Increment(cost.total_usd());
+  cell.duration->Observe(latency_seconds);
+}
+
 void Metrics::RecordBackendError(absl::string_view backend,
                                  BackendError reason) {
   auto it = backend_errors_.find(backend);
@@ -450,6 +476,9 @@ void Metrics::RecordFailure(int route, int task, Outcome outcome,
       break;
     case Outcome::kError:
       cell.error->Increment();
+      break;
+    case Outcome::kCancelled:
+      cell.cancelled->Increment();
       break;
   }
   cell.duration->Observe(latency_seconds);

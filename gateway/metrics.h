@@ -21,7 +21,7 @@
 namespace arbiter {
 
 // How a request that reached a route ended.
-enum class Outcome { kOk, kUnavailable, kTimeout, kError };
+enum class Outcome { kOk, kUnavailable, kTimeout, kError, kCancelled };
 
 // The gateway's worker pools, a metric label each.
 enum class Pool { kRetrieval, kIngest };
@@ -44,6 +44,11 @@ class Metrics final {
                         double latency_seconds);
   void RecordFailure(int route, int task, Outcome outcome,
                      double latency_seconds);
+  // A request whose caller went away mid-answer: what was produced is
+  // billed (tokens, cost) and also counted apart as cancelled cost.
+  void RecordCancelled(int route, int task, int64_t input_tokens,
+                       int64_t output_tokens, const policy::RequestCost& cost,
+                       double latency_seconds);
   // A request refused before any route was tried; code is the gRPC code name.
   void RecordRejected(absl::string_view code);
   // A failed call to an openai backend of the config, by reason.
@@ -79,6 +84,8 @@ class Metrics final {
     prometheus::Counter* unavailable;
     prometheus::Counter* timeout;
     prometheus::Counter* error;
+    prometheus::Counter* cancelled;
+    prometheus::Counter* cancelled_cost;
     prometheus::Labels labels;  // route, kind, backend, task.
     prometheus::Counter* input_tokens;
     prometheus::Counter* output_tokens;

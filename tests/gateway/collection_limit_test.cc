@@ -24,8 +24,8 @@ absl::Status Upsert(Gateway& gateway, const std::string& collection) {
   document->set_text("A short document about refunds.");
   v1::UpsertResponse response;
   std::promise<absl::Status> done;
-  gateway.Upsert(request, &response,
-                 [&](absl::Status status) { done.set_value(status); });
+  gateway.retrieval().Upsert(
+      request, &response, [&](absl::Status status) { done.set_value(status); });
   return done.get_future().get();
 }
 

@@ -40,8 +40,8 @@ class FeedbackTest : public ::testing::Test {
     request.set_task("faq");
     v1::InferResponse response;
     std::promise<absl::Status> done;
-    gateway_->Infer(request, absl::Now() + absl::Seconds(30), &response,
-                    [&](absl::Status status) { done.set_value(status); });
+    InferWhole(gateway_->pipeline(), request, absl::Now() + absl::Seconds(30),
+               &response, [&](absl::Status status) { done.set_value(status); });
     const absl::Status status = done.get_future().get();
     EXPECT_TRUE(status.ok()) << status;
     return response.request_id();
@@ -51,7 +51,7 @@ class FeedbackTest : public ::testing::Test {
     v1::FeedbackRequest request;
     request.set_request_id(id);
     request.set_correct(true);
-    return gateway_->Feedback(request);
+    return gateway_->feedback().Record(request);
   }
 
   // Judged answers of (prompted, faq) once the statistics show `want`.
@@ -59,7 +59,7 @@ class FeedbackTest : public ::testing::Test {
     int64_t count = -1;
     const absl::Time deadline = absl::Now() + absl::Seconds(5);
     while (absl::Now() < deadline) {
-      auto stats = gateway_->GetRouteStats({});
+      auto stats = gateway_->admin().GetRouteStats({});
       if (!stats.ok()) return -1;
       for (const v1::RouteTaskStats& cell : stats->stats()) {
         if (cell.route() == "prompted" && cell.task() == "faq") {

@@ -1,0 +1,568 @@
+#include "gateway/pipeline/request_pipeline.h"
+
+#include <algorithm>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/json.h"
+#include "common/quote.h"
+#include "gateway/config.h"
+#include "retrieval/retriever.h"
+#include "retrieval/tokenizer.h"
+
+namespace arbiter {
+namespace {
+
+double UniformDraw() {
+  thread_local absl::BitGen gen;
+  return absl::Uniform<double>(gen, 0.0, 1.0);
+}
+
+uint64_t RandomNonce() {
+  thread_local absl::BitGen gen;
+  return absl::Uniform<uint64_t>(gen);
+}
+
+std::string KnownNames(
+    const google::protobuf::RepeatedPtrField<v1::Route>& routes) {
+  std::vector<std::string> names;
+  for (const v1::Route& route : routes) names.push_back(route.name());
+  return absl::StrJoin(names, ", ");
+}
+
+Outcome OutcomeOf(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+      return Outcome::kUnavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return Outcome::kTimeout;
+    case absl::StatusCode::kCancelled:
+      return Outcome::kCancelled;
+    default:
+      return Outcome::kError;
+  }
+}
+
+}  // namespace
+
+void InferHandle::Cancel() {
+  std::shared_ptr<CallHandle> backend_call;
+  {
+    std::lock_guard lock(mu_);
+    if (cancelled_) return;
+    cancelled_ = true;
+    backend_call = std::move(backend_call_);
+  }
+  if (backend_call != nullptr) backend_call->Cancel();
+}
+
+bool InferHandle::cancelled() const {
+  std::lock_guard lock(mu_);
+  return cancelled_;
+}
+
+void InferHandle::Attach(std::shared_ptr<CallHandle> backend_call) {
+  {
+    std::lock_guard lock(mu_);
+    if (ended_) return;
+    if (!cancelled_) {
+      backend_call_ = std::move(backend_call);
+      return;
+    }
+  }
+  backend_call->Cancel();
+}
+
+void InferHandle::Ended() {
+  std::shared_ptr<CallHandle> released;
+  std::lock_guard lock(mu_);
+  ended_ = true;
+  released = std::move(backend_call_);
+}
+
+// One request from decision to end; the backend's observer.
+struct RequestPipeline::Call final : StreamObserver {
+  RequestPipeline* pipeline = nullptr;
+  const v1::InferRequest* request = nullptr;  // The caller's, until OnEnd.
+  InferOptions options;
+  std::shared_ptr<InferSink> sink;
+  std::shared_ptr<InferHandle> handle = std::make_shared<InferHandle>();
+  v1::InferResponse response;  // Head, then the end's fields.
+  int route_index = -1;
+  int task = -1;
+  absl::Time start;
+  int experiment = -1;
+  int arm = -1;
+  policy::Engine* engine = nullptr;
+  std::vector<float> embedding;
+  int64_t embedding_tokens = 0;
+  bool ended = false;
+
+  void OnDelta(BackendDelta delta) override { sink->OnDelta(std::move(delta)); }
+  void OnEnd(absl::Status status, BackendResponse usage) override {
+    pipeline->Finish(*this, std::move(status), std::move(usage));
+  }
+};
+
+std::shared_ptr<InferHandle> RequestPipeline::Infer(
+    const v1::InferRequest& request, InferOptions options,
+    std::shared_ptr<InferSink> sink) {
+  const v1::Config& config = *parts_.config;
+  Metrics& metrics = *parts_.metrics;
+  auto call = std::make_shared<Call>();
+  call->pipeline = this;
+  call->request = &request;
+  call->options = options;
+  call->sink = std::move(sink);
+  call->start = absl::Now();
+  std::shared_ptr<InferHandle> handle = call->handle;
+  auto refuse = [&](const absl::Status& status) {
+    metrics.RecordRejected(absl::StatusCodeToString(status.code()));
+    call->sink->OnEnd(status, call->response);
+  };
+  int task = 0;
+  int pinned_route = -1;
+  if (absl::Status valid = Validate(request, &task, &pinned_route);
+      !valid.ok()) {
+    refuse(valid);
+    return handle;
+  }
+  policy::RequestFeatures features;
+  features.task = task;
+  features.unit_id = request.unit_id();
+  features.pinned_route = pinned_route;
+  features.max_cost_usd = request.constraints().max_cost_usd();
+  features.min_accuracy = request.constraints().min_accuracy();
+  features.uniform = UniformDraw();
+  features.seed = RandomNonce();
+  // A pinned request stays out of experiments: the pin wins.
+  const int experiment = pinned_route < 0 ? ExperimentFor(task) : -1;
+  int arm = -1;
+  policy::Engine* engine = parts_.engine;
+  if (experiment >= 0) {
+    const v1::Experiment& spec = config.experiments(experiment);
+    const ExperimentArms& runtime = (*parts_.experiments)[experiment];
+    bool sticky = spec.unit() != v1::EXPERIMENT_UNIT_REQUEST &&
+                  !request.unit_id().empty();
+    int bucket =
+        sticky ? policy::ExperimentBucket(spec.salt(), request.unit_id())
+               : static_cast<int>(UniformDraw() * policy::kExperimentBuckets);
+    arm = policy::ArmForBucket(spec, bucket);
+    if (runtime.arm_route[arm] >= 0) {
+      features.pinned_route = runtime.arm_route[arm];
+    } else {
+      engine = runtime.arm_engine[arm].get();
+    }
+  }
+  std::vector<float> embedding;
+  if (engine->UsesContext(task)) {
+    embedding = EmbedPrompt(request.messages().rbegin()->content());
+    features.embedding = embedding;
+  }
+  auto decision = engine->Decide(features, *parts_.stats->Snapshot());
+  if (decision.ok() && experiment >= 0) {
+    const v1::Experiment& spec = config.experiments(experiment);
+    const ExperimentArms& runtime = (*parts_.experiments)[experiment];
+    const int arm_route = runtime.arm_route[arm];
+    decision->propensity *= runtime.arm_share[arm];
+    // A route arm decided by itself: the engine only saw its pin.
+    decision->reason = absl::StrCat(
+        "experiment ", spec.name(), " arm ", spec.arms(arm).name(), ": ",
+        arm_route >= 0 ? absl::StrCat("route ", config.routes(arm_route).name())
+                       : decision->reason);
+    decision->reason_class = "experiment";
+  }
+  if (!decision.ok()) {
+    refuse(decision.status());
+    return handle;
+  }
+  const int route_index = decision->route;
+  const v1::Route& route = config.routes(route_index);
+  metrics.RecordDecision(route_index, task, decision->policy,
+                         decision->reason_class);
+
+  const std::string& task_name = config.tasks(task);
+  RequestIdParts id_parts;
+  id_parts.route = route.name();
+  id_parts.task = task_name;
+  id_parts.unix_millis = absl::ToUnixMillis(call->start);
+  id_parts.nonce = RandomNonce();
+  if (experiment >= 0) {
+    const v1::Experiment& spec = config.experiments(experiment);
+    id_parts.experiment = spec.name();
+    id_parts.arm = spec.arms(arm).name();
+  }
+  auto issued = parts_.signer->Issue(id_parts);
+  if (!issued.ok()) {
+    call->sink->OnEnd(issued.status(), call->response);
+    return handle;
+  }
+  v1::InferResponse& response = call->response;
+  response.set_request_id(*std::move(issued));
+  response.set_route(route.name());
+  response.set_route_kind(EnumName(route.kind()));
+  response.set_backend(route.backend());
+  response.set_model(route.model());
+  response.set_task(task_name);
+  v1::Decision* wire_decision = response.mutable_decision();
+  wire_decision->set_policy(decision->policy);
+  wire_decision->set_reason(decision->reason);
+  wire_decision->set_propensity(decision->propensity);
+  wire_decision->set_experiment(id_parts.experiment);
+  wire_decision->set_arm(id_parts.arm);
+
+  call->route_index = route_index;
+  call->task = task;
+  call->experiment = experiment;
+  call->arm = arm;
+  call->engine = engine;
+  call->embedding = std::move(embedding);
+  if (route.kind() != v1::ROUTE_KIND_RAG) {
+    CallBackend(std::move(call));
+    return handle;
+  }
+  // Retrieval may take milliseconds (or an embedding server's round trip):
+  // never on a front's thread.
+  parts_.retrieval_pool->Submit([this, call = std::move(call)](
+                                    absl::Status admitted) mutable {
+    if (!admitted.ok()) {
+      parts_.metrics->RecordRejected(absl::StatusCodeToString(admitted.code()));
+      call->sink->OnEnd(admitted, call->response);
+      return;
+    }
+    CallBackend(std::move(call));
+  });
+  return handle;
+}
+
+void RequestPipeline::CallBackend(std::shared_ptr<Call> call) {
+  const v1::Route& route = parts_.config->routes(call->route_index);
+  absl::StatusOr<BackendRequest> backend_request =
+      absl::InternalError("building the backend request failed");
+  try {
+    backend_request = BuildBackendRequest(*call);
+  } catch (const std::exception& e) {
+    backend_request = absl::InternalError(
+        absl::StrCat("building the backend request failed: ", e.what()));
+  }
+  if (!backend_request.ok()) {
+    Finish(*call, backend_request.status(), {});
+    return;
+  }
+  if (call->handle->cancelled()) {
+    Finish(*call, absl::CancelledError("the caller went away"), {});
+    return;
+  }
+  // The caller's deadline bounds the backend call too.
+  const absl::Duration timeout =
+      std::min(parts_.route_timeout[call->route_index],
+               call->options.deadline - absl::Now());
+  if (timeout <= absl::ZeroDuration()) {
+    Finish(*call,
+           absl::DeadlineExceededError(
+               "the request's deadline passed before a backend was called"),
+           {});
+    return;
+  }
+  backend_request->timeout = timeout;
+  backend_request->stream = call->options.stream;
+  // A rag request embeds its question to search: priced per token.
+  if (route.kind() == v1::ROUTE_KIND_RAG) {
+    call->embedding_tokens = static_cast<int64_t>(
+        retrieval::Words(call->request->messages().rbegin()->content()).size());
+  }
+  call->sink->OnStart(call->response);
+  std::shared_ptr<InferHandle> handle = call->handle;
+  Backend* backend = parts_.route_backend[call->route_index];
+  handle->Attach(backend->Stream(*std::move(backend_request), std::move(call)));
+}
+
+void RequestPipeline::Finish(Call& call, absl::Status status,
+                             BackendResponse usage) {
+  if (call.ended) return;
+  call.ended = true;
+  call.handle->Ended();
+  const int route_index = call.route_index;
+  const int task = call.task;
+  const int experiment = call.experiment;
+  const int arm = call.arm;
+  const v1::Route& route = parts_.config->routes(route_index);
+  Metrics& metrics = *parts_.metrics;
+  const double latency = absl::ToDoubleSeconds(absl::Now() - call.start);
+  v1::InferResponse& response = call.response;
+  const bool cancelled = status.code() == absl::StatusCode::kCancelled;
+  if (!status.ok() && !cancelled) {
+    parts_.stats->RecordError(route_index, task, latency);
+    if (experiment >= 0) {
+      parts_.experiment_stats->RecordError(experiment, arm, latency);
+      metrics.RecordExperimentRequest(experiment, arm, false);
+    }
+    metrics.RecordFailure(route_index, task, OutcomeOf(status), latency);
+    call.sink->OnEnd(status, response);
+    return;
+  }
+  // What was produced is billed, answered or cancelled.
+  const policy::RequestCost priced = policy::PriceRequest(
+      route.pricing(), usage.input_tokens, usage.output_tokens,
+      route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
+  const double cost = priced.total_usd();
+  {
+    std::lock_guard lock(*parts_.economics_mu);
+    parts_.economics->RecordRequest(route_index, task, priced, absl::Now());
+  }
+  v1::Usage* wire_usage = response.mutable_usage();
+  wire_usage->set_input_tokens(usage.input_tokens);
+  wire_usage->set_output_tokens(usage.output_tokens);
+  wire_usage->set_estimated(!usage.usage_reported);
+  response.set_cost_usd(cost);
+  response.set_latency_seconds(latency);
+  response.set_finish_reason(cancelled ? "cancelled" : usage.finish_reason);
+  if (!usage.fields_json.empty()) {
+    response.set_passthrough_json(std::move(usage.fields_json));
+  }
+  if (cancelled) {
+    // Neither an error nor an answer the policy could be judged on.
+    metrics.RecordCancelled(route_index, task, usage.input_tokens,
+                            usage.output_tokens, priced, latency);
+    call.sink->OnEnd(status, response);
+    return;
+  }
+  parts_.stats->RecordCompletion(
+      route_index, task,
+      {usage.input_tokens, usage.output_tokens, cost, latency});
+  metrics.RecordCompletion(route_index, task, usage.input_tokens,
+                           usage.output_tokens, priced, latency);
+  call.engine->ObserveCost(task, cost);
+  if (experiment >= 0) {
+    parts_.experiment_stats->RecordCompletion(experiment, arm, cost, latency);
+    metrics.RecordExperimentRequest(experiment, arm, true);
+  }
+  parts_.decisions->Record(response.request_id(), call.embedding);
+  call.sink->OnEnd(absl::OkStatus(), response);
+}
+
+std::vector<float> RequestPipeline::EmbedPrompt(absl::string_view text) const {
+  // Prompts stay on the local embedder when vectors come from a server:
+  // a routing decision should not wait on the network.
+  if (parts_.prompt_embedder == nullptr) {
+    if (auto vector = parts_.corpus->Embed(text); vector.ok()) return *vector;
+  }
+  return parts_.prompt_embedder != nullptr
+             ? parts_.prompt_embedder->Embed(text)
+             : std::vector<float>(parts_.config->retrieval().embedding_dim());
+}
+
+namespace {
+
+// Joins the deltas into the response.
+class WholeAnswerSink final : public InferSink {
+ public:
+  WholeAnswerSink(v1::InferResponse* response,
+                  absl::AnyInvocable<void(absl::Status) &&> done)
+      : response_(response), done_(std::move(done)) {}
+
+  void OnStart(const v1::InferResponse&) override {}
+  void OnDelta(BackendDelta delta) override {
+    if (text_.empty()) {
+      text_ = std::move(delta.text);
+    } else {
+      text_ += delta.text;
+    }
+  }
+  void OnEnd(const absl::Status& status, v1::InferResponse& response) override {
+    if (status.ok()) {
+      *response_ = std::move(response);
+      response_->set_text(std::move(text_));
+    }
+    std::move(done_)(status);
+  }
+
+ private:
+  v1::InferResponse* const response_;
+  absl::AnyInvocable<void(absl::Status) &&> done_;
+  std::string text_;
+};
+
+}  // namespace
+
+std::shared_ptr<InferHandle> InferWhole(
+    RequestPipeline& pipeline, const v1::InferRequest& request,
+    absl::Time deadline, v1::InferResponse* response,
+    absl::AnyInvocable<void(absl::Status) &&> done) {
+  InferOptions options;
+  options.deadline = deadline;
+  return pipeline.Infer(
+      request, options,
+      std::make_shared<WholeAnswerSink>(response, std::move(done)));
+}
+
+int RequestPipeline::ExperimentFor(int task) const {
+  const std::vector<ExperimentArms>& experiments = *parts_.experiments;
+  for (size_t e = 0; e < experiments.size(); ++e) {
+    if (experiments[e].tasks[task]) return static_cast<int>(e);
+  }
+  return -1;
+}
+
+absl::Status RequestPipeline::Validate(const v1::InferRequest& request,
+                                       int* task, int* pinned_route) const {
+  const v1::Config& config = *parts_.config;
+  size_t size = request.ByteSizeLong();
+  if (size > static_cast<size_t>(config.server().max_request_bytes())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "request: %d bytes exceeds the limit of %d (server.max_request_bytes)",
+        size, config.server().max_request_bytes()));
+  }
+  if (request.messages().empty()) {
+    return absl::InvalidArgumentError("messages: must not be empty");
+  }
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const v1::Role role = request.messages(i).role();
+    if (role == v1::ROLE_UNSPECIFIED || !v1::Role_IsValid(role)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "messages[", i, "].role: must be ", EnumNames(*v1::Role_descriptor()),
+          ", got ",
+          role == v1::ROLE_UNSPECIFIED ? "none" : std::to_string(role)));
+    }
+  }
+  const v1::ChatMessage& last = *request.messages().rbegin();
+  if (last.role() != v1::ROLE_USER) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("messages[", request.messages_size() - 1,
+                     "].role: the last message must be the user's"));
+  }
+  if (last.content().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("messages[", request.messages_size() - 1,
+                     "].content: must not be empty"));
+  }
+  const std::string& task_name =
+      request.task().empty() ? config.default_task() : request.task();
+  auto task_it = parts_.task_index.find(task_name);
+  if (task_it == parts_.task_index.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task: unknown task ", QuoteInput(task_name),
+                     " (known: ", absl::StrJoin(config.tasks(), ", "), ")"));
+  }
+  *task = task_it->second;
+  *pinned_route = -1;
+  if (!request.route().empty()) {
+    auto route_it = parts_.route_index.find(request.route());
+    if (route_it == parts_.route_index.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("route: unknown route ", QuoteInput(request.route()),
+                       " (known: ", KnownNames(config.routes()), ")"));
+    }
+    *pinned_route = route_it->second;
+  }
+  if (request.limits().max_output_tokens() < 0) {
+    return absl::InvalidArgumentError("limits.max_output_tokens: must be >= 0");
+  }
+  if (request.limits().has_temperature() &&
+      !(request.limits().temperature() >= 0 &&
+        request.limits().temperature() <= 2)) {
+    return absl::InvalidArgumentError("limits.temperature: must be in [0, 2]");
+  }
+  if (request.limits().has_top_p() &&
+      !(request.limits().top_p() > 0 && request.limits().top_p() <= 1)) {
+    return absl::InvalidArgumentError("limits.top_p: must be in (0, 1]");
+  }
+  if (request.limits().stop_size() > 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("limits.stop: at most 4 sequences, got ",
+                     request.limits().stop_size()));
+  }
+  if (!request.passthrough_json().empty()) {
+    auto fields = json::Parse(request.passthrough_json());
+    if (!fields.ok() || !fields->is_object()) {
+      return absl::InvalidArgumentError(
+          "passthrough_json: must be a JSON object");
+    }
+  }
+  if (!(request.constraints().max_cost_usd() >= 0)) {
+    return absl::InvalidArgumentError("constraints.max_cost_usd: must be >= 0");
+  }
+  if (!(request.constraints().min_accuracy() >= 0 &&
+        request.constraints().min_accuracy() <= 1)) {
+    return absl::InvalidArgumentError(
+        "constraints.min_accuracy: must be in [0, 1]");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BackendRequest> RequestPipeline::BuildBackendRequest(
+    Call& call) {
+  const v1::Route& route = parts_.config->routes(call.route_index);
+  const v1::InferRequest& request = *call.request;
+  v1::InferResponse* response = &call.response;
+  BackendRequest out;
+  out.model = route.model();
+  out.max_output_tokens = request.limits().max_output_tokens() > 0
+                              ? request.limits().max_output_tokens()
+                              : route.max_output_tokens();
+  if (request.limits().has_temperature()) {
+    out.temperature = request.limits().temperature();
+  }
+  if (request.limits().has_top_p()) out.top_p = request.limits().top_p();
+  out.stop.assign(request.limits().stop().begin(),
+                  request.limits().stop().end());
+  if (request.limits().has_seed()) out.seed = request.limits().seed();
+  out.passthrough_json = request.passthrough_json();
+  std::string system =
+      route.kind() == v1::ROUTE_KIND_FINE_TUNED ? "" : route.system_prompt();
+  if (route.kind() == v1::ROUTE_KIND_RAG) {
+    const std::string& question = request.messages().rbegin()->content();
+    absl::Time start = absl::Now();
+    auto found = parts_.corpus->Search(question, route.rag().top_k(),
+                                       parts_.search_mode);
+    if (!found.ok()) {
+      return absl::Status(found.status().code(),
+                          absl::StrCat("retrieval for route \"", route.name(),
+                                       "\": ", found.status().message()));
+    }
+    std::vector<retrieval::Chunk> chunks;
+    for (retrieval::SearchHit& hit : *found) {
+      chunks.push_back({hit.chunk_id, std::move(hit.doc_id),
+                        std::move(hit.doc_title), 0, std::move(hit.text)});
+    }
+    std::vector<retrieval::Hit> hits;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      hits.push_back({&chunks[i], static_cast<float>((*found)[i].score)});
+    }
+    retrieval::Context context =
+        retrieval::AssembleContext(hits, route.rag().max_context_tokens());
+    parts_.metrics->RecordRetrieval(absl::ToDoubleSeconds(absl::Now() - start));
+    absl::StrAppend(&system, system.empty() ? "" : "\n\n",
+                    "Answer from the context below and cite the sources you "
+                    "use by their markers.\n\nContext:\n",
+                    context.block);
+    for (const auto& cited : context.citations) {
+      v1::Citation* citation = response->add_citations();
+      citation->set_doc_id(cited.chunk->doc_id);
+      citation->set_chunk_id(cited.chunk->id);
+      citation->set_score(cited.score);
+      citation->set_marker(cited.marker);
+    }
+  }
+  if (!system.empty()) {
+    out.messages.push_back({EnumName(v1::ROLE_SYSTEM), std::move(system)});
+  }
+  if (route.kind() == v1::ROUTE_KIND_PROMPTED) {
+    for (const v1::Example& example : route.examples()) {
+      out.messages.push_back({EnumName(v1::ROLE_USER), example.user()});
+      out.messages.push_back(
+          {EnumName(v1::ROLE_ASSISTANT), example.assistant()});
+    }
+  }
+  for (const v1::ChatMessage& message : request.messages()) {
+    out.messages.push_back({EnumName(message.role()), message.content()});
+  }
+  return out;
+}
+
+}  // namespace arbiter
