@@ -67,7 +67,7 @@ backends:
 routes:
   - {name: r, kind: fine_tuned, backend: slow, model: m}
 EOF
-"$ARBITER" serve --config "$WORK/gateway.yaml" --grpc-listen 127.0.0.1:0 \
+"$ARBITER" serve --config "$WORK/gateway.yaml" --grpc-listen 127.0.0.1:0 --http-listen off \
   --metrics-listen 127.0.0.1:0 >"$WORK/gateway.log" 2>&1 &
 GATEWAY=$!
 PIDS+=($GATEWAY)

@@ -11,6 +11,7 @@
 #   ARBITER_CONFIG    a config file to serve            [embedded quickstart]
 #   GRPC_PORT         gateway gRPC port                 [50051]
 #   METRICS_PORT      gateway metrics port              [9464]
+#   HTTP_PORT         gateway OpenAI-compatible HTTP    [8080]
 #   PROMETHEUS_PORT   Prometheus UI and API port        [9090]
 #   SCRAPE_INTERVAL   scrape and rule interval          [15s]
 #   LOADGEN_QPS       requests per second, 0 for none   [20]
@@ -28,6 +29,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 arbiter="${ARBITER_BIN:-$root/build/arbiter}"
 grpc_port="${GRPC_PORT:-50051}"
 metrics_port="${METRICS_PORT:-9464}"
+http_port="${HTTP_PORT:-8080}"
 prometheus_port="${PROMETHEUS_PORT:-9090}"
 scrape_interval="${SCRAPE_INTERVAL:-15s}"
 qps="${LOADGEN_QPS:-20}"
@@ -100,7 +102,7 @@ wait_for() {
 
 # 1. The gateway.
 serve_args=(serve --grpc-listen "127.0.0.1:$grpc_port"
-  --metrics-listen "127.0.0.1:$metrics_port")
+  --metrics-listen "127.0.0.1:$metrics_port" --http-listen "127.0.0.1:$http_port")
 if [ -n "${ARBITER_CONFIG:-}" ]; then
   serve_args+=(--config "$ARBITER_CONFIG")
 fi

@@ -27,6 +27,7 @@ struct ServeFlags {
   std::string config;          // Empty: the embedded quickstart config.
   std::string grpc_listen;     // Empty: the config's server.grpc_listen.
   std::string metrics_listen;  // Empty: the config's server.metrics_listen.
+  std::string http_listen;     // Empty: the config's server.http_listen.
   std::string state;           // Empty: the config's state.path.
   bool no_state = false;       // State in memory only, whatever the config.
 };

@@ -10,6 +10,7 @@
 #include "gateway/cli/stop_signals.h"
 #include "gateway/gateway.h"
 #include "gateway/grpc_server.h"
+#include "gateway/http_front.h"
 #include "gateway/http/http_server.h"
 #include "gateway/http/metrics_handler.h"
 #include "prometheus/registry.h"
@@ -42,20 +43,39 @@ int ServeUntilStopped(LoadedConfig loaded) {
   }
   auto grpc = GrpcServer::Start(**gateway, config.grpc_listen());
   if (!grpc.ok()) return Fail(grpc.status());
+  std::unique_ptr<HttpFront> front;
+  if (config.http_listen() != "off") {
+    auto started = HttpFront::Start(**gateway);
+    if (!started.ok()) {
+      return Fail(absl::StrCat("http: ", started.status().message()));
+    }
+    front = *std::move(started);
+  }
 
   std::cout << "arbiter 0.1.0 serving\n"
             << (*gateway)->Describe() << "grpc listening on "
             << HostOf(config.grpc_listen()) << ":" << (*grpc)->port() << "\n"
             << "metrics on http://" << HostOf(config.metrics_listen()) << ":"
-            << (*metrics)->port() << "/metrics\n"
-            << "press Ctrl-C to stop" << std::endl;
+            << (*metrics)->port() << "/metrics\n";
+  if (front != nullptr) {
+    std::cout << "http listening on http://" << HostOf(config.http_listen())
+              << ":" << front->port() << "/v1 (OpenAI-compatible)\n";
+  }
+  std::cout << "press Ctrl-C to stop" << std::endl;
 
   signals.Unblock();  // Any that came meanwhile are delivered now.
   const std::string signal = signals.WaitForStop();
   const absl::Duration grace = absl::Seconds(config.shutdown_grace_seconds());
   std::cout << "received " << signal << ", draining (grace "
             << absl::FormatDuration(grace) << ")" << std::endl;
+  const absl::Time grace_over = absl::Now() + grace;
+  if (front != nullptr) front->Drain();
   (*grpc)->Shutdown(grace);
+  if (front != nullptr && !front->WaitIdle(grace_over)) {
+    (*gateway)->CancelInFlight();  // The grace is over for HTTP too.
+    front->WaitIdle(absl::Now() + absl::Seconds(1));
+  }
+  front.reset();
   metrics->reset();  // Scrapes are answered while gRPC drains.
   std::cout << "stopped" << std::endl;
   return 0;

@@ -45,9 +45,9 @@ absl::Status SplitHostPort(const std::string& address, std::string* host,
 CLI::App* AddServeCommand(CLI::App& arbiter, ServeFlags& flags) {
   CLI::App* serve = AddCommand(
       arbiter, "serve",
-      "Start the gateway.\nServes the gRPC API and Prometheus metrics over "
-      "the config's routes; SIGINT or\nSIGTERM drains the calls in flight "
-      "and stops.",
+      "Start the gateway.\nServes the gRPC API, the OpenAI-compatible HTTP "
+      "API and Prometheus metrics over\nthe config's routes; SIGINT or "
+      "SIGTERM drains the calls in flight and stops.",
       "arbiter serve --config quickstart/arbiter.yaml --grpc-listen "
       "127.0.0.1:50051");
   serve->add_option("--config", flags.config, "the config (YAML)")
@@ -63,6 +63,12 @@ CLI::App* AddServeCommand(CLI::App& arbiter, ServeFlags& flags) {
       ->type_name("ADDR")
       ->default_str("the config's server.metrics_listen")
       ->check(HostPort());
+  serve
+      ->add_option("--http-listen", flags.http_listen,
+                   "the address of the OpenAI-compatible HTTP front, or off")
+      ->type_name("ADDR")
+      ->default_str("the config's server.http_listen")
+      ->check(HostPort() | CLI::IsMember({"off"}));
   CLI::Option* state =
       serve->add_option("--state", flags.state, "the state file (SQLite)")
           ->type_name("FILE")
@@ -120,6 +126,9 @@ int RunServe(const ServeFlags& flags) {
   }
   if (!flags.metrics_listen.empty()) {
     server_config.set_metrics_listen(flags.metrics_listen);
+  }
+  if (!flags.http_listen.empty()) {
+    server_config.set_http_listen(flags.http_listen);
   }
   if (!flags.state.empty()) loaded->config.mutable_state()->set_path(flags.state);
   if (flags.no_state) loaded->config.mutable_state()->clear_path();

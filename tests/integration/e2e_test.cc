@@ -860,7 +860,8 @@ TEST_F(EndToEndTest, EmbeddingServerPersistentStoreAndSnapshots) {
   auto start = [&](int dim) {
     return Subprocess::Start({ARBITER_BINARY, "serve", "--config",
                               write_config(dim), "--grpc-listen", "127.0.0.1:0",
-                              "--metrics-listen", "127.0.0.1:0"});
+                              "--metrics-listen", "127.0.0.1:0",
+                              "--http-listen", "127.0.0.1:0"});
   };
   auto stats = [](int port) {
     auto run = Subprocess::Start({ARBITER_BINARY, "index", "stats",
@@ -921,7 +922,8 @@ TEST_F(EndToEndTest, IndexStatsReportsGrowthAheadOfNeed) {
       sim_port_, "  embedding_dim: 8192\n  index: {kind: flat}\n");
   auto gateway = Subprocess::Start({ARBITER_BINARY, "serve", "--config", path,
                                     "--grpc-listen", "127.0.0.1:0",
-                                    "--metrics-listen", "127.0.0.1:0"});
+                                    "--metrics-listen", "127.0.0.1:0",
+                                    "--http-listen", "127.0.0.1:0"});
   ASSERT_TRUE(gateway.ok()) << gateway.status();
   auto line = (*gateway)->WaitForLine("grpc listening on ", absl::Seconds(60));
   ASSERT_TRUE(line.ok()) << line.status() << (*gateway)->Output();

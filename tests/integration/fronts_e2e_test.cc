@@ -1,8 +1,9 @@
 // One request pipeline behind every front: the same table of requests sent
-// through gRPC Infer and gRPC InferStream of a real `arbiter serve` must end
-// the same way (status, route, kind, text, cost, citations), and a client
-// that goes away mid-stream cancels the backend call, its partial cost
-// billed as cancelled.
+// through gRPC Infer, gRPC InferStream and the OpenAI-compatible HTTP front
+// (unary and SSE) of a real `arbiter serve` must end the same way (status,
+// route, kind, text, cost, citations), and a client that goes away
+// mid-stream cancels the backend call, its partial cost billed as
+// cancelled.
 
 #include <httplib.h>
 
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -21,7 +23,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
+#include "gateway/openai/errors.h"
 #include "gmock/gmock.h"
+#include "nlohmann/json.hpp"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "tests/integration/subprocess.h"
@@ -29,6 +33,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::RunCommand;
 using ::arbiter::testing::ServingGateway;
 using ::arbiter::testing::StartServe;
 using ::testing::HasSubstr;
@@ -36,6 +41,7 @@ using ::testing::HasSubstr;
 // How a request ended, whichever front carried it.
 struct Ending {
   grpc::StatusCode code = grpc::StatusCode::OK;
+  int http_status = 200;  // HTTP fronts only.
   std::string message;
   std::string request_id;
   std::string route;
@@ -173,6 +179,137 @@ class FrontsTest : public ::testing::Test {
     return ending;
   }
 
+  // The request as an OpenAI client sends it: route or arbiter/auto as the
+  // model, arbiter's inputs as headers.
+  static std::pair<std::string, httplib::Headers> AsOpenAI(
+      const v1::InferRequest& request, bool stream) {
+    nlohmann::json body;
+    body["model"] = request.route().empty() ? "arbiter/auto" : request.route();
+    body["messages"] = nlohmann::json::array();
+    for (const v1::ChatMessage& message : request.messages()) {
+      const char* role = message.role() == v1::ROLE_SYSTEM      ? "system"
+                         : message.role() == v1::ROLE_ASSISTANT ? "assistant"
+                                                                : "user";
+      body["messages"].push_back(
+          {{"role", role}, {"content", message.content()}});
+    }
+    if (request.limits().has_temperature()) {
+      body["temperature"] = request.limits().temperature();
+    }
+    if (!request.unit_id().empty()) body["user"] = request.unit_id();
+    if (stream) body["stream"] = true;
+    httplib::Headers headers;
+    if (!request.task().empty()) headers.emplace("x-arbiter-task", request.task());
+    if (request.constraints().max_cost_usd() > 0) {
+      headers.emplace("x-arbiter-max-cost-usd",
+                      absl::StrCat(request.constraints().max_cost_usd()));
+    }
+    return {body.dump(), headers};
+  }
+
+  static Ending FromError(int status, const std::string& body) {
+    Ending ending;
+    ending.http_status = status;
+    ending.code = grpc::StatusCode::UNKNOWN;
+    auto parsed = nlohmann::json::parse(body, nullptr, false);
+    if (parsed.is_object() && parsed.contains("error")) {
+      ending.message = parsed["error"].value("message", "");
+    }
+    return ending;
+  }
+
+  Ending HttpUnary(const v1::InferRequest& request) {
+    httplib::Client client("127.0.0.1", gateway_->http_port);
+    client.set_read_timeout(30);
+    auto [body, headers] = AsOpenAI(request, false);
+    auto result =
+        client.Post("/v1/chat/completions", headers, body, "application/json");
+    if (!result) return FromError(-1, "");
+    if (result->status != 200) return FromError(result->status, result->body);
+    Ending ending;
+    auto answer = nlohmann::json::parse(result->body, nullptr, false);
+    EXPECT_EQ(answer.value("object", ""), "chat.completion");
+    const nlohmann::json& arbiter = answer["arbiter"];
+    ending.request_id = arbiter.value("request_id", "");
+    EXPECT_EQ(result->get_header_value("x-arbiter-request-id"),
+              ending.request_id);
+    ending.route = arbiter.value("route", "");
+    EXPECT_EQ(result->get_header_value("x-arbiter-route"), ending.route);
+    ending.kind = arbiter.value("kind", "");
+    ending.cost_usd = arbiter.value("cost_usd", 0.0);
+    ending.citations = static_cast<int>(arbiter["citations"].size());
+    ending.text = answer["choices"][0]["message"].value("content", "");
+    ending.finish_reason = answer["choices"][0].value("finish_reason", "");
+    ending.output_tokens = answer["usage"].value("completion_tokens", 0);
+    ending.deltas = 1;
+    return ending;
+  }
+
+  Ending HttpStream(const v1::InferRequest& request) {
+    httplib::Client client("127.0.0.1", gateway_->http_port);
+    client.set_read_timeout(30);
+    auto [body, headers] = AsOpenAI(request, true);
+    std::string received;
+    int status = 0;
+    httplib::Request post;
+    post.method = "POST";
+    post.path = "/v1/chat/completions";
+    post.headers = headers;
+    post.body = body;
+    post.set_header("Content-Type", "application/json");
+    post.response_handler = [&](const httplib::Response& response) {
+      status = response.status;
+      return true;
+    };
+    post.content_receiver = [&](const char* data, size_t length, uint64_t,
+                                uint64_t) {
+      received.append(data, length);
+      return true;
+    };
+    auto result = client.send(post);
+    if (!result) return FromError(-1, "");
+    if (status != 200) return FromError(status, received);
+    Ending ending;
+    bool done = false;
+    int chunks = 0;
+    for (absl::string_view event : absl::StrSplit(received, "\n\n")) {
+      if (event.empty()) continue;
+      EXPECT_TRUE(absl::ConsumePrefix(&event, "data: ")) << event;
+      EXPECT_FALSE(done) << "an event after [DONE]";
+      if (event == "[DONE]") {
+        done = true;
+        continue;
+      }
+      auto chunk = nlohmann::json::parse(event, nullptr, false);
+      if (chunk.contains("error")) {
+        return FromError(200, std::string(event));
+      }
+      EXPECT_EQ(chunk.value("object", ""), "chat.completion.chunk");
+      const nlohmann::json& choice = chunk["choices"][0];
+      if (chunks++ == 0) {
+        const nlohmann::json& arbiter = chunk["arbiter"];
+        ending.request_id = arbiter.value("request_id", "");
+        ending.route = arbiter.value("route", "");
+        ending.kind = arbiter.value("kind", "");
+        EXPECT_EQ(choice["delta"].value("role", ""), "assistant");
+        continue;
+      }
+      if (choice["delta"].contains("content") &&
+          choice["delta"]["content"].is_string()) {
+        ending.text += choice["delta"]["content"].get<std::string>();
+        ++ending.deltas;
+      }
+      if (choice.contains("finish_reason") &&
+          choice["finish_reason"].is_string()) {
+        ending.finish_reason = choice["finish_reason"];
+        ending.cost_usd = chunk["arbiter"].value("cost_usd", 0.0);
+        ending.citations = static_cast<int>(chunk["arbiter"]["citations"].size());
+      }
+    }
+    EXPECT_TRUE(done) << received;
+    return ending;
+  }
+
   // The value of the first series of `metric` whose labels hold every one
   // of `labels` ("route=\"rag\""...), 0 when none.
   double Metric(const std::string& metric,
@@ -260,29 +397,54 @@ TEST_F(FrontsTest, EveryFrontEndsTheSameTableOfRequestsTheSameWay) {
   for (const Case& c : Cases()) {
     SCOPED_TRACE(c.name);
     const Ending unary = Unary(c.request);
-    const Ending streamed = Stream(c.request);
-    EXPECT_EQ(streamed.code, unary.code)
-        << Describe(unary) << " vs " << Describe(streamed);
-    EXPECT_EQ(streamed.message, unary.message);
-    if (unary.code != grpc::StatusCode::OK) {
-      EXPECT_FALSE(unary.message.empty());
-      EXPECT_EQ(streamed.deltas, 0);
-      continue;
+    for (const auto& [front, streamed] :
+         {std::pair{"grpc stream", Stream(c.request)},
+          std::pair{"http", HttpUnary(c.request)},
+          std::pair{"http stream", HttpStream(c.request)}}) {
+      SCOPED_TRACE(front);
+      const bool http = absl::StartsWith(front, "http");
+      if (!http) {
+        EXPECT_EQ(streamed.code, unary.code)
+            << Describe(unary) << " vs " << Describe(streamed);
+        EXPECT_EQ(streamed.message, unary.message);
+      } else if (unary.code != grpc::StatusCode::OK) {
+        // The same failure in OpenAI's terms: an unknown route is an
+        // unknown model (404), the rest keeps its message.
+        if (c.name == "unknown route") {
+          EXPECT_EQ(streamed.http_status, 404);
+          EXPECT_THAT(streamed.message, HasSubstr("unknown model"));
+        } else {
+          const absl::Status same(
+              static_cast<absl::StatusCode>(unary.code), unary.message);
+          EXPECT_EQ(streamed.http_status, openai::ErrorFor(same).status);
+          EXPECT_EQ(streamed.message, unary.message);
+        }
+      } else {
+        EXPECT_EQ(streamed.http_status, 200) << streamed.message;
+      }
+      if (unary.code != grpc::StatusCode::OK) {
+        EXPECT_FALSE(unary.message.empty());
+        EXPECT_EQ(streamed.deltas, 0);
+        continue;
+      }
+      EXPECT_FALSE(unary.request_id.empty());
+      EXPECT_FALSE(streamed.request_id.empty());
+      EXPECT_NE(unary.request_id, streamed.request_id);
+      EXPECT_GT(unary.cost_usd, 0);
+      EXPECT_GT(streamed.cost_usd, 0);
+      EXPECT_THAT(unary.text, ::testing::StartsWith("[sim]"));
+      if (!c.deterministic) continue;
+      EXPECT_EQ(streamed.route, unary.route);
+      EXPECT_EQ(streamed.kind, unary.kind);
+      EXPECT_EQ(streamed.text, unary.text);
+      // OpenAI's clients always get a finish reason ("stop" by default).
+      if (!http || !unary.finish_reason.empty()) {
+        EXPECT_EQ(streamed.finish_reason, unary.finish_reason);
+      }
+      EXPECT_DOUBLE_EQ(streamed.cost_usd, unary.cost_usd);
+      EXPECT_EQ(streamed.citations, unary.citations);
+      if (c.request.route() == "rag") EXPECT_GT(unary.citations, 0);
     }
-    EXPECT_FALSE(unary.request_id.empty());
-    EXPECT_FALSE(streamed.request_id.empty());
-    EXPECT_NE(unary.request_id, streamed.request_id);
-    EXPECT_GT(unary.cost_usd, 0);
-    EXPECT_GT(streamed.cost_usd, 0);
-    EXPECT_THAT(unary.text, ::testing::StartsWith("[sim]"));
-    if (!c.deterministic) continue;
-    EXPECT_EQ(streamed.route, unary.route);
-    EXPECT_EQ(streamed.kind, unary.kind);
-    EXPECT_EQ(streamed.text, unary.text);
-    EXPECT_EQ(streamed.finish_reason, unary.finish_reason);
-    EXPECT_DOUBLE_EQ(streamed.cost_usd, unary.cost_usd);
-    EXPECT_EQ(streamed.citations, unary.citations);
-    if (c.request.route() == "rag") EXPECT_GT(unary.citations, 0);
   }
 }
 
@@ -323,6 +485,83 @@ TEST_F(FrontsTest, ClientCancellingAStreamCancelsTheBackendAndBillsWhatCame) {
   EXPECT_EQ(Metric("arbiter_requests_total",
                    {"route=\"prompted\"", "outcome=\"error\""}),
             0);
+}
+
+}  // namespace
+}  // namespace arbiter
+
+namespace arbiter {
+namespace {
+
+constexpr char kStreamBody[] =
+    R"({"model": "rag", "stream": true, "stream_options": {"include_usage": )"
+    R"(true}, "messages": [{"role": "user", "content": "How do I reset my )"
+    R"(password?"}]})";
+
+TEST_F(FrontsTest, CurlSeesServerSentEventsFramedAsOpenAISendsThem) {
+  Serve(0.0002);
+  const testing::CommandResult curl = RunCommand(
+      "/usr/bin/curl",
+      {"-sSN", "-D", "-", "--max-time", "20", "-H",
+       "content-type: application/json", "-d", kStreamBody,
+       absl::StrCat("http://127.0.0.1:", gateway_->http_port,
+                    "/v1/chat/completions")});
+  ASSERT_EQ(curl.exit_code, 0) << curl.output;
+  const size_t body_at = curl.output.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos) << curl.output;
+  const std::string head = absl::AsciiStrToLower(curl.output.substr(0, body_at));
+  EXPECT_THAT(head, HasSubstr("http/1.1 200"));
+  EXPECT_THAT(head, HasSubstr("content-type: text/event-stream"));
+  EXPECT_THAT(head, HasSubstr("transfer-encoding: chunked"));
+  EXPECT_THAT(head, HasSubstr("x-arbiter-route: rag"));
+  EXPECT_THAT(head, HasSubstr("x-arbiter-request-id: arb2_"));
+  const std::string body = curl.output.substr(body_at + 4);
+  ASSERT_TRUE(absl::EndsWith(body, "data: [DONE]\n\n")) << body;
+  std::vector<std::string> events =
+      absl::StrSplit(body.substr(0, body.size() - 2), "\n\n");
+  ASSERT_GE(events.size(), 4u) << body;
+  std::string id;
+  int usage_chunks = 0;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    SCOPED_TRACE(events[i]);
+    ASSERT_TRUE(absl::StartsWith(events[i], "data: {"));
+    EXPECT_EQ(events[i].find('\n'), std::string::npos) << "one line per event";
+    auto chunk = nlohmann::json::parse(events[i].substr(6), nullptr, false);
+    ASSERT_TRUE(chunk.is_object());
+    EXPECT_EQ(chunk.value("object", ""), "chat.completion.chunk");
+    if (i == 0) id = chunk.value("id", "");
+    EXPECT_EQ(chunk.value("id", ""), id) << "one id for the whole stream";
+    if (chunk["choices"].empty()) {
+      ++usage_chunks;
+      EXPECT_GT(chunk["usage"].value("completion_tokens", 0), 0);
+      EXPECT_EQ(i + 2, events.size()) << "usage comes last";
+    }
+  }
+  EXPECT_EQ(usage_chunks, 1);
+  EXPECT_EQ(events.back(), "data: [DONE]");
+}
+
+TEST_F(FrontsTest, AnHttpClientThatHangsUpCancelsItsUnaryRequest) {
+  Serve(0.05);  // 2.4 s to answer.
+  const std::vector<std::string> labels = {"route=\"prompted\"",
+                                           "outcome=\"cancelled\""};
+  const testing::CommandResult curl = RunCommand(
+      "/usr/bin/curl",
+      {"-sS", "--max-time", "0.5", "-H", "content-type: application/json",
+       "-d",
+       R"({"model": "prompted", "messages": [{"role": "user", "content": )"
+       R"("How do I reset my password?"}]})",
+       absl::StrCat("http://127.0.0.1:", gateway_->http_port,
+                    "/v1/chat/completions")});
+  EXPECT_EQ(curl.exit_code, 28) << curl.output;  // curl's timeout.
+  double cancelled = 0;
+  for (absl::Time until = absl::Now() + absl::Seconds(1.5);
+       absl::Now() < until && cancelled < 1;
+       absl::SleepFor(absl::Milliseconds(20))) {
+    cancelled = Metric("arbiter_requests_total", labels);
+  }
+  // Well before the backend would have answered.
+  EXPECT_EQ(cancelled, 1);
 }
 
 }  // namespace

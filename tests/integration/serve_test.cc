@@ -206,7 +206,8 @@ class ServeTest : public ::testing::Test {
                                             const std::string& metrics_listen) {
     std::vector<std::string> args = {ARBITER_BINARY,     "serve",
                                      "--grpc-listen",    grpc_listen,
-                                     "--metrics-listen", metrics_listen};
+                                     "--metrics-listen", metrics_listen,
+                                     "--http-listen",    "127.0.0.1:0"};
     if (!config_path.empty()) {
       args.insert(args.end(), {"--config", config_path});
     }

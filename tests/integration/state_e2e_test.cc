@@ -396,7 +396,8 @@ TEST_F(StateTest, ASecondGatewayOnTheSameStateFileRefusesToStart) {
   std::ofstream(path) << quickstart_;
   auto second = testing::Subprocess::Start(
       {ARBITER_BINARY, "serve", "--config", path, "--grpc-listen",
-       "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
+       "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--http-listen",
+       "127.0.0.1:0"});
   ASSERT_TRUE(second.ok());
   EXPECT_EQ((*second)->Wait(), 1);
   EXPECT_THAT((*second)->Output(), HasSubstr("in use by another arbiter"));

@@ -132,8 +132,8 @@ std::string ServingGateway::target() const {
 absl::StatusOr<ServingGateway> StartServe(
     const std::string& binary, const std::vector<std::string>& args) {
   std::vector<std::string> argv = {
-      binary,       "serve", "--grpc-listen", "127.0.0.1:0", "--metrics-listen",
-      "127.0.0.1:0"};
+      binary,          "serve",       "--grpc-listen", "127.0.0.1:0",
+      "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
   auto process = Subprocess::Start(argv);
   if (!process.ok()) return process.status();
@@ -145,7 +145,11 @@ absl::StatusOr<ServingGateway> StartServe(
   auto metrics_line =
       gateway.process->WaitForLine("metrics on http://", absl::Seconds(5));
   if (!metrics_line.ok()) return metrics_line.status();
+  auto http_line =
+      gateway.process->WaitForLine("http listening on http://", absl::Seconds(5));
+  if (!http_line.ok()) return http_line.status();
   gateway.grpc_port = PortOf(*grpc_line);
+  gateway.http_port = PortOf(http_line->substr(0, http_line->find('/')));
   gateway.metrics_port =
       PortOf(metrics_line->substr(0, metrics_line->find('/')));
   return gateway;

@@ -58,6 +58,7 @@ struct ServingGateway {
   std::unique_ptr<Subprocess> process;
   int grpc_port = 0;
   int metrics_port = 0;
+  int http_port = 0;  // The OpenAI-compatible HTTP front.
   // "127.0.0.1:PORT" of the gRPC server.
   std::string target() const;
 };

@@ -74,7 +74,7 @@ function call(client, method, request) {
 before(async () => {
   assert.ok(binary, 'set ARBITER_BINARY to the arbiter binary');
   server = spawn(binary, ['serve', '--grpc-listen', '127.0.0.1:0',
-    '--metrics-listen', '127.0.0.1:0', '--no-state'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--metrics-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0', '--no-state'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const port = await new Promise((resolve, reject) => {
     let output = '';
     const timer = setTimeout(() => reject(new Error(`no port; output:\n${output}`)), 60000);

@@ -1,0 +1,445 @@
+#include "gateway/http_front.h"
+
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <fcntl.h>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gateway/openai/chat_request.h"
+#include "gateway/openai/chat_response.h"
+#include "gateway/openai/endpoints.h"
+#include "gateway/openai/errors.h"
+#include "retrieval/tokenizer.h"
+
+namespace arbiter {
+namespace {
+
+namespace beast_http = boost::beast::http;
+
+http::Response JsonResponse(int status, std::string body) {
+  http::Response response(static_cast<beast_http::status>(status), 11);
+  response.set(beast_http::field::content_type, "application/json");
+  response.body() = std::move(body);
+  return response;
+}
+
+http::Response ErrorResponse(const openai::HttpError& error) {
+  http::Response response = JsonResponse(error.status, error.body);
+  for (const auto& [name, value] : error.headers) response.set(name, value);
+  return response;
+}
+
+void Reply(http::Responder responder, const openai::HttpError& error) {
+  std::move(responder).Send(ErrorResponse(error));
+}
+
+std::vector<std::pair<absl::string_view, absl::string_view>> HeaderFields(
+    const http::Request& request) {
+  std::vector<std::pair<absl::string_view, absl::string_view>> fields;
+  for (const auto& field : request) {
+    fields.emplace_back(
+        absl::string_view(field.name_string().data(),
+                          field.name_string().size()),
+        absl::string_view(field.value().data(), field.value().size()));
+  }
+  return fields;
+}
+
+// host and port of an http(s) base URL; nullopt when it names none.
+std::optional<std::pair<std::string, std::string>> HostPortOf(
+    absl::string_view url) {
+  std::string port = "80";
+  if (absl::ConsumePrefix(&url, "https://")) {
+    port = "443";
+  } else if (!absl::ConsumePrefix(&url, "http://")) {
+    return std::nullopt;
+  }
+  url = url.substr(0, url.find('/'));
+  std::string host(url);
+  if (absl::StartsWith(host, "[")) {
+    const size_t end = host.find(']');
+    if (end == std::string::npos) return std::nullopt;
+    if (end + 1 < host.size() && host[end + 1] == ':') {
+      port = host.substr(end + 2);
+    }
+    host = host.substr(1, end - 1);
+  } else if (const size_t colon = host.rfind(':');
+             colon != std::string::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+  }
+  if (host.empty()) return std::nullopt;
+  return std::pair{host, port};
+}
+
+// Whether a TCP connection to host:port opens within `timeout`.
+bool Connects(const std::string& host, const std::string& port,
+              absl::Duration timeout) {
+  addrinfo hints = {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) {
+    return false;
+  }
+  bool connected = false;
+  for (addrinfo* a = found; a != nullptr && !connected; a = a->ai_next) {
+    const int fd =
+        socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK, a->ai_protocol);
+    if (fd < 0) continue;
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      connected = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd poll_fd = {fd, POLLOUT, 0};
+      int error = 0;
+      socklen_t length = sizeof(error);
+      connected =
+          poll(&poll_fd, 1,
+               static_cast<int>(absl::ToInt64Milliseconds(timeout))) == 1 &&
+          getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 &&
+          error == 0;
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return connected;
+}
+
+// One chat completion between the pipeline and its client: the sink of the
+// request, answering once at the end (unary) or as a stream of SSE events.
+class ChatExchange final : public InferSink,
+                           public std::enable_shared_from_this<ChatExchange> {
+ public:
+  ChatExchange(openai::ChatCompletion chat, http::Responder responder,
+               std::shared_ptr<std::atomic<int>> in_flight)
+      : chat_(std::move(chat)),
+        in_flight_(std::move(in_flight)),
+        responder_(std::move(responder)) {
+    ++*in_flight_;
+  }
+
+  void Start(RequestPipeline& pipeline) {
+    {
+      std::lock_guard lock(mu_);
+      responder_->OnClientGone(CancelOnClose());
+    }
+    InferOptions options;
+    options.stream = chat_.stream;
+    std::shared_ptr<InferHandle> handle =
+        pipeline.Infer(chat_.request, options, shared_from_this());
+    bool gone;
+    {
+      std::lock_guard lock(handle_mu_);
+      handle_ = handle;
+      gone = client_gone_;
+    }
+    if (gone) handle->Cancel();
+  }
+
+  void OnStart(const v1::InferResponse& head) override {
+    if (!chat_.stream) return;
+    std::lock_guard lock(mu_);
+    if (!responder_.has_value()) return;
+    header_ = openai::MakeCompletionHeader(chat_, head, absl::Now());
+    header_.include_usage = chat_.include_usage;
+    http::Response start(beast_http::status::ok, 11);
+    start.set(beast_http::field::content_type, "text/event-stream");
+    start.set(beast_http::field::cache_control, "no-cache");
+    for (const auto& [name, value] : openai::ArbiterHeaders(head, false)) {
+      start.set(name, value);
+    }
+    start.body() = openai::RenderFirstChunk(head, header_);
+    writer_.emplace(std::move(*responder_).StartStream(std::move(start),
+                                                        CancelOnClose()));
+    responder_.reset();
+  }
+
+  void OnDelta(BackendDelta delta) override {
+    if (!chat_.stream) {
+      text_ += delta.text;
+      return;
+    }
+    v1::TextDelta wire;
+    wire.set_text(std::move(delta.text));
+    wire.set_passthrough_json(std::move(delta.fields_json));
+    std::lock_guard lock(mu_);
+    if (writer_.has_value()) {
+      writer_->Write(openai::RenderDeltaChunk(wire, header_));
+    }
+  }
+
+  void OnEnd(const absl::Status& status,
+             v1::InferResponse& response) override {
+    // Counted out once answered: after the reply below, whichever it is.
+    absl::Cleanup answered = [this] { --*in_flight_; };
+    std::lock_guard lock(mu_);
+    if (writer_.has_value()) {  // The stream started: end it.
+      writer_->Write(status.ok() ? openai::RenderStreamEnd(response, header_)
+                                 : openai::RenderStreamError(status));
+      writer_->Finish();
+      writer_.reset();
+      return;
+    }
+    if (!responder_.has_value()) return;
+    http::Responder responder = std::move(*responder_);
+    responder_.reset();
+    if (!status.ok()) {
+      Reply(std::move(responder),
+            status.code() == absl::StatusCode::kCancelled
+                ? openai::ClientClosed()
+                : openai::ErrorFor(status));
+      return;
+    }
+    response.set_text(std::move(text_));
+    const openai::CompletionHeader header =
+        openai::MakeCompletionHeader(chat_, response, absl::Now());
+    http::Response answer =
+        JsonResponse(200, openai::RenderChatCompletion(response, header));
+    for (const auto& [name, value] : openai::ArbiterHeaders(response, true)) {
+      answer.set(name, value);
+    }
+    std::move(responder).Send(std::move(answer));
+  }
+
+ private:
+  // Cancels the request when its client goes away. Takes only handle_mu_,
+  // so the server may call it while mu_ is held.
+  http::OnClosed CancelOnClose() {
+    return [weak = weak_from_this()] {
+      auto self = weak.lock();
+      if (self == nullptr) return;
+      std::shared_ptr<InferHandle> handle;
+      {
+        std::lock_guard lock(self->handle_mu_);
+        self->client_gone_ = true;
+        handle = self->handle_;
+      }
+      if (handle != nullptr) handle->Cancel();
+    };
+  }
+
+  // The request the pipeline reads until OnEnd: it lives here.
+  const openai::ChatCompletion chat_;
+  const std::shared_ptr<std::atomic<int>> in_flight_;
+  std::string text_;  // A unary answer's deltas.
+  std::mutex mu_;     // std:: so ThreadSanitizer sees it.
+  std::optional<http::Responder> responder_ ABSL_GUARDED_BY(mu_);
+  std::optional<http::StreamWriter> writer_ ABSL_GUARDED_BY(mu_);
+  openai::CompletionHeader header_ ABSL_GUARDED_BY(mu_);
+  std::mutex handle_mu_;  // Never held while taking mu_.
+  std::shared_ptr<InferHandle> handle_ ABSL_GUARDED_BY(handle_mu_);
+  bool client_gone_ ABSL_GUARDED_BY(handle_mu_) = false;
+};
+
+}  // namespace
+
+class HttpFront::Handlers {
+ public:
+  explicit Handlers(HttpFront& front)
+      : front_(front),
+        gateway_(front.gateway_),
+        started_(absl::ToUnixSeconds(absl::Now())) {
+    for (const v1::Route& route : gateway_.config().routes()) {
+      route_names_.push_back(route.name());
+      models_.push_back({route.name(), "arbiter"});
+    }
+  }
+
+  void ChatCompletions(http::Request request, http::Responder responder) {
+    const auto headers = HeaderFields(request);
+    auto chat = openai::ParseChatCompletionRequest(request.body(), headers);
+    if (!chat.ok()) return Reply(std::move(responder), openai::ErrorFor(chat.status()));
+    if (!chat->request.route().empty() &&
+        !gateway_.parts().route_index.contains(chat->request.route())) {
+      return Reply(std::move(responder),
+                   openai::ErrorFor(openai::UnknownModel(*chat, route_names_)));
+    }
+    if (front_.draining_) {
+      return Reply(std::move(responder),
+                   openai::ErrorFor(openai::WithSource(
+                       absl::UnavailableError("the gateway is shutting down"),
+                       openai::ErrorSource::kArbiter)));
+    }
+    auto exchange = std::make_shared<ChatExchange>(
+        *std::move(chat), std::move(responder), front_.in_flight_);
+    exchange->Start(gateway_.pipeline());
+  }
+
+  void Models(http::Request, http::Responder responder) const {
+    std::move(responder).Send(
+        JsonResponse(200, openai::RenderModelsList(models_, started_)));
+  }
+
+  void Embeddings(http::Request request, http::Responder responder) {
+    auto parsed = openai::ParseEmbeddingsRequest(request.body());
+    absl::Status valid = parsed.status();
+    const int dim = gateway_.config().retrieval().embedding_dim();
+    if (valid.ok()) valid = openai::CheckDimensions(*parsed, dim);
+    if (!valid.ok()) return Reply(std::move(responder), openai::ErrorFor(valid));
+    // An embedding server's round trip must not hold an I/O thread.
+    auto held = std::make_shared<http::Responder>(std::move(responder));
+    const GatewayParts& parts = gateway_.parts();
+    parts.retrieval_pool->Submit([&parts, held, dim,
+                                  embeddings = *std::move(parsed)](
+                                     absl::Status admitted) mutable {
+      if (!admitted.ok()) {
+        return Reply(std::move(*held),
+                     openai::ErrorFor(openai::WithSource(
+                         admitted, openai::ErrorSource::kArbiter)));
+      }
+      std::vector<std::vector<float>> vectors;
+      int64_t tokens = 0;
+      for (const std::string& text : embeddings.inputs) {
+        tokens += static_cast<int64_t>(retrieval::Words(text).size());
+        if (parts.corpus != nullptr) {
+          auto vector = parts.corpus->Embed(text);
+          if (!vector.ok()) return Reply(std::move(*held), openai::ErrorFor(vector.status()));
+          vectors.push_back(*std::move(vector));
+        } else if (parts.prompt_embedder != nullptr) {
+          vectors.push_back(parts.prompt_embedder->Embed(text));
+        } else {
+          vectors.emplace_back(dim);
+        }
+      }
+      std::move(*held).Send(JsonResponse(
+          200, openai::RenderEmbeddings(vectors, embeddings.model, tokens,
+                                        embeddings.encoding)));
+    });
+  }
+
+  void Feedback(http::Request request, http::Responder responder) {
+    auto parsed = openai::ParseFeedbackRequest(request.body());
+    if (!parsed.ok()) return Reply(std::move(responder), openai::ErrorFor(parsed.status()));
+    auto recorded = gateway_.feedback().Record(*parsed);
+    if (!recorded.ok()) return Reply(std::move(responder), openai::ErrorFor(recorded.status()));
+    std::move(responder).Send(JsonResponse(
+        200, openai::RenderFeedbackResponse(parsed->request_id(), *recorded)));
+  }
+
+  void Healthz(http::Request, http::Responder responder) const {
+    std::move(responder).Send(JsonResponse(200, R"({"status":"ok"})"));
+  }
+
+  void Readyz(http::Request, http::Responder responder) const {
+    if (front_.draining_) {
+      return std::move(responder).Send(JsonResponse(
+          503, R"({"status":"draining","reason":"the gateway is shutting down"})"));
+    }
+    nlohmann::json backends = nlohmann::json::object();
+    bool any_route = false;
+    const v1::Config& config = gateway_.config();
+    for (size_t b = 0; b < front_.backend_names_.size(); ++b) {
+      const bool up = front_.backend_up_[b].load();
+      backends[front_.backend_names_[b]] = up ? "reachable" : "unreachable";
+      for (const v1::Route& route : config.routes()) {
+        any_route = any_route || (up && route.backend() == front_.backend_names_[b]);
+      }
+    }
+    nlohmann::json body = {{"status", any_route ? "ready" : "unready"},
+                           {"backends", backends}};
+    if (!any_route) body["reason"] = "no route's backend accepts connections";
+    std::move(responder).Send(JsonResponse(any_route ? 200 : 503, body.dump()));
+  }
+
+ private:
+  HttpFront& front_;
+  Gateway& gateway_;
+  const int64_t started_;
+  std::vector<std::string> route_names_;
+  std::vector<openai::ModelEntry> models_;
+};
+
+HttpFront::HttpFront(Gateway& gateway) : gateway_(gateway) {}
+
+absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(Gateway& gateway) {
+  const v1::Server& server = gateway.config().server();
+  auto front = std::unique_ptr<HttpFront>(new HttpFront(gateway));
+  const auto& backends = gateway.config().backends();
+  front->backend_up_ = std::make_unique<std::atomic<bool>[]>(backends.size());
+  for (int b = 0; b < backends.size(); ++b) {
+    front->backend_names_.push_back(backends[b].name());
+    front->backend_up_[b] = backends[b].has_sim();
+  }
+  front->ProbeBackendsOnce();
+  front->prober_ = std::thread([f = front.get()] { f->ProbeBackends(); });
+  front->handlers_ = std::make_unique<Handlers>(*front);
+  Handlers* h = front->handlers_.get();
+  http::Routes routes;
+  routes.Add(http::Verb::post, "/v1/chat/completions",
+             [h](http::Request r, http::Responder s) {
+               h->ChatCompletions(std::move(r), std::move(s));
+             });
+  routes.Add(http::Verb::get, "/v1/models",
+             [h](http::Request r, http::Responder s) {
+               h->Models(std::move(r), std::move(s));
+             });
+  routes.Add(http::Verb::post, "/v1/embeddings",
+             [h](http::Request r, http::Responder s) {
+               h->Embeddings(std::move(r), std::move(s));
+             });
+  routes.Add(http::Verb::post, "/v1/feedback",
+             [h](http::Request r, http::Responder s) {
+               h->Feedback(std::move(r), std::move(s));
+             });
+  routes.Add(http::Verb::get, "/healthz",
+             [h](http::Request r, http::Responder s) {
+               h->Healthz(std::move(r), std::move(s));
+             });
+  routes.Add(http::Verb::get, "/readyz",
+             [h](http::Request r, http::Responder s) {
+               h->Readyz(std::move(r), std::move(s));
+             });
+  http::HttpServerOptions options;
+  options.address = server.http_listen();
+  options.io_threads = server.http_io_threads();
+  options.max_connections = server.http_max_connections();
+  options.max_body_bytes = static_cast<size_t>(server.max_request_bytes());
+  auto started = http::HttpServer::Start(std::move(options), std::move(routes));
+  if (!started.ok()) return started.status();
+  front->server_ = *std::move(started);
+  return front;
+}
+
+HttpFront::~HttpFront() {
+  server_.reset();
+  stop_probe_.Notify();
+  if (prober_.joinable()) prober_.join();
+}
+
+bool HttpFront::WaitIdle(absl::Time deadline) const {
+  while (in_flight_->load() > 0) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
+void HttpFront::ProbeBackendsOnce() {
+  const auto& backends = gateway_.config().backends();
+  for (int b = 0; b < backends.size(); ++b) {
+    if (!backends[b].has_openai()) continue;
+    auto target = HostPortOf(backends[b].openai().base_url());
+    backend_up_[b] = target.has_value() &&
+                     Connects(target->first, target->second,
+                              absl::Milliseconds(500));
+  }
+}
+
+void HttpFront::ProbeBackends() {
+  while (!stop_probe_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    ProbeBackendsOnce();
+  }
+}
+
+}  // namespace arbiter

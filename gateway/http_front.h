@@ -1,0 +1,70 @@
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "gateway/gateway.h"
+#include "gateway/http/http_server.h"
+
+namespace arbiter {
+
+// The OpenAI-compatible HTTP front, a thin adapter over the gateway's
+// components on arbiter's Beast server:
+//   POST /v1/chat/completions  the request pipeline, unary or streamed (SSE)
+//   GET  /v1/models            the routes and arbiter/auto
+//   POST /v1/embeddings        the corpus's embedder (or embedding server)
+//   POST /v1/feedback          arbiter's feedback on an answer
+//   GET  /healthz              alive
+//   GET  /readyz               config loaded and a route's backend reachable
+// The schema and errors are gateway/openai's. A client that goes away
+// cancels its request and the backend call.
+class HttpFront final {
+ public:
+  // Listens on server.http_listen ("off" is the caller's to skip) with
+  // server.http_io_threads and http_max_connections; bodies up to
+  // server.max_request_bytes.
+  static absl::StatusOr<std::unique_ptr<HttpFront>> Start(Gateway& gateway);
+  // Closes every connection, cancelling what is in flight.
+  ~HttpFront();
+
+  HttpFront(const HttpFront&) = delete;
+  HttpFront& operator=(const HttpFront&) = delete;
+
+  [[nodiscard]] int port() const { return server_->port(); }
+  // From now on /readyz and new chat completions answer 503 (load
+  // balancers stop sending); those in flight go on.
+  void Drain() { draining_ = true; }
+  // Waits until no chat completion is in flight or `deadline` passes;
+  // false if some still are.
+  bool WaitIdle(absl::Time deadline) const;
+
+  class Handlers;
+
+ private:
+  explicit HttpFront(Gateway& gateway);
+  // Checks which openai backends accept a connection: once, and every
+  // second on the prober thread.
+  void ProbeBackendsOnce();
+  void ProbeBackends();
+
+  Gateway& gateway_;
+  std::atomic<bool> draining_{false};
+  // Chat completions not answered yet; shared with them, which may outlive
+  // the front.
+  std::shared_ptr<std::atomic<int>> in_flight_ =
+      std::make_shared<std::atomic<int>>(0);
+  // Per configured backend: reachable at the last probe (sim: always).
+  std::vector<std::string> backend_names_;
+  std::unique_ptr<std::atomic<bool>[]> backend_up_;
+  absl::Notification stop_probe_;
+  std::thread prober_;
+  std::unique_ptr<Handlers> handlers_;
+  std::unique_ptr<http::HttpServer> server_;  // Last: stops first.
+};
+
+}  // namespace arbiter
