@@ -14,12 +14,14 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gateway/openai/chat_request.h"
 #include "gateway/openai/chat_response.h"
 #include "gateway/openai/endpoints.h"
 #include "gateway/openai/errors.h"
+#include "nlohmann/json.hpp"
 #include "retrieval/tokenizer.h"
 
 namespace arbiter {
