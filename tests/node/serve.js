@@ -47,15 +47,16 @@ async function startArbiter({ secondsPerToken = 0.002 } = {}) {
   return { server, ...ports };
 }
 
-// The value of the first series of `name` whose labels include every one of
-// `labels` (e.g. 'outcome="cancelled"'), or 0.
+// The sum of the series of `name` whose labels include every one of `labels`
+// (e.g. 'outcome="cancelled"'), or 0.
 async function metric(port, name, labels) {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  let sum = 0;
   for (const line of text.split('\n')) {
     if (!line.startsWith(`${name}{`)) continue;
-    if (labels.every((label) => line.includes(label))) return Number(line.split(' ').pop());
+    if (labels.every((label) => line.includes(label))) sum += Number(line.split(' ').pop());
   }
-  return 0;
+  return sum;
 }
 
 async function eventually(probe, { timeoutMs = 5000 } = {}) {
