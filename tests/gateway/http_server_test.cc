@@ -6,10 +6,12 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -41,10 +43,9 @@ class Client final {
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&address),
                          sizeof(address)) == 0;
-    timeval timeout = {5, 0};
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    SetTimeout(absl::Seconds(5));
   }
-  ~Client() { close(fd_); }
+  ~Client() { Close(); }
 
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -84,6 +85,22 @@ class Client final {
     return response;
   }
 
+  // Whether the server sends nothing and keeps the connection for `wait`.
+  bool SilentFor(absl::Duration wait) {
+    if (!pending_.empty()) return false;
+    SetTimeout(wait);
+    char byte;
+    const bool silent = recv(fd_, &byte, 1, MSG_PEEK) < 0 &&
+                        (errno == EAGAIN || errno == EWOULDBLOCK);
+    SetTimeout(absl::Seconds(5));
+    return silent;
+  }
+
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
   // Whether the server closes the connection (within 5 s), with nothing
   // more sent.
   bool ClosedByServer() {
@@ -93,6 +110,11 @@ class Client final {
   }
 
  private:
+  void SetTimeout(absl::Duration timeout) {
+    timeval value = absl::ToTimeval(timeout);
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &value, sizeof(value));
+  }
+
   bool Fill() {
     char buffer[65536];
     ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
@@ -164,6 +186,17 @@ class HttpServerTest : public ::testing::Test {
 
   // The server still answers a well-formed request.
   void ExpectServing() { EXPECT_EQ(Body(Exchange(Get("/hello"))), "hello"); }
+
+  // Also with a handler that answers later (GET /later kept in `held`).
+  template <typename Held>
+  void ExpectServingLater(Held& held) {
+    Client client(server_->port());
+    client.Send(Get("/later"));
+    auto responder = held.Take();
+    ASSERT_TRUE(responder.has_value());
+    std::move(*responder).Send(Text("later"));
+    EXPECT_EQ(Body(client.ReadResponse()), "later");
+  }
 
   std::unique_ptr<HttpServer> server_;
 };
@@ -396,6 +429,179 @@ TEST_F(HttpServerTest, RejectsAnAddressThatIsNotHostPort) {
   auto server = HttpServer::Start(options, Routes());
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A handler that keeps its Responder: the test answers it, or sees its
+// client go.
+class HeldRequests final {
+ public:
+  Handler Handle() {
+    return [this](Request, Responder responder) {
+      std::lock_guard lock(mu_);
+      held_.push_back(std::move(responder));
+      changed_.notify_all();
+    };
+  }
+
+  // The next Responder a handler kept (within 5 s).
+  std::optional<Responder> Take() {
+    std::unique_lock lock(mu_);
+    if (!changed_.wait_for(lock, std::chrono::seconds(5),
+                           [&] { return !held_.empty(); })) {
+      return std::nullopt;
+    }
+    Responder responder = std::move(held_.front());
+    held_.erase(held_.begin());
+    return responder;
+  }
+
+ private:
+  std::mutex mu_;  // std:: so that ThreadSanitizer sees it.
+  std::condition_variable changed_;
+  std::vector<Responder> held_;
+};
+
+TEST_F(HttpServerTest, TellsAHandlerWhoseClientLeftBeforeTheAnswer) {
+  HeldRequests held;
+  Routes routes;
+  routes.Add(Verb::get, "/later", held.Handle());
+  routes.Add(Verb::get, "/hello", Answer("hello"));
+  Start(std::move(routes));
+  auto client = std::make_unique<Client>(server_->port());
+  client->Send(Get("/later"));
+  std::optional<Responder> responder = held.Take();
+  ASSERT_TRUE(responder.has_value());
+  absl::Notification gone;
+  responder->OnClientGone([&] { gone.Notify(); });
+  client.reset();
+  const absl::Time closed = absl::Now();
+  ASSERT_TRUE(gone.WaitForNotificationWithTimeout(absl::Seconds(2)));
+  EXPECT_LT(absl::Now() - closed, absl::Milliseconds(100));
+  std::move(*responder).Send(Text("too late"));  // Dropped quietly.
+  ExpectServing();
+}
+
+TEST_F(HttpServerTest, OnClientGoneIsNotCalledOnceAnswered) {
+  HeldRequests held;
+  Routes routes;
+  routes.Add(Verb::get, "/later", held.Handle());
+  Start(std::move(routes));
+  Client client(server_->port());
+  client.Send(Get("/later"));
+  std::optional<Responder> responder = held.Take();
+  ASSERT_TRUE(responder.has_value());
+  std::atomic<int> calls = 0;
+  responder->OnClientGone([&] { ++calls; });
+  std::move(*responder).Send(Text("in time"));
+  EXPECT_EQ(Body(client.ReadResponse()), "in time");
+  client.Close();
+  // A later request on another connection, and time for a wrong call.
+  ExpectServingLater(held);
+  EXPECT_EQ(calls.load(), 0);
+}
+
+TEST_F(HttpServerTest, OnClientGoneRegisteredAfterTheClientLeftIsCalledAtOnce) {
+  HeldRequests held;
+  Routes routes;
+  routes.Add(Verb::get, "/later", held.Handle());
+  Start(std::move(routes));
+  auto client = std::make_unique<Client>(server_->port());
+  client->Send(Get("/later"));
+  std::optional<Responder> responder = held.Take();
+  ASSERT_TRUE(responder.has_value());
+  client.reset();
+  absl::SleepFor(absl::Milliseconds(200));  // The server sees it go.
+  absl::Notification gone;
+  responder->OnClientGone([&] { gone.Notify(); });
+  EXPECT_TRUE(gone.WaitForNotificationWithTimeout(absl::Seconds(2)));
+}
+
+TEST_F(HttpServerTest, OnClientGoneIsCalledWhenTheServerIsDestroyedFirst) {
+  HeldRequests held;
+  Routes routes;
+  routes.Add(Verb::get, "/later", held.Handle());
+  Start(std::move(routes));
+  Client client(server_->port());
+  client.Send(Get("/later"));
+  std::optional<Responder> responder = held.Take();
+  ASSERT_TRUE(responder.has_value());
+  bool gone = false;
+  responder->OnClientGone([&] { gone = true; });
+  server_.reset();
+  EXPECT_TRUE(gone);
+  std::move(*responder).Send(Text("too late"));  // Dropped, safely.
+}
+
+TEST_F(HttpServerTest, AnswersRequestsPipelinedBehindOneAHandlerHolds) {
+  HeldRequests held;
+  Routes routes;
+  routes.Add(Verb::get, "/later", held.Handle());
+  routes.Add(Verb::get, "/hello", Answer("hello"));
+  Start(std::move(routes));
+  Client client(server_->port());
+  client.Send(Get("/later") + Get("/hello"));
+  std::optional<Responder> responder = held.Take();
+  ASSERT_TRUE(responder.has_value());
+  absl::SleepFor(absl::Milliseconds(50));  // /hello is read meanwhile.
+  std::move(*responder).Send(Text("later"));
+  EXPECT_EQ(Body(client.ReadResponse()), "later");
+  EXPECT_EQ(Body(client.ReadResponse()), "hello");
+}
+
+TEST_F(HttpServerTest, HoldsConnectionsBeyondMaxConnectionsInTheBacklog) {
+  HttpServerOptions options;
+  options.max_connections = 2;
+  StartDefault(options);
+  auto first = std::make_unique<Client>(server_->port());
+  Client second(server_->port());
+  for (Client* client : {first.get(), &second}) {
+    client->Send(Get("/hello"));
+    EXPECT_EQ(Body(client->ReadResponse()), "hello");
+  }
+  // Connected (the kernel completed it), but not accepted: not answered,
+  // and not closed either.
+  Client third(server_->port());
+  ASSERT_TRUE(third.connected());
+  third.Send(Get("/hello"));
+  EXPECT_TRUE(third.SilentFor(absl::Milliseconds(300)));
+  second.Send(Get("/hello"));  // The open ones are still served.
+  EXPECT_EQ(Body(second.ReadResponse()), "hello");
+  first.reset();
+  EXPECT_EQ(Body(third.ReadResponse()), "hello");
+  third.Send(Get("/hello"));
+  EXPECT_EQ(Body(third.ReadResponse()), "hello");
+}
+
+TEST_F(HttpServerTest, AnswersExpect100ContinueBeforeTheBodyIsSent) {
+  StartDefault();
+  Client client(server_->port());
+  client.Send(
+      "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n"
+      "Expect: 100-continue\r\n\r\n");
+  EXPECT_EQ(client.ReadResponse(), "HTTP/1.1 100 Continue\r\n\r\n");
+  client.Send("hello");
+  const std::string response = client.ReadResponse();
+  EXPECT_EQ(StatusLine(response), "HTTP/1.1 200 OK");
+  EXPECT_EQ(Body(response), "hello");
+  // Without the expectation, or with the body already sent, no 100.
+  client.Send(
+      "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n"
+      "Expect: 100-continue\r\n\r\nhi");
+  EXPECT_EQ(StatusLine(client.ReadResponse()), "HTTP/1.1 200 OK");
+}
+
+TEST_F(HttpServerTest, RefusesABodyTooLargeWith413BeforeItIsSent) {
+  HttpServerOptions options;
+  options.max_body_bytes = 1000;
+  StartDefault(options);
+  Client client(server_->port());
+  client.Send(
+      "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 1001\r\n"
+      "Expect: 100-continue\r\n\r\n");
+  // No 100 first: the client never sends the body.
+  EXPECT_EQ(StatusLine(client.ReadResponse()),
+            "HTTP/1.1 413 Payload Too Large");
+  EXPECT_TRUE(client.ClosedByServer());
 }
 
 TEST(MetricsHandlerTest, ServesTheRegistryInTextFormat) {
