@@ -10,24 +10,30 @@ bool IsWordByte(char c) {
   return absl::ascii_isalnum(c) || static_cast<unsigned char>(c) >= 0x80;
 }
 
+constexpr int64_t kCharsPerToken = 4;
+
 }  // namespace
 
-int64_t CountTokens(absl::string_view text) {
-  constexpr int64_t kCharsPerToken = 4;
-  int64_t tokens = 0;
-  size_t i = 0;
-  while (i < text.size()) {
-    if (IsWordByte(text[i])) {
-      size_t start = i;
-      while (i < text.size() && IsWordByte(text[i])) ++i;
-      tokens += (static_cast<int64_t>(i - start) + kCharsPerToken - 1) /
-                kCharsPerToken;
-    } else {
-      if (!absl::ascii_isspace(text[i])) ++tokens;
-      ++i;
+void TokenCounter::Add(absl::string_view text) {
+  for (char c : text) {
+    if (IsWordByte(c)) {
+      ++open_word_;
+      continue;
     }
+    closed_ += (open_word_ + kCharsPerToken - 1) / kCharsPerToken;
+    open_word_ = 0;
+    if (!absl::ascii_isspace(c)) ++closed_;
   }
-  return tokens;
+}
+
+int64_t TokenCounter::count() const {
+  return closed_ + (open_word_ + kCharsPerToken - 1) / kCharsPerToken;
+}
+
+int64_t CountTokens(absl::string_view text) {
+  TokenCounter counter;
+  counter.Add(text);
+  return counter.count();
 }
 
 std::vector<std::string> Words(absl::string_view text) {

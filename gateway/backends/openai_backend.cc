@@ -20,28 +20,80 @@
 #include "absl/time/clock.h"
 #include "common/json.h"
 #include "common/quote.h"
+#include "common/sse.h"
 #include "common/utf8.h"
 #include "nlohmann/json.hpp"
+#include "retrieval/tokenizer.h"
 
 namespace arbiter {
 
+// Lets a call's handle reach the backend while it exists.
+struct OpenAIBackend::Link {
+  std::mutex mu;  // std:: so ThreadSanitizer sees it.
+  OpenAIBackend* backend ABSL_GUARDED_BY(mu) = nullptr;
+};
+
+// The handle Stream returns; its transfer holds it too, to see the cancel.
+class OpenAIBackend::Call final : public CallHandle {
+ public:
+  explicit Call(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+
+  void Cancel() override {
+    if (cancelled_.exchange(true)) return;
+    std::lock_guard lock(link_->mu);
+    if (link_->backend != nullptr) link_->backend->WakeForCancel();
+  }
+  [[nodiscard]] bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  const std::shared_ptr<Link> link_;
+  std::atomic<bool> cancelled_{false};
+};
+
 struct OpenAIBackend::Transfer {
-  BackendRequest request;
-  BackendCallback done;
+  // What the caller asked, kept while the request lives.
+  std::shared_ptr<StreamObserver> observer;
+  std::shared_ptr<Call> call;
+  bool stream = false;
+  absl::Duration timeout;
+  int64_t prompt_tokens = 0;  // Counted locally, for when usage is missing.
   bool answered = false;
-  absl::Time accepted;  // When Complete took it; the timeout counts from here.
+  absl::Time accepted;  // When Stream took it; the timeout counts from here.
   absl::Time deadline;
   absl::Time started = absl::InfiniteFuture();  // When it got a connection.
+  OpenAIBackend* backend = nullptr;
 
   // Set when the transfer starts. The body must outlive the transfer: curl
   // does not copy it.
   CURL* easy = nullptr;
   curl_slist* headers = nullptr;
   std::string body;
+
+  // What the server sent. An answer read as SSE is parsed as it arrives;
+  // any other (unary, or an error) is kept whole in `response`.
+  enum class Mode { kUnknown, kEvents, kWhole };
+  Mode mode = Mode::kUnknown;
   std::string response;
+  std::optional<sse::Parser> events;
+  int64_t received_bytes = 0;
   int64_t max_response_bytes = 0;
   bool too_large = false;     // The answer hit max_response_bytes.
   bool write_failed = false;  // Storing the answer threw.
+  bool began = false;         // HTTP 200 came: the backend has the prompt.
+  // Why the stream is bad (malformed, or an error event), when it is.
+  struct Failure {
+    BackendError reason;
+    absl::Status status;
+    std::string logged;  // What the log says, with what the server sent.
+  };
+  std::optional<Failure> failure;
+  // Of the stream so far.
+  bool done = false;  // `data: [DONE]` came.
+  retrieval::TokenCounter output;
+  std::string finish_reason;
+  std::string system_fingerprint;
+  std::optional<int64_t> reported_input;
+  std::optional<int64_t> reported_output;
   char error[CURL_ERROR_SIZE] = "";
 
   ~Transfer() {
@@ -62,27 +114,39 @@ constexpr absl::Duration kMinTrimInterval = absl::Seconds(10);
 // Log lines per backend per second; the rest are counted and summed up.
 constexpr int kLogLinesPerSecond = 10;
 
-size_t AppendBody(char* data, size_t size, size_t count, void* user) {
-  auto* transfer = static_cast<OpenAIBackend::Transfer*>(user);
-  const size_t n = size * count;
-  // Returning less than n makes curl abort the transfer.
-  if (transfer->response.size() + n >
-      static_cast<size_t>(transfer->max_response_bytes)) {
-    transfer->too_large = true;
-    return 0;
-  }
-  // No exception may unwind through curl's C frames.
-  try {
-    transfer->response.append(data, n);
-  } catch (...) {
-    transfer->write_failed = true;
-    return 0;
-  }
-  return n;
-}
+// One SSE event larger than this fails the stream (a chunk is a few
+// tokens; even a large tool call's arguments come in many).
+constexpr int64_t kMaxEventBytes = 1 << 20;
 
-std::string RequestBody(const BackendRequest& request) {
-  nlohmann::json body;
+// The request fields arbiter sets itself: passthrough_json must not.
+constexpr absl::string_view kSetByArbiter[] = {
+    "messages", "max_tokens",     "model",       "seed", "stop",
+    "stream",   "stream_options", "temperature", "top_p"};
+
+// INVALID_ARGUMENT naming the field of passthrough_json that is wrong.
+absl::StatusOr<std::string> RequestBody(const BackendRequest& request) {
+  nlohmann::json body = nlohmann::json::object();
+  if (!request.passthrough_json.empty()) {
+    auto extra = json::Parse(request.passthrough_json);
+    if (!extra.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("passthrough_json: ", extra.status().message()));
+    }
+    if (!extra->is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("passthrough_json: expected an object, got ",
+                       json::TypeName(*extra)));
+    }
+    for (auto& [key, value] : extra->items()) {
+      if (std::find(std::begin(kSetByArbiter), std::end(kSetByArbiter), key) !=
+          std::end(kSetByArbiter)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("passthrough_json: ", QuoteInput(key),
+                         " is set by arbiter and cannot be passed through"));
+      }
+      body[key] = std::move(value);
+    }
+  }
   body["model"] = request.model;
   nlohmann::json messages = nlohmann::json::array();
   for (const BackendMessage& message : request.messages) {
@@ -95,7 +159,11 @@ std::string RequestBody(const BackendRequest& request) {
   if (request.temperature.has_value()) {
     body["temperature"] = *request.temperature;
   }
-  body["stream"] = false;
+  if (request.top_p.has_value()) body["top_p"] = *request.top_p;
+  if (!request.stop.empty()) body["stop"] = request.stop;
+  if (request.seed.has_value()) body["seed"] = *request.seed;
+  body["stream"] = request.stream;
+  if (request.stream) body["stream_options"] = {{"include_usage", true}};
   // Invalid UTF-8 in a prompt becomes U+FFFD instead of throwing.
   return json::Dump(body);
 }
@@ -112,10 +180,22 @@ absl::StatusOr<int64_t> TokenCount(const json::View& field, bool* reported) {
   return **count;
 }
 
+// A string field the gateway only passes on: taken when it is a string.
+std::string StringIfAny(const json::View& field) {
+  auto value = field.OptionalString();
+  return value.ok() ? value->value_or("") : "";
+}
+
+// `value` under `key` in *fields unless it is missing or null.
+void PassBack(const json::View& value, absl::string_view key,
+              nlohmann::json* fields) {
+  if (!value.is_null()) (*fields)[std::string(key)] = *value.get();
+}
+
 // INVALID_ARGUMENT naming the field that is wrong; the caller says which
 // backend. Usage fields that are missing or null are counted locally; any
 // other field the gateway needs must be there with the right type.
-absl::StatusOr<BackendResponse> ParseResponse(const BackendRequest& request,
+absl::StatusOr<BackendResponse> ParseResponse(int64_t prompt_tokens,
                                               absl::string_view text) {
   // Strings must be UTF-8 to be parsed and to reach a protobuf.
   auto document = json::ParseRepairingUtf8(text);
@@ -129,16 +209,37 @@ absl::StatusOr<BackendResponse> ParseResponse(const BackendRequest& request,
   if (choices.size() == 0) {
     return absl::InvalidArgumentError("choices: empty (expected one choice)");
   }
-  const json::View message = choices[0]["message"];
+  const json::View choice = choices[0];
+  const json::View message = choice["message"];
   if (absl::Status status = message.RequireObject(); !status.ok()) {
     return status;
   }
-  auto content = message["content"].String();
+  // A message that calls tools may have no content.
+  const bool calls =
+      !message["tool_calls"].is_null() || !message["function_call"].is_null();
+  absl::StatusOr<std::string> content;
+  if (calls) {
+    auto optional = message["content"].OptionalString();
+    if (!optional.ok()) return optional.status();
+    content = optional->value_or("");
+  } else {
+    content = message["content"].String();
+  }
   if (!content.ok()) return content.status();
 
   BackendResponse response;
   response.text = *std::move(content);
   if (!IsValidUtf8(response.text)) response.text = RepairUtf8(response.text);
+  response.finish_reason = StringIfAny(choice["finish_reason"]);
+  nlohmann::json fields = nlohmann::json::object();
+  PassBack(message["tool_calls"], "tool_calls", &fields);
+  PassBack(message["function_call"], "function_call", &fields);
+  PassBack(choice["logprobs"], "logprobs", &fields);
+  if (std::string fingerprint = StringIfAny(root["system_fingerprint"]);
+      !fingerprint.empty()) {
+    fields["system_fingerprint"] = std::move(fingerprint);
+  }
+  if (!fields.empty()) response.fields_json = json::Dump(fields);
   bool input_reported = false;
   bool output_reported = false;
   const json::View usage = root["usage"];
@@ -153,12 +254,9 @@ absl::StatusOr<BackendResponse> ParseResponse(const BackendRequest& request,
     response.input_tokens = *input;
     response.output_tokens = *output;
   }
-  if (!input_reported) {
-    response.input_tokens = CountPromptTokens(request.messages);
-  }
+  if (!input_reported) response.input_tokens = prompt_tokens;
   if (!output_reported) {
-    response.output_tokens =
-        CountPromptTokens({{"assistant", response.text}}) - 4;
+    response.output_tokens = retrieval::CountTokens(response.text);
   }
   response.usage_reported = input_reported && output_reported;
   return response;
@@ -196,6 +294,7 @@ OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
       max_queued_(std::max(0, config.max_queued_requests())),
       max_response_bytes_(std::max<int64_t>(1, config.max_response_bytes())),
       on_error_(std::move(on_error)),
+      link_(std::make_shared<Link>()),
       multi_([] {
         static const bool initialized = [] {
           curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -210,10 +309,20 @@ OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
                     static_cast<long>(max_connections_));
   curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS,
                     static_cast<long>(max_connections_));
+  {
+    std::lock_guard lock(link_->mu);
+    link_->backend = this;
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 
 OpenAIBackend::~OpenAIBackend() {
+  {
+    // A handle cancelled from now on finds no backend: the loop ends its
+    // call anyway, as it ends every call it holds.
+    std::lock_guard lock(link_->mu);
+    link_->backend = nullptr;
+  }
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
@@ -226,44 +335,56 @@ OpenAIBackend::~OpenAIBackend() {
 
 std::shared_ptr<CallHandle> OpenAIBackend::Stream(
     BackendRequest request, std::shared_ptr<StreamObserver> observer) {
-  CompleteWhole(std::move(request),
-                [observer](absl::StatusOr<BackendResponse> result) {
-                  if (!result.ok()) {
-                    observer->OnEnd(result.status(), {});
-                    return;
-                  }
-                  observer->OnDelta({std::move(result->text), ""});
-                  observer->OnEnd(absl::OkStatus(), *std::move(result));
-                });
-  return std::make_shared<UncancellableCall>();
-}
-
-void OpenAIBackend::CompleteWhole(BackendRequest request,
-                                  BackendCallback done) {
+  auto call = std::make_shared<Call>(link_);
+  auto refuse = [&](absl::Status status, std::optional<BackendError> reason) {
+    {
+      std::lock_guard lock(mu_);
+      refused_.push_back({std::move(observer), std::move(status), reason});
+    }
+    curl_multi_wakeup(multi_);
+    return call;
+  };
+  // Built here, off the event thread, which serves every request.
+  absl::StatusOr<std::string> body = RequestBody(request);
+  if (!body.ok()) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat(
+                      "backend \"", name_, "\": ", body.status().message())),
+                  std::nullopt);
+  }
   // Refused at once rather than queued without end: a queued request costs
   // memory and only waits to time out.
   if (outstanding_.fetch_add(1) >= max_connections_ + max_queued_) {
     outstanding_.fetch_sub(1);
-    absl::Status refused = absl::ResourceExhaustedError(absl::StrFormat(
-        "backend \"%s\": too many requests waiting for a connection (all %d "
-        "in use, %d waiting; see max_queued_requests)",
-        name_, max_connections_, max_queued_));
-    {
-      std::lock_guard lock(mu_);
-      refused_.emplace_back(std::move(done), std::move(refused));
-    }
-    curl_multi_wakeup(multi_);
-    return;
+    return refuse(
+        absl::ResourceExhaustedError(absl::StrFormat(
+            "backend \"%s\": too many requests waiting for a connection (all "
+            "%d in use, %d waiting; see max_queued_requests)",
+            name_, max_connections_, max_queued_)),
+        BackendError::kQueueFull);
   }
   auto transfer = std::make_unique<Transfer>();
+  transfer->observer = std::move(observer);
+  transfer->call = call;
+  transfer->stream = request.stream;
+  transfer->timeout = request.timeout;
+  transfer->prompt_tokens = CountPromptTokens(request.messages);
   transfer->accepted = absl::Now();
   transfer->deadline = transfer->accepted + request.timeout;
-  transfer->request = std::move(request);
-  transfer->done = std::move(done);
+  transfer->backend = this;
+  transfer->body = *std::move(body);
   transfer->max_response_bytes = max_response_bytes_;
   {
     std::lock_guard lock(mu_);
     incoming_.push_back(std::move(transfer));
+  }
+  curl_multi_wakeup(multi_);
+  return call;
+}
+
+void OpenAIBackend::WakeForCancel() {
+  {
+    std::lock_guard lock(mu_);
+    cancel_requested_ = true;
   }
   curl_multi_wakeup(multi_);
 }
@@ -326,28 +447,44 @@ bool OpenAIBackend::TakeIncoming() {
   std::vector<std::unique_ptr<Transfer>> added;
   std::vector<Refusal> refused;
   std::optional<absl::Status> cancel;
+  bool cancel_requested;
   bool stopping;
   {
     std::lock_guard lock(mu_);
     added.swap(incoming_);
     refused.swap(refused_);
     cancel.swap(cancel_);
+    cancel_requested = std::exchange(cancel_requested_, false);
     stopping = stopping_;
   }
-  for (auto& [done, status] : refused) {
-    CountError(BackendError::kQueueFull);
-    try {
-      std::move(done)(std::move(status));
-    } catch (...) {
-      Log("a completion callback threw; the request was answered once");
-    }
+  for (Refusal& refusal : refused) {
+    if (refusal.reason.has_value()) CountError(*refusal.reason);
+    End(std::move(refusal.observer), std::move(refusal.status), {});
   }
   for (auto& transfer : added) {
     next_deadline_ = std::min(next_deadline_, transfer->deadline);
     waiting_.push_back(std::move(transfer));
   }
   if (cancel.has_value()) FailAll(*cancel);
+  if (cancel_requested) EndCancelled();
   return !stopping;
+}
+
+void OpenAIBackend::EndCancelled() {
+  const absl::Status cancelled = absl::CancelledError(
+      absl::StrCat("backend \"", name_, "\": call cancelled"));
+  // Off the wire: removing the handle mid-answer closes its connection.
+  std::erase_if(active_, [&](std::unique_ptr<Transfer>& transfer) {
+    if (!transfer->call->cancelled()) return false;
+    curl_multi_remove_handle(multi_, transfer->easy);
+    Fail(*transfer, std::nullopt, cancelled);
+    return true;
+  });
+  std::erase_if(waiting_, [&](std::unique_ptr<Transfer>& transfer) {
+    if (!transfer->call->cancelled()) return false;
+    Fail(*transfer, std::nullopt, cancelled);
+    return true;
+  });
 }
 
 void OpenAIBackend::ExpireOverdue(absl::Time now) {
@@ -355,7 +492,7 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
   auto timed_out = [&](const Transfer& transfer, absl::string_view state) {
     return absl::DeadlineExceededError(
         absl::StrFormat("backend \"%s\": no answer within %s%s", name_,
-                        absl::FormatDuration(transfer.request.timeout), state));
+                        absl::FormatDuration(transfer.timeout), state));
   };
   std::erase_if(active_, [&](std::unique_ptr<Transfer>& transfer) {
     if (transfer->deadline > now) {
@@ -365,7 +502,7 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
     curl_multi_remove_handle(multi_, transfer->easy);
     const absl::Duration waited = transfer->started - transfer->accepted;
     Log(absl::StrCat("backend \"", name_, "\" (", url_, "): no answer within ",
-                     absl::FormatDuration(transfer->request.timeout)));
+                     absl::FormatDuration(transfer->timeout)));
     Fail(*transfer, BackendError::kTimeout,
          timed_out(*transfer,
                    waited >= absl::Milliseconds(1)
@@ -382,7 +519,7 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
       return false;
     }
     Log(absl::StrCat("backend \"", name_, "\": no connection free within ",
-                     absl::FormatDuration(transfer->request.timeout)));
+                     absl::FormatDuration(transfer->timeout)));
     Fail(*transfer, BackendError::kTimeout,
          timed_out(*transfer,
                    absl::StrFormat(": still waiting for a connection (all %d "
@@ -397,6 +534,13 @@ void OpenAIBackend::StartWaiting() {
          active_.size() < static_cast<size_t>(max_connections_)) {
     std::unique_ptr<Transfer> transfer = std::move(waiting_.front());
     waiting_.pop_front();
+    // Cancelled since the loop last looked: it never goes on the wire.
+    if (transfer->call->cancelled()) {
+      Fail(*transfer, std::nullopt,
+           absl::CancelledError(
+               absl::StrCat("backend \"", name_, "\": call cancelled")));
+      continue;
+    }
     absl::StatusOr<bool> started = CatchAll<bool>(
         "starting the request", [&] { return Start(*transfer); });
     if (!started.ok() || !*started) {
@@ -414,7 +558,6 @@ void OpenAIBackend::StartWaiting() {
 }
 
 bool OpenAIBackend::Start(Transfer& transfer) {
-  transfer.body = RequestBody(transfer.request);
   CURL* easy = curl_easy_init();
   if (easy == nullptr) return false;
   transfer.easy = easy;
@@ -433,10 +576,10 @@ bool OpenAIBackend::Start(Transfer& transfer) {
   curl_easy_setopt(easy, CURLOPT_POSTFIELDS, transfer.body.data());
   curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                    static_cast<curl_off_t>(transfer.body.size()));
-  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, AppendBody);
+  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &OpenAIBackend::OnBody);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, &transfer);
   // Refuses an answer whose Content-Length is over the limit before any of
-  // it arrives; AppendBody cuts the others.
+  // it arrives; OnBody cuts the others, streamed or not.
   curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE,
                    static_cast<curl_off_t>(transfer.max_response_bytes));
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, transfer.error);
@@ -451,6 +594,176 @@ bool OpenAIBackend::Start(Transfer& transfer) {
   return curl_multi_add_handle(multi_, easy) == CURLM_OK;
 }
 
+size_t OpenAIBackend::OnBody(char* data, size_t size, size_t count,
+                             void* user) {
+  auto* transfer = static_cast<Transfer*>(user);
+  const size_t n = size * count;
+  // Returning less than n makes curl abort the transfer.
+  if (transfer->call->cancelled()) return 0;
+  if (transfer->received_bytes + static_cast<int64_t>(n) >
+      transfer->max_response_bytes) {
+    transfer->too_large = true;
+    return 0;
+  }
+  transfer->received_bytes += static_cast<int64_t>(n);
+  // No exception may unwind through curl's C frames.
+  try {
+    return transfer->backend->Receive(*transfer, absl::string_view(data, n))
+               ? n
+               : 0;
+  } catch (...) {
+    transfer->write_failed = true;
+    return 0;
+  }
+}
+
+bool OpenAIBackend::Receive(Transfer& transfer, absl::string_view bytes) {
+  if (transfer.mode == Transfer::Mode::kUnknown) {
+    // The headers are in: an event stream is read as it comes, anything
+    // else (an error, or a server that does not stream) whole.
+    long http_status = 0;
+    curl_easy_getinfo(transfer.easy, CURLINFO_RESPONSE_CODE, &http_status);
+    const char* type = nullptr;
+    curl_easy_getinfo(transfer.easy, CURLINFO_CONTENT_TYPE, &type);
+    transfer.began = http_status == 200;
+    if (transfer.stream && http_status == 200 && type != nullptr &&
+        absl::StartsWithIgnoreCase(type, "text/event-stream")) {
+      transfer.mode = Transfer::Mode::kEvents;
+      transfer.events.emplace(static_cast<size_t>(
+          std::min(transfer.max_response_bytes, kMaxEventBytes)));
+    } else {
+      transfer.mode = Transfer::Mode::kWhole;
+    }
+  }
+  if (transfer.mode == Transfer::Mode::kWhole) {
+    transfer.response.append(bytes.data(), bytes.size());
+    return true;
+  }
+  absl::Status status = transfer.events->Feed(
+      bytes, [&](absl::string_view data) { return OnEvent(transfer, data); });
+  if (status.ok()) return true;
+  if (!transfer.failure.has_value() && !transfer.call->cancelled()) {
+    const std::string what =
+        absl::StrCat("malformed stream: ",
+                     absl::IsResourceExhausted(status)
+                         ? std::string(status.message())
+                         : absl::StrCat("event ", transfer.events->events(),
+                                        ": ", status.message()));
+    transfer.failure = Transfer::Failure{
+        BackendError::kMalformed,
+        absl::UnavailableError(absl::StrCat("backend \"", name_, "\": ", what)),
+        what};
+  }
+  return false;
+}
+
+absl::Status OpenAIBackend::OnEvent(Transfer& transfer,
+                                    absl::string_view data) {
+  if (transfer.call->cancelled()) return absl::CancelledError("cancelled");
+  if (transfer.done) return absl::OkStatus();  // Nothing counts after it.
+  if (data == "[DONE]") {
+    transfer.done = true;
+    return absl::OkStatus();
+  }
+  // Text must be UTF-8 to reach a protobuf; a stream is UTF-8 by definition.
+  if (std::optional<size_t> bad = FirstInvalidUtf8(data)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid UTF-8 at byte ", *bad));
+  }
+  auto document = json::Parse(data);
+  if (!document.ok()) return document.status();
+  const json::View root(*document);
+  if (absl::Status status = root.RequireObject(); !status.ok()) return status;
+  if (const json::View error = root["error"]; !error.is_null()) {
+    // The server failed mid-answer; a code like HTTP's says whose fault.
+    auto code = error["code"].OptionalInt();
+    const int64_t http_code =
+        code.ok() && code->has_value() ? **code : int64_t{0};
+    const bool rejected =
+        http_code >= 400 && http_code < 500 && http_code != 429;
+    const std::string what =
+        http_code > 0
+            ? absl::StrCat("error event in the stream (code ", http_code, ")")
+            : std::string("error event in the stream");
+    transfer.failure = Transfer::Failure{
+        http_code >= 300 && http_code < 600 ? HttpErrorClass(http_code)
+                                            : BackendError::kHttp5xx,
+        rejected ? absl::FailedPreconditionError(absl::StrCat(
+                       "backend \"", name_, "\" rejected the request: ", what))
+                 : absl::UnavailableError(
+                       absl::StrCat("backend \"", name_, "\": ", what)),
+        what};
+    return transfer.failure->status;
+  }
+  const json::View choices = root["choices"];
+  if (!choices.is_null()) {
+    if (absl::Status status = choices.RequireArray(); !status.ok()) {
+      return status;
+    }
+  }
+  if (choices.size() > 0) {
+    const json::View choice = choices[0];
+    const json::View delta = choice["delta"];
+    if (!delta.is_null()) {
+      if (absl::Status status = delta.RequireObject(); !status.ok()) {
+        return status;
+      }
+    }
+    auto content = delta["content"].OptionalString();
+    if (!content.ok()) return content.status();
+    nlohmann::json fields = nlohmann::json::object();
+    if (delta.is_object()) {
+      for (const auto& [key, value] : delta.get()->items()) {
+        if (key == "role" || key == "content" || value.is_null()) continue;
+        fields[key] = value;
+      }
+    }
+    PassBack(choice["logprobs"], "logprobs", &fields);
+    if (std::string reason = StringIfAny(choice["finish_reason"]);
+        !reason.empty()) {
+      transfer.finish_reason = std::move(reason);
+    }
+    std::string text = content->value_or("");
+    if (!text.empty() || !fields.empty()) {
+      transfer.output.Add(text);
+      Deliver(transfer, BackendDelta{std::move(text),
+                                     fields.empty() ? std::string()
+                                                    : json::Dump(fields)});
+    }
+  }
+  if (std::string fingerprint = StringIfAny(root["system_fingerprint"]);
+      !fingerprint.empty()) {
+    transfer.system_fingerprint = std::move(fingerprint);
+  }
+  const json::View usage = root["usage"];
+  if (!usage.is_null()) {
+    if (absl::Status status = usage.RequireObject(); !status.ok()) {
+      return status;
+    }
+    bool reported = false;
+    auto input = TokenCount(usage["prompt_tokens"], &reported);
+    if (!input.ok()) return input.status();
+    if (reported) transfer.reported_input = *input;
+    reported = false;
+    auto output = TokenCount(usage["completion_tokens"], &reported);
+    if (!output.ok()) return output.status();
+    if (reported) transfer.reported_output = *output;
+  }
+  return absl::OkStatus();
+}
+
+void OpenAIBackend::Deliver(Transfer& transfer, BackendDelta delta) {
+  // The observer is the gateway's; if it throws, the stream goes on.
+  try {
+    transfer.observer->OnDelta(std::move(delta));
+  } catch (const std::exception& e) {
+    Log(absl::StrCat("backend \"", name_,
+                     "\": a stream observer threw: ", e.what()));
+  } catch (...) {
+    Log(absl::StrCat("backend \"", name_, "\": a stream observer threw"));
+  }
+}
+
 bool OpenAIBackend::CollectFinished() {
   bool finished_any = false;
   int queued = 0;
@@ -461,24 +774,32 @@ bool OpenAIBackend::CollectFinished() {
     const int code = message->data.result;
     curl_multi_remove_handle(multi_, message->easy_handle);
     finished_any = true;
-    BackendError reason = BackendError::kInternal;
-    bool threw = true;
-    absl::StatusOr<BackendResponse> result =
-        CatchAll<BackendResponse>("reading the answer", [&] {
-          auto outcome = Outcome(*transfer, code, &reason);
-          threw = false;
-          return outcome;
-        });
-    if (threw) {
-      Log(absl::StrCat("backend \"", name_, "\": ", result.status().message()));
-      result = absl::InternalError(absl::StrCat(
-          "backend \"", name_, "\": internal error reading the answer"));
-    }
-    if (result.ok()) {
-      Answer(*transfer, std::move(result));
+    if (transfer->call->cancelled()) {
+      // Stopped by its own write callback; the cancel wins over the rest.
+      Fail(*transfer, std::nullopt,
+           absl::CancelledError(
+               absl::StrCat("backend \"", name_, "\": call cancelled")));
     } else {
-      Fail(*transfer, threw ? BackendError::kInternal : reason,
-           result.status());
+      BackendError reason = BackendError::kInternal;
+      bool threw = true;
+      absl::StatusOr<BackendResponse> result =
+          CatchAll<BackendResponse>("reading the answer", [&] {
+            auto outcome = Outcome(*transfer, code, &reason);
+            threw = false;
+            return outcome;
+          });
+      if (threw) {
+        Log(absl::StrCat("backend \"", name_,
+                         "\": ", result.status().message()));
+        result = absl::InternalError(absl::StrCat(
+            "backend \"", name_, "\": internal error reading the answer"));
+      }
+      if (result.ok()) {
+        Answer(*transfer, std::move(result));
+      } else {
+        Fail(*transfer, threw ? BackendError::kInternal : reason,
+             result.status());
+      }
     }
     std::erase_if(active_,
                   [transfer](const auto& t) { return t.get() == transfer; });
@@ -506,12 +827,17 @@ absl::StatusOr<BackendResponse> OpenAIBackend::Outcome(Transfer& transfer,
     return absl::UnavailableError(
         absl::StrCat("backend \"", name_, "\": ", what));
   }
+  if (transfer.failure.has_value()) {
+    *reason = transfer.failure->reason;
+    log(transfer.failure->logged, "");
+    return transfer.failure->status;
+  }
   if (code == CURLE_OPERATION_TIMEDOUT) {
     *reason = BackendError::kTimeout;
     log("no answer in time", transfer.error);
     return absl::DeadlineExceededError(
         absl::StrFormat("backend \"%s\": no answer within %s", name_,
-                        absl::FormatDuration(transfer.request.timeout)));
+                        absl::FormatDuration(transfer.timeout)));
   }
   if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
       code == CURLE_COULDNT_RESOLVE_PROXY) {
@@ -543,8 +869,12 @@ absl::StatusOr<BackendResponse> OpenAIBackend::Outcome(Transfer& transfer,
     return absl::FailedPreconditionError(absl::StrFormat(
         "backend \"%s\" rejected the request: HTTP %d", name_, http_status));
   }
+  transfer.began = true;
+  if (transfer.mode == Transfer::Mode::kEvents) {
+    return StreamOutcome(transfer, reason);
+  }
   absl::StatusOr<BackendResponse> response =
-      ParseResponse(transfer.request, transfer.response);
+      ParseResponse(transfer.prompt_tokens, transfer.response);
   if (!response.ok()) {
     *reason = BackendError::kMalformed;
     const std::string what =
@@ -554,6 +884,44 @@ absl::StatusOr<BackendResponse> OpenAIBackend::Outcome(Transfer& transfer,
         absl::StrCat("backend \"", name_, "\": ", what));
   }
   return response;
+}
+
+absl::StatusOr<BackendResponse> OpenAIBackend::StreamOutcome(
+    Transfer& transfer, BackendError* reason) {
+  if (!transfer.done) {
+    *reason = BackendError::kMalformed;
+    const std::string what = absl::StrCat(
+        "malformed stream: it ended without data: [DONE]",
+        transfer.events->in_event() ? " (cut off inside an event)" : "");
+    Log(absl::StrCat("backend \"", name_, "\" (", url_, "): ", what));
+    return absl::UnavailableError(
+        absl::StrCat("backend \"", name_, "\": ", what));
+  }
+  BackendResponse response = UsageSoFar(transfer);
+  response.input_tokens =
+      transfer.reported_input.value_or(transfer.prompt_tokens);
+  response.output_tokens =
+      transfer.reported_output.value_or(transfer.output.count());
+  response.usage_reported = transfer.reported_input.has_value() &&
+                            transfer.reported_output.has_value();
+  return response;
+}
+
+BackendResponse OpenAIBackend::UsageSoFar(const Transfer& transfer) {
+  BackendResponse usage;
+  // Before the backend answered it has billed nothing (the request waited,
+  // was refused, or never arrived).
+  if (transfer.began) {
+    usage.input_tokens =
+        transfer.reported_input.value_or(transfer.prompt_tokens);
+  }
+  usage.output_tokens = transfer.output.count();
+  usage.finish_reason = transfer.finish_reason;
+  if (!transfer.system_fingerprint.empty()) {
+    usage.fields_json = json::Dump(
+        nlohmann::json{{"system_fingerprint", transfer.system_fingerprint}});
+  }
+  return usage;
 }
 
 void OpenAIBackend::FailAll(const absl::Status& why) {
@@ -579,11 +947,25 @@ void OpenAIBackend::Answer(Transfer& transfer,
   if (transfer.answered) return;
   transfer.answered = true;
   outstanding_.fetch_sub(1);
-  BackendCallback done = std::move(transfer.done);
-  // The callback is the gateway's; if it throws, the request has still been
-  // answered once, and the loop goes on.
+  if (!result.ok()) {
+    End(std::move(transfer.observer), std::move(result).status(),
+        UsageSoFar(transfer));
+    return;
+  }
+  if (transfer.mode != Transfer::Mode::kEvents) {
+    // A whole answer is one delta; a stream's text already went out.
+    Deliver(transfer, BackendDelta{std::move(result->text), ""});
+  }
+  result->text.clear();
+  End(std::move(transfer.observer), absl::OkStatus(), *std::move(result));
+}
+
+void OpenAIBackend::End(std::shared_ptr<StreamObserver> observer,
+                        absl::Status status, BackendResponse usage) {
+  // The observer is the gateway's; if it throws, the call has still ended
+  // once, and the loop goes on.
   try {
-    std::move(done)(std::move(result));
+    observer->OnEnd(std::move(status), std::move(usage));
   } catch (const std::exception& e) {
     Log(absl::StrCat("backend \"", name_,
                      "\": a completion callback threw: ", e.what()));

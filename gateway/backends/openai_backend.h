@@ -28,16 +28,35 @@ namespace arbiter {
 // thousand threads. Usage comes from the response's "usage" field, or is
 // counted locally when the server sends none.
 //
+// A request with `stream` asks for Server-Sent Events ("stream": true,
+// "stream_options": {"include_usage": true}) and reads them as they arrive
+// (common/sse), never holding the whole answer: each chat.completion.chunk
+// is one OnDelta (its content as text; the delta's other fields, such as
+// tool_calls, and the choice's logprobs as fields_json), the last chunk's
+// usage is read and `data: [DONE]` ends the stream. A server that answers
+// with one whole JSON body instead is read as a unary answer. Without
+// `stream` the answer is requested whole (the fast path) and goes out as
+// one OnDelta, then OnEnd with the message's tool_calls, the choice's
+// logprobs and system_fingerprint in fields_json.
+//
+// passthrough_json's members go into the request body unchanged; one that
+// arbiter sets itself (model, messages, stream...) fails the call with
+// INVALID_ARGUMENT naming it.
+//
 // Nothing the server sends can end the process: the answer is read through
 // common/json, a wrong or missing field is UNAVAILABLE naming it, an answer
-// over max_response_bytes is cut off, and a last catch-all per transfer
-// turns any exception into INTERNAL for that request alone. Messages name
-// the backend, never its URL nor what it sent; those go to the log.
+// (streamed or not) over max_response_bytes is cut off, one SSE event over
+// 1 MiB fails the stream, and a last catch-all per transfer turns any
+// exception into INTERNAL for that request alone. Messages name the
+// backend, never its URL nor what it sent; those go to the log.
 //
 // At most max_connections requests are on the wire; up to
 // max_queued_requests more wait for a connection, in order, and further
 // ones fail at once with RESOURCE_EXHAUSTED. Every request is answered by
-// its timeout, counted from Complete, whether it waited or not.
+// its timeout, counted from Stream, whether it waited or not. Cancelling a
+// call takes it off the wire (closing its connection) or out of the queue
+// at once, on the event thread; OnEnd says CANCELLED with the tokens
+// produced so far.
 class OpenAIBackend final : public Backend {
  public:
   // config has its defaults applied (ApplyOpenAIBackendDefaults). api_key
@@ -57,16 +76,38 @@ class OpenAIBackend final : public Backend {
   absl::string_view name() const override { return name_; }
 
   struct Transfer;
+  struct Link;
+  class Call;
 
  private:
-  // The whole answer at once (the unary path, until streaming lands).
-  void CompleteWhole(BackendRequest request, BackendCallback done);
   // A request refused before it reached the loop, answered on the loop.
-  using Refusal = std::pair<BackendCallback, absl::Status>;
+  struct Refusal {
+    std::shared_ptr<StreamObserver> observer;
+    absl::Status status;
+    std::optional<BackendError> reason;  // For the metric; none if unset.
+  };
+
+  // Called by a Call's Cancel: the loop looks for cancelled calls.
+  void WakeForCancel();
+  // curl's write callback: what the server sent, as it arrives.
+  static size_t OnBody(char* data, size_t size, size_t count, void* user);
+  // False stops the transfer (it failed, or was cancelled).
+  bool Receive(Transfer& transfer, absl::string_view bytes);
+  // One SSE event of a streamed answer.
+  absl::Status OnEvent(Transfer& transfer, absl::string_view data);
+  void Deliver(Transfer& transfer, BackendDelta delta);
+  // The end of a stream that finished as HTTP: its usage, or why it is bad.
+  absl::StatusOr<BackendResponse> StreamOutcome(Transfer& transfer,
+                                                BackendError* reason);
+  // What a failed or cancelled call is billed: tokens produced so far.
+  static BackendResponse UsageSoFar(const Transfer& transfer);
 
   void Loop();
-  // Moves what Complete and CancelAll left into the loop; false to stop.
+  // Moves what Stream, Cancel and CancelAll left into the loop; false to
+  // stop.
   bool TakeIncoming();
+  // Ends the calls whose handles were cancelled.
+  void EndCancelled();
   // Fails what is past its deadline; sets next_deadline_ to the earliest
   // deadline left.
   void ExpireOverdue(absl::Time now);
@@ -82,10 +123,14 @@ class OpenAIBackend final : public Backend {
   absl::StatusOr<BackendResponse> Outcome(Transfer& transfer, int curl_code,
                                           BackendError* reason);
   void FailAll(const absl::Status& why);
-  // Counts why (if given) and answers; the callback runs at most once.
+  // Counts why (if given) and ends the call with the usage so far; OnEnd
+  // runs at most once.
   void Fail(Transfer& transfer, std::optional<BackendError> reason,
             absl::Status status);
   void Answer(Transfer& transfer, absl::StatusOr<BackendResponse> result);
+  // Runs the observer's OnEnd, which may throw.
+  void End(std::shared_ptr<StreamObserver> observer, absl::Status status,
+           BackendResponse usage);
   void CountError(BackendError reason);
   // One line on stderr, at most a few per second per backend.
   void Log(absl::string_view line);
@@ -98,14 +143,17 @@ class OpenAIBackend final : public Backend {
   const int max_queued_;
   const int64_t max_response_bytes_;
   const BackendErrorObserver on_error_;
+  // Lets call handles, which may outlive the backend, reach it.
+  const std::shared_ptr<Link> link_;
   CURLM* const multi_;
 
-  // Accepted and not yet answered: bounds what Complete takes.
+  // Accepted and not yet answered: bounds what Stream takes.
   std::atomic<int> outstanding_{0};
 
   std::mutex mu_;  // std:: so ThreadSanitizer sees it.
   std::vector<std::unique_ptr<Transfer>> incoming_ ABSL_GUARDED_BY(mu_);
   std::vector<Refusal> refused_ ABSL_GUARDED_BY(mu_);
+  bool cancel_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Set by CancelAll; the loop fails everything it holds and clears it.
   std::optional<absl::Status> cancel_ ABSL_GUARDED_BY(mu_);

@@ -14,11 +14,24 @@
 
 namespace arbiter {
 
-// The simulator in-process: answers arrive after the simulated generation
-// time, from a timer thread, so no thread waits on them.
+// The simulator in-process. Answers arrive after the simulated generation
+// time from one timer thread, so no thread waits on them: a unary answer
+// whole after time to first token plus its tokens' time, a streamed one
+// chunk by chunk as sim::Simulator::NextChunk paces it (the same text for
+// the same request and seed). A call holds one pending timer at a time and
+// about a kilobyte; cancelling it ends it at once with CANCELLED and the
+// tokens sent so far.
+//
+// A simulator cannot honour passthrough_json's fields (tools,
+// response_format...): such a call fails with INVALID_ARGUMENT naming the
+// first.
 class SimBackend final : public Backend {
  public:
   SimBackend(std::string name, std::shared_ptr<const sim::Simulator> simulator);
+  ~SimBackend() override;
+
+  SimBackend(const SimBackend&) = delete;
+  SimBackend& operator=(const SimBackend&) = delete;
 
   std::shared_ptr<CallHandle> Stream(
       BackendRequest request,
@@ -26,17 +39,25 @@ class SimBackend final : public Backend {
   void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
 
+  class Call;
+  struct Link;
+
  private:
-  // The whole answer at once (the unary path, until streaming lands).
-  void CompleteWhole(BackendRequest request, BackendCallback done);
-  // Answers the pending request `id` unless CancelAll already did.
-  void Answer(uint64_t id, absl::StatusOr<BackendResponse> result);
+  // The next step of `call`, on the timer thread: its next chunk, or its
+  // end.
+  void Step(const std::shared_ptr<Call>& call);
+  // Ends `call` once, on the timer thread.
+  void End(Call& call, absl::Status status);
+  // Ends `call` with `why` on the timer thread (Cancel, CancelAll).
+  void Stop(std::shared_ptr<Call> call, absl::Status why);
 
   const std::string name_;
   const std::shared_ptr<const sim::Simulator> simulator_;
+  // Lets call handles, which may outlive the backend, reach it.
+  const std::shared_ptr<Link> link_;
   std::mutex mu_;  // std:: so ThreadSanitizer sees it.
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::flat_hash_map<uint64_t, BackendCallback> pending_ ABSL_GUARDED_BY(mu_);
+  // Calls not yet ended, for CancelAll.
+  absl::flat_hash_map<Call*, std::shared_ptr<Call>> live_ ABSL_GUARDED_BY(mu_);
   // Declared last: its destructor runs what is pending, which needs the rest.
   TimerQueue timers_;
 };

@@ -90,7 +90,7 @@ double Simulator::Accuracy(absl::string_view model,
 
 SimAnswer Simulator::Answer(absl::string_view model,
                             const std::vector<SimMessage>& messages,
-                            int max_tokens) const {
+                            int max_tokens, std::optional<int64_t> seed) const {
   SimAnswer answer;
   const SimMessage* question = nullptr;
   for (auto it = messages.rbegin(); it != messages.rend(); ++it) {
@@ -115,8 +115,9 @@ SimAnswer Simulator::Answer(absl::string_view model,
         break;
       }
     }
-    uint64_t draw = policy::StableHash64(absl::StrCat(model, "\x1f", item.id),
-                                         config_.seed());
+    std::string key = absl::StrCat(model, "\x1f", item.id);
+    if (seed.has_value()) absl::StrAppend(&key, "\x1fseed ", *seed);
+    uint64_t draw = policy::StableHash64(key, config_.seed());
     bool correct =
         in_context || policy::UnitInterval(draw) < Accuracy(model, item.task);
     if (correct) {
@@ -168,6 +169,27 @@ SimAnswer Simulator::Answer(absl::string_view model,
   answer.delay = absl::Seconds(config_.time_to_first_token_seconds() +
                                config_.seconds_per_token() * tokens);
   return answer;
+}
+
+SimChunk Simulator::NextChunk(absl::string_view text, size_t from,
+                              int64_t tokens_before) const {
+  const absl::Duration per_token = absl::Seconds(config_.seconds_per_token());
+  SimChunk chunk;
+  chunk.end = from;
+  chunk.at = absl::Seconds(config_.time_to_first_token_seconds()) +
+             per_token * tokens_before;
+  do {
+    // One word and the spaces before it: splitting before a space splits
+    // no word, so the chunks' tokens add up to the text's.
+    size_t end = text.find_first_not_of(' ', chunk.end);
+    end = end == absl::string_view::npos ? text.size() : text.find(' ', end);
+    if (end == absl::string_view::npos) end = text.size();
+    chunk.tokens +=
+        retrieval::CountTokens(text.substr(chunk.end, end - chunk.end));
+    chunk.end = end;
+  } while (chunk.end < text.size() &&
+           per_token * chunk.tokens < kMinChunkInterval);
+  return chunk;
 }
 
 }  // namespace arbiter::sim
