@@ -271,6 +271,11 @@ void Metrics::RecordCompletion(int route, int task, int64_t input_tokens,
                                double latency_seconds) {
   Cell& cell = At(route, task);
   cell.ok->Increment();
+  Bill(cell, input_tokens, output_tokens, cost, latency_seconds);
+}
+
+void Metrics::Bill(Cell& cell, int64_t input_tokens, int64_t output_tokens,
+                   const policy::RequestCost& cost, double latency_seconds) {
   cell.input_tokens->Increment(static_cast<double>(input_tokens));
   cell.output_tokens->Increment(static_cast<double>(output_tokens));
   cell.cost_input->Increment(cost.input_usd);
@@ -287,15 +292,8 @@ void Metrics::RecordCancelled(int route, int task, int64_t input_tokens,
                               double latency_seconds) {
   Cell& cell = At(route, task);
   cell.cancelled->Increment();
-  cell.input_tokens->Increment(static_cast<double>(input_tokens));
-  cell.output_tokens->Increment(static_cast<double>(output_tokens));
-  cell.cost_input->Increment(cost.input_usd);
-  cell.cost_output->Increment(cost.output_usd);
-  cell.cost_fee->Increment(cost.request_usd);
-  cell.cost_retrieval->Increment(cost.retrieval_usd);
-  cell.cost_embedding->Increment(cost.embedding_usd);
   cell.cancelled_cost->Increment(cost.total_usd());
-  cell.duration->Observe(latency_seconds);
+  Bill(cell, input_tokens, output_tokens, cost, latency_seconds);
 }
 
 void Metrics::RecordBackendError(absl::string_view backend,

@@ -101,6 +101,9 @@ class Metrics final {
     prometheus::Counter* feedback_score;
   };
   Cell& At(int route, int task) { return cells_[route * num_tasks_ + task]; }
+  // Tokens, cost components and duration of what a request produced.
+  static void Bill(Cell& cell, int64_t input_tokens, int64_t output_tokens,
+                   const policy::RequestCost& cost, double latency_seconds);
 
   const int num_tasks_;
   std::vector<Cell> cells_;
