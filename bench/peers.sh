@@ -143,7 +143,9 @@ if ((PORTKEY)); then
   ((portkey_up)) || echo "note: Portkey did not start (no npm, no network for its install, or see its log); its row is skipped"
 fi
 
-# arbiter over the upstream, and arbiter over its simulator.
+# arbiter over the upstream, and arbiter over its simulator. The route is
+# named like the model the load asks for ("mock"), so the HTTP front's
+# `model` pins it, as the policy does for gRPC.
 cat >"$run/arbiter-openai.yaml" <<EOF
 server: {http_listen: "127.0.0.1:$ARBITER_HTTP_PORT"}
 tasks: [chat]
