@@ -14,9 +14,16 @@ DEB_PACKAGES := build-essential cmake pkg-config ccache git \
   nlohmann-json3-dev libhnswlib-dev libboost1.81-dev libcli11-dev libssl-dev \
   prometheus curl
 
+# The peers bench/peers.sh measures arbiter beside (make bench-deps):
+# nginx serves the static upstream and the reverse proxy, wrk and h2load
+# (nghttp2-client) load them. `perf` (linux-perf) is needed only for
+# bench/peers.sh --profile.
+BENCH_DEB_PACKAGES := nginx wrk nghttp2-client
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-sanitize test-tsan bench clean node-deps monitor
+.PHONY: deps build run test test-sanitize test-tsan bench clean node-deps monitor \
+  bench-deps bench-peers
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -75,6 +82,20 @@ bench: build
 	./$(BUILD_DIR)/bench/gateway_load_bench
 	./$(BUILD_DIR)/bench/index_bench --quick
 	./$(BUILD_DIR)/bench/retrieval_bench --quick
+
+bench-deps:
+	@missing=$$(for p in $(BENCH_DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+# arbiter beside nginx and Portkey, closed and open loop (bench/README.md).
+bench-peers: build bench-deps
+	bench/peers.sh --open-loop ./$(BUILD_DIR)/arbiter
 
 clean:
 	rm -rf build build-asan build-tsan
