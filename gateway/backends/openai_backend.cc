@@ -114,6 +114,7 @@ constexpr absl::Duration kCurlTimeoutSlack = absl::Milliseconds(10);
 // A queue that held this many requests returns its memory once drained.
 constexpr size_t kTrimAfterWaiting = 256;
 constexpr absl::Duration kMinTrimInterval = absl::Seconds(10);
+constexpr long kStreamBufferBytes = 4 << 10;
 // Ready sockets handled per wake-up; more wait for the next one.
 constexpr int kMaxEventsPerWait = 256;
 // Log lines per backend per second; the rest are counted and summed up.
@@ -660,6 +661,11 @@ bool OpenAIBackend::Start(Transfer& transfer) {
                    static_cast<curl_off_t>(transfer.max_response_bytes));
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, transfer.error);
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  // A stream's events are small and may be held open by the thousand: a
+  // smaller receive buffer than curl's 16 KiB.
+  if (transfer.stream) {
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, kStreamBufferBytes);
+  }
   // The loop keeps the deadline; curl's own timeout, a little later, is
   // only a second guard.
   curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
