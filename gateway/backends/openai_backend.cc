@@ -4,6 +4,9 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -111,6 +114,9 @@ constexpr absl::Duration kCurlTimeoutSlack = absl::Milliseconds(10);
 // A queue that held this many requests returns its memory once drained.
 constexpr size_t kTrimAfterWaiting = 256;
 constexpr absl::Duration kMinTrimInterval = absl::Seconds(10);
+constexpr long kStreamBufferBytes = 4 << 10;
+// Ready sockets handled per wake-up; more wait for the next one.
+constexpr int kMaxEventsPerWait = 256;
 // Log lines per backend per second; the rest are counted and summed up.
 constexpr int kLogLinesPerSecond = 10;
 
@@ -295,6 +301,8 @@ OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
       max_response_bytes_(std::max<int64_t>(1, config.max_response_bytes())),
       on_error_(std::move(on_error)),
       link_(std::make_shared<Link>()),
+      epoll_fd_(epoll_create1(EPOLL_CLOEXEC)),
+      wake_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
       multi_([] {
         static const bool initialized = [] {
           curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -309,6 +317,14 @@ OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
                     static_cast<long>(max_connections_));
   curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS,
                     static_cast<long>(max_connections_));
+  // curl tells which sockets to watch; the loop watches them with epoll and
+  // runs only the transfers that are ready.
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &OpenAIBackend::OnSocket);
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+  epoll_event wake{};
+  wake.events = EPOLLIN;
+  wake.data.fd = wake_fd_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &wake);
   {
     std::lock_guard lock(link_->mu);
     link_->backend = this;
@@ -327,10 +343,12 @@ OpenAIBackend::~OpenAIBackend() {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
-  curl_multi_wakeup(multi_);
+  Wake();
   thread_.join();
   if (trimmer_.joinable()) trimmer_.join();
-  curl_multi_cleanup(multi_);
+  curl_multi_cleanup(multi_);  // May still tell OnSocket of sockets.
+  close(wake_fd_);
+  close(epoll_fd_);
 }
 
 std::shared_ptr<CallHandle> OpenAIBackend::Stream(
@@ -341,7 +359,7 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
       std::lock_guard lock(mu_);
       refused_.push_back({std::move(observer), std::move(status), reason});
     }
-    curl_multi_wakeup(multi_);
+    Wake();
     return call;
   };
   // Built here, off the event thread, which serves every request.
@@ -377,7 +395,7 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
     std::lock_guard lock(mu_);
     incoming_.push_back(std::move(transfer));
   }
-  curl_multi_wakeup(multi_);
+  Wake();
   return call;
 }
 
@@ -386,7 +404,7 @@ void OpenAIBackend::WakeForCancel() {
     std::lock_guard lock(mu_);
     cancel_requested_ = true;
   }
-  curl_multi_wakeup(multi_);
+  Wake();
 }
 
 void OpenAIBackend::CancelAll(const absl::Status& why) {
@@ -394,7 +412,7 @@ void OpenAIBackend::CancelAll(const absl::Status& why) {
     std::lock_guard lock(mu_);
     cancel_ = why;
   }
-  curl_multi_wakeup(multi_);
+  Wake();
 }
 
 void OpenAIBackend::Loop() {
@@ -403,22 +421,81 @@ void OpenAIBackend::Loop() {
     if (now >= next_deadline_) ExpireOverdue(now);
     StartWaiting();
     ReleaseMemoryIfDrained(now);
-    int still_running = 0;
-    curl_multi_perform(multi_, &still_running);
+    if (CurlTimeoutMs() == 0) {
+      int running = 0;
+      curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
     // A finished transfer frees a connection that a waiting one can take at
     // once: go round again.
     if (CollectFinished()) continue;
-    // Wake for the next deadline: curl's own timers do not know about
-    // requests still waiting for a connection.
-    const absl::Duration until = next_deadline_ - absl::Now();
-    const int wait_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(until, absl::Milliseconds(1))), 0,
-        1000));
-    curl_multi_poll(multi_, nullptr, 0, wait_ms, nullptr);
+    WaitAndAct();
   }
   // Nothing accepted is dropped silently: what is left fails clearly.
   FailAll(absl::UnavailableError(
       absl::StrCat("backend \"", name_, "\": gateway shutting down")));
+}
+
+void OpenAIBackend::WaitAndAct() {
+  // Wake for curl's next timer or the next deadline: curl's timers do not
+  // know about requests still waiting for a connection.
+  const absl::Duration until = next_deadline_ - absl::Now();
+  int wait_ms = static_cast<int>(std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(until, absl::Milliseconds(1))), 0,
+      1000));
+  if (const long curl_ms = CurlTimeoutMs(); curl_ms >= 0) {
+    wait_ms = std::min(wait_ms, static_cast<int>(curl_ms));
+  }
+  epoll_event events[kMaxEventsPerWait];
+  const int ready = epoll_wait(epoll_fd_, events, kMaxEventsPerWait, wait_ms);
+  for (int i = 0; i < ready; ++i) {
+    const int fd = events[i].data.fd;
+    if (fd == wake_fd_) {
+      uint64_t count;
+      (void)!read(wake_fd_, &count, sizeof(count));
+      continue;
+    }
+    int mask = 0;
+    if (events[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
+    if (events[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
+    if (events[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
+    // Only this socket's transfer runs: the loop's cost per event does not
+    // grow with the number of open streams.
+    int running = 0;
+    curl_multi_socket_action(multi_, fd, mask, &running);
+  }
+}
+
+long OpenAIBackend::CurlTimeoutMs() {
+  // Asked each time rather than told by a timer callback: curl calls that
+  // only when its earliest timer changes, and one fired a little early
+  // changes nothing, which would lose it.
+  long timeout_ms = -1;
+  curl_multi_timeout(multi_, &timeout_ms);
+  return timeout_ms;
+}
+
+void OpenAIBackend::Wake() {
+  const uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+}
+
+int OpenAIBackend::OnSocket(CURL* /*easy*/, curl_socket_t socket, int what,
+                            void* user, void* /*socket_data*/) {
+  auto* backend = static_cast<OpenAIBackend*>(user);
+  if (what == CURL_POLL_REMOVE) {
+    // Fails harmlessly when curl has closed the socket already.
+    epoll_ctl(backend->epoll_fd_, EPOLL_CTL_DEL, socket, nullptr);
+    return 0;
+  }
+  epoll_event event{};
+  event.data.fd = socket;
+  if (what & CURL_POLL_IN) event.events |= EPOLLIN;
+  if (what & CURL_POLL_OUT) event.events |= EPOLLOUT;
+  if (epoll_ctl(backend->epoll_fd_, EPOLL_CTL_MOD, socket, &event) != 0 &&
+      errno == ENOENT) {
+    epoll_ctl(backend->epoll_fd_, EPOLL_CTL_ADD, socket, &event);
+  }
+  return 0;
 }
 
 void OpenAIBackend::ReleaseMemoryIfDrained(absl::Time now) {
@@ -584,6 +661,11 @@ bool OpenAIBackend::Start(Transfer& transfer) {
                    static_cast<curl_off_t>(transfer.max_response_bytes));
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, transfer.error);
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  // A stream's events are small and may be held open by the thousand: a
+  // smaller receive buffer than curl's 16 KiB.
+  if (transfer.stream) {
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, kStreamBufferBytes);
+  }
   // The loop keeps the deadline; curl's own timeout, a little later, is
   // only a second guard.
   curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,

@@ -19,6 +19,7 @@
 #include "gateway/backends/backend.h"
 
 typedef void CURLM;
+typedef void CURL;
 
 namespace arbiter {
 
@@ -103,6 +104,18 @@ class OpenAIBackend final : public Backend {
   static BackendResponse UsageSoFar(const Transfer& transfer);
 
   void Loop();
+  // Waits for a ready socket, curl's next timer, the next deadline or
+  // Wake, and lets curl act on the sockets that are ready.
+  void WaitAndAct();
+  // Wakes the loop; thread-safe.
+  void Wake();
+  // In how long curl wants to run its timers (connects, its own timeouts):
+  // 0 now, -1 never.
+  long CurlTimeoutMs();
+  // curl's multi-socket callback: watch `socket` for `what`. On the event
+  // thread.
+  static int OnSocket(CURL* easy, int socket, int what, void* user,
+                      void* socket_data);
   // Moves what Stream, Cancel and CancelAll left into the loop; false to
   // stop.
   bool TakeIncoming();
@@ -145,6 +158,8 @@ class OpenAIBackend final : public Backend {
   const BackendErrorObserver on_error_;
   // Lets call handles, which may outlive the backend, reach it.
   const std::shared_ptr<Link> link_;
+  const int epoll_fd_;  // The sockets curl asks to watch, and wake_fd_.
+  const int wake_fd_;   // An eventfd: Wake writes it.
   CURLM* const multi_;
 
   // Accepted and not yet answered: bounds what Stream takes.

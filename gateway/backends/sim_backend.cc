@@ -22,7 +22,8 @@ struct SimBackend::Link {
 };
 
 // One call: its answer, how much of it has gone out, and its observer. The
-// fields below `stopping` are touched on the timer thread only.
+// fields below `stopping` are touched on the timer thread only, but for the
+// first Plan, which Stream makes before the timer has the call.
 class SimBackend::Call final : public CallHandle,
                                public std::enable_shared_from_this<Call> {
  public:
@@ -152,8 +153,8 @@ std::shared_ptr<CallHandle> SimBackend::Stream(
     std::lock_guard lock(mu_);
     live_.emplace(call.get(), call);
   }
-  // The first step is scheduled from here; the others from the timer thread.
-  Step(call);
+  // The first step is planned from here; the others on the timer thread.
+  Plan(call);
   return call;
 }
 
@@ -179,7 +180,12 @@ void SimBackend::Step(const std::shared_ptr<Call>& call) {
     case Call::Pending::kNone:
       break;
   }
-  // Plans the next step: a unary answer is one chunk, at the end.
+  Plan(call);
+}
+
+void SimBackend::Plan(const std::shared_ptr<Call>& call) {
+  Call& c = *call;
+  // A unary answer is one chunk, at the end.
   absl::Time at;
   if (!c.streamed) {
     c.next = {c.text.size(), c.output_tokens, c.delay};

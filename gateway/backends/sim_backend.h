@@ -46,6 +46,9 @@ class SimBackend final : public Backend {
   // The next step of `call`, on the timer thread: its next chunk, or its
   // end.
   void Step(const std::shared_ptr<Call>& call);
+  // Schedules the step after what `call` has sent (its chunk, its end or
+  // its deadline).
+  void Plan(const std::shared_ptr<Call>& call);
   // Ends `call` once, on the timer thread.
   void End(Call& call, absl::Status status);
   // Ends `call` with `why` on the timer thread (Cancel, CancelAll).
