@@ -9,7 +9,35 @@
 
 namespace arbiter::json {
 
+size_t DeeperThanAt(absl::string_view text, int depth) {
+  int open = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // The escaped character, whatever it is.
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++open > depth) return i;
+    } else if (c == ']' || c == '}') {
+      --open;
+    }
+  }
+  return absl::string_view::npos;
+}
+
 absl::StatusOr<nlohmann::json> Parse(absl::string_view text) {
+  if (const size_t at = DeeperThanAt(text, kMaxDepth);
+      at != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not valid JSON: nested deeper than ", kMaxDepth,
+                     " levels at byte ", at));
+  }
   // Exceptions stay inside this function: the lexer reports the byte where
   // the text stops being JSON only through its parse_error.
   try {

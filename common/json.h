@@ -23,10 +23,19 @@
 
 namespace arbiter::json {
 
+// Deeper JSON is refused before parsing: nlohmann copies, compares and
+// serializes recursively, and a server's "[[[[..." must not run a thread
+// out of stack.
+inline constexpr int kMaxDepth = 256;
+
 // INVALID_ARGUMENT saying where the text stops being JSON (the byte offset
-// and why, never the text itself: it may be a server's and reach a client).
-// Never throws.
+// and why, never the text itself: it may be a server's and reach a client),
+// or that it nests deeper than kMaxDepth. Never throws.
 [[nodiscard]] absl::StatusOr<nlohmann::json> Parse(absl::string_view text);
+
+// The byte at which `text` opens its (depth + 1)-th nested array or object
+// (brackets inside strings do not count), or npos.
+[[nodiscard]] size_t DeeperThanAt(absl::string_view text, int depth);
 
 // Parse after replacing invalid UTF-8 with U+FFFD: for answers of servers,
 // where a stray byte must not fail fields the reader never looks at.

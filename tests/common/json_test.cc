@@ -1,5 +1,6 @@
 #include "common/json.h"
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -13,6 +14,24 @@ TEST(JsonParseTest, SaysWhereTheTextStopsBeingJson) {
   ASSERT_FALSE(parsed.ok());
   EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(parsed.status().message(), HasSubstr("at byte"));
+}
+
+TEST(JsonParseTest, RefusesTextNestedDeeperThanTheLimitBeforeParsing) {
+  // 100,000 levels would crash a copy or a dump of the parsed value.
+  const std::string deep =
+      std::string(100'000, '[') + std::string(100'000, ']');
+  auto parsed = Parse(deep);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(parsed.status().message(), HasSubstr("nested deeper than 256"));
+  EXPECT_THAT(parsed.status().message(), HasSubstr("at byte 256"));
+  const std::string at_limit =
+      std::string(kMaxDepth, '[') + std::string(kMaxDepth, ']');
+  EXPECT_TRUE(Parse(at_limit).ok());
+  // Brackets inside strings, escaped quotes included, are text.
+  const std::string in_strings =
+      absl::StrCat("{\"a\": \"", std::string(1000, '['), "\\\"[[[\"}");
+  EXPECT_TRUE(Parse(in_strings).ok()) << Parse(in_strings).status();
 }
 
 TEST(JsonParseTest, NeverQuotesTheText) {
