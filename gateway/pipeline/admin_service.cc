@@ -24,19 +24,25 @@ v1::CostBreakdown Breakdown(const policy::RequestCost& cost) {
   return breakdown;
 }
 
+// The route a view is limited to: -1 for all (empty), NOT_FOUND if unknown.
+absl::StatusOr<int> RouteFilter(const GatewayParts& parts,
+                                const std::string& name) {
+  if (name.empty()) return -1;
+  auto it = parts.route_index.find(name);
+  if (it == parts.route_index.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("route: unknown route ", QuoteInput(name)));
+  }
+  return it->second;
+}
+
 }  // namespace
 
 absl::StatusOr<v1::GetEconomicsResponse> AdminService::GetEconomics(
     const v1::GetEconomicsRequest& request) const {
-  int only = -1;
-  if (!request.route().empty()) {
-    auto it = parts_.route_index.find(request.route());
-    if (it == parts_.route_index.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("route: unknown route ", QuoteInput(request.route())));
-    }
-    only = it->second;
-  }
+  auto route = RouteFilter(parts_, request.route());
+  if (!route.ok()) return route.status();
+  const int only = *route;
   const policy::EconomicsSnapshot snapshot = parts_.EconomicsNow();
   const v1::Config& config = *parts_.config;
   v1::GetEconomicsResponse response;
@@ -124,15 +130,9 @@ absl::StatusOr<v1::GetEconomicsResponse> AdminService::GetEconomics(
 
 absl::StatusOr<v1::GetRouteStatsResponse> AdminService::GetRouteStats(
     const v1::GetRouteStatsRequest& request) const {
-  int only = -1;
-  if (!request.route().empty()) {
-    auto it = parts_.route_index.find(request.route());
-    if (it == parts_.route_index.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("route: unknown route ", QuoteInput(request.route())));
-    }
-    only = it->second;
-  }
+  auto route = RouteFilter(parts_, request.route());
+  if (!route.ok()) return route.status();
+  const int only = *route;
   parts_.stats->Publish();
   std::shared_ptr<const policy::StatsSnapshot> snapshot =
       parts_.stats->Snapshot();
