@@ -5,13 +5,14 @@
 //
 //   stream_bench [--streams 10000] [--via sim|http] [--ttft 2]
 //                [--per-token 0.05] [--tokens 32] [--rounds 2]
-//                [--spread SECONDS]
+//                [--spread SECONDS] [--event-threads N]
 //
 // All streams start at once unless --spread spreads their starts evenly.
 //
 // --via sim: the in-process SimBackend (one timer thread). --via http: the
-// openai backend (one curl thread, a connection per stream) reading SSE
-// from a sim-server in a child process (its own file descriptors).
+// openai backend (event_threads curl threads, default 2, a connection per
+// stream) reading SSE from a sim-server in a child process (its own file
+// descriptors).
 
 #include <dirent.h>
 #include <malloc.h>
@@ -49,7 +50,8 @@ struct Options {
   double per_token = 0.05;
   int tokens = 32;
   int rounds = 2;
-  double spread = 0;  // Seconds over which the streams start.
+  double spread = 0;      // Seconds over which the streams start.
+  int event_threads = 0;  // The openai backend's; 0 for the default.
 };
 
 bool ParseFlags(int argc, char** argv, Options& options) {
@@ -63,6 +65,10 @@ bool ParseFlags(int argc, char** argv, Options& options) {
     if (flag == "--tokens") ok = absl::SimpleAtoi(value, &options.tokens);
     if (flag == "--rounds") ok = absl::SimpleAtoi(value, &options.rounds);
     if (flag == "--spread") ok = absl::SimpleAtod(value, &options.spread);
+    if (flag == "--event-threads") {
+      ok = absl::SimpleAtoi(value, &options.event_threads) &&
+           options.event_threads >= 0;
+    }
     if (flag == "--via") {
       options.via = value;
       ok = options.via == "sim" || options.via == "http";
@@ -256,8 +262,11 @@ int Run(const Options& options, int sim_port) {
     config.set_max_connections(options.streams);
     config.set_max_queued_requests(0);
     config.set_timeout_seconds(600);
+    if (options.event_threads > 0) {
+      config.set_event_threads(options.event_threads);
+    }
     ApplyOpenAIBackendDefaults(config);
-    backend = std::make_unique<OpenAIBackend>("sim-http", config, "");
+    backend = MakeOpenAIBackend("sim-http", config, "", {});
   }
   // Round 1 opens the connections; later rounds find them open, as a
   // gateway in service does.

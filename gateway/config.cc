@@ -1,5 +1,6 @@
 #include "gateway/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -663,6 +664,17 @@ class Validator {
             AtLeast(openai.max_queued_requests(), 0,
                     path + ".openai.max_queued_requests");
           }
+          if (openai.has_event_threads()) {
+            // Each thread needs a connection of its own.
+            const int64_t connections =
+                openai.has_max_connections() ? openai.max_connections() : 64;
+            if (openai.event_threads() < 1 ||
+                openai.event_threads() > connections) {
+              Error(path + ".openai.event_threads", "must be in [1, ",
+                    connections, "] (at most max_connections), got ",
+                    openai.event_threads());
+            }
+          }
           break;
         }
         case v1::Backend::kSim: {
@@ -1163,6 +1175,10 @@ void ApplyOpenAIBackendDefaults(v1::OpenAIBackend& openai) {
     openai.set_max_response_bytes(int64_t{8} << 20);
   }
   if (!openai.has_max_queued_requests()) openai.set_max_queued_requests(1024);
+  if (!openai.has_event_threads()) {
+    openai.set_event_threads(
+        std::min(2, std::max(1, openai.max_connections())));
+  }
 }
 
 void ApplyConfigDefaults(v1::Config& config) {

@@ -133,11 +133,11 @@ absl::Status Gateway::Init() {
         const char* value = std::getenv(backend.openai().api_key_env().c_str());
         if (value != nullptr) key = value;
       }
-      made = std::make_unique<OpenAIBackend>(
-          backend.name(), backend.openai(), std::move(key),
-          [this, name = backend.name()](BackendError reason) {
-            metrics_.RecordBackendError(name, reason);
-          });
+      made =
+          MakeOpenAIBackend(backend.name(), backend.openai(), key,
+                            [this, name = backend.name()](BackendError reason) {
+                              metrics_.RecordBackendError(name, reason);
+                            });
     }
     backends_[backend.name()] = std::move(made);
   }

@@ -288,16 +288,26 @@ long Milliseconds(absl::Duration d) {
       std::clamp<int64_t>(absl::ToInt64Milliseconds(d), 1, 1LL << 31));
 }
 
+// Shard `index` of `of`'s part of `total`: the first total % of shards take
+// one more.
+int ShareOf(int total, EventThreadShare share) {
+  const int of = std::max(1, share.of);
+  return total / of + (share.index < total % of ? 1 : 0);
+}
+
 }  // namespace
 
 OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
-                             std::string api_key, BackendErrorObserver on_error)
+                             std::string api_key, BackendErrorObserver on_error,
+                             EventThreadShare share)
     : name_(std::move(name)),
       url_(absl::StrCat(absl::StripSuffix(config.base_url(), "/"),
                         "/chat/completions")),
       api_key_(std::move(api_key)),
-      max_connections_(std::max(1, config.max_connections())),
-      max_queued_(std::max(0, config.max_queued_requests())),
+      max_connections_(std::max(1, ShareOf(config.max_connections(), share))),
+      max_queued_(std::max(0, ShareOf(config.max_queued_requests(), share))),
+      total_connections_(std::max(1, config.max_connections())),
+      total_queued_(std::max(0, config.max_queued_requests())),
       max_response_bytes_(std::max<int64_t>(1, config.max_response_bytes())),
       on_error_(std::move(on_error)),
       link_(std::make_shared<Link>()),
@@ -377,7 +387,7 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
         absl::ResourceExhaustedError(absl::StrFormat(
             "backend \"%s\": too many requests waiting for a connection (all "
             "%d in use, %d waiting; see max_queued_requests)",
-            name_, max_connections_, max_queued_)),
+            name_, total_connections_, total_queued_)),
         BackendError::kQueueFull);
   }
   auto transfer = std::make_unique<Transfer>();
@@ -397,6 +407,11 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
   }
   Wake();
   return call;
+}
+
+int OpenAIBackend::room() const {
+  return max_connections_ + max_queued_ -
+         outstanding_.load(std::memory_order_relaxed);
 }
 
 void OpenAIBackend::WakeForCancel() {
@@ -601,7 +616,7 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
          timed_out(*transfer,
                    absl::StrFormat(": still waiting for a connection (all %d "
                                    "in use)",
-                                   max_connections_)));
+                                   total_connections_)));
     return true;
   });
 }
@@ -1087,6 +1102,23 @@ void OpenAIBackend::Log(absl::string_view line) {
   }
   text.push_back('\n');
   std::fwrite(text.data(), 1, text.size(), stderr);
+}
+
+std::unique_ptr<Backend> MakeOpenAIBackend(
+    const std::string& name, const v1::OpenAIBackend& config,
+    const std::string& api_key, const BackendErrorObserver& on_error) {
+  const int threads = std::max(1, config.event_threads());
+  if (threads == 1) {
+    return std::make_unique<OpenAIBackend>(name, config, api_key, on_error);
+  }
+  std::vector<std::unique_ptr<RoomReportingBackend>> shards;
+  shards.reserve(threads);
+  for (int i = 0; i < threads; ++i) {
+    shards.push_back(std::make_unique<OpenAIBackend>(
+        name, config, api_key, on_error,
+        EventThreadShare{.index = i, .of = threads}));
+  }
+  return std::make_unique<ShardedBackend>(std::move(shards));
 }
 
 }  // namespace arbiter

@@ -17,11 +17,19 @@
 #include "absl/time/time.h"
 #include "arbiter/v1/config.pb.h"
 #include "gateway/backends/backend.h"
+#include "gateway/backends/sharded_backend.h"
 
 typedef void CURLM;
 typedef void CURL;
 
 namespace arbiter {
+
+// Which of a backend's event threads an OpenAIBackend is: it takes an even
+// share of max_connections and max_queued_requests.
+struct EventThreadShare {
+  int index = 0;
+  int of = 1;
+};
 
 // An OpenAI-compatible /v1/chat/completions server (vLLM, TGI, llama.cpp,
 // Ollama, OpenAI). Requests run on one event thread of libcurl's multi
@@ -58,13 +66,14 @@ namespace arbiter {
 // call takes it off the wire (closing its connection) or out of the queue
 // at once, on the event thread; OnEnd says CANCELLED with the tokens
 // produced so far.
-class OpenAIBackend final : public Backend {
+class OpenAIBackend final : public RoomReportingBackend {
  public:
   // config has its defaults applied (ApplyOpenAIBackendDefaults). api_key
   // may be empty (no Authorization header). on_error, if set, is
   // told the reason of every failed request.
   OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
-                std::string api_key, BackendErrorObserver on_error = nullptr);
+                std::string api_key, BackendErrorObserver on_error = nullptr,
+                EventThreadShare share = {});
   ~OpenAIBackend() override;
 
   OpenAIBackend(const OpenAIBackend&) = delete;
@@ -75,6 +84,7 @@ class OpenAIBackend final : public Backend {
       std::shared_ptr<StreamObserver> observer) override;
   void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
+  int room() const override;
 
   struct Transfer;
   struct Link;
@@ -152,8 +162,11 @@ class OpenAIBackend final : public Backend {
   const std::string name_;
   const std::string url_;
   const std::string api_key_;
-  const int max_connections_;
+  const int max_connections_;  // This thread's share.
   const int max_queued_;
+  // The configured totals over all shards, for messages.
+  const int total_connections_;
+  const int total_queued_;
   const int64_t max_response_bytes_;
   const BackendErrorObserver on_error_;
   // Lets call handles, which may outlive the backend, reach it.
@@ -189,5 +202,11 @@ class OpenAIBackend final : public Backend {
 
   std::thread thread_;
 };
+
+// The backend config describes: one OpenAIBackend, or a ShardedBackend of
+// event_threads of them.
+[[nodiscard]] std::unique_ptr<Backend> MakeOpenAIBackend(
+    const std::string& name, const v1::OpenAIBackend& config,
+    const std::string& api_key, const BackendErrorObserver& on_error);
 
 }  // namespace arbiter

@@ -94,6 +94,7 @@ TEST(ConfigTest, DefaultsFillUnsetFields) {
   EXPECT_EQ(config->routes(2).rag().max_context_tokens(), 1024);
   EXPECT_EQ(config->backends(1).openai().timeout_seconds(), 30);
   EXPECT_EQ(config->backends(1).openai().max_connections(), 64);
+  EXPECT_EQ(config->backends(1).openai().event_threads(), 2);
   EXPECT_EQ(config->retrieval().chunk_tokens(), 200);
   EXPECT_EQ(config->retrieval().chunk_overlap_tokens(), 40);
   EXPECT_EQ(config->retrieval().embedding_dim(), 512);
@@ -253,6 +254,25 @@ TEST(ConfigTest, BadBaseUrlAndListenAddressAreRejected) {
   EXPECT_THAT(
       errors,
       Contains("server.grpc_listen: must be host:port, got \"localhost\""));
+}
+
+TEST(ConfigTest, EventThreadsAreBetweenOneAndMaxConnections) {
+  const std::string url = "base_url: \"http://127.0.0.1:8000/v1\"";
+  EXPECT_THAT(ErrorsOf(ValidWith(url, url + ", max_connections: 3, "
+                                            "event_threads: 3")),
+              IsEmpty());
+  EXPECT_THAT(ErrorsOf(ValidWith(url, url + ", max_connections: 3, "
+                                            "event_threads: 4")),
+              Contains("backends[1].openai.event_threads: must be in [1, 3] "
+                       "(at most max_connections), got 4"));
+  EXPECT_THAT(ErrorsOf(ValidWith(url, url + ", event_threads: 0")),
+              Contains("backends[1].openai.event_threads: must be in [1, 64] "
+                       "(at most max_connections), got 0"));
+  // One connection leaves one thread by default.
+  auto config = ParseConfigYaml(ValidWith(url, url + ", max_connections: 1"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  ApplyConfigDefaults(*config);
+  EXPECT_EQ(config->backends(1).openai().event_threads(), 1);
 }
 
 TEST(ConfigTest, ShutdownGraceDefaultsToTenSecondsAndZeroMeansZero) {

@@ -570,5 +570,72 @@ TEST_F(OpenAIBackendTest, CancelAllFailsRequestsInFlightAtOnce) {
   EXPECT_EQ(cancelled.load(), kRequests);
 }
 
+// Shards take even shares of the limits: four event threads of one
+// connection each, no queue, serve four slow calls at once, and only a fifth
+// is refused, naming the configured totals.
+TEST_F(OpenAIBackendTest, ShardsShareTheLimitsAndRefuseOnlyWhenAllAreFull) {
+  v1::OpenAIBackend config = Config(/*max_connections=*/4);
+  config.set_max_queued_requests(0);
+  config.set_event_threads(4);
+  ErrorTally errors;
+  std::unique_ptr<Backend> backend =
+      MakeOpenAIBackend("fake", config, "", errors.Observer());
+  constexpr int kRequests = 5;
+  std::mutex mu;
+  std::vector<absl::StatusOr<BackendResponse>> results;
+  std::atomic<int> finished{0};
+  absl::Notification all_done;
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < kRequests; ++i) {
+    backend->Complete(Request("slow-ok"),
+                      [&](absl::StatusOr<BackendResponse> response) {
+                        {
+                          std::lock_guard lock(mu);
+                          results.push_back(std::move(response));
+                        }
+                        if (++finished == kRequests) all_done.Notify();
+                      });
+  }
+  ASSERT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // Four at once on four connections: one slow answer's time, not four.
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1000));
+  int ok = 0;
+  for (const auto& result : results) {
+    if (result.ok()) {
+      ++ok;
+      continue;
+    }
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_THAT(result.status().message(),
+                AllOf(HasSubstr("backend \"fake\""),
+                      HasSubstr("all 4 in use, 0 waiting")));
+  }
+  EXPECT_EQ(ok, 4);
+  EXPECT_EQ(errors[BackendError::kQueueFull], 1);
+  EXPECT_TRUE(Call(*backend, Request("with-usage")).ok());
+}
+
+TEST_F(OpenAIBackendTest, CancelAllReachesEveryShard) {
+  v1::OpenAIBackend config = Config(/*max_connections=*/3);
+  config.set_event_threads(3);
+  std::unique_ptr<Backend> backend = MakeOpenAIBackend("fake", config, "", {});
+  constexpr int kRequests = 6;  // Two a shard: one on the wire, one waiting.
+  std::atomic<int> cancelled{0};
+  std::atomic<int> finished{0};
+  absl::Notification all_done;
+  for (int i = 0; i < kRequests; ++i) {
+    backend->Complete(Request("slow", absl::Seconds(30)),
+                      [&](absl::StatusOr<BackendResponse> response) {
+                        cancelled += response.status().code() ==
+                                     absl::StatusCode::kUnavailable;
+                        if (++finished == kRequests) all_done.Notify();
+                      });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  backend->CancelAll(absl::UnavailableError("shutting down"));
+  EXPECT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Milliseconds(300)));
+  EXPECT_EQ(cancelled.load(), kRequests);
+}
+
 }  // namespace
 }  // namespace arbiter
