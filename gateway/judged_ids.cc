@@ -14,22 +14,30 @@ absl::uint128 JudgedIds::KeyOf(absl::string_view mac) {
   return absl::MakeUint128(high, low);
 }
 
-bool JudgedIds::Insert(absl::string_view mac, absl::Time issued) {
+Judging JudgedIds::Insert(absl::string_view mac, absl::Time issued) {
   std::lock_guard lock(mu_);
-  return issued_unix_seconds_.emplace(KeyOf(mac), absl::ToUnixSeconds(issued))
-      .second;
+  const auto [it, inserted] =
+      entries_.try_emplace(KeyOf(mac), Entry{absl::ToUnixSeconds(issued)});
+  if (inserted) return Judging::kFirst;
+  return it->second.unanswered ? Judging::kUnanswered : Judging::kRepeat;
+}
+
+void JudgedIds::MarkUnanswered(absl::string_view mac, absl::Time issued) {
+  std::lock_guard lock(mu_);
+  entries_.try_emplace(KeyOf(mac), Entry{absl::ToUnixSeconds(issued), true});
 }
 
 void JudgedIds::ForgetIssuedBefore(absl::Time cutoff) {
   const int64_t before = absl::ToUnixSeconds(cutoff);
   std::lock_guard lock(mu_);
-  absl::erase_if(issued_unix_seconds_,
-                 [&](const auto& entry) { return entry.second < before; });
+  absl::erase_if(entries_, [&](const auto& entry) {
+    return entry.second.issued_unix_seconds < before;
+  });
 }
 
 size_t JudgedIds::size() const {
   std::lock_guard lock(mu_);
-  return issued_unix_seconds_.size();
+  return entries_.size();
 }
 
 }  // namespace arbiter

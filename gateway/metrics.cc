@@ -238,9 +238,11 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
               "Feedback refused for its request id: not_issued_here (not "
               "signed by this deployment's keys), expired (older than the "
               "feedback window), from_the_future (beyond the clock skew), "
-              "duplicate (its feedback was counted already).")
+              "duplicate (its feedback was counted already), unanswered (the "
+              "request failed or was cancelled).")
           .Register(registry);
   feedback_duplicate_ = &feedback_rejected.Add({{"reason", "duplicate"}});
+  feedback_unanswered_ = &feedback_rejected.Add({{"reason", "unanswered"}});
   for (RequestIdRejection reason :
        {RequestIdRejection::kNotIssuedHere, RequestIdRejection::kExpired,
         RequestIdRejection::kFromTheFuture}) {
@@ -503,6 +505,8 @@ void Metrics::RecordFeedbackRejected(RequestIdRejection reason) {
 }
 
 void Metrics::RecordFeedbackDuplicate() { feedback_duplicate_->Increment(); }
+
+void Metrics::RecordFeedbackUnanswered() { feedback_unanswered_->Increment(); }
 
 void Metrics::RecordExperimentRequest(int experiment, int arm, bool ok) {
   ArmCounters& counters = experiment_arms_[experiment][arm];

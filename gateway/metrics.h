@@ -59,6 +59,8 @@ class Metrics final {
   void RecordFeedbackRejected(RequestIdRejection reason);
   // Feedback for a request whose feedback was counted already.
   void RecordFeedbackDuplicate();
+  // Feedback for a request that failed or was cancelled.
+  void RecordFeedbackUnanswered();
   void RecordRetrieval(double seconds);
   // A request or feedback of an experiment's arm (indices into the config).
   void RecordExperimentRequest(int experiment, int arm, bool ok);
@@ -111,6 +113,7 @@ class Metrics final {
   // By RequestIdRejection. Constant after construction.
   std::array<prometheus::Counter*, 3> feedback_rejected_;
   prometheus::Counter* feedback_duplicate_;
+  prometheus::Counter* feedback_unanswered_;
   prometheus::Family<prometheus::Counter>* decisions_;
   struct RouteGauges {
     std::string route;

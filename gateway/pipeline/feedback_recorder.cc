@@ -67,10 +67,18 @@ absl::StatusOr<v1::FeedbackResponse> FeedbackRecorder::Record(
   const std::string& judged_key = verified->mac;
   const absl::Time issued = verified->issued;
   const auto applying = parts_.state_sync->HoldForFeedback();
-  if (!parts_.judged->Insert(judged_key, issued)) {
-    parts_.metrics->RecordFeedbackDuplicate();
-    return absl::AlreadyExistsError(
-        "request_id: feedback for this request was already counted");
+  switch (parts_.judged->Insert(judged_key, issued)) {
+    case Judging::kFirst:
+      break;
+    case Judging::kRepeat:
+      parts_.metrics->RecordFeedbackDuplicate();
+      return absl::AlreadyExistsError(
+          "request_id: feedback for this request was already counted");
+    case Judging::kUnanswered:
+      parts_.metrics->RecordFeedbackUnanswered();
+      return absl::FailedPreconditionError(
+          "request_id: this request ended without an answer (it failed or "
+          "was cancelled): there is nothing to judge");
   }
   if (parts_.durable) parts_.state_sync->NoteJudged(judged_key, issued);
   auto embedding = parts_.decisions->TakeFeedback(request.request_id());

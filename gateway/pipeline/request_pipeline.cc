@@ -296,6 +296,7 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   const double latency = absl::ToDoubleSeconds(absl::Now() - call.start);
   v1::InferResponse& response = call.response;
   const bool cancelled = status.code() == absl::StatusCode::kCancelled;
+  if (!status.ok()) RefuseFeedbackOn(call);
   if (!status.ok() && !cancelled) {
     parts_.stats->RecordError(route_index, task, latency);
     if (experiment >= 0) {
@@ -344,6 +345,17 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   }
   parts_.decisions->Record(response.request_id(), call.embedding);
   call.sink->OnEnd(absl::OkStatus(), response);
+}
+
+void RequestPipeline::RefuseFeedbackOn(const Call& call) {
+  auto verified =
+      parts_.signer->Verify(call.response.request_id(), absl::Now());
+  if (!verified.ok()) return;
+  parts_.judged->MarkUnanswered(verified->mac, verified->issued);
+  // Stored as judged: after a restart its feedback is refused as a repeat.
+  if (parts_.durable) {
+    parts_.state_sync->NoteJudged(verified->mac, verified->issued);
+  }
 }
 
 std::vector<float> RequestPipeline::EmbedPrompt(absl::string_view text) const {

@@ -43,6 +43,9 @@ class RequestPipeline final {
   // Fails only for a rag route whose retrieval fails.
   absl::StatusOr<BackendRequest> BuildBackendRequest(Call& call);
   void Finish(Call& call, absl::Status status, BackendResponse usage);
+  // A request that ended without an answer has nothing to judge: feedback
+  // on its id (a stream's first chunk carried it) is refused from now on.
+  void RefuseFeedbackOn(const Call& call);
 
   const GatewayParts& parts_;
 };

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "gateway/config.h"
 #include "gateway/gateway.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
 
@@ -72,9 +73,54 @@ class FeedbackTest : public ::testing::Test {
     return count;
   }
 
+  // The id of a stream on (prompted, faq) cancelled before it answered,
+  // once it has ended.
+  std::string ServeCancelled() {
+    struct Sink final : InferSink {
+      std::string id;
+      std::promise<absl::Status> ended;
+      void OnStart(const v1::InferResponse& head) override {
+        id = head.request_id();
+      }
+      void OnDelta(BackendDelta) override {}
+      void OnEnd(const absl::Status& status, v1::InferResponse&) override {
+        ended.set_value(status);
+      }
+    };
+    v1::InferRequest request;
+    v1::ChatMessage* message = request.add_messages();
+    message->set_role(v1::ROLE_USER);
+    message->set_content("How do I reset my password?");
+    request.set_route("prompted");
+    request.set_task("faq");
+    auto sink = std::make_shared<Sink>();
+    auto ended = sink->ended.get_future();
+    InferOptions options;
+    options.stream = true;
+    auto handle = gateway_->pipeline().Infer(request, options, sink);
+    handle->Cancel();  // The sim's first token is 50 ms away.
+    EXPECT_EQ(ended.get().code(), absl::StatusCode::kCancelled);
+    return sink->id;
+  }
+
   prometheus::Registry registry_;
   std::unique_ptr<Gateway> gateway_;
 };
+
+TEST_F(FeedbackTest, FeedbackOnARequestThatEndedWithoutAnAnswerIsRefused) {
+  Start(64);
+  const std::string id = ServeCancelled();
+  ASSERT_FALSE(id.empty());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto refused = Feedback(id);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(refused.status().message()),
+                ::testing::HasSubstr("ended without an answer"));
+  }
+  // An answered request's feedback still counts.
+  EXPECT_TRUE(Feedback(Serve()).ok());
+  EXPECT_EQ(FeedbackCount(1), 1);
+}
 
 TEST_F(FeedbackTest, SecondFeedbackIsRefusedWhileTheLogHoldsTheRequest) {
   Start(64);

@@ -21,11 +21,26 @@ std::string Mac(int i) {
 TEST(JudgedIdsTest, AMacIsNewOnceAndOnlyItsFirst16BytesCount) {
   JudgedIds judged;
   const absl::Time t = absl::FromUnixSeconds(1'800'000'000);
-  EXPECT_TRUE(judged.Insert(Mac(1), t));
-  EXPECT_FALSE(judged.Insert(Mac(1), t));
-  EXPECT_FALSE(judged.Insert(Mac(1) + "tail", t));
-  EXPECT_TRUE(judged.Insert(Mac(2), t));
+  EXPECT_EQ(judged.Insert(Mac(1), t), Judging::kFirst);
+  EXPECT_EQ(judged.Insert(Mac(1), t), Judging::kRepeat);
+  EXPECT_EQ(judged.Insert(Mac(1) + "tail", t), Judging::kRepeat);
+  EXPECT_EQ(judged.Insert(Mac(2), t), Judging::kFirst);
   EXPECT_EQ(judged.size(), 2u);
+}
+
+TEST(JudgedIdsTest, AnUnansweredRequestIsNeverJudged) {
+  JudgedIds judged;
+  const absl::Time t = absl::FromUnixSeconds(1'700'000'000);
+  judged.MarkUnanswered(Mac(1), t);
+  EXPECT_EQ(judged.Insert(Mac(1), t), Judging::kUnanswered);
+  EXPECT_EQ(judged.Insert(Mac(1), t), Judging::kUnanswered);
+  // One judged before it ended stays judged.
+  EXPECT_EQ(judged.Insert(Mac(2), t), Judging::kFirst);
+  judged.MarkUnanswered(Mac(2), t);
+  EXPECT_EQ(judged.Insert(Mac(2), t), Judging::kRepeat);
+  // Forgotten with the rest once out of the window.
+  judged.ForgetIssuedBefore(t + absl::Seconds(1));
+  EXPECT_EQ(judged.size(), 0u);
 }
 
 TEST(JudgedIdsTest, ForgetsOnlyThoseIssuedBeforeTheCutoff) {
@@ -35,8 +50,8 @@ TEST(JudgedIdsTest, ForgetsOnlyThoseIssuedBeforeTheCutoff) {
   judged.Insert(Mac(2), t - absl::Hours(1));
   judged.ForgetIssuedBefore(t - absl::Hours(168));
   EXPECT_EQ(judged.size(), 1u);
-  EXPECT_TRUE(judged.Insert(Mac(1), t));
-  EXPECT_FALSE(judged.Insert(Mac(2), t));
+  EXPECT_EQ(judged.Insert(Mac(1), t), Judging::kFirst);
+  EXPECT_EQ(judged.Insert(Mac(2), t), Judging::kRepeat);
 }
 
 TEST(JudgedIdsTest, ConcurrentInsertsOfTheSameMacsAdmitEachOnce) {
@@ -47,7 +62,7 @@ TEST(JudgedIdsTest, ConcurrentInsertsOfTheSameMacsAdmitEachOnce) {
   for (int n = 0; n < 4; ++n) {
     threads.emplace_back([&] {
       for (int i = 0; i < 2000; ++i) {
-        if (judged.Insert(Mac(i), t)) ++admitted;
+        if (judged.Insert(Mac(i), t) == Judging::kFirst) ++admitted;
         if (i % 500 == 0) judged.ForgetIssuedBefore(t - absl::Hours(1));
       }
     });

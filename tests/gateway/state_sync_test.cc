@@ -125,7 +125,7 @@ TEST(StateSyncTest, WhatIsCollectedRestoresIntoFreshComponents) {
     before.sync->NoteOutcome(-1, -1, 0, 1, password, 1);
   }
   const std::string mac(16, 'm');
-  ASSERT_TRUE(before.judged.Insert(mac, absl::Now()));
+  ASSERT_EQ(before.judged.Insert(mac, absl::Now()), Judging::kFirst);
   before.sync->NoteJudged(mac, absl::Now());
   const state::StateBatch batch = before.sync->Collect();
   EXPECT_EQ(batch.context_entries.size(), 20u);
@@ -146,7 +146,8 @@ TEST(StateSyncTest, WhatIsCollectedRestoresIntoFreshComponents) {
   }
   EXPECT_EQ(after.engine->CostWeights(), before.engine->CostWeights());
   EXPECT_EQ(after.experiments.Tallies(0)[1].requests, 10);
-  EXPECT_FALSE(after.judged.Insert(mac, absl::Now())) << "judged stays judged";
+  EXPECT_EQ(after.judged.Insert(mac, absl::Now()), Judging::kRepeat)
+      << "judged stays judged";
   // The economics ledger goes on from its start, hosting included.
   const absl::Time now = absl::Now();
   std::lock_guard lock(after.economics_mu);
