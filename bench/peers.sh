@@ -22,7 +22,8 @@
 # (10), OL_ROUNDS (1), PORTKEY (1; 0 skips it; the first run installs
 # @portkey-ai/gateway with npm into PEERS_CACHE, default
 # ~/.cache/arbiter-peers), UPSTREAM_PORT (18081), PROXY_PORT (18082),
-# PORTKEY_PORT (18787), ARBITER_HTTP_PORT (18090). BASELINE=ANOTHER_ARBITER
+# PORTKEY_PORT (18787), ARBITER_HTTP_PORT (18090), EVENT_THREADS (the openai
+# backend's event_threads; unset for the default). BASELINE=ANOTHER_ARBITER
 # adds its gRPC rows ("base:" ones) after this binary's in every round, to
 # compare two builds in one run.
 # Needs nginx, wrk, h2load (Debian: make bench-deps), protoc, curl, python3.
@@ -152,7 +153,7 @@ tasks: [chat]
 policy: {pinned: {route: mock}}
 backends:
   - name: upstream
-    openai: {base_url: "http://127.0.0.1:$UPSTREAM_PORT/v1"}
+    openai: {base_url: "http://127.0.0.1:$UPSTREAM_PORT/v1"${EVENT_THREADS:+, event_threads: $EVENT_THREADS}}
 routes:
   - {name: mock, kind: fine_tuned, backend: upstream, model: mock}
 EOF
@@ -229,13 +230,18 @@ row() { # round name rps p50 p99 errors [cpu µs/request]
 cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"
 }
-wrk_row() { # round name url
-  local out rps
+wrk_row() { # round name url [pid: its CPU per request is shown]
+  local out rps cpu0 cpu1 cpu=
+  [[ -n ${4:-} ]] && cpu0=$(cpu_seconds "$4")
   out=$(timeout $((DUR + 30)) wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$run/post.lua" --latency "$3/v1/chat/completions" 2>&1)
   rps=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")
   [[ $2 == nginx ]] && nginx_rps[$1]=$rps
+  if [[ -n ${4:-} ]]; then
+    cpu1=$(cpu_seconds "$4")
+    cpu=$(awk -v c0="$cpu0" -v c1="$cpu1" '/requests in/ { n = $1 } END { if (n > 0) printf "%.0f", 1e6 * (c1 - c0) / n }' <<<"$out")
+  fi
   row "$1" "$2" "${rps:--}" "$(awk '$1 == "50%" { print $2 }' <<<"$out")" "$(awk '$1 == "99%" { print $2 }' <<<"$out")" \
-    "$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { for (i = 3; i <= NF; i++) n += $i } END { print n + 0 }' <<<"$out")"
+    "$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { for (i = 3; i <= NF; i++) n += $i } END { print n + 0 }' <<<"$out")" "$cpu"
 }
 h2_row() { # round name address metrics_url pid
   local out before after rps mean max cpu0 cpu1
@@ -268,7 +274,7 @@ if ((closed_loop)); then
     wrk_row $r nginx "http://127.0.0.1:$PROXY_PORT"
     ((portkey_up)) && wrk_row $r portkey "http://127.0.0.1:$PORTKEY_PORT"
     if ((arbiter_http_up)); then
-      wrk_row $r arbiter-http "http://127.0.0.1:$ARBITER_HTTP_PORT"
+      wrk_row $r arbiter-http "http://127.0.0.1:$ARBITER_HTTP_PORT" "$pid_openai"
     else
       printf '%-5s %-22s (skipped: the HTTP front does not answer)\n' $r arbiter-http
     fi
