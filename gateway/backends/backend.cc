@@ -8,7 +8,9 @@ int64_t CountPromptTokens(const std::vector<BackendMessage>& messages) {
   constexpr int64_t kFramingPerMessage = 4;  // Role and separators.
   int64_t tokens = 0;
   for (const BackendMessage& message : messages) {
-    tokens += retrieval::CountTokens(message.content) + kFramingPerMessage;
+    tokens += retrieval::CountTokens(message.content) +
+              retrieval::CountTokens(message.tool_calls_json) +
+              kFramingPerMessage;
   }
   return tokens;
 }

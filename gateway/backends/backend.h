@@ -21,6 +21,10 @@ namespace arbiter {
 struct BackendMessage {
   std::string role;
   std::string content;
+  // An assistant's tool calls, a JSON array; empty for none.
+  std::string tool_calls_json;
+  std::string tool_call_id;  // A tool message's; empty otherwise.
+  std::string name;          // Empty for none.
 };
 
 struct BackendRequest {

@@ -156,7 +156,23 @@ absl::StatusOr<std::string> RequestBody(const BackendRequest& request) {
   body["model"] = request.model;
   nlohmann::json messages = nlohmann::json::array();
   for (const BackendMessage& message : request.messages) {
-    messages.push_back({{"role", message.role}, {"content", message.content}});
+    nlohmann::json wire = {{"role", message.role},
+                           {"content", message.content}};
+    if (!message.tool_calls_json.empty()) {
+      auto calls = json::Parse(message.tool_calls_json);
+      if (!calls.ok() || !calls->is_array()) {
+        return absl::InvalidArgumentError(
+            "messages: tool_calls must be a JSON array");
+      }
+      wire["tool_calls"] = *std::move(calls);
+      // OpenAI's own form of an assistant turn that only calls tools.
+      if (message.content.empty()) wire["content"] = nullptr;
+    }
+    if (!message.tool_call_id.empty()) {
+      wire["tool_call_id"] = message.tool_call_id;
+    }
+    if (!message.name.empty()) wire["name"] = message.name;
+    messages.push_back(std::move(wire));
   }
   body["messages"] = std::move(messages);
   if (request.max_output_tokens > 0) {

@@ -201,26 +201,24 @@ absl::Status ParseMessage(const json::View& message, v1::ChatMessage* out) {
     out->set_role(v1::ROLE_USER);
   } else if (*role == "assistant") {
     out->set_role(v1::ROLE_ASSISTANT);
-  } else if (*role == "tool" || *role == "function") {
-    return InvalidField(
-        message["role"].path(),
-        absl::StrCat("\"", *role,
-                     "\" messages are not supported: arbiter's messages "
-                     "carry a role and text only, so a tool's result cannot "
-                     "reach the backend"));
+  } else if (*role == "tool") {
+    out->set_role(v1::ROLE_TOOL);
+  } else if (*role == "function") {
+    return InvalidField(message["role"].path(),
+                        "\"function\" messages (deprecated by OpenAI) are "
+                        "not supported: send \"tool\" messages");
   } else {
     return InvalidField(
         message["role"].path(),
-        absl::StrCat("must be system, developer, user or assistant, got ",
+        absl::StrCat("must be system, developer, user, assistant or tool, got ",
                      QuoteInput(*role)));
   }
   // Fields of OpenAI's messages that arbiter's cannot carry; null is absent.
-  for (absl::string_view field : {"name", "tool_calls", "tool_call_id",
-                                  "function_call", "refusal", "audio"}) {
+  for (absl::string_view field : {"function_call", "refusal", "audio"}) {
     if (!message[field].is_null()) {
       return InvalidField(message[field].path(),
-                          "not supported: arbiter's messages carry a role "
-                          "and text only");
+                          "not supported: arbiter passes text, tool calls "
+                          "and tool results only");
     }
   }
   if (auto s = CheckMembers(
@@ -229,6 +227,42 @@ absl::Status ParseMessage(const json::View& message, v1::ChatMessage* out) {
       !s.ok()) {
     return s;
   }
+  auto name = Read(message["name"], &json::View::OptionalString);
+  if (!name.ok()) return name.status();
+  if (name->has_value()) out->set_name(**name);
+  auto call_id = Read(message["tool_call_id"], &json::View::OptionalString);
+  if (!call_id.ok()) return call_id.status();
+  if (out->role() == v1::ROLE_TOOL) {
+    if (!call_id->has_value() || (*call_id)->empty()) {
+      return InvalidField(message["tool_call_id"].path(),
+                          "required in a tool message: the id of the call it "
+                          "answers");
+    }
+    out->set_tool_call_id(**call_id);
+  } else if (call_id->has_value()) {
+    return InvalidField(message["tool_call_id"].path(),
+                        "only a tool message has one");
+  }
+  const json::View calls = message["tool_calls"];
+  const bool has_calls = !calls.is_null();
+  if (has_calls) {
+    if (out->role() != v1::ROLE_ASSISTANT) {
+      return InvalidField(calls.path(), "only an assistant message has them");
+    }
+    if (!calls.is_array()) {
+      return InvalidField(calls.path(),
+                          absl::StrCat("expected an array, got ",
+                                       json::TypeName(*calls.get())));
+    }
+    for (size_t i = 0; i < calls.size(); ++i) {
+      if (auto s = Param(calls[i].RequireObject(), calls[i]); !s.ok()) {
+        return s;
+      }
+    }
+    out->set_tool_calls_json(json::Dump(*calls.get()));
+  }
+  // An assistant turn that only calls tools has no content.
+  if (has_calls && message["content"].is_null()) return absl::OkStatus();
   auto content = ParseContent(message["content"]);
   if (!content.ok()) return content.status();
   out->set_content(*std::move(content));

@@ -35,6 +35,47 @@ std::string KnownNames(
   return absl::StrJoin(names, ", ");
 }
 
+// The content of the last user message (Validate makes sure there is one):
+// what a request asks, after any tool results that follow it.
+const std::string& Question(const v1::InferRequest& request) {
+  for (int i = request.messages_size() - 1; i > 0; --i) {
+    if (request.messages(i).role() == v1::ROLE_USER) {
+      return request.messages(i).content();
+    }
+  }
+  return request.messages(0).content();
+}
+
+// Tool calls belong to assistant messages and call ids to tool messages.
+absl::Status ValidateToolFields(const v1::ChatMessage& message, int index) {
+  const std::string path = absl::StrCat("messages[", index, "]");
+  if (message.role() == v1::ROLE_TOOL) {
+    if (message.tool_call_id().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ".tool_call_id: a tool message must name the call it answers"));
+    }
+  } else if (!message.tool_call_id().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ".tool_call_id: only a tool message has one"));
+  }
+  if (message.tool_calls_json().empty()) return absl::OkStatus();
+  if (message.role() != v1::ROLE_ASSISTANT) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ".tool_calls_json: only an assistant message makes them"));
+  }
+  auto calls = json::Parse(message.tool_calls_json());
+  if (!calls.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ".tool_calls_json: not JSON: ", calls.status().message()));
+  }
+  if (!calls->is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ".tool_calls_json: expected an array, got ",
+                     json::TypeName(*calls)));
+  }
+  return absl::OkStatus();
+}
+
 Outcome OutcomeOf(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
@@ -161,7 +202,7 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
   }
   std::vector<float> embedding;
   if (engine->UsesContext(task)) {
-    embedding = EmbedPrompt(request.messages().rbegin()->content());
+    embedding = EmbedPrompt(Question(request));
     features.embedding = embedding;
   }
   auto decision = engine->Decide(features, *parts_.stats->Snapshot());
@@ -273,8 +314,8 @@ void RequestPipeline::CallBackend(std::shared_ptr<Call> call) {
   backend_request->stream = call->options.stream;
   // A rag request embeds its question to search: priced per token.
   if (route.kind() == v1::ROUTE_KIND_RAG) {
-    call->embedding_tokens = static_cast<int64_t>(
-        retrieval::Words(call->request->messages().rbegin()->content()).size());
+    call->embedding_tokens =
+        static_cast<int64_t>(retrieval::Words(Question(*call->request)).size());
   }
   call->sink->OnStart(call->response);
   std::shared_ptr<InferHandle> handle = call->handle;
@@ -442,16 +483,29 @@ absl::Status RequestPipeline::Validate(const v1::InferRequest& request,
           role == v1::ROLE_UNSPECIFIED ? "none" : std::to_string(role)));
     }
   }
-  const v1::ChatMessage& last = *request.messages().rbegin();
-  if (last.role() != v1::ROLE_USER) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("messages[", request.messages_size() - 1,
-                     "].role: the last message must be the user's"));
+  for (int i = 0; i < request.messages_size(); ++i) {
+    if (absl::Status valid = ValidateToolFields(request.messages(i), i);
+        !valid.ok()) {
+      return valid;
+    }
   }
-  if (last.content().empty()) {
+  const v1::ChatMessage& last = *request.messages().rbegin();
+  if (last.role() != v1::ROLE_USER && last.role() != v1::ROLE_TOOL) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages[", request.messages_size() - 1,
+        "].role: the last message must be the user's or a tool's result"));
+  }
+  // The user's last question is what the policy and retrieval read.
+  int question = request.messages_size() - 1;
+  while (question >= 0 && request.messages(question).role() != v1::ROLE_USER) {
+    --question;
+  }
+  if (question < 0) {
+    return absl::InvalidArgumentError("messages: there must be a user message");
+  }
+  if (request.messages(question).content().empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("messages[", request.messages_size() - 1,
-                     "].content: must not be empty"));
+        absl::StrCat("messages[", question, "].content: must not be empty"));
   }
   const std::string& task_name =
       request.task().empty() ? config.default_task() : request.task();
@@ -528,7 +582,7 @@ absl::StatusOr<BackendRequest> RequestPipeline::BuildBackendRequest(
   std::string system =
       route.kind() == v1::ROUTE_KIND_FINE_TUNED ? "" : route.system_prompt();
   if (route.kind() == v1::ROUTE_KIND_RAG) {
-    const std::string& question = request.messages().rbegin()->content();
+    const std::string& question = Question(request);
     absl::Time start = absl::Now();
     auto found = parts_.corpus->Search(question, route.rag().top_k(),
                                        parts_.search_mode);
@@ -572,7 +626,9 @@ absl::StatusOr<BackendRequest> RequestPipeline::BuildBackendRequest(
     }
   }
   for (const v1::ChatMessage& message : request.messages()) {
-    out.messages.push_back({EnumName(message.role()), message.content()});
+    out.messages.push_back({EnumName(message.role()), message.content(),
+                            message.tool_calls_json(), message.tool_call_id(),
+                            message.name()});
   }
   return out;
 }

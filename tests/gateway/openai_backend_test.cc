@@ -19,6 +19,7 @@
 #include "gateway/config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace arbiter {
 namespace {
@@ -340,6 +341,28 @@ TEST_F(OpenAIBackendTest, SendsPromptsThatAreNotUtf8WithReplacements) {
   auto response = Call(backend, std::move(request));
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_THAT(last_body(), HasSubstr("caf\xEF\xBF\xBD?"));
+}
+
+TEST_F(OpenAIBackendTest, SendsToolCallsAndToolResultsAsOpenAIHasThem) {
+  OpenAIBackend backend("fake", Config(), "");
+  BackendRequest request = Request("with-usage");
+  const std::string calls =
+      R"([{"id":"call_1","type":"function","function":{"name":"lookup","arguments":"{}"}}])";
+  request.messages.push_back({"assistant", "", calls, "", ""});
+  request.messages.push_back({"tool", "42", "", "call_1", "lookup"});
+  auto response = Call(backend, std::move(request));
+  ASSERT_TRUE(response.ok()) << response.status();
+  auto body = nlohmann::json::parse(last_body());
+  const auto& messages = body["messages"];
+  ASSERT_EQ(messages.size(), 4u);
+  EXPECT_EQ(messages[2]["role"], "assistant");
+  EXPECT_EQ(messages[2]["content"], nullptr);
+  EXPECT_EQ(messages[2]["tool_calls"], nlohmann::json::parse(calls));
+  EXPECT_EQ(messages[3]["role"], "tool");
+  EXPECT_EQ(messages[3]["tool_call_id"], "call_1");
+  EXPECT_EQ(messages[3]["name"], "lookup");
+  EXPECT_EQ(messages[3]["content"], "42");
+  EXPECT_FALSE(messages[1].contains("tool_call_id"));
 }
 
 TEST_F(OpenAIBackendTest, CutsOffAnAnswerOverMaxResponseBytes) {

@@ -125,6 +125,35 @@ TEST(ChatRequestTest, MapsRolesDeveloperBeingSystem) {
                                  v1::ROLE_ASSISTANT, v1::ROLE_USER));
 }
 
+TEST(ChatRequestTest, CarriesAToolCallingTurnAndItsResults) {
+  const Json calls = {
+      {{"id", "call_1"},
+       {"type", "function"},
+       {"function", {{"name", "lookup"}, {"arguments", "{\"q\":\"x\"}"}}}}};
+  auto chat = Chat(Json{{"model", "arbiter/auto"},
+                        {"messages",
+                         {{{"role", "user"}, {"content", "look it up"}},
+                          {{"role", "assistant"},
+                           {"content", nullptr},
+                           {"refusal", nullptr},
+                           {"tool_calls", calls}},
+                          {{"role", "tool"},
+                           {"tool_call_id", "call_1"},
+                           {"name", "lookup"},
+                           {"content", "42"}}}}}
+                       .dump());
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  const auto& messages = chat->request.messages();
+  ASSERT_EQ(messages.size(), 3);
+  EXPECT_EQ(messages[1].role(), v1::ROLE_ASSISTANT);
+  EXPECT_EQ(messages[1].content(), "");
+  EXPECT_EQ(Parsed(messages[1].tool_calls_json()), calls);
+  EXPECT_EQ(messages[2].role(), v1::ROLE_TOOL);
+  EXPECT_EQ(messages[2].tool_call_id(), "call_1");
+  EXPECT_EQ(messages[2].name(), "lookup");
+  EXPECT_EQ(messages[2].content(), "42");
+}
+
 TEST(ChatRequestTest, JoinsTextPartsWithNewlines) {
   auto chat = Chat(WithMessage({{"role", "user"},
                                 {"content",
@@ -353,13 +382,14 @@ std::vector<FieldErrorCase> FieldErrorCases() {
        "expected an object"},
       {"role missing", WithMessage({{"content", "x"}}), "messages[0].role",
        "missing"},
-      {"role tool", WithMessage({{"role", "tool"}, {"content", "x"}}),
-       "messages[0].role", "\"tool\" messages are not supported"},
+      {"tool without a call id",
+       WithMessage({{"role", "tool"}, {"content", "x"}}),
+       "messages[0].tool_call_id", "required in a tool message"},
       {"role function", WithMessage({{"role", "function"}, {"content", "x"}}),
-       "messages[0].role", "\"function\" messages are not supported"},
+       "messages[0].role", "\"function\" messages (deprecated by OpenAI)"},
       {"role unknown", WithMessage({{"role", "robot"}, {"content", "x"}}),
        "messages[0].role",
-       "must be system, developer, user or assistant, got \"robot\""},
+       "must be system, developer, user, assistant or tool, got \"robot\""},
       {"content missing", WithMessage({{"role", "user"}}),
        "messages[0].content", "expected a string or an array of text parts"},
       {"content null", WithMessage({{"role", "user"}, {"content", nullptr}}),
@@ -397,18 +427,33 @@ std::vector<FieldErrorCase> FieldErrorCases() {
        "messages[0].content[0].cache_control", "unknown field"},
       {"part a string", WithMessage({{"role", "user"}, {"content", {"x"}}}),
        "messages[0].content[0]", "expected an object"},
-      {"message name",
-       WithMessage({{"role", "user"}, {"content", "x"}, {"name", "ann"}}),
-       "messages[0].name", "not supported"},
-      {"tool calls",
+      {"message name a number",
+       WithMessage({{"role", "user"}, {"content", "x"}, {"name", 3}}),
+       "messages[0].name", "expected a string"},
+      {"tool calls on a user message",
+       WithMessage({{"role", "user"},
+                    {"content", "x"},
+                    {"tool_calls", {{{"id", "c1"}}}}}),
+       "messages[0].tool_calls", "only an assistant message has them"},
+      {"tool calls an object",
        WithMessage({{"role", "assistant"},
                     {"content", nullptr},
-                    {"tool_calls", {{{"id", "c1"}}}}}),
-       "messages[0].tool_calls", "not supported"},
+                    {"tool_calls", {{"id", "c1"}}}}),
+       "messages[0].tool_calls", "expected an array"},
+      {"tool call a string",
+       WithMessage({{"role", "assistant"},
+                    {"content", nullptr},
+                    {"tool_calls", {"c1"}}}),
+       "messages[0].tool_calls[0]", "expected an object"},
       {"tool call id",
        WithMessage(
            {{"role", "user"}, {"content", "x"}, {"tool_call_id", "c1"}}),
-       "messages[0].tool_call_id", "not supported"},
+       "messages[0].tool_call_id", "only a tool message has one"},
+      {"function call",
+       WithMessage({{"role", "assistant"},
+                    {"content", "x"},
+                    {"function_call", {{"name", "f"}}}}),
+       "messages[0].function_call", "not supported"},
       {"message unknown member",
        WithMessage({{"role", "user"}, {"content", "x"}, {"nmae", "a"}}),
        "messages[0].nmae", "unknown field"},

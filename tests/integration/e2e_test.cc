@@ -396,6 +396,27 @@ TEST_F(EndToEndTest, BadRequestsGetClearErrors) {
   v1::InferRequest oversized = Ask(std::string(1100000, 'x'), "");
   cases.push_back(
       {oversized, grpc::INVALID_ARGUMENT, "server.max_request_bytes"});
+  v1::InferRequest tool_without_id = Ask(kQuestion, "");
+  tool_without_id.add_messages()->set_role(v1::ROLE_TOOL);
+  cases.push_back({tool_without_id, grpc::INVALID_ARGUMENT,
+                   "messages[1].tool_call_id: a tool message must name the "
+                   "call it answers"});
+  v1::InferRequest stray_id = Ask(kQuestion, "");
+  stray_id.mutable_messages(0)->set_tool_call_id("call_1");
+  cases.push_back({stray_id, grpc::INVALID_ARGUMENT,
+                   "messages[0].tool_call_id: only a tool message has one"});
+  v1::InferRequest bad_calls = Ask(kQuestion, "");
+  v1::ChatMessage* assistant = bad_calls.mutable_messages()->Add();
+  assistant->set_role(v1::ROLE_ASSISTANT);
+  assistant->set_tool_calls_json("{\"id\": 1}");
+  bad_calls.add_messages()->CopyFrom(bad_calls.messages(0));
+  cases.push_back({bad_calls, grpc::INVALID_ARGUMENT,
+                   "messages[1].tool_calls_json: expected an array, got an "
+                   "object"});
+  v1::InferRequest user_calls = Ask(kQuestion, "");
+  user_calls.mutable_messages(0)->set_tool_calls_json("[]");
+  cases.push_back({user_calls, grpc::INVALID_ARGUMENT,
+                   "messages[0].tool_calls_json: only an assistant message"});
   v1::InferRequest too_cheap = Ask(kQuestion, "");
   too_cheap.mutable_constraints()->set_max_cost_usd(1e-9);
   cases.push_back({too_cheap, grpc::FAILED_PRECONDITION, "max_cost_usd"});

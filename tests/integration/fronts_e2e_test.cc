@@ -25,9 +25,9 @@
 #include "arbiter/v1/gateway.grpc.pb.h"
 #include "gateway/openai/errors.h"
 #include "gmock/gmock.h"
-#include "nlohmann/json.hpp"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/integration/subprocess.h"
 
 namespace arbiter {
@@ -71,18 +71,14 @@ std::string WriteConfig(const std::string& tag, double seconds_per_token) {
        absl::StrCat("arbiter-fronts-", tag, "-", getpid(), ".yaml"))
           .string();
   std::ofstream(path) << absl::StrReplaceAll(
-                             quickstart.str(),
-                             {{"seconds_per_token: 0.002",
-                               absl::StrCat("seconds_per_token: ",
-                                            seconds_per_token)},
-                              {"state:\n  path: data/arbiter-state.db",
-                               "state:\n  path: \"\""},
-                              {"dataset: questions.jsonl",
-                               "dataset: " ARBITER_SOURCE_DIR
-                               "/quickstart/questions.jsonl"},
-                              {"corpus_dir: corpus",
-                               "corpus_dir: " ARBITER_SOURCE_DIR
-                               "/quickstart/corpus"}});
+      quickstart.str(),
+      {{"seconds_per_token: 0.002",
+        absl::StrCat("seconds_per_token: ", seconds_per_token)},
+       {"state:\n  path: data/arbiter-state.db", "state:\n  path: \"\""},
+       {"dataset: questions.jsonl",
+        "dataset: " ARBITER_SOURCE_DIR "/quickstart/questions.jsonl"},
+       {"corpus_dir: corpus",
+        "corpus_dir: " ARBITER_SOURCE_DIR "/quickstart/corpus"}});
   return path;
 }
 
@@ -128,9 +124,9 @@ class FrontsTest : public ::testing::Test {
   }
 
   // `after_first_delta`, when set, runs once the first delta has arrived.
-  Ending Stream(const v1::InferRequest& request,
-                std::function<void(grpc::ClientContext&)> after_first_delta =
-                    nullptr) {
+  Ending Stream(
+      const v1::InferRequest& request,
+      std::function<void(grpc::ClientContext&)> after_first_delta = nullptr) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(30));
@@ -189,9 +185,17 @@ class FrontsTest : public ::testing::Test {
     for (const v1::ChatMessage& message : request.messages()) {
       const char* role = message.role() == v1::ROLE_SYSTEM      ? "system"
                          : message.role() == v1::ROLE_ASSISTANT ? "assistant"
+                         : message.role() == v1::ROLE_TOOL      ? "tool"
                                                                 : "user";
-      body["messages"].push_back(
-          {{"role", role}, {"content", message.content()}});
+      nlohmann::json wire = {{"role", role}, {"content", message.content()}};
+      if (!message.tool_calls_json().empty()) {
+        wire["tool_calls"] = nlohmann::json::parse(message.tool_calls_json());
+        wire["content"] = nullptr;
+      }
+      if (!message.tool_call_id().empty()) {
+        wire["tool_call_id"] = message.tool_call_id();
+      }
+      body["messages"].push_back(std::move(wire));
     }
     if (request.limits().has_temperature()) {
       body["temperature"] = request.limits().temperature();
@@ -199,7 +203,8 @@ class FrontsTest : public ::testing::Test {
     if (!request.unit_id().empty()) body["user"] = request.unit_id();
     if (stream) body["stream"] = true;
     httplib::Headers headers;
-    if (!request.task().empty()) headers.emplace("x-arbiter-task", request.task());
+    if (!request.task().empty())
+      headers.emplace("x-arbiter-task", request.task());
     if (request.constraints().max_cost_usd() > 0) {
       headers.emplace("x-arbiter-max-cost-usd",
                       absl::StrCat(request.constraints().max_cost_usd()));
@@ -303,7 +308,8 @@ class FrontsTest : public ::testing::Test {
           choice["finish_reason"].is_string()) {
         ending.finish_reason = choice["finish_reason"];
         ending.cost_usd = chunk["arbiter"].value("cost_usd", 0.0);
-        ending.citations = static_cast<int>(chunk["arbiter"]["citations"].size());
+        ending.citations =
+            static_cast<int>(chunk["arbiter"]["citations"].size());
       }
     }
     EXPECT_TRUE(done) << received;
@@ -363,6 +369,28 @@ std::vector<Case> Cases() {
     request.mutable_messages(0)->set_role(v1::ROLE_ASSISTANT);
     cases.push_back({"last message not the user's", request});
   }
+  {
+    // A tool-calling turn and its result: the question is still the user's.
+    v1::InferRequest request = Ask("How do I reset my password?", "prompted");
+    v1::ChatMessage* call = request.add_messages();
+    call->set_role(v1::ROLE_ASSISTANT);
+    call->set_tool_calls_json(
+        R"([{"id":"call_1","type":"function","function":{"name":"kb","arguments":"{}"}}])");
+    v1::ChatMessage* result = request.add_messages();
+    result->set_role(v1::ROLE_TOOL);
+    result->set_tool_call_id("call_1");
+    result->set_content("Settings > Account > Reset");
+    cases.push_back({"a tool's result after the question", request});
+  }
+  {
+    v1::InferRequest request;
+    v1::ChatMessage* result = request.add_messages();
+    result->set_role(v1::ROLE_TOOL);
+    result->set_tool_call_id("call_1");
+    result->set_content("42");
+    request.set_route("prompted");
+    cases.push_back({"a tool's result and no question", request});
+  }
   cases.push_back({"unknown route", Ask("How do I reset my password?", "gpt")});
   cases.push_back(
       {"unknown task", Ask("How do I reset my password?", "", "weather")});
@@ -375,8 +403,8 @@ std::vector<Case> Cases() {
       {"pinned prompted", Ask("How do I reset my password?", "prompted")});
   cases.push_back(
       {"pinned fine-tuned", Ask("How do I reset my password?", "fine-tuned")});
-  cases.push_back({"pinned rag with citations",
-                   Ask("How do I reset my password?", "rag")});
+  cases.push_back(
+      {"pinned rag with citations", Ask("How do I reset my password?", "rag")});
   {
     v1::InferRequest request =
         Ask("Why does sync fail?", "", "troubleshooting");
@@ -398,6 +426,13 @@ TEST_F(FrontsTest, EveryFrontEndsTheSameTableOfRequestsTheSameWay) {
   for (const Case& c : Cases()) {
     SCOPED_TRACE(c.name);
     const Ending unary = Unary(c.request);
+    if (c.name == "a tool's result after the question") {
+      EXPECT_EQ(unary.code, grpc::StatusCode::OK) << Describe(unary);
+    }
+    if (c.name == "a tool's result and no question") {
+      EXPECT_EQ(unary.code, grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_EQ(unary.message, "messages: there must be a user message");
+    }
     for (const auto& [front, streamed] :
          {std::pair{"grpc stream", Stream(c.request)},
           std::pair{"http", HttpUnary(c.request)},
@@ -415,11 +450,12 @@ TEST_F(FrontsTest, EveryFrontEndsTheSameTableOfRequestsTheSameWay) {
           EXPECT_EQ(streamed.http_status, 404);
           EXPECT_THAT(streamed.message, HasSubstr("unknown model"));
         } else {
-          const absl::Status same(
-              static_cast<absl::StatusCode>(unary.code), unary.message);
+          const absl::Status same(static_cast<absl::StatusCode>(unary.code),
+                                  unary.message);
           EXPECT_EQ(streamed.http_status, openai::ErrorFor(same).status);
           // Named in OpenAI's terms: "temperature", not "limits.temperature".
-          const std::string field = unary.message.substr(0, unary.message.find(':'));
+          const std::string field =
+              unary.message.substr(0, unary.message.find(':'));
           EXPECT_THAT(streamed.message,
                       HasSubstr(field.substr(field.rfind('.') + 1)));
         }
@@ -560,8 +596,7 @@ TEST_F(FrontsTest, AnHttpClientThatHangsUpCancelsItsUnaryRequest) {
                                            "outcome=\"cancelled\""};
   const testing::CommandResult curl = RunCommand(
       "/usr/bin/curl",
-      {"-sS", "--max-time", "0.5", "-H", "content-type: application/json",
-       "-d",
+      {"-sS", "--max-time", "0.5", "-H", "content-type: application/json", "-d",
        R"({"model": "prompted", "messages": [{"role": "user", "content": )"
        R"("How do I reset my password?"}]})",
        absl::StrCat("http://127.0.0.1:", gateway_->http_port,
