@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -19,6 +20,18 @@
 namespace arbiter {
 
 struct BackendMessage {
+  BackendMessage() = default;
+  BackendMessage(std::string role, std::string content)
+      : role(std::move(role)), content(std::move(content)) {}
+  BackendMessage(std::string role, std::string content,
+                 std::string tool_calls_json, std::string tool_call_id,
+                 std::string name)
+      : role(std::move(role)),
+        content(std::move(content)),
+        tool_calls_json(std::move(tool_calls_json)),
+        tool_call_id(std::move(tool_call_id)),
+        name(std::move(name)) {}
+
   std::string role;
   std::string content;
   // An assistant's tool calls, a JSON array; empty for none.
