@@ -31,14 +31,20 @@ class FeedbackTest : public ::testing::Test {
     gateway_ = *std::move(gateway);
   }
 
-  // The id of a request answered by the prompted route on task faq.
-  std::string Serve() {
+  // A question for the prompted route on task faq.
+  static v1::InferRequest PasswordQuestion() {
     v1::InferRequest request;
     v1::ChatMessage* message = request.add_messages();
     message->set_role(v1::ROLE_USER);
     message->set_content("How do I reset my password?");
     request.set_route("prompted");
     request.set_task("faq");
+    return request;
+  }
+
+  // The id of a request answered by the prompted route on task faq.
+  std::string Serve() {
+    const v1::InferRequest request = PasswordQuestion();
     v1::InferResponse response;
     std::promise<absl::Status> done;
     InferWhole(gateway_->pipeline(), request, absl::Now() + absl::Seconds(30),
@@ -87,12 +93,7 @@ class FeedbackTest : public ::testing::Test {
         ended.set_value(status);
       }
     };
-    v1::InferRequest request;
-    v1::ChatMessage* message = request.add_messages();
-    message->set_role(v1::ROLE_USER);
-    message->set_content("How do I reset my password?");
-    request.set_route("prompted");
-    request.set_task("faq");
+    const v1::InferRequest request = PasswordQuestion();
     auto sink = std::make_shared<Sink>();
     auto ended = sink->ended.get_future();
     InferOptions options;
