@@ -124,8 +124,10 @@ test('an aborted stream cancels the backend and bills what came as cancelled', a
     { model: 'prompted', messages: question, stream: true }, { signal: controller.signal });
   let deltas = 0;
   let finished = false;
+  let requestId;
   try {
     for await (const chunk of stream) {
+      requestId ??= chunk.arbiter?.request_id;
       if (chunk.choices[0]?.delta?.content && ++deltas === 3) controller.abort();
       if (chunk.choices[0]?.finish_reason) finished = true;
     }
@@ -139,4 +141,46 @@ test('an aborted stream cancels the backend and bills what came as cancelled', a
     (await metric(arbiter.metrics, 'arbiter_requests_total', labels)) > before);
   assert.ok(cancelled, 'no request counted with outcome="cancelled"');
   assert.ok(await metric(arbiter.metrics, 'arbiter_cancelled_cost_usd_total', labels) > 0);
+  // The first chunk carried its id, but there is no answer to judge.
+  assert.match(requestId ?? '', /^arb2_/);
+  const feedback = await fetch(`http://127.0.0.1:${arbiter.http}/v1/feedback`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ request_id: requestId, correct: true }),
+  });
+  assert.equal(feedback.status, 400);
+  assert.match((await feedback.json()).error.message, /ended without an answer/);
+});
+
+test('a tool-calling conversation goes through turn after turn', async () => {
+  // What an app sends after running the tool the model asked for.
+  const completion = await client.chat.completions.create({
+    model: 'prompted',
+    tools: [{ type: 'function', function: { name: 'kb', parameters: { type: 'object' } } }],
+    messages: [
+      ...question,
+      {
+        role: 'assistant', content: null,
+        tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'kb', arguments: '{}' } }],
+      },
+      { role: 'tool', tool_call_id: 'call_1', content: 'Settings > Account > Reset' },
+    ],
+  }).catch((error) => error);
+  // The sim backend takes no tools: it refuses them by name, after the
+  // messages were accepted.
+  assert.ok(completion instanceof OpenAI.BadRequestError, String(completion));
+  assert.match(completion.message, /tools/);
+  assert.doesNotMatch(completion.message, /messages/);
+  const answered = await client.chat.completions.create({
+    model: 'prompted',
+    messages: [
+      ...question,
+      {
+        role: 'assistant', content: null,
+        tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'kb', arguments: '{}' } }],
+      },
+      { role: 'tool', tool_call_id: 'call_1', content: 'Settings > Account > Reset' },
+    ],
+  });
+  assert.match(answered.choices[0].message.content, /^\[sim\]/);
 });
