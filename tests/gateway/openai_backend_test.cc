@@ -462,11 +462,16 @@ TEST_F(OpenAIBackendTest, TimesOutOnTimeWhileWaitingForAConnection) {
     EXPECT_EQ(statuses[i].code(), absl::StatusCode::kDeadlineExceeded);
     EXPECT_GE(took[i], kTimeout - absl::Milliseconds(1));
     EXPECT_LE(took[i], kTimeout + absl::Milliseconds(50)) << statuses[i];
-    waited += absl::StrContains(
+    const bool waiting = absl::StrContains(
         statuses[i].message(), "still waiting for a connection (all 2 in use)");
+    // Or it got a connection freed by an earlier deadline, just before its
+    // own: on a loaded machine the 20 deadlines spread over milliseconds.
+    EXPECT_TRUE(waiting ||
+                absl::StrContains(statuses[i].message(), "no answer within"))
+        << statuses[i];
+    waited += waiting;
   }
-  // Most never got a connection; a few may have got one at the last moment.
-  EXPECT_GE(waited, kRequests / 2);
+  EXPECT_GT(waited, 0);
   EXPECT_EQ(errors[BackendError::kTimeout], kRequests);
 }
 
