@@ -51,6 +51,8 @@ constexpr int kMaxDepth = 64;
 constexpr int kDefaultChunkTokens = 200;
 // backends[].openai.max_response_bytes: one answer held in memory at most.
 constexpr int64_t kMaxResponseBytesLimit = int64_t{1} << 30;
+// An openai backend's max_connections when unset.
+constexpr int kDefaultMaxConnections = 64;
 
 // Optimal string alignment distance: edits, with a swap of neighbours as
 // one, so "modle" is one step from "model".
@@ -666,8 +668,9 @@ class Validator {
           }
           if (openai.has_event_threads()) {
             // Each thread needs a connection of its own.
-            const int64_t connections =
-                openai.has_max_connections() ? openai.max_connections() : 64;
+            const int64_t connections = openai.has_max_connections()
+                                            ? openai.max_connections()
+                                            : kDefaultMaxConnections;
             if (openai.event_threads() < 1 ||
                 openai.event_threads() > connections) {
               Error(path + ".openai.event_threads", "must be in [1, ",
@@ -1170,7 +1173,9 @@ void ApplyIndexDefaults(v1::IndexSettings& index) {
 
 void ApplyOpenAIBackendDefaults(v1::OpenAIBackend& openai) {
   if (!openai.has_timeout_seconds()) openai.set_timeout_seconds(30);
-  if (!openai.has_max_connections()) openai.set_max_connections(64);
+  if (!openai.has_max_connections()) {
+    openai.set_max_connections(kDefaultMaxConnections);
+  }
   if (!openai.has_max_response_bytes()) {
     openai.set_max_response_bytes(int64_t{8} << 20);
   }
