@@ -475,6 +475,14 @@ void Gateway::CancelInFlight() {
   for (auto& [name, backend] : backends_) backend->CancelAll(why);
 }
 
+std::vector<LoopGuest*> Gateway::BackendLoops() const {
+  std::vector<LoopGuest*> loops;
+  for (const auto& [name, backend] : backends_) {
+    for (LoopGuest* loop : backend->loop_guests()) loops.push_back(loop);
+  }
+  return loops;
+}
+
 std::string Gateway::Describe() const {
   const v1::Config& config = loaded_.config;
   std::string text = DescribeConfig(loaded_);

@@ -72,6 +72,9 @@ class Gateway final {
   // Fails every request still waiting on a backend with UNAVAILABLE; for
   // shutdown, once the grace period is over.
   void CancelInFlight();
+  // The backends' event loops that the HTTP front's I/O threads may run
+  // (see LoopGuest); they live as long as the gateway.
+  [[nodiscard]] std::vector<LoopGuest*> BackendLoops() const;
 
   // What was loaded, for the start-up banner.
   [[nodiscard]] std::string Describe() const;

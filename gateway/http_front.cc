@@ -1,12 +1,12 @@
 #include "gateway/http_front.h"
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <fcntl.h>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -14,8 +14,8 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gateway/openai/chat_request.h"
 #include "gateway/openai/chat_response.h"
@@ -76,8 +76,7 @@ std::optional<std::pair<std::string, std::string>> HostPortOf(
       port = host.substr(end + 2);
     }
     host = host.substr(1, end - 1);
-  } else if (const size_t colon = host.rfind(':');
-             colon != std::string::npos) {
+  } else if (const size_t colon = host.rfind(':'); colon != std::string::npos) {
     port = host.substr(colon + 1);
     host = host.substr(0, colon);
   }
@@ -162,8 +161,8 @@ class ChatExchange final : public InferSink,
       start.set(name, value);
     }
     start.body() = openai::RenderFirstChunk(head, header_);
-    writer_.emplace(std::move(*responder_).StartStream(std::move(start),
-                                                        CancelOnClose()));
+    writer_.emplace(
+        std::move(*responder_).StartStream(std::move(start), CancelOnClose()));
     responder_.reset();
   }
 
@@ -181,8 +180,7 @@ class ChatExchange final : public InferSink,
     }
   }
 
-  void OnEnd(const absl::Status& status,
-             v1::InferResponse& response) override {
+  void OnEnd(const absl::Status& status, v1::InferResponse& response) override {
     // Counted out once answered: after the reply below, whichever it is.
     absl::Cleanup answered = [this] { --*in_flight_; };
     std::lock_guard lock(mu_);
@@ -197,10 +195,9 @@ class ChatExchange final : public InferSink,
     http::Responder responder = std::move(*responder_);
     responder_.reset();
     if (!status.ok()) {
-      Reply(std::move(responder),
-            status.code() == absl::StatusCode::kCancelled
-                ? openai::ClientClosed()
-                : openai::ErrorFor(status));
+      Reply(std::move(responder), status.code() == absl::StatusCode::kCancelled
+                                      ? openai::ClientClosed()
+                                      : openai::ErrorFor(status));
       return;
     }
     response.set_text(std::move(text_));
@@ -261,7 +258,8 @@ class HttpFront::Handlers {
   void ChatCompletions(http::Request request, http::Responder responder) {
     const auto headers = HeaderFields(request);
     auto chat = openai::ParseChatCompletionRequest(request.body(), headers);
-    if (!chat.ok()) return Reply(std::move(responder), openai::ErrorFor(chat.status()));
+    if (!chat.ok())
+      return Reply(std::move(responder), openai::ErrorFor(chat.status()));
     if (!chat->request.route().empty() &&
         !gateway_.parts().route_index.contains(chat->request.route())) {
       return Reply(std::move(responder),
@@ -288,7 +286,8 @@ class HttpFront::Handlers {
     absl::Status valid = parsed.status();
     const int dim = gateway_.config().retrieval().embedding_dim();
     if (valid.ok()) valid = openai::CheckDimensions(*parsed, dim);
-    if (!valid.ok()) return Reply(std::move(responder), openai::ErrorFor(valid));
+    if (!valid.ok())
+      return Reply(std::move(responder), openai::ErrorFor(valid));
     // An embedding server's round trip must not hold an I/O thread.
     auto held = std::make_shared<http::Responder>(std::move(responder));
     const GatewayParts& parts = gateway_.parts();
@@ -306,7 +305,8 @@ class HttpFront::Handlers {
         tokens += static_cast<int64_t>(retrieval::Words(text).size());
         if (parts.corpus != nullptr) {
           auto vector = parts.corpus->Embed(text);
-          if (!vector.ok()) return Reply(std::move(*held), openai::ErrorFor(vector.status()));
+          if (!vector.ok())
+            return Reply(std::move(*held), openai::ErrorFor(vector.status()));
           vectors.push_back(*std::move(vector));
         } else if (parts.prompt_embedder != nullptr) {
           vectors.push_back(parts.prompt_embedder->Embed(text));
@@ -322,9 +322,11 @@ class HttpFront::Handlers {
 
   void Feedback(http::Request request, http::Responder responder) {
     auto parsed = openai::ParseFeedbackRequest(request.body());
-    if (!parsed.ok()) return Reply(std::move(responder), openai::ErrorFor(parsed.status()));
+    if (!parsed.ok())
+      return Reply(std::move(responder), openai::ErrorFor(parsed.status()));
     auto recorded = gateway_.feedback().Record(*parsed);
-    if (!recorded.ok()) return Reply(std::move(responder), openai::ErrorFor(recorded.status()));
+    if (!recorded.ok())
+      return Reply(std::move(responder), openai::ErrorFor(recorded.status()));
     std::move(responder).Send(JsonResponse(
         200, openai::RenderFeedbackResponse(parsed->request_id(), *recorded)));
   }
@@ -336,7 +338,8 @@ class HttpFront::Handlers {
   void Readyz(http::Request, http::Responder responder) const {
     if (front_.draining_) {
       return std::move(responder).Send(JsonResponse(
-          503, R"({"status":"draining","reason":"the gateway is shutting down"})"));
+          503,
+          R"({"status":"draining","reason":"the gateway is shutting down"})"));
     }
     nlohmann::json backends = nlohmann::json::object();
     bool any_route = false;
@@ -345,7 +348,8 @@ class HttpFront::Handlers {
       const bool up = front_.backend_up_[b].load();
       backends[front_.backend_names_[b]] = up ? "reachable" : "unreachable";
       for (const v1::Route& route : config.routes()) {
-        any_route = any_route || (up && route.backend() == front_.backend_names_[b]);
+        any_route =
+            any_route || (up && route.backend() == front_.backend_names_[b]);
       }
     }
     nlohmann::json body = {{"status", any_route ? "ready" : "unready"},
@@ -407,6 +411,8 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(Gateway& gateway) {
   options.io_threads = server.http_io_threads();
   options.max_connections = server.http_max_connections();
   options.max_body_bytes = static_cast<size_t>(server.max_request_bytes());
+  // A chat completion and its backend call then run on one thread.
+  options.guests = gateway.BackendLoops();
   auto started = http::HttpServer::Start(std::move(options), std::move(routes));
   if (!started.ok()) return started.status();
   front->server_ = *std::move(started);
@@ -432,9 +438,9 @@ void HttpFront::ProbeBackendsOnce() {
   for (int b = 0; b < backends.size(); ++b) {
     if (!backends[b].has_openai()) continue;
     auto target = HostPortOf(backends[b].openai().base_url());
-    backend_up_[b] = target.has_value() &&
-                     Connects(target->first, target->second,
-                              absl::Milliseconds(500));
+    backend_up_[b] =
+        target.has_value() &&
+        Connects(target->first, target->second, absl::Milliseconds(500));
   }
 }
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "gateway/loop_guest.h"
 
 namespace arbiter {
 
@@ -176,6 +177,9 @@ class Backend {
   // shutting down: a hung backend must not hold the process past its grace.
   virtual void CancelAll(const absl::Status& why) = 0;
   [[nodiscard]] virtual absl::string_view name() const = 0;
+  // The event loops this backend runs that another thread may host (see
+  // LoopGuest); they live as long as the backend.
+  [[nodiscard]] virtual std::vector<LoopGuest*> loop_guests() { return {}; }
 };
 
 }  // namespace arbiter

@@ -369,8 +369,16 @@ OpenAIBackend::~OpenAIBackend() {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
-  Wake();
-  thread_.join();
+  if (thread_.joinable()) {
+    Wake();
+    thread_.join();  // The loop fails what it holds as it stops.
+  } else {
+    // Hosted, and the host is gone: the loop's last turn is taken here.
+    loop_thread_.store(std::this_thread::get_id());
+    (void)TakeIncoming();
+    FailAll(absl::UnavailableError(
+        absl::StrCat("backend \"", name_, "\": gateway shutting down")));
+  }
   if (trimmer_.joinable()) trimmer_.join();
   curl_multi_cleanup(multi_);  // May still tell OnSocket of sockets.
   close(wake_fd_);
@@ -385,7 +393,7 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
       std::lock_guard lock(mu_);
       refused_.push_back({std::move(observer), std::move(status), reason});
     }
-    Wake();
+    Notify();
     return call;
   };
   // Built here, off the event thread, which serves every request.
@@ -421,7 +429,7 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
     std::lock_guard lock(mu_);
     incoming_.push_back(std::move(transfer));
   }
-  Wake();
+  Notify();
   return call;
 }
 
@@ -446,36 +454,104 @@ void OpenAIBackend::CancelAll(const absl::Status& why) {
   Wake();
 }
 
+bool OpenAIBackend::runs_on_this_thread() const {
+  return loop_thread_.load(std::memory_order_relaxed) ==
+         std::this_thread::get_id();
+}
+
+void OpenAIBackend::Notify() {
+  if (runs_on_this_thread() && request_turn_ != nullptr) {
+    if (!std::exchange(turn_requested_, true)) request_turn_();
+    return;
+  }
+  Wake();
+}
+
+void OpenAIBackend::Join(absl::AnyInvocable<void()> request_turn) {
+  {
+    std::lock_guard lock(mu_);
+    hosted_ = true;
+  }
+  Wake();
+  thread_.join();  // It hands over between two turns, holding nothing.
+  loop_thread_.store(std::thread::id());
+  request_turn_ = std::move(request_turn);
+}
+
+void OpenAIBackend::Leave() {
+  {
+    std::lock_guard lock(mu_);
+    hosted_ = false;
+  }
+  request_turn_ = nullptr;
+  turn_requested_ = false;
+  loop_thread_.store(std::thread::id());
+  thread_ = std::thread([this] { Loop(); });
+}
+
+absl::Duration OpenAIBackend::Turn() {
+  loop_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  turn_requested_ = false;
+  // Bounded, so that the host's other work runs in between; each round
+  // ends by finding no socket ready, so ready_fd is quiet when Turn
+  // returns having finished.
+  constexpr int kMaxRounds = 16;
+  for (int round = 0; round < kMaxRounds; ++round) {
+    if (TakeIncoming() == Driver::kNone) return absl::InfiniteDuration();
+    const bool again = RunDue();
+    const int ready = WaitAndAct(0);
+    if (!again && ready == 0) return UntilDue();
+  }
+  return absl::ZeroDuration();
+}
+
 void OpenAIBackend::Loop() {
-  while (TakeIncoming()) {
-    const absl::Time now = absl::Now();
-    if (now >= next_deadline_) ExpireOverdue(now);
-    StartWaiting();
-    ReleaseMemoryIfDrained(now);
-    if (CurlTimeoutMs() == 0) {
-      int running = 0;
-      curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
-    }
+  loop_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  for (;;) {
+    const Driver driver = TakeIncoming();
+    if (driver == Driver::kHost) return;  // Join takes over from here.
+    if (driver == Driver::kNone) break;
     // A finished transfer frees a connection that a waiting one can take at
     // once: go round again.
-    if (CollectFinished()) continue;
-    WaitAndAct();
+    if (RunDue()) continue;
+    // Wakes at least every second, and for curl's next timer or the next
+    // deadline: curl's timers do not know about requests still waiting for
+    // a connection.
+    const absl::Duration until = UntilDue();
+    WaitAndAct(until >= absl::Seconds(1)
+                   ? 1000
+                   : static_cast<int>(absl::ToInt64Milliseconds(
+                         absl::Ceil(until, absl::Milliseconds(1)))));
   }
   // Nothing accepted is dropped silently: what is left fails clearly.
   FailAll(absl::UnavailableError(
       absl::StrCat("backend \"", name_, "\": gateway shutting down")));
 }
 
-void OpenAIBackend::WaitAndAct() {
-  // Wake for curl's next timer or the next deadline: curl's timers do not
-  // know about requests still waiting for a connection.
-  const absl::Duration until = next_deadline_ - absl::Now();
-  int wait_ms = static_cast<int>(std::clamp<int64_t>(
-      absl::ToInt64Milliseconds(absl::Ceil(until, absl::Milliseconds(1))), 0,
-      1000));
-  if (const long curl_ms = CurlTimeoutMs(); curl_ms >= 0) {
-    wait_ms = std::min(wait_ms, static_cast<int>(curl_ms));
+bool OpenAIBackend::RunDue() {
+  const absl::Time now = absl::Now();
+  if (now >= next_deadline_) ExpireOverdue(now);
+  StartWaiting();
+  ReleaseMemoryIfDrained(now);
+  if (CurlTimeoutMs() == 0) {
+    int running = 0;
+    curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
   }
+  return CollectFinished();
+}
+
+absl::Duration OpenAIBackend::UntilDue() {
+  absl::Duration until =
+      next_deadline_ == absl::InfiniteFuture()
+          ? absl::InfiniteDuration()
+          : std::max(absl::ZeroDuration(), next_deadline_ - absl::Now());
+  if (const long curl_ms = CurlTimeoutMs(); curl_ms >= 0) {
+    until = std::min(until, absl::Milliseconds(curl_ms));
+  }
+  return until;
+}
+
+int OpenAIBackend::WaitAndAct(int wait_ms) {
   epoll_event events[kMaxEventsPerWait];
   const int ready = epoll_wait(epoll_fd_, events, kMaxEventsPerWait, wait_ms);
   for (int i = 0; i < ready; ++i) {
@@ -494,6 +570,7 @@ void OpenAIBackend::WaitAndAct() {
     int running = 0;
     curl_multi_socket_action(multi_, fd, mask, &running);
   }
+  return std::max(ready, 0);
 }
 
 long OpenAIBackend::CurlTimeoutMs() {
@@ -551,19 +628,21 @@ void OpenAIBackend::ReleaseMemoryIfDrained(absl::Time now) {
 #endif
 }
 
-bool OpenAIBackend::TakeIncoming() {
+OpenAIBackend::Driver OpenAIBackend::TakeIncoming() {
   std::vector<std::unique_ptr<Transfer>> added;
   std::vector<Refusal> refused;
   std::optional<absl::Status> cancel;
   bool cancel_requested;
-  bool stopping;
+  Driver driver;
   {
     std::lock_guard lock(mu_);
     added.swap(incoming_);
     refused.swap(refused_);
     cancel.swap(cancel_);
     cancel_requested = std::exchange(cancel_requested_, false);
-    stopping = stopping_;
+    driver = stopping_ ? Driver::kNone
+             : hosted_ ? Driver::kHost
+                       : Driver::kOwnThread;
   }
   for (Refusal& refusal : refused) {
     if (refusal.reason.has_value()) CountError(*refusal.reason);
@@ -575,7 +654,7 @@ bool OpenAIBackend::TakeIncoming() {
   }
   if (cancel.has_value()) FailAll(*cancel);
   if (cancel_requested) EndCancelled();
-  return !stopping;
+  return driver;
 }
 
 void OpenAIBackend::EndCancelled() {

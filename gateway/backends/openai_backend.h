@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -66,7 +67,11 @@ struct EventThreadShare {
 // call takes it off the wire (closing its connection) or out of the queue
 // at once, on the event thread; OnEnd says CANCELLED with the tokens
 // produced so far.
-class OpenAIBackend final : public RoomReportingBackend {
+//
+// The event loop runs on the backend's own thread, or on a host's (an HTTP
+// I/O thread, see LoopGuest) between Join and Leave: then a request that
+// front takes and its transfer are served by one thread, with no hand-over.
+class OpenAIBackend final : public RoomReportingBackend, public LoopGuest {
  public:
   // config has its defaults applied (ApplyOpenAIBackendDefaults). api_key
   // may be empty (no Authorization header). on_error, if set, is
@@ -85,6 +90,16 @@ class OpenAIBackend final : public RoomReportingBackend {
   void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return name_; }
   int room() const override;
+  bool runs_on_this_thread() const override;
+  std::vector<LoopGuest*> loop_guests() override { return {this}; }
+
+  // LoopGuest. Destroying the backend while hosted is allowed only once the
+  // host has stopped calling Turn; it then ends what is left on the
+  // destroying thread.
+  int ready_fd() const override { return epoll_fd_; }
+  void Join(absl::AnyInvocable<void()> request_turn) override;
+  absl::Duration Turn() override;
+  void Leave() override;
 
   struct Transfer;
   struct Link;
@@ -98,8 +113,14 @@ class OpenAIBackend final : public RoomReportingBackend {
     std::optional<BackendError> reason;  // For the metric; none if unset.
   };
 
+  // Who runs the loop now.
+  enum class Driver { kOwnThread, kHost, kNone };
+
   // Called by a Call's Cancel: the loop looks for cancelled calls.
   void WakeForCancel();
+  // Gets the loop to look at what was handed to it: a Turn asked of the
+  // host when called on the host's thread (no system call), else Wake.
+  void Notify();
   // curl's write callback: what the server sent, as it arrives.
   static size_t OnBody(char* data, size_t size, size_t count, void* user);
   // False stops the transfer (it failed, or was cancelled).
@@ -113,10 +134,16 @@ class OpenAIBackend final : public RoomReportingBackend {
   // What a failed or cancelled call is billed: tokens produced so far.
   static BackendResponse UsageSoFar(const Transfer& transfer);
 
+  // The loop on the backend's own thread, until a host joins or it stops.
   void Loop();
-  // Waits for a ready socket, curl's next timer, the next deadline or
-  // Wake, and lets curl act on the sockets that are ready.
-  void WaitAndAct();
+  // Does what is due without waiting; true if it should run again at once.
+  bool RunDue();
+  // How long until RunDue has something to do with no socket ready: the
+  // next deadline or curl's next timer; InfiniteDuration if neither.
+  absl::Duration UntilDue();
+  // Waits up to wait_ms for a ready socket or Wake, and lets curl act on
+  // the sockets that are ready; how many were.
+  int WaitAndAct(int wait_ms);
   // Wakes the loop; thread-safe.
   void Wake();
   // In how long curl wants to run its timers (connects, its own timeouts):
@@ -126,9 +153,9 @@ class OpenAIBackend final : public RoomReportingBackend {
   // thread.
   static int OnSocket(CURL* easy, int socket, int what, void* user,
                       void* socket_data);
-  // Moves what Stream, Cancel and CancelAll left into the loop; false to
-  // stop.
-  bool TakeIncoming();
+  // Moves what Stream, Cancel and CancelAll left into the loop; says who
+  // should run it from now on (kNone: the backend is stopping).
+  Driver TakeIncoming();
   // Ends the calls whose handles were cancelled.
   void EndCancelled();
   // Fails what is past its deadline; sets next_deadline_ to the earliest
@@ -183,6 +210,7 @@ class OpenAIBackend final : public RoomReportingBackend {
   std::vector<Refusal> refused_ ABSL_GUARDED_BY(mu_);
   bool cancel_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool hosted_ ABSL_GUARDED_BY(mu_) = false;  // Between Join and Leave.
   // Set by CancelAll; the loop fails everything it holds and clears it.
   std::optional<absl::Status> cancel_ ABSL_GUARDED_BY(mu_);
 
@@ -200,7 +228,14 @@ class OpenAIBackend final : public RoomReportingBackend {
   int logged_in_window_ ABSL_GUARDED_BY(log_mu_) = 0;
   int64_t suppressed_ ABSL_GUARDED_BY(log_mu_) = 0;
 
-  std::thread thread_;
+  // The thread running the loop (own or host's); checked by callers.
+  std::atomic<std::thread::id> loop_thread_{};
+  // Set by Join before the host's thread starts, cleared by Leave after it
+  // ended; called on the host's thread only.
+  absl::AnyInvocable<void()> request_turn_;
+  bool turn_requested_ = false;  // On the loop's thread only.
+
+  std::thread thread_;  // Not running while hosted.
 };
 
 // The backend config describes: one OpenAIBackend, or a ShardedBackend of

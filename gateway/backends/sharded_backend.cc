@@ -10,7 +10,22 @@ ShardedBackend::ShardedBackend(
 
 std::shared_ptr<CallHandle> ShardedBackend::Stream(
     BackendRequest request, std::shared_ptr<StreamObserver> observer) {
-  return Roomiest().Stream(std::move(request), std::move(observer));
+  return Pick().Stream(std::move(request), std::move(observer));
+}
+
+std::vector<LoopGuest*> ShardedBackend::loop_guests() {
+  std::vector<LoopGuest*> guests;
+  for (const auto& shard : shards_) {
+    for (LoopGuest* guest : shard->loop_guests()) guests.push_back(guest);
+  }
+  return guests;
+}
+
+RoomReportingBackend& ShardedBackend::Pick() {
+  for (const auto& shard : shards_) {
+    if (shard->runs_on_this_thread() && shard->room() > 0) return *shard;
+  }
+  return Roomiest();
 }
 
 void ShardedBackend::CancelAll(const absl::Status& why) {

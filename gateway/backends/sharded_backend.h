@@ -17,14 +17,19 @@ class RoomReportingBackend : public Backend {
   // Calls it would still take without refusing (free connections plus free
   // queue places); <= 0 when full. A snapshot: it may change at once.
   [[nodiscard]] virtual int room() const = 0;
+  // True on the thread that runs this backend's event loop, where a call
+  // starts without a hand-over to another thread.
+  [[nodiscard]] virtual bool runs_on_this_thread() const { return false; }
 };
 
 // One backend served by several shards, each with its own event thread and
 // an even share of the connections: one thread's curl loop tops out at
 // about one core, and a request's latency grows with the queue in front of
-// that thread. Each call goes to the shard with the most room (rotating
-// among equals), so no call is refused while any shard has room, except in
-// the race where two callers take the last place at once.
+// that thread. A call made on a shard's own event thread (an HTTP I/O
+// thread that hosts it) stays there while that shard has room; any other
+// goes to the shard with the most room (rotating among equals), so no call
+// is refused while any shard has room, except in the race where two callers
+// take the last place at once.
 class ShardedBackend final : public Backend {
  public:
   // shards is not empty; all serve the same upstream under the same name.
@@ -36,8 +41,11 @@ class ShardedBackend final : public Backend {
       std::shared_ptr<StreamObserver> observer) override;
   void CancelAll(const absl::Status& why) override;
   absl::string_view name() const override { return shards_.front()->name(); }
+  std::vector<LoopGuest*> loop_guests() override;
 
  private:
+  // This thread's own shard if it has room, else the one with the most.
+  RoomReportingBackend& Pick();
   RoomReportingBackend& Roomiest();
 
   const std::vector<std::unique_ptr<RoomReportingBackend>> shards_;

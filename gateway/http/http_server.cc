@@ -1,5 +1,7 @@
 #include "gateway/http/http_server.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -21,6 +23,7 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
+#include "boost/asio/posix/stream_descriptor.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "boost/asio/write.hpp"
@@ -245,6 +248,12 @@ class Worker final : public std::enable_shared_from_this<Worker> {
   // Once the thread is joined: closes every connection still open.
   void Shutdown();
 
+  // Runs `guest`'s loop on this thread from the start of Run; called before
+  // the thread starts.
+  void Host(LoopGuest* guest);
+  // Once the thread is joined: the guests run on their own threads again.
+  void ReleaseGuests();
+
  private:
   const std::shared_ptr<const Shared> shared_;
   std::vector<std::shared_ptr<Worker>> kept_alive_;
@@ -258,7 +267,72 @@ class Worker final : public std::enable_shared_from_this<Worker> {
   // connections its queued handlers hold) first.
   asio::io_context io_{1};
   asio::executor_work_guard<asio::io_context::executor_type> work_;
+
+  // A hosted loop: its Turn runs when its descriptor is readable, when the
+  // time it asked for comes, or when it asks.
+  struct Guest {
+    Guest(asio::io_context& io, LoopGuest* loop)
+        : loop(loop), ready(io, dup(loop->ready_fd())), timer(io) {}
+    LoopGuest* const loop;
+    // A duplicate of ready_fd, so that closing it leaves the guest's own.
+    asio::posix::basic_stream_descriptor<Executor> ready;
+    Timer timer;
+    Clock::time_point timer_at = Clock::time_point::max();  // When armed.
+    bool waiting = false;                                   // For ready.
+  };
+  void RunGuest(Guest& guest);
+  // Destroyed before the loop their descriptors and timers belong to.
+  std::vector<std::unique_ptr<Guest>> guests_;
 };
+
+void Worker::Host(LoopGuest* guest) {
+  guests_.push_back(std::make_unique<Guest>(io_, guest));
+  Guest* hosted = guests_.back().get();
+  guest->Join([this, hosted] {
+    asio::post(io_, [this, hosted] { RunGuest(*hosted); });
+  });
+  asio::post(io_, [this, hosted] { RunGuest(*hosted); });
+}
+
+void Worker::ReleaseGuests() {
+  for (const std::unique_ptr<Guest>& guest : guests_) guest->loop->Leave();
+  guests_.clear();
+}
+
+void Worker::RunGuest(Guest& guest) {
+  absl::Duration next = absl::Milliseconds(10);
+  try {
+    next = guest.loop->Turn();
+  } catch (...) {
+    Log("a hosted event loop threw; it runs again in 10 ms");
+  }
+  // Turn left the descriptor quiet (or asked to run at once), so waiting
+  // for it to become readable again loses no event.
+  if (!guest.waiting) {
+    guest.waiting = true;
+    guest.ready.async_wait(asio::posix::descriptor_base::wait_read,
+                           [this, &guest](const beast::error_code& error) {
+                             guest.waiting = false;
+                             if (!error) RunGuest(guest);
+                           });
+  }
+  if (next <= absl::ZeroDuration()) {
+    asio::post(io_, [this, &guest] { RunGuest(guest); });
+    return;
+  }
+  if (next == absl::InfiniteDuration()) return;
+  const Clock::time_point at = Clock::now() + absl::ToChronoNanoseconds(next);
+  // An armed timer that comes first stays: its Turn asks again. Moving it
+  // later on every turn would cost a system call each time.
+  if (at >= guest.timer_at) return;
+  guest.timer_at = at;
+  guest.timer.expires_at(at);
+  guest.timer.async_wait([this, &guest](const beast::error_code& error) {
+    if (error) return;  // Replaced by an earlier one.
+    guest.timer_at = Clock::time_point::max();
+    RunGuest(guest);
+  });
+}
 
 // A stream's queue, shared by its writer (any thread) and its connection.
 struct StreamState {
@@ -1075,6 +1149,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   const int threads = std::max(1, options.io_threads);
   const int max_connections = options.max_connections;
   const int backlog = std::max(1, options.listen_backlog);
+  const std::vector<LoopGuest*> guests = options.guests;
   auto shared =
       std::make_shared<const Shared>(std::move(options), std::move(routes));
   auto server = std::unique_ptr<HttpServer>(new HttpServer());
@@ -1114,6 +1189,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   server->port_ = acceptor.local_endpoint(error).port();
   for (Worker* worker : workers) worker->set_listener(server->listener_.get());
   server->listener_->Accept();
+  for (size_t i = 0; i < guests.size(); ++i) {
+    workers[i % workers.size()]->Host(guests[i]);
+  }
   for (Worker* worker : workers) {
     server->threads_.emplace_back([worker] { worker->Run(); });
   }
@@ -1123,6 +1201,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
 HttpServer::~HttpServer() {
   for (const std::shared_ptr<Worker>& worker : workers_) worker->Stop();
   for (std::thread& thread : threads_) thread.join();
+  // Before connections close: cancelling their calls needs a running loop.
+  for (const std::shared_ptr<Worker>& worker : workers_) {
+    worker->ReleaseGuests();
+  }
   if (listener_ != nullptr) listener_->Close();
   for (const std::shared_ptr<Worker>& worker : workers_) worker->Shutdown();
   listener_.reset();  // Its sockets use the first worker's loop.

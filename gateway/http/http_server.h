@@ -15,6 +15,7 @@
 #include "boost/beast/http/message.hpp"
 #include "boost/beast/http/string_body.hpp"
 #include "boost/beast/http/verb.hpp"
+#include "gateway/loop_guest.h"
 
 namespace arbiter::http {
 
@@ -186,6 +187,11 @@ struct HttpServerOptions {
   // Bytes of a stream waiting for a client that does not read; more drops
   // the stream.
   size_t max_stream_queued_bytes = 1 << 20;
+  // Event loops the I/O threads run besides their connections (guest i on
+  // thread i % io_threads), so that work a handler starts, such as a
+  // backend call, is finished on the handler's thread. They must outlive
+  // the server, which hands them back (Leave) as it stops.
+  std::vector<LoopGuest*> guests;
 };
 
 // An event-driven HTTP/1.1 server (Boost.Beast over Asio): a fixed number of

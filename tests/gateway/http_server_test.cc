@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -12,8 +13,10 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -602,6 +605,141 @@ TEST_F(HttpServerTest, RefusesABodyTooLargeWith413BeforeItIsSent) {
   EXPECT_EQ(StatusLine(client.ReadResponse()),
             "HTTP/1.1 413 Payload Too Large");
   EXPECT_TRUE(client.ClosedByServer());
+}
+
+// A hosted loop that records its turns: readable when the test signals it;
+// a Turn may ask for the next one after a delay or through request_turn.
+class FakeGuest final : public LoopGuest {
+ public:
+  FakeGuest() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  ~FakeGuest() override { close(fd_); }
+
+  int ready_fd() const override { return fd_; }
+  void Join(absl::AnyInvocable<void()> request_turn) override {
+    std::lock_guard lock(mu_);
+    joined_ = true;
+    request_turn_ = std::move(request_turn);
+  }
+  absl::Duration Turn() override {
+    uint64_t count;
+    (void)!read(fd_, &count, sizeof(count));
+    std::lock_guard lock(mu_);
+    ++turns_;
+    threads_.insert(std::this_thread::get_id());
+    if (std::exchange(ask_again_, false)) request_turn_();
+    changed_.notify_all();
+    return std::exchange(next_, absl::InfiniteDuration());
+  }
+  void Leave() override {
+    std::lock_guard lock(mu_);
+    left_ = true;
+    request_turn_ = nullptr;
+  }
+
+  void Signal() {
+    const uint64_t one = 1;
+    (void)!write(fd_, &one, sizeof(one));
+  }
+  // The next Turn asks for one more after `delay`, or through request_turn.
+  void AskAfter(absl::Duration delay) {
+    std::lock_guard lock(mu_);
+    next_ = delay;
+  }
+  void AskThroughRequestTurn() {
+    std::lock_guard lock(mu_);
+    ask_again_ = true;
+  }
+  bool WaitForTurns(int turns) {
+    std::unique_lock lock(mu_);
+    return changed_.wait_for(lock, std::chrono::seconds(5),
+                             [&] { return turns_ >= turns; });
+  }
+  int turns() {
+    std::lock_guard lock(mu_);
+    return turns_;
+  }
+  std::set<std::thread::id> threads() {
+    std::lock_guard lock(mu_);
+    return threads_;
+  }
+  bool joined() {
+    std::lock_guard lock(mu_);
+    return joined_;
+  }
+  bool left() {
+    std::lock_guard lock(mu_);
+    return left_;
+  }
+
+ private:
+  const int fd_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  absl::AnyInvocable<void()> request_turn_;
+  int turns_ = 0;
+  std::set<std::thread::id> threads_;
+  absl::Duration next_ = absl::InfiniteDuration();
+  bool ask_again_ = false;
+  bool joined_ = false;
+  bool left_ = false;
+};
+
+TEST_F(HttpServerTest, RunsAGuestLoopOnTheIoThreadOfItsHandlers) {
+  FakeGuest guest;
+  std::mutex mu;
+  std::thread::id handler_thread;
+  Routes routes;
+  routes.Add(Verb::get, "/where", [&](Request, Responder responder) {
+    {
+      std::lock_guard lock(mu);
+      handler_thread = std::this_thread::get_id();
+    }
+    std::move(responder).Send(Text("here"));
+  });
+  HttpServerOptions options;
+  options.io_threads = 1;
+  options.guests = {&guest};
+  Start(std::move(routes), std::move(options));
+  EXPECT_TRUE(guest.joined());
+  ASSERT_TRUE(guest.WaitForTurns(1));  // One at the start.
+  guest.Signal();
+  ASSERT_TRUE(guest.WaitForTurns(2));
+  EXPECT_EQ(Body(Exchange(Get("/where"))), "here");
+  {
+    std::lock_guard lock(mu);
+    EXPECT_EQ(guest.threads(), std::set<std::thread::id>{handler_thread});
+  }
+  // A turn that asks for another in 20 ms gets it with no signal.
+  guest.AskAfter(absl::Milliseconds(20));
+  guest.Signal();
+  EXPECT_TRUE(guest.WaitForTurns(4));
+  // And one asked through request_turn.
+  guest.AskThroughRequestTurn();
+  guest.Signal();
+  EXPECT_TRUE(guest.WaitForTurns(6));
+  server_.reset();
+  EXPECT_TRUE(guest.left());
+  const int turns = guest.turns();
+  guest.Signal();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(guest.turns(), turns);  // Its host is gone.
+}
+
+TEST_F(HttpServerTest, SpreadsGuestLoopsOverTheIoThreads) {
+  FakeGuest first, second;
+  HttpServerOptions options;
+  options.io_threads = 2;
+  options.guests = {&first, &second};
+  StartDefault(std::move(options));
+  ASSERT_TRUE(first.WaitForTurns(1));
+  ASSERT_TRUE(second.WaitForTurns(1));
+  ASSERT_EQ(first.threads().size(), 1u);
+  ASSERT_EQ(second.threads().size(), 1u);
+  EXPECT_NE(*first.threads().begin(), *second.threads().begin());
+  ExpectServing();
+  server_.reset();  // Before the guests, which must outlive it.
+  EXPECT_TRUE(first.left());
+  EXPECT_TRUE(second.left());
 }
 
 TEST(MetricsHandlerTest, ServesTheRegistryInTextFormat) {

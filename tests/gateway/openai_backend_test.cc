@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gateway/config.h"
+#include "gateway/http/http_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -663,6 +664,70 @@ TEST_F(OpenAIBackendTest, CancelAllReachesEveryShard) {
   backend->CancelAll(absl::UnavailableError("shutting down"));
   EXPECT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Milliseconds(300)));
   EXPECT_EQ(cancelled.load(), kRequests);
+}
+
+// Hosted by an HTTP I/O thread, a call a handler makes is answered on that
+// thread; calls from other threads still go through it; and when the host
+// stops, the loop goes back to its own thread with a call in flight.
+TEST_F(OpenAIBackendTest, HostedOnAnHttpIoThreadAnswersThereAndHandsBack) {
+  OpenAIBackend backend("fake", Config(), "");
+  std::mutex mu;
+  std::thread::id handler_thread;
+  std::thread::id answer_thread;
+  bool handler_saw_its_loop = false;
+  http::Routes routes;
+  routes.Add(
+      http::Verb::get, "/ask", [&](http::Request, http::Responder responder) {
+        {
+          std::lock_guard lock(mu);
+          handler_thread = std::this_thread::get_id();
+          handler_saw_its_loop = backend.runs_on_this_thread();
+        }
+        auto held = std::make_shared<http::Responder>(std::move(responder));
+        backend.Complete(
+            Request("with-usage"),
+            [&, held](absl::StatusOr<BackendResponse> answer) {
+              {
+                std::lock_guard lock(mu);
+                answer_thread = std::this_thread::get_id();
+              }
+              http::Response response(boost::beast::http::status::ok, 11);
+              response.body() =
+                  answer.ok() ? answer->text : answer.status().ToString();
+              std::move(*held).Send(std::move(response));
+            });
+      });
+  http::HttpServerOptions options;
+  options.io_threads = 1;
+  options.guests = backend.loop_guests();
+  auto server = http::HttpServer::Start(std::move(options), std::move(routes));
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::Client client("127.0.0.1", (*server)->port());
+  for (int i = 0; i < 3; ++i) {
+    auto response = client.Get("/ask");
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->body, "Hello there.");
+  }
+  {
+    std::lock_guard lock(mu);
+    EXPECT_TRUE(handler_saw_its_loop);
+    EXPECT_EQ(answer_thread, handler_thread);
+  }
+  EXPECT_FALSE(backend.runs_on_this_thread());
+  EXPECT_TRUE(Call(backend, Request("with-usage")).ok());
+  // A slow call in flight while the host stops is answered all the same.
+  absl::Notification done;
+  absl::StatusOr<BackendResponse> slow;
+  backend.Complete(Request("slow-ok"),
+                   [&](absl::StatusOr<BackendResponse> answer) {
+                     slow = std::move(answer);
+                     done.Notify();
+                   });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  server->reset();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(slow.ok()) << slow.status();
+  EXPECT_TRUE(Call(backend, Request("with-usage")).ok());
 }
 
 }  // namespace

@@ -35,8 +35,16 @@ class CountingShard final : public RoomReportingBackend {
   }
   absl::string_view name() const override { return "shard"; }
   int room() const override { return room_; }
+  bool runs_on_this_thread() const override {
+    std::lock_guard lock(mu_);
+    return loop_thread_ == std::this_thread::get_id();
+  }
 
   void set_room(int room) { room_ = room; }
+  void set_loop_thread(std::thread::id id) {
+    std::lock_guard lock(mu_);
+    loop_thread_ = id;
+  }
   size_t calls() const {
     std::lock_guard lock(mu_);
     return models_.size();
@@ -51,6 +59,7 @@ class CountingShard final : public RoomReportingBackend {
   mutable std::mutex mu_;
   std::vector<std::string> models_;
   absl::Status cancelled_with_;
+  std::thread::id loop_thread_;
 };
 
 struct Shards {
@@ -133,6 +142,21 @@ TEST(ShardedBackendTest, CancelAllReachesEveryShard) {
 TEST(ShardedBackendTest, KeepsTheShardsName) {
   Shards shards({1});
   EXPECT_EQ(shards.backend->name(), "shard");
+}
+
+TEST(ShardedBackendTest, ACallOnAShardsOwnThreadStaysThereWhileItHasRoom) {
+  Shards shards({5, 1, 5});
+  shards.shards[1]->set_loop_thread(std::this_thread::get_id());
+  shards.Send(3);
+  EXPECT_THAT(shards.Counts(), ElementsAre(0, 3, 0));
+  // Full, it sends them where there is room.
+  shards.shards[1]->set_room(0);
+  shards.Send(2);
+  EXPECT_THAT(shards.Counts(), ElementsAre(1, 3, 1));
+  // Another thread's calls go by room alone.
+  shards.shards[1]->set_room(1);
+  std::thread([&] { shards.Send(2); }).join();
+  EXPECT_EQ(shards.shards[1]->calls(), 3u);
 }
 
 }  // namespace
