@@ -24,8 +24,8 @@
 # ~/.cache/arbiter-peers), UPSTREAM_PORT (18081), PROXY_PORT (18082),
 # PORTKEY_PORT (18787), ARBITER_HTTP_PORT (18090), EVENT_THREADS (the openai
 # backend's event_threads; unset for the default). BASELINE=ANOTHER_ARBITER
-# adds its gRPC rows ("base:" ones) after this binary's in every round, to
-# compare two builds in one run.
+# adds its HTTP (on ARBITER_HTTP_PORT + 1) and gRPC rows ("base:" ones) after
+# this binary's in every round, to compare two builds in one run.
 # Needs nginx, wrk, h2load (Debian: make bench-deps), protoc, curl, python3.
 # Loopback only; every process it starts is stopped on exit.
 set -u
@@ -77,7 +77,8 @@ if ((profile)) && ! command -v perf >/dev/null; then
 fi
 PROFILE_RATE=${PROFILE_RATE:-1500}
 PROFILE_SECONDS=${PROFILE_SECONDS:-8}
-for port in $UPSTREAM_PORT $PROXY_PORT $PORTKEY_PORT $ARBITER_HTTP_PORT; do
+BASE_HTTP_PORT=$((ARBITER_HTTP_PORT + 1))
+for port in $UPSTREAM_PORT $PROXY_PORT $PORTKEY_PORT $ARBITER_HTTP_PORT $BASE_HTTP_PORT; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     echo "peers.sh: something already answers on 127.0.0.1:$port; stop it or choose another port (see the header)" >&2
     exit 2
@@ -187,7 +188,7 @@ start_arbiter openai "$run/arbiter-openai.yaml"
 start_arbiter sim "$run/arbiter-sim.yaml"
 BASELINE=${BASELINE:-}
 if [[ -n $BASELINE ]]; then
-  sed 's/http_listen: "[^"]*"/http_listen: "off"/' "$run/arbiter-openai.yaml" >"$run/base-openai.yaml"
+  sed "s/http_listen: \"[^\"]*\"/http_listen: \"127.0.0.1:$BASE_HTTP_PORT\"/" "$run/arbiter-openai.yaml" >"$run/base-openai.yaml"
   arbiter_under_test=$arbiter
   arbiter=$BASELINE
   start_arbiter base_openai "$run/base-openai.yaml"
@@ -281,6 +282,7 @@ if ((closed_loop)); then
     h2_row $r arbiter-grpc "$grpc_openai" "$metrics_openai" "$pid_openai"
     h2_row $r arbiter-grpc-sim "$grpc_sim" "$metrics_sim" "$pid_sim"
     if [[ -n $BASELINE ]]; then
+      ((arbiter_http_up)) && wrk_row $r base:arbiter-http "http://127.0.0.1:$BASE_HTTP_PORT" "$pid_base_openai"
       h2_row $r base:arbiter-grpc "$grpc_base_openai" "$metrics_base_openai" "$pid_base_openai"
       h2_row $r base:arbiter-grpc-sim "$grpc_base_sim" "$metrics_base_sim" "$pid_base_sim"
     fi
@@ -297,6 +299,7 @@ if ((open_loop)); then
     --target "arbiter-grpc=grpc://$grpc_openai" --pid "arbiter-grpc=$pid_openai")
   ((arbiter_http_up)) && targets+=(--target "arbiter-http=http://127.0.0.1:$ARBITER_HTTP_PORT" --pid "arbiter-http=$pid_openai")
   targets+=(--target "arbiter-grpc-sim=grpc://$grpc_sim" --pid "arbiter-grpc-sim=$pid_sim")
+  [[ -n $BASELINE ]] && ((arbiter_http_up)) && targets+=(--target "base:arbiter-http=http://127.0.0.1:$BASE_HTTP_PORT" --pid "base:arbiter-http=$pid_base_openai")
   [[ -n $BASELINE ]] && targets+=(--target "base:arbiter-grpc=grpc://$grpc_base_openai" --pid "base:arbiter-grpc=$pid_base_openai"
     --target "base:arbiter-grpc-sim=grpc://$grpc_base_sim" --pid "base:arbiter-grpc-sim=$pid_base_sim")
   n_rates=$(tr ',' '\n' <<<"$RATES" | grep -c .)
