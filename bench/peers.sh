@@ -85,15 +85,8 @@ for port in $UPSTREAM_PORT $PROXY_PORT $PORTKEY_PORT $ARBITER_HTTP_PORT $BASE_HT
   fi
 done
 
-run=$(mktemp -d /tmp/arbiter-peers.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-  rm -rf "$run"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$here/lib.sh"
+bench_start_run arbiter-peers
 
 # Waits until POST $1 answers at all (any status), for up to $2 seconds.
 wait_http() {
@@ -102,20 +95,6 @@ wait_http() {
     curl -s -o /dev/null --max-time 1 -X POST "$1" -d '{}' && return 0
     sleep 0.2
   done
-  return 1
-}
-# Prints what follows $2 on the first line of file $1 starting with it.
-line_after() {
-  local deadline=$((SECONDS + 20)) line
-  while ((SECONDS < deadline)); do
-    if line=$(grep -m1 "^$2" "$1" 2>/dev/null); then
-      echo "${line#"$2"}"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "peers.sh: no \"$2\" line from arbiter:" >&2
-  cat "$1" >&2
   return 1
 }
 

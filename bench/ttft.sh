@@ -28,30 +28,8 @@ TOKENS=${TOKENS:-16}
 # Each stream holds a connection on both sides of arbiter.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-run=$(mktemp -d /tmp/arbiter-ttft.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-  rm -rf "$run"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Prints what follows $2 on the first line of file $1 starting with it.
-line_after() {
-  local deadline=$((SECONDS + 20)) line
-  while ((SECONDS < deadline)); do
-    if line=$(grep -m1 "^$2" "$1" 2>/dev/null); then
-      echo "${line#"$2"}"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "ttft.sh: no \"$2\" line:" >&2
-  cat "$1" >&2
-  return 1
-}
+. "$here/lib.sh"
+bench_start_run arbiter-ttft
 
 cat >"$run/sim.yaml" <<EOF
 tasks: [chat]
