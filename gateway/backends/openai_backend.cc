@@ -67,9 +67,8 @@ struct OpenAIBackend::Transfer {
   OpenAIBackend* backend = nullptr;
 
   // Set when the transfer starts. The body must outlive the transfer: curl
-  // does not copy it.
+  // does not copy it. The handle goes back to the backend's idle ones.
   CURL* easy = nullptr;
-  curl_slist* headers = nullptr;
   std::string body;
 
   // What the server sent. An answer read as SSE is parsed as it arrives;
@@ -100,8 +99,7 @@ struct OpenAIBackend::Transfer {
   char error[CURL_ERROR_SIZE] = "";
 
   ~Transfer() {
-    if (easy != nullptr) curl_easy_cleanup(easy);
-    if (headers != nullptr) curl_slist_free_all(headers);
+    if (easy != nullptr) backend->ReturnEasy(easy);
   }
 };
 
@@ -304,6 +302,19 @@ long Milliseconds(absl::Duration d) {
       std::clamp<int64_t>(absl::ToInt64Milliseconds(d), 1, 1LL << 31));
 }
 
+// The same for every request of a backend.
+curl_slist* RequestHeaders(const std::string& api_key) {
+  curl_slist* headers =
+      curl_slist_append(nullptr, "Content-Type: application/json");
+  // Without this curl waits up to a second for "100 Continue" on big bodies.
+  headers = curl_slist_append(headers, "Expect:");
+  if (!api_key.empty()) {
+    headers = curl_slist_append(
+        headers, absl::StrCat("Authorization: Bearer ", api_key).c_str());
+  }
+  return headers;
+}
+
 // Shard `index` of `of`'s part of `total`: the first total % of shards take
 // one more.
 int ShareOf(int total, EventThreadShare share) {
@@ -336,7 +347,8 @@ OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
         }();
         (void)initialized;
         return curl_multi_init();
-      }()) {
+      }()),
+      headers_(RequestHeaders(api_key_)) {
   // The loop never puts more than max_connections_ on the wire; curl's own
   // limit is a second guard, and idle connections stay open for reuse.
   curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS,
@@ -380,7 +392,9 @@ OpenAIBackend::~OpenAIBackend() {
         absl::StrCat("backend \"", name_, "\": gateway shutting down")));
   }
   if (trimmer_.joinable()) trimmer_.join();
+  for (CURL* easy : idle_easy_) curl_easy_cleanup(easy);
   curl_multi_cleanup(multi_);  // May still tell OnSocket of sockets.
+  curl_slist_free_all(headers_);
   close(wake_fd_);
   close(epoll_fd_);
 }
@@ -744,22 +758,30 @@ void OpenAIBackend::StartWaiting() {
   }
 }
 
+CURL* OpenAIBackend::TakeEasy() {
+  if (idle_easy_.empty()) return curl_easy_init();
+  CURL* easy = idle_easy_.back();
+  idle_easy_.pop_back();
+  return easy;
+}
+
+void OpenAIBackend::ReturnEasy(CURL* easy) {
+  // Reset, a handle keeps its buffers: a request then allocates less.
+  if (idle_easy_.size() >= static_cast<size_t>(max_connections_)) {
+    curl_easy_cleanup(easy);
+    return;
+  }
+  curl_easy_reset(easy);
+  idle_easy_.push_back(easy);
+}
+
 bool OpenAIBackend::Start(Transfer& transfer) {
-  CURL* easy = curl_easy_init();
+  CURL* easy = TakeEasy();
   if (easy == nullptr) return false;
   transfer.easy = easy;
   transfer.started = absl::Now();
-  transfer.headers =
-      curl_slist_append(nullptr, "Content-Type: application/json");
-  // Without this curl waits up to a second for "100 Continue" on big bodies.
-  transfer.headers = curl_slist_append(transfer.headers, "Expect:");
-  if (!api_key_.empty()) {
-    transfer.headers = curl_slist_append(
-        transfer.headers,
-        absl::StrCat("Authorization: Bearer ", api_key_).c_str());
-  }
   curl_easy_setopt(easy, CURLOPT_URL, url_.c_str());
-  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, transfer.headers);
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers_);
   curl_easy_setopt(easy, CURLOPT_POSTFIELDS, transfer.body.data());
   curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                    static_cast<curl_off_t>(transfer.body.size()));

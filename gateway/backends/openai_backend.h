@@ -22,6 +22,7 @@
 
 typedef void CURLM;
 typedef void CURL;
+struct curl_slist;
 
 namespace arbiter {
 
@@ -167,6 +168,11 @@ class OpenAIBackend final : public RoomReportingBackend, public LoopGuest {
   void ReleaseMemoryIfDrained(absl::Time now);
   // False if curl could not take it.
   bool Start(Transfer& transfer);
+  // An easy handle: an idle one, or a new one (null if curl has none).
+  CURL* TakeEasy();
+  // A finished transfer's handle, kept for the next (up to
+  // max_connections_) or freed.
+  void ReturnEasy(CURL* easy);
   // Answers the transfers curl has finished; false if none.
   bool CollectFinished();
   // What a finished transfer produced; *reason says why it failed.
@@ -201,6 +207,7 @@ class OpenAIBackend final : public RoomReportingBackend, public LoopGuest {
   const int epoll_fd_;  // The sockets curl asks to watch, and wake_fd_.
   const int wake_fd_;   // An eventfd: Wake writes it.
   CURLM* const multi_;
+  curl_slist* const headers_;  // Content-Type, Expect, Authorization.
 
   // Accepted and not yet answered: bounds what Stream takes.
   std::atomic<int> outstanding_{0};
@@ -216,6 +223,7 @@ class OpenAIBackend final : public RoomReportingBackend, public LoopGuest {
 
   // Touched by the event thread only. waiting_ is in arrival order.
   std::deque<std::unique_ptr<Transfer>> waiting_;
+  std::vector<CURL*> idle_easy_;  // Reset, for the next transfers.
   std::vector<std::unique_ptr<Transfer>> active_;  // On the wire.
   absl::Time next_deadline_ = absl::InfiniteFuture();
   size_t most_waiting_ = 0;  // Since the last trim.

@@ -391,6 +391,33 @@ TEST_F(OpenAIBackendTest, CutsOffAnAnswerOverMaxResponseBytes) {
               HasSubstr("larger than max_response_bytes (8388608"));
 }
 
+// Easy handles are reused: after calls that were cut off, timed out, were
+// refused or failed, a handle reset for the next call carries nothing over
+// (its URL, body, headers, limits and callbacks are the new call's).
+TEST_F(OpenAIBackendTest, AReusedHandleCarriesNothingOverFromItsLastCall) {
+  v1::OpenAIBackend config = Config(/*max_connections=*/1);
+  config.set_max_response_bytes(1 << 20);
+  OpenAIBackend backend("fake", config, "secret-key");
+  EXPECT_FALSE(Call(backend, Request("huge-chunked")).ok());
+  EXPECT_FALSE(Call(backend, Request("slow", absl::Milliseconds(100))).ok());
+  EXPECT_FALSE(Call(backend, Request("garbage")).ok());
+  EXPECT_FALSE(Call(backend, Request("overloaded")).ok());
+  for (int i = 0; i < 3; ++i) {
+    auto response = Call(backend, Request("with-usage"));
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->text, "Hello there.");
+    EXPECT_EQ(response->input_tokens, 11);
+  }
+  EXPECT_THAT(last_body(), HasSubstr("\"model\":\"with-usage\""));
+  {
+    std::lock_guard lock(mu_);
+    EXPECT_EQ(last_auth_, "Bearer secret-key");
+  }
+  BackendRequest streamed = Request("with-usage");
+  streamed.stream = true;
+  EXPECT_TRUE(Call(backend, std::move(streamed)).ok());
+}
+
 TEST_F(OpenAIBackendTest, RefusesEarlyAnAnswerWhoseLengthIsOverTheLimit) {
   v1::OpenAIBackend config = Config();
   config.set_max_response_bytes(1 << 20);
