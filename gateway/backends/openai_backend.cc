@@ -388,8 +388,7 @@ OpenAIBackend::~OpenAIBackend() {
     // Hosted, and the host is gone: the loop's last turn is taken here.
     loop_thread_.store(std::this_thread::get_id());
     (void)TakeIncoming();
-    FailAll(absl::UnavailableError(
-        absl::StrCat("backend \"", name_, "\": gateway shutting down")));
+    FailAll(ShuttingDown());
   }
   if (trimmer_.joinable()) trimmer_.join();
   for (CURL* easy : idle_easy_) curl_easy_cleanup(easy);
@@ -538,8 +537,12 @@ void OpenAIBackend::Loop() {
                          absl::Ceil(until, absl::Milliseconds(1)))));
   }
   // Nothing accepted is dropped silently: what is left fails clearly.
-  FailAll(absl::UnavailableError(
-      absl::StrCat("backend \"", name_, "\": gateway shutting down")));
+  FailAll(ShuttingDown());
+}
+
+absl::Status OpenAIBackend::ShuttingDown() const {
+  return absl::UnavailableError(
+      absl::StrCat("backend \"", name_, "\": gateway shutting down"));
 }
 
 bool OpenAIBackend::RunDue() {

@@ -179,6 +179,8 @@ class OpenAIBackend final : public RoomReportingBackend, public LoopGuest {
   absl::StatusOr<BackendResponse> Outcome(Transfer& transfer, int curl_code,
                                           BackendError* reason);
   void FailAll(const absl::Status& why);
+  // What a call still held when the backend stops is failed with.
+  [[nodiscard]] absl::Status ShuttingDown() const;
   // Counts why (if given) and ends the call with the usage so far; OnEnd
   // runs at most once.
   void Fail(Transfer& transfer, std::optional<BackendError> reason,
