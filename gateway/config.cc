@@ -51,6 +51,9 @@ constexpr int kMaxDepth = 64;
 constexpr int kDefaultChunkTokens = 200;
 // backends[].openai.max_response_bytes: one answer held in memory at most.
 constexpr int64_t kMaxResponseBytesLimit = int64_t{1} << 30;
+// An ejected backend's first time out when unset.
+constexpr double kDefaultBaseEjectionSeconds = 10;
+
 // An openai backend's max_connections when unset.
 constexpr int kDefaultMaxConnections = 64;
 
@@ -493,6 +496,7 @@ class Validator {
     CheckTasks();
     CheckRoutes();
     CheckTraining();
+    CheckFallbackRoutes();
     CheckPolicy(config_.policy(), "policy");
     for (const auto& [task, policy] : config_.task_policies()) {
       std::string path = absl::StrCat("task_policies.", task);
@@ -555,6 +559,15 @@ class Validator {
 
   void CheckServer() {
     const v1::Server& server = config_.server();
+    if (server.retry_budget().has_budget_percent() &&
+        !(server.retry_budget().budget_percent() >= 0 &&
+          server.retry_budget().budget_percent() <= 100)) {
+      Error("server.retry_budget.budget_percent", "must be in [0, 100]");
+    }
+    if (server.retry_budget().has_min_concurrent()) {
+      AtLeast(server.retry_budget().min_concurrent(), 0,
+              "server.retry_budget.min_concurrent");
+    }
     if (!server.grpc_listen().empty() && !IsHostPort(server.grpc_listen())) {
       Error("server.grpc_listen", "must be host:port, got \"",
             server.grpc_listen(), "\"");
@@ -638,6 +651,8 @@ class Validator {
       } else if (!backends_.insert(backend.name()).second) {
         Error(path + ".name", "duplicate backend \"", backend.name(), "\"");
       }
+      CheckOutlierDetection(backend.outlier_detection(),
+                            path + ".outlier_detection");
       switch (backend.kind_case()) {
         case v1::Backend::kOpenai: {
           const v1::OpenAIBackend& openai = backend.openai();
@@ -790,6 +805,62 @@ class Validator {
     }
   }
 
+  // After CheckRoutes: a fallback may be any other route.
+  void CheckFallbackRoutes() {
+    for (int i = 0; i < config_.routes_size(); ++i) {
+      const v1::Route& route = config_.routes(i);
+      std::set<std::string> seen;
+      for (int f = 0; f < route.fallback_routes_size(); ++f) {
+        const std::string& other = route.fallback_routes(f);
+        const std::string path =
+            absl::StrCat("routes[", i, "].fallback_routes[", f, "]");
+        if (!routes_.contains(other)) {
+          Error(path, "unknown route \"", other, "\"");
+        } else if (other == route.name()) {
+          Error(path, "a route cannot fall back to itself");
+        } else if (!seen.insert(other).second) {
+          Error(path, "duplicate route \"", other, "\"");
+        }
+      }
+    }
+  }
+
+  void CheckOutlierDetection(const v1::OutlierDetection& outlier,
+                             const std::string& path) {
+    if (outlier.has_consecutive_failures()) {
+      AtLeast(outlier.consecutive_failures(), 0,
+              path + ".consecutive_failures");
+    }
+    if (outlier.has_failure_rate_percent() &&
+        !(outlier.failure_rate_percent() >= 0 &&
+          outlier.failure_rate_percent() <= 100)) {
+      Error(path + ".failure_rate_percent", "must be in [0, 100]");
+    }
+    if (outlier.has_failure_rate_min_requests()) {
+      AtLeast(outlier.failure_rate_min_requests(), 1,
+              path + ".failure_rate_min_requests");
+    }
+    if (outlier.has_failure_rate_window_seconds() &&
+        !(outlier.failure_rate_window_seconds() > 0)) {
+      Error(path + ".failure_rate_window_seconds", "must be > 0");
+    }
+    if (outlier.has_base_ejection_seconds() &&
+        !(outlier.base_ejection_seconds() > 0)) {
+      Error(path + ".base_ejection_seconds", "must be > 0");
+    }
+    const double base = outlier.has_base_ejection_seconds()
+                            ? outlier.base_ejection_seconds()
+                            : kDefaultBaseEjectionSeconds;
+    if (outlier.has_max_ejection_seconds() &&
+        !(outlier.max_ejection_seconds() >= base)) {
+      Error(path + ".max_ejection_seconds",
+            "must be >= base_ejection_seconds (", base, ")");
+    }
+    if (outlier.has_probe_requests()) {
+      AtLeast(outlier.probe_requests(), 1, path + ".probe_requests");
+    }
+  }
+
   // After CheckRoutes: a baseline may be any route, listed before or after.
   void CheckTraining() {
     for (int i = 0; i < config_.routes_size(); ++i) {
@@ -828,6 +899,10 @@ class Validator {
   }
 
   void CheckPolicy(const v1::Policy& policy, const std::string& path) {
+    if (policy.fallback().has_max_attempts()) {
+      InRange(policy.fallback().max_attempts(), 1, 10,
+              path + ".fallback.max_attempts");
+    }
     switch (policy.strategy_case()) {
       case v1::Policy::kPinned:
         if (!routes_.contains(policy.pinned().route())) {
@@ -1103,6 +1178,15 @@ namespace {
 void ApplyPolicyDefaults(v1::Policy& policy) {
   constexpr int kMinFeedback = 20;
   constexpr double kExploreShare = 0.1;
+  v1::Fallback& fallback = *policy.mutable_fallback();
+  if (!fallback.has_max_attempts()) fallback.set_max_attempts(3);
+  if (fallback.on().empty()) {
+    for (v1::FailureClass failure :
+         {v1::FAILURE_CLASS_UNAVAILABLE, v1::FAILURE_CLASS_TIMEOUT,
+          v1::FAILURE_CLASS_RATE_LIMITED, v1::FAILURE_CLASS_SERVER_ERROR}) {
+      fallback.add_on(failure);
+    }
+  }
   switch (policy.strategy_case()) {
     case v1::Policy::kCheapestMeetingAccuracy: {
       auto& cheapest = *policy.mutable_cheapest_meeting_accuracy();
@@ -1145,6 +1229,25 @@ void ApplyPolicyDefaults(v1::Policy& policy) {
     case v1::Policy::STRATEGY_NOT_SET:
       break;
   }
+}
+
+void ApplyOutlierDefaults(v1::OutlierDetection& outlier) {
+  if (!outlier.has_consecutive_failures()) outlier.set_consecutive_failures(5);
+  if (!outlier.has_failure_rate_percent()) outlier.set_failure_rate_percent(50);
+  if (!outlier.has_failure_rate_min_requests()) {
+    outlier.set_failure_rate_min_requests(20);
+  }
+  if (!outlier.has_failure_rate_window_seconds()) {
+    outlier.set_failure_rate_window_seconds(10);
+  }
+  if (!outlier.has_base_ejection_seconds()) {
+    outlier.set_base_ejection_seconds(kDefaultBaseEjectionSeconds);
+  }
+  if (!outlier.has_max_ejection_seconds()) {
+    outlier.set_max_ejection_seconds(
+        std::max(300.0, outlier.base_ejection_seconds()));
+  }
+  if (!outlier.has_probe_requests()) outlier.set_probe_requests(2);
 }
 
 void ApplyIndexDefaults(v1::IndexSettings& index) {
@@ -1215,10 +1318,14 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (config.default_task().empty() && !config.tasks().empty()) {
     config.set_default_task(config.tasks(0));
   }
+  v1::RetryBudget& budget = *server.mutable_retry_budget();
+  if (!budget.has_budget_percent()) budget.set_budget_percent(20);
+  if (!budget.has_min_concurrent()) budget.set_min_concurrent(3);
   for (v1::Backend& backend : *config.mutable_backends()) {
     if (backend.has_openai()) {
       ApplyOpenAIBackendDefaults(*backend.mutable_openai());
     }
+    ApplyOutlierDefaults(*backend.mutable_outlier_detection());
   }
   for (v1::Route& route : *config.mutable_routes()) {
     if (!route.has_max_output_tokens()) route.set_max_output_tokens(256);

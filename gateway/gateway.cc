@@ -140,13 +140,31 @@ absl::Status Gateway::Init() {
                             });
     }
     backends_[backend.name()] = std::move(made);
+    BackendHealth::Listener listener;
+    listener.ejected = [this, name = backend.name()](Ejection reason,
+                                                     absl::Duration length) {
+      metrics_.SetBackendUp(name, false);
+      metrics_.RecordEjection(name, reason);
+      // One write per line: other threads log too.
+      std::cerr << absl::StrCat("backend \"", name, "\" ejected for ",
+                                absl::FormatDuration(length), " (",
+                                EjectionName(reason), ")\n");
+    };
+    listener.restored = [this, name = backend.name()] {
+      metrics_.SetBackendUp(name, true);
+      std::cerr << absl::StrCat("backend \"", name, "\" back in service\n");
+    };
+    health_[backend.name()] = std::make_unique<BackendHealth>(
+        backend.outlier_detection(), std::move(listener));
   }
+  retry_budget_ = std::make_unique<RetryBudget>(config.server().retry_budget());
   bool needs_retrieval = false;
   std::vector<double> prior_costs;
   for (int i = 0; i < config.routes_size(); ++i) {
     const v1::Route& route = config.routes(i);
     parts_.route_index[route.name()] = i;
     parts_.route_backend.push_back(backends_.at(route.backend()).get());
+    parts_.route_health.push_back(health_.at(route.backend()).get());
     absl::Duration timeout = kDefaultBackendTimeout;
     for (const v1::Backend& backend : config.backends()) {
       if (backend.name() == route.backend() && backend.has_openai()) {
@@ -436,6 +454,7 @@ void Gateway::WireParts() {
   parts_.durable = state_store_ != nullptr;
   parts_.signer = signer_.get();
   parts_.metrics = &metrics_;
+  parts_.retry_budget = retry_budget_.get();
   pipeline_ = std::make_unique<RequestPipeline>(parts_);
   feedback_ = std::make_unique<FeedbackRecorder>(parts_);
   admin_ = std::make_unique<AdminService>(parts_);

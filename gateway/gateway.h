@@ -21,6 +21,8 @@
 #include "gateway/pipeline/request_pipeline.h"
 #include "gateway/pipeline/retrieval_service.h"
 #include "gateway/request_id.h"
+#include "gateway/resilience/backend_health.h"
+#include "gateway/resilience/retry_budget.h"
 #include "gateway/state_sync.h"
 #include "gateway/timer_queue.h"
 #include "gateway/worker_pool.h"
@@ -76,6 +78,11 @@ class Gateway final {
   // (see LoopGuest); they live as long as the gateway.
   [[nodiscard]] std::vector<LoopGuest*> BackendLoops() const;
 
+  // Whether the named backend takes traffic (see BackendHealth).
+  [[nodiscard]] const BackendHealth& health(const std::string& backend) const {
+    return *health_.at(backend);
+  }
+
   // What was loaded, for the start-up banner.
   [[nodiscard]] std::string Describe() const;
 
@@ -100,6 +107,8 @@ class Gateway final {
   const LoadedConfig loaded_;
   GatewayParts parts_;
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
+  absl::flat_hash_map<std::string, std::unique_ptr<BackendHealth>> health_;
+  std::unique_ptr<RetryBudget> retry_budget_;
   // The corpus: SQLite store as truth, a derived index for search.
   std::unique_ptr<retrieval::DocumentStore> store_;
   // Embeds chunks and queries when retrieval.embedding_server is set.

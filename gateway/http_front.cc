@@ -344,17 +344,26 @@ class HttpFront::Handlers {
     nlohmann::json backends = nlohmann::json::object();
     bool any_route = false;
     const v1::Config& config = gateway_.config();
+    const absl::Time now = absl::Now();
     for (size_t b = 0; b < front_.backend_names_.size(); ++b) {
-      const bool up = front_.backend_up_[b].load();
-      backends[front_.backend_names_[b]] = up ? "reachable" : "unreachable";
+      const std::string& name = front_.backend_names_[b];
+      const BackendHealth& health = gateway_.health(name);
+      // Reachable but ejected takes no traffic either.
+      const bool reachable = front_.backend_up_[b].load();
+      const bool up = reachable && health.Available(now);
+      backends[name] = !reachable ? std::string("unreachable")
+                       : up       ? std::string("reachable")
+                                  : health.Describe(now);
       for (const v1::Route& route : config.routes()) {
-        any_route =
-            any_route || (up && route.backend() == front_.backend_names_[b]);
+        any_route = any_route || (up && route.backend() == name);
       }
     }
     nlohmann::json body = {{"status", any_route ? "ready" : "unready"},
                            {"backends", backends}};
-    if (!any_route) body["reason"] = "no route's backend accepts connections";
+    if (!any_route) {
+      body["reason"] =
+          "no route's backend accepts connections and is in service";
+    }
     std::move(responder).Send(JsonResponse(any_route ? 200 : 503, body.dump()));
   }
 

@@ -148,7 +148,8 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
           .Name("arbiter_backend_errors_total")
           .Help(
               "Failed calls to an openai backend, by reason (malformed, "
-              "too_large, http_3xx, http_4xx, http_5xx, http_other, connect, "
+              "too_large, http_3xx, http_4xx, http_429, http_5xx, http_other, "
+              "connect, "
               "transport, timeout, queue_full, internal).")
           .Register(registry);
   for (const v1::Backend& backend : config.backends()) {
@@ -159,6 +160,54 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
           {{"backend", backend.name()},
            {"reason",
             std::string(BackendErrorName(static_cast<BackendError>(i)))}});
+    }
+  }
+  for (const v1::Route& route : config.routes()) {
+    route_names_.push_back(route.name());
+  }
+  fallbacks_ = &BuildCounter()
+                    .Name("arbiter_fallbacks_total")
+                    .Help(
+                        "Failed attempts tried again on another route, by "
+                        "from_route, to_route and reason (unavailable, "
+                        "timeout, rate_limited, server_error).")
+                    .Register(registry);
+  attempts_ = &BuildHistogram()
+                   .Name("arbiter_request_attempts")
+                   .Help(
+                       "Attempts per request that reached a route (1: no "
+                       "fallback).")
+                   .Register(registry)
+                   .Add({}, Histogram::BucketBoundaries{1, 2, 3, 5, 10});
+  retry_budget_exhausted_ =
+      &BuildCounter()
+           .Name("arbiter_retry_budget_exhausted_total")
+           .Help(
+               "Fallbacks not made because the retry budget was spent "
+               "(server.retry_budget).")
+           .Register(registry)
+           .Add({});
+  ejections_ = &BuildCounter()
+                    .Name("arbiter_backend_ejections_total")
+                    .Help(
+                        "Times a backend was taken out of service, by reason "
+                        "(consecutive_failures, failure_rate, probe_failed).")
+                    .Register(registry);
+  auto& backend_up = BuildGauge()
+                         .Name("arbiter_backend_up")
+                         .Help(
+                             "1 while a backend is in service, 0 while it "
+                             "is ejected or on probation.")
+                         .Register(registry);
+  for (const v1::Backend& backend : config.backends()) {
+    backend_up_[backend.name()] =
+        &backend_up.Add({{"backend", backend.name()}});
+    backend_up_[backend.name()]->Set(1);
+    for (int reason = 0; reason <= static_cast<int>(Ejection::kProbeFailed);
+         ++reason) {
+      ejections_->Add({{"backend", backend.name()},
+                       {"reason", std::string(EjectionName(
+                                      static_cast<Ejection>(reason)))}});
     }
   }
   retrieval_duration_ =
@@ -278,6 +327,13 @@ void Metrics::RecordCompletion(int route, int task, int64_t input_tokens,
 
 void Metrics::Bill(Cell& cell, int64_t input_tokens, int64_t output_tokens,
                    const policy::RequestCost& cost, double latency_seconds) {
+  BillTokens(cell, input_tokens, output_tokens, cost);
+  cell.duration->Observe(latency_seconds);
+}
+
+void Metrics::BillTokens(Cell& cell, int64_t input_tokens,
+                         int64_t output_tokens,
+                         const policy::RequestCost& cost) {
   cell.input_tokens->Increment(static_cast<double>(input_tokens));
   cell.output_tokens->Increment(static_cast<double>(output_tokens));
   cell.cost_input->Increment(cost.input_usd);
@@ -285,7 +341,6 @@ void Metrics::Bill(Cell& cell, int64_t input_tokens, int64_t output_tokens,
   cell.cost_fee->Increment(cost.request_usd);
   cell.cost_retrieval->Increment(cost.retrieval_usd);
   cell.cost_embedding->Increment(cost.embedding_usd);
-  cell.duration->Observe(latency_seconds);
 }
 
 void Metrics::RecordCancelled(int route, int task, int64_t input_tokens,
@@ -296,6 +351,39 @@ void Metrics::RecordCancelled(int route, int task, int64_t input_tokens,
   cell.cancelled->Increment();
   cell.cancelled_cost->Increment(cost.total_usd());
   Bill(cell, input_tokens, output_tokens, cost, latency_seconds);
+}
+
+void Metrics::RecordFallback(int from_route, int to_route,
+                             absl::string_view reason) {
+  fallbacks_
+      ->Add({{"from_route", route_names_[from_route]},
+             {"to_route", route_names_[to_route]},
+             {"reason", std::string(reason)}})
+      .Increment();
+}
+
+void Metrics::RecordAttempts(int attempts) { attempts_->Observe(attempts); }
+
+void Metrics::RecordRetryBudgetExhausted() {
+  retry_budget_exhausted_->Increment();
+}
+
+void Metrics::RecordFailedAttemptBill(int route, int task, int64_t input_tokens,
+                                      int64_t output_tokens,
+                                      const policy::RequestCost& cost) {
+  BillTokens(At(route, task), input_tokens, output_tokens, cost);
+}
+
+void Metrics::SetBackendUp(absl::string_view backend, bool up) {
+  auto it = backend_up_.find(backend);
+  if (it != backend_up_.end()) it->second->Set(up ? 1 : 0);
+}
+
+void Metrics::RecordEjection(absl::string_view backend, Ejection reason) {
+  ejections_
+      ->Add({{"backend", std::string(backend)},
+             {"reason", std::string(EjectionName(reason))}})
+      .Increment();
 }
 
 void Metrics::RecordBackendError(absl::string_view backend,

@@ -11,6 +11,7 @@
 #include "arbiter/v1/config.pb.h"
 #include "gateway/backends/backend.h"
 #include "gateway/request_id.h"
+#include "gateway/resilience/backend_health.h"
 #include "policy/economics.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -53,6 +54,20 @@ class Metrics final {
   void RecordRejected(absl::string_view code);
   // A failed call to an openai backend of the config, by reason.
   void RecordBackendError(absl::string_view backend, BackendError reason);
+  // A failed attempt tried again on another route; reason is its failure
+  // class ("unavailable", "timeout", "rate_limited", "server_error").
+  void RecordFallback(int from_route, int to_route, absl::string_view reason);
+  // How many attempts a request took, when it ended (1: no fallback).
+  void RecordAttempts(int attempts);
+  // A fallback the retry budget refused.
+  void RecordRetryBudgetExhausted();
+  // What a failed attempt billed before its request went on (tokens, cost).
+  void RecordFailedAttemptBill(int route, int task, int64_t input_tokens,
+                               int64_t output_tokens,
+                               const policy::RequestCost& cost);
+  // Whether a backend is in service, and each time it was ejected.
+  void SetBackendUp(absl::string_view backend, bool up);
+  void RecordEjection(absl::string_view backend, Ejection reason);
   // score in [0, 1]; binary feedback is 1 or 0.
   void RecordFeedback(int route, int task, double score, bool graded);
   // Feedback refused because its request id did not verify.
@@ -106,6 +121,9 @@ class Metrics final {
   // Tokens, cost components and duration of what a request produced.
   static void Bill(Cell& cell, int64_t input_tokens, int64_t output_tokens,
                    const policy::RequestCost& cost, double latency_seconds);
+  static void BillTokens(Cell& cell, int64_t input_tokens,
+                         int64_t output_tokens,
+                         const policy::RequestCost& cost);
 
   const int num_tasks_;
   std::vector<Cell> cells_;
@@ -144,6 +162,13 @@ class Metrics final {
   absl::flat_hash_map<std::string,
                       std::array<prometheus::Counter*, kBackendErrorCount>>
       backend_errors_;
+  std::vector<std::string> route_names_;
+  prometheus::Family<prometheus::Counter>* fallbacks_;
+  prometheus::Histogram* attempts_;
+  prometheus::Counter* retry_budget_exhausted_;
+  prometheus::Family<prometheus::Counter>* ejections_;
+  // Per backend. Constant after construction.
+  absl::flat_hash_map<std::string, prometheus::Gauge*> backend_up_;
   prometheus::Histogram* retrieval_duration_;
   prometheus::Counter* state_committed_;
   prometheus::Counter* state_failed_;

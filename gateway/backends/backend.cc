@@ -1,8 +1,32 @@
 #include "gateway/backends/backend.h"
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "retrieval/tokenizer.h"
 
 namespace arbiter {
+namespace {
+
+constexpr absl::string_view kBackendErrorPayload = "arbiter.backend_error";
+
+}  // namespace
+
+void MarkBackendError(absl::Status& status, BackendError error) {
+  if (status.ok()) return;
+  status.SetPayload(kBackendErrorPayload,
+                    absl::Cord(std::to_string(static_cast<int>(error))));
+}
+
+std::optional<BackendError> BackendErrorOf(const absl::Status& status) {
+  auto payload = status.GetPayload(kBackendErrorPayload);
+  int value = 0;
+  if (!payload.has_value() ||
+      !absl::SimpleAtoi(std::string(*payload), &value) || value < 0 ||
+      value >= kBackendErrorCount) {
+    return std::nullopt;
+  }
+  return static_cast<BackendError>(value);
+}
 
 int64_t CountPromptTokens(const std::vector<BackendMessage>& messages) {
   constexpr int64_t kFramingPerMessage = 4;  // Role and separators.
@@ -25,6 +49,8 @@ absl::string_view BackendErrorName(BackendError error) {
       return "http_3xx";
     case BackendError::kHttp4xx:
       return "http_4xx";
+    case BackendError::kRateLimited:
+      return "http_429";
     case BackendError::kHttp5xx:
       return "http_5xx";
     case BackendError::kHttpOther:

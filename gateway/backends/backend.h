@@ -118,6 +118,7 @@ enum class BackendError {
   kTooLarge,   // The answer is over max_response_bytes.
   kHttp3xx,    // An HTTP status other than 200, by class.
   kHttp4xx,
+  kRateLimited,  // HTTP 429: a 4xx that is the backend's state, not ours.
   kHttp5xx,
   kHttpOther,
   kConnect,    // No connection (refused, unreachable, name not resolved).
@@ -131,6 +132,12 @@ inline constexpr int kBackendErrorCount =
 
 // The metric's label value: "malformed", "too_large", "http_4xx"...
 [[nodiscard]] absl::string_view BackendErrorName(BackendError error);
+
+// A failed call's status carries its BackendError, so the pipeline can tell
+// a backend's fault (worth trying elsewhere) from a refused request.
+void MarkBackendError(absl::Status& status, BackendError error);
+[[nodiscard]] std::optional<BackendError> BackendErrorOf(
+    const absl::Status& status);
 
 // Told of every failed call, on the backend's thread; must be cheap and
 // thread-safe. May be empty.

@@ -292,6 +292,7 @@ std::string ConnectFailure(CURL* easy) {
 
 BackendError HttpErrorClass(long status) {
   if (status >= 300 && status < 400) return BackendError::kHttp3xx;
+  if (status == 429) return BackendError::kRateLimited;
   if (status >= 400 && status < 500) return BackendError::kHttp4xx;
   if (status >= 500 && status < 600) return BackendError::kHttp5xx;
   return BackendError::kHttpOther;
@@ -662,7 +663,10 @@ OpenAIBackend::Driver OpenAIBackend::TakeIncoming() {
                        : Driver::kOwnThread;
   }
   for (Refusal& refusal : refused) {
-    if (refusal.reason.has_value()) CountError(*refusal.reason);
+    if (refusal.reason.has_value()) {
+      CountError(*refusal.reason);
+      MarkBackendError(refusal.status, *refusal.reason);
+    }
     End(std::move(refusal.observer), std::move(refusal.status), {});
   }
   for (auto& transfer : added) {
@@ -1155,7 +1159,10 @@ void OpenAIBackend::FailAll(const absl::Status& why) {
 void OpenAIBackend::Fail(Transfer& transfer, std::optional<BackendError> reason,
                          absl::Status status) {
   if (transfer.answered) return;
-  if (reason.has_value()) CountError(*reason);
+  if (reason.has_value()) {
+    CountError(*reason);
+    MarkBackendError(status, *reason);
+  }
   Answer(transfer, std::move(status));
 }
 

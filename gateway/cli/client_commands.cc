@@ -215,6 +215,11 @@ int RunStats(const StatsFlags& flags) {
         row.cost_per_request_usd(), row.cost_per_correct_usd(),
         row.latency_p50_seconds() * 1000, row.latency_p95_seconds() * 1000);
   }
+  if (!response.backends().empty()) std::cout << "\nbackend        health\n";
+  for (const v1::BackendStatus& backend : response.backends()) {
+    std::cout << absl::StrFormat("%-14s %s\n", backend.name(),
+                                 backend.health());
+  }
   return 0;
 }
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -54,6 +55,7 @@ struct ArbiterInputs {
   std::optional<std::string> route;
   std::optional<double> max_cost_usd;
   std::optional<double> min_accuracy;
+  std::optional<bool> allow_fallback;
 };
 
 absl::Status CheckMaxCost(double value, absl::string_view param) {
@@ -72,14 +74,16 @@ absl::Status CheckMinAccuracy(double value, absl::string_view param) {
 
 absl::StatusOr<ArbiterInputs> FromHeaders(HeaderFields headers) {
   ArbiterInputs inputs;
-  bool seen[4] = {false, false, false, false};
   constexpr absl::string_view kKnown[] = {kTaskHeader, kUnitIdHeader,
-                                          kMaxCostHeader, kMinAccuracyHeader};
+                                          kMaxCostHeader, kMinAccuracyHeader,
+                                          kAllowFallbackHeader};
+  constexpr int kCount = std::size(kKnown);
+  bool seen[kCount] = {};
   for (const auto& [name, raw_value] : headers) {
     if (!absl::StartsWithIgnoreCase(name, "x-arbiter-")) continue;
     const std::string lower = absl::AsciiStrToLower(ShownName(name));
     int which = -1;
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kCount; ++i) {
       if (lower == kKnown[i]) which = i;
     }
     if (which < 0) {
@@ -97,6 +101,12 @@ absl::StatusOr<ArbiterInputs> FromHeaders(HeaderFields headers) {
       inputs.task = std::string(value);
     } else if (which == 1) {
       inputs.unit_id = std::string(value);
+    } else if (which == 4) {
+      if (value != "true" && value != "false") {
+        return InvalidField(lower, absl::StrCat("expected true or false, got ",
+                                                QuoteInput(value)));
+      }
+      inputs.allow_fallback = value == "true";
     } else {
       double number = 0;
       if (!absl::SimpleAtod(value, &number) || !std::isfinite(number)) {
@@ -121,8 +131,9 @@ absl::StatusOr<ArbiterInputs> FromBody(const json::View& arbiter) {
   ArbiterInputs inputs;
   if (arbiter.is_null()) return inputs;
   if (auto s = Param(arbiter.RequireObject(), arbiter); !s.ok()) return s;
-  if (auto s = CheckMembers(arbiter, {"task", "unit_id", "route",
-                                      "max_cost_usd", "min_accuracy"});
+  if (auto s =
+          CheckMembers(arbiter, {"task", "unit_id", "route", "max_cost_usd",
+                                 "min_accuracy", "allow_fallback"});
       !s.ok()) {
     return s;
   }
@@ -151,6 +162,10 @@ absl::StatusOr<ArbiterInputs> FromBody(const json::View& arbiter) {
     }
     inputs.min_accuracy = *min_accuracy;
   }
+  auto allow_fallback =
+      Read(arbiter["allow_fallback"], &json::View::OptionalBool);
+  if (!allow_fallback.ok()) return allow_fallback.status();
+  inputs.allow_fallback = *allow_fallback;
   return inputs;
 }
 
@@ -528,6 +543,11 @@ absl::StatusOr<ChatCompletion> Parse(absl::string_view body,
   if (auto accuracy =
           pick(from_body->min_accuracy, from_headers->min_accuracy)) {
     request.mutable_constraints()->set_min_accuracy(*accuracy);
+  }
+
+  if (auto allow =
+          pick(from_body->allow_fallback, from_headers->allow_fallback)) {
+    request.set_allow_fallback(*allow);
   }
 
   chat.auto_route = chat.model == kAutoModel;

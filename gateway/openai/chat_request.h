@@ -33,7 +33,8 @@
 //               arbiter's own unit id is given
 //   stream, stream_options.include_usage (stream_options needs stream)
 //   metadata    up to 16 string values, keys <= 64 bytes, values <= 512
-//   arbiter     {task, unit_id, route, max_cost_usd, min_accuracy}; each
+//   arbiter     {task, unit_id, route, max_cost_usd, min_accuracy,
+//               allow_fallback}; each
 //               overrides the matching header (headers are a client's
 //               defaults, the body is this request's)
 //   kPassThrough fields go to the backend unchanged (passthrough_json);
@@ -87,6 +88,9 @@ inline constexpr absl::string_view kUnitIdHeader = "x-arbiter-unit-id";
 inline constexpr absl::string_view kMaxCostHeader = "x-arbiter-max-cost-usd";
 inline constexpr absl::string_view kMinAccuracyHeader =
     "x-arbiter-min-accuracy";
+// "true" lets a request pinned to a route fall back to others.
+inline constexpr absl::string_view kAllowFallbackHeader =
+    "x-arbiter-allow-fallback";
 
 // A request's header fields, as the HTTP server has them (names in any case).
 using HeaderFields =

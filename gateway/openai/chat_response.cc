@@ -62,6 +62,19 @@ Out Citations(const v1::InferResponse& response) {
   return citations;
 }
 
+Out Attempts(const v1::InferResponse& response) {
+  Out attempts = Out::array();
+  for (const v1::Attempt& attempt : response.attempts()) {
+    attempts.push_back(Out{{"route", attempt.route()},
+                           {"backend", attempt.backend()},
+                           {"status", attempt.status()},
+                           {"error", NullIfEmpty(attempt.error())},
+                           {"failure", NullIfEmpty(attempt.failure())},
+                           {"latency_seconds", attempt.latency_seconds()}});
+  }
+  return attempts;
+}
+
 Out Decision(const v1::Decision& decision) {
   return Out{{"policy", decision.policy()},
              {"reason", decision.reason()},
@@ -171,6 +184,7 @@ std::string RenderChatCompletion(const v1::InferResponse& response,
   AddAccounting(response, &arbiter);
   arbiter["decision"] = Decision(response.decision());
   arbiter["citations"] = Citations(response);
+  arbiter["attempts"] = Attempts(response);
   completion["arbiter"] = std::move(arbiter);
   return Dump(completion);
 }
@@ -215,6 +229,7 @@ std::string RenderFinalChunk(const v1::InferResponse& end,
   arbiter["request_id"] = end.request_id();
   AddAccounting(end, &arbiter);
   arbiter["citations"] = Citations(end);
+  arbiter["attempts"] = Attempts(end);
   chunk["arbiter"] = std::move(arbiter);
   return SseEvent(chunk);
 }

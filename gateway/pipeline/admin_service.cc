@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/quote.h"
@@ -166,6 +167,17 @@ absl::StatusOr<v1::GetRouteStatsResponse> AdminService::GetRouteStats(
       out->set_estimated_accuracy(
           parts_.engine->Posterior(r, t, *snapshot).mean());
     }
+  }
+  const absl::Time now = absl::Now();
+  absl::flat_hash_set<std::string> shown;
+  for (int r = 0; r < config.routes_size(); ++r) {
+    if (only >= 0 && r != only) continue;
+    const std::string& backend = config.routes(r).backend();
+    if (!shown.insert(backend).second) continue;
+    v1::BackendStatus* status = response.add_backends();
+    status->set_name(backend);
+    status->set_up(parts_.route_health[r]->up());
+    status->set_health(parts_.route_health[r]->Describe(now));
   }
   return response;
 }

@@ -12,6 +12,8 @@
 #include "gateway/judged_ids.h"
 #include "gateway/metrics.h"
 #include "gateway/request_id.h"
+#include "gateway/resilience/backend_health.h"
+#include "gateway/resilience/retry_budget.h"
 #include "gateway/state_sync.h"
 #include "gateway/worker_pool.h"
 #include "policy/decision_log.h"
@@ -42,6 +44,8 @@ struct GatewayParts {
   absl::flat_hash_map<std::string, int> task_index;
   std::vector<Backend*> route_backend;        // Per route.
   std::vector<absl::Duration> route_timeout;  // Per route, from its backend.
+  std::vector<BackendHealth*> route_health;   // Per route, its backend's.
+  RetryBudget* retry_budget = nullptr;
   // The corpus rag routes search, or null; its search mode.
   retrieval::Collection* corpus = nullptr;
   retrieval::SearchMode search_mode = retrieval::SearchMode::kHybrid;

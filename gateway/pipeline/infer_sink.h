@@ -11,16 +11,18 @@
 
 namespace arbiter {
 
-// What a front hears of one request, in order: OnStart once when a route
-// is chosen and its prompt built (not for a request refused before), OnDelta
-// for each piece of the answer, OnEnd exactly once, last. OnStart may run
-// on the caller's thread or a retrieval thread, the rest on the backend's
-// event thread (OnEnd also on the caller's, inline, for a refused request).
-// None may block.
+// What a front hears of one request, in order: OnStart once, with the head
+// of the attempt that answers, just before its first piece of the answer
+// (so a failed attempt can still fall back to another route unseen; not
+// for a request that fails before any answer), OnDelta for each piece,
+// OnEnd exactly once, last. OnStart and OnDelta run on the backend's event
+// thread, OnEnd there too or on the caller's or a retrieval thread (inline,
+// for a refused request). None may block.
 class InferSink {
  public:
   virtual ~InferSink() = default;
-  // Request id, route, kind, backend, model, task, decision, citations.
+  // Request id, route, kind, backend, model, task, decision, citations and
+  // the attempts that failed before.
   virtual void OnStart(const v1::InferResponse& head) = 0;
   virtual void OnDelta(BackendDelta delta) = 0;
   // On success `response` holds the head plus usage, cost, latency and

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -126,14 +128,18 @@ void InferHandle::Ended() {
   released = std::move(backend_call_);
 }
 
-// One request from decision to end; the backend's observer.
-struct RequestPipeline::Call final : StreamObserver {
+// One request from decision to end; the backend's observer, once per
+// attempt.
+struct RequestPipeline::Call final
+    : StreamObserver,
+      std::enable_shared_from_this<RequestPipeline::Call> {
   RequestPipeline* pipeline = nullptr;
   const v1::InferRequest* request = nullptr;  // The caller's, until OnEnd.
   InferOptions options;
   std::shared_ptr<InferSink> sink;
   std::shared_ptr<InferHandle> handle = std::make_shared<InferHandle>();
-  v1::InferResponse response;  // Head, then the end's fields.
+  v1::InferResponse response;        // Head, then the end's fields.
+  policy::RequestFeatures features;  // Its spans point into this call.
   int route_index = -1;
   int task = -1;
   absl::Time start;
@@ -142,9 +148,28 @@ struct RequestPipeline::Call final : StreamObserver {
   policy::Engine* engine = nullptr;
   std::vector<float> embedding;
   int64_t embedding_tokens = 0;
+  // Per route: tried already; may take this attempt (Engine's `available`).
+  std::vector<bool> tried;
+  std::unique_ptr<bool[]> available;
+  int attempts = 0;
+  absl::Time attempt_start;
+  bool probe = false;        // This attempt probes an ejected backend.
+  bool holds_retry = false;  // A fallback holds room in the retry budget.
+  bool started = false;      // The sink has heard OnStart.
+  bool delivered = false;    // Some of the answer reached the sink.
   bool ended = false;
+  // Why a failed attempt was not tried elsewhere, when a route could have
+  // been; for the error.
+  std::string fallback_refused;
 
-  void OnDelta(BackendDelta delta) override { sink->OnDelta(std::move(delta)); }
+  void OnDelta(BackendDelta delta) override {
+    if (!started) {
+      started = true;
+      sink->OnStart(response);
+    }
+    delivered = true;
+    sink->OnDelta(std::move(delta));
+  }
   void OnEnd(absl::Status status, BackendResponse usage) override {
     pipeline->Finish(*this, std::move(status), std::move(usage));
   }
@@ -205,43 +230,140 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
     embedding = EmbedPrompt(Question(request));
     features.embedding = embedding;
   }
-  auto decision = engine->Decide(features, *parts_.stats->Snapshot());
-  if (decision.ok() && experiment >= 0) {
-    const v1::Experiment& spec = config.experiments(experiment);
-    const ExperimentArms& runtime = (*parts_.experiments)[experiment];
-    const int arm_route = runtime.arm_route[arm];
-    decision->propensity *= runtime.arm_share[arm];
-    // A route arm decided by itself: the engine only saw its pin.
-    decision->reason = absl::StrCat(
-        "experiment ", spec.name(), " arm ", spec.arms(arm).name(), ": ",
-        arm_route >= 0 ? absl::StrCat("route ", config.routes(arm_route).name())
-                       : decision->reason);
-    decision->reason_class = "experiment";
+  call->features = features;
+  call->task = task;
+  call->experiment = experiment;
+  call->arm = arm;
+  call->engine = engine;
+  call->embedding = std::move(embedding);
+  call->features.embedding = call->embedding;
+  const int routes = config.routes_size();
+  call->tried.assign(routes, false);
+  call->available.reset(new bool[routes]);
+  call->features.available = absl::MakeConstSpan(call->available.get(), routes);
+  auto decision = Decide(*call);
+  // A pin to an ejected backend goes elsewhere only if the request allows.
+  if (!decision.ok() && call->features.pinned_route >= 0 &&
+      decision.status().code() == absl::StatusCode::kUnavailable &&
+      MayFallBack(*call)) {
+    call->route_index = call->features.pinned_route;
+    call->tried[call->route_index] = true;
+    decision = DecideFallback(*call, "ejected");
   }
   if (!decision.ok()) {
     refuse(decision.status());
     return handle;
   }
-  const int route_index = decision->route;
-  const v1::Route& route = config.routes(route_index);
-  metrics.RecordDecision(route_index, task, decision->policy,
-                         decision->reason_class);
+  parts_.retry_budget->RequestStarted();
+  StartAttempt(std::move(call), *std::move(decision));
+  return handle;
+}
 
-  const std::string& task_name = config.tasks(task);
+absl::StatusOr<policy::Decision> RequestPipeline::Decide(Call& call) {
+  const v1::Config& config = *parts_.config;
+  const absl::Time now = absl::Now();
+  const int routes = config.routes_size();
+  std::vector<std::string> ejected;
+  for (int r = 0; r < routes; ++r) {
+    const bool healthy = parts_.route_health[r]->Available(now);
+    call.available[r] = !call.tried[r] && healthy;
+    if (!call.tried[r] && !healthy) {
+      ejected.push_back(absl::StrCat("route ", config.routes(r).name(),
+                                     ": backend ", config.routes(r).backend(),
+                                     " ",
+                                     parts_.route_health[r]->Describe(now)));
+    }
+  }
+  auto unavailable = [&](absl::string_view what) {
+    return absl::UnavailableError(
+        absl::StrCat(what, " (", absl::StrJoin(ejected, "; "), ")"));
+  };
+  const int pinned = call.features.pinned_route;
+  if (pinned >= 0 && !call.available[pinned]) {
+    return unavailable(absl::StrCat("route ", config.routes(pinned).name(),
+                                    " cannot take requests now"));
+  }
+  absl::StatusOr<policy::Decision> decision =
+      call.engine->Decide(call.features, *parts_.stats->Snapshot());
+  // Turned away only for health: say so, the constraints were not at fault.
+  if (!decision.ok() && !ejected.empty()) {
+    return unavailable(absl::StrCat("no route can serve the request now: ",
+                                    decision.status().message()));
+  }
+  if (!decision.ok() || call.experiment < 0) return decision;
+  const v1::Experiment& spec = config.experiments(call.experiment);
+  const ExperimentArms& runtime = (*parts_.experiments)[call.experiment];
+  const int arm_route = runtime.arm_route[call.arm];
+  if (call.attempts == 0) decision->propensity *= runtime.arm_share[call.arm];
+  // A route arm decided by itself: the engine only saw its pin.
+  decision->reason = absl::StrCat(
+      "experiment ", spec.name(), " arm ", spec.arms(call.arm).name(), ": ",
+      arm_route >= 0 && pinned >= 0
+          ? absl::StrCat("route ", config.routes(arm_route).name())
+          : decision->reason);
+  decision->reason_class = "experiment";
+  return decision;
+}
+
+absl::StatusOr<policy::Decision> RequestPipeline::DecideFallback(
+    Call& call, absl::string_view failure) {
+  const v1::Config& config = *parts_.config;
+  const v1::Route& failed = config.routes(call.route_index);
+  const std::string from =
+      absl::StrCat("fallback from ", failed.name(), " (", failure, "): ");
+  if (!failed.fallback_routes().empty()) {
+    // The route's own list, in its order, and nothing else.
+    const absl::Time now = absl::Now();
+    for (const std::string& name : failed.fallback_routes()) {
+      const int r = parts_.route_index.at(name);
+      if (call.tried[r] || !parts_.route_health[r]->Available(now)) continue;
+      policy::Decision decision;
+      decision.route = r;
+      decision.policy = "fallback_routes";
+      decision.reason = absl::StrCat(from, name, " (fallback_routes)");
+      decision.reason_class = "fallback";
+      return decision;
+    }
+    return absl::UnavailableError(
+        absl::StrCat("no route of ", failed.name(),
+                     ".fallback_routes is left untried and in service"));
+  }
+  call.features.pinned_route = -1;
+  absl::StatusOr<policy::Decision> decision = Decide(call);
+  if (!decision.ok()) return decision;
+  decision->reason = absl::StrCat(from, config.routes(decision->route).name(),
+                                  ": ", decision->reason);
+  decision->reason_class = "fallback";
+  return decision;
+}
+
+void RequestPipeline::StartAttempt(std::shared_ptr<Call> call,
+                                   policy::Decision decision) {
+  const v1::Config& config = *parts_.config;
+  Metrics& metrics = *parts_.metrics;
+  const int route_index = decision.route;
+  const v1::Route& route = config.routes(route_index);
+  metrics.RecordDecision(route_index, call->task, decision.policy,
+                         decision.reason_class);
   RequestIdParts id_parts;
   id_parts.route = route.name();
-  id_parts.task = task_name;
+  id_parts.task = config.tasks(call->task);
   id_parts.unix_millis = absl::ToUnixMillis(call->start);
   id_parts.nonce = RandomNonce();
-  if (experiment >= 0) {
-    const v1::Experiment& spec = config.experiments(experiment);
+  if (call->experiment >= 0) {
+    const v1::Experiment& spec = config.experiments(call->experiment);
     id_parts.experiment = spec.name();
-    id_parts.arm = spec.arms(arm).name();
+    id_parts.arm = spec.arms(call->arm).name();
   }
+  call->route_index = route_index;
+  call->tried[route_index] = true;
+  ++call->attempts;
+  call->attempt_start = absl::Now();
+  call->probe = parts_.route_health[route_index]->Begin(call->attempt_start);
   auto issued = parts_.signer->Issue(id_parts);
   if (!issued.ok()) {
-    call->sink->OnEnd(issued.status(), call->response);
-    return handle;
+    Finish(*call, issued.status(), {});
+    return;
   }
   v1::InferResponse& response = call->response;
   response.set_request_id(*std::move(issued));
@@ -249,36 +371,31 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
   response.set_route_kind(EnumName(route.kind()));
   response.set_backend(route.backend());
   response.set_model(route.model());
-  response.set_task(task_name);
+  response.set_task(id_parts.task);
+  response.clear_citations();
   v1::Decision* wire_decision = response.mutable_decision();
-  wire_decision->set_policy(decision->policy);
-  wire_decision->set_reason(decision->reason);
-  wire_decision->set_propensity(decision->propensity);
+  wire_decision->set_policy(decision.policy);
+  wire_decision->set_reason(decision.reason);
+  wire_decision->set_propensity(decision.propensity);
   wire_decision->set_experiment(id_parts.experiment);
   wire_decision->set_arm(id_parts.arm);
-
-  call->route_index = route_index;
-  call->task = task;
-  call->experiment = experiment;
-  call->arm = arm;
-  call->engine = engine;
-  call->embedding = std::move(embedding);
   if (route.kind() != v1::ROUTE_KIND_RAG) {
     CallBackend(std::move(call));
-    return handle;
+    return;
   }
   // Retrieval may take milliseconds (or an embedding server's round trip):
   // never on a front's thread.
   parts_.retrieval_pool->Submit([this, call = std::move(call)](
                                     absl::Status admitted) mutable {
     if (!admitted.ok()) {
+      EndAttempt(*call, admitted, AttemptResult::kNeutral);
+      Conclude(*call);
       parts_.metrics->RecordRejected(absl::StatusCodeToString(admitted.code()));
       call->sink->OnEnd(admitted, call->response);
       return;
     }
     CallBackend(std::move(call));
   });
-  return handle;
 }
 
 void RequestPipeline::CallBackend(std::shared_ptr<Call> call) {
@@ -317,17 +434,157 @@ void RequestPipeline::CallBackend(std::shared_ptr<Call> call) {
     call->embedding_tokens =
         static_cast<int64_t>(retrieval::Words(Question(*call->request)).size());
   }
-  call->sink->OnStart(call->response);
   std::shared_ptr<InferHandle> handle = call->handle;
   Backend* backend = parts_.route_backend[call->route_index];
   handle->Attach(backend->Stream(*std::move(backend_request), std::move(call)));
 }
 
+namespace {
+
+// What a failed attempt's status says of its backend, for health and
+// fallbacks: the class of failure, or none when the request itself was
+// refused, cancelled or failed in arbiter.
+std::optional<v1::FailureClass> FailureClassOf(const absl::Status& status) {
+  std::optional<BackendError> error = BackendErrorOf(status);
+  if (!error.has_value()) return std::nullopt;
+  switch (*error) {
+    case BackendError::kConnect:
+    case BackendError::kTransport:
+      return v1::FAILURE_CLASS_UNAVAILABLE;
+    case BackendError::kTimeout:
+      return v1::FAILURE_CLASS_TIMEOUT;
+    case BackendError::kRateLimited:
+    case BackendError::kQueueFull:
+      return v1::FAILURE_CLASS_RATE_LIMITED;
+    case BackendError::kHttp5xx:
+    case BackendError::kMalformed:
+    case BackendError::kTooLarge:
+      return v1::FAILURE_CLASS_SERVER_ERROR;
+    case BackendError::kHttp3xx:
+    case BackendError::kHttp4xx:
+    case BackendError::kHttpOther:
+    case BackendError::kInternal:
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool RequestPipeline::MayFallBack(const Call& call) const {
+  return call.request->route().empty() || call.request->allow_fallback();
+}
+
+const v1::Fallback& RequestPipeline::FallbackOf(int task) const {
+  const v1::Config& config = *parts_.config;
+  auto it = config.task_policies().find(config.tasks(task));
+  return it != config.task_policies().end() ? it->second.fallback()
+                                            : config.policy().fallback();
+}
+
+void RequestPipeline::EndAttempt(Call& call, const absl::Status& status,
+                                 AttemptResult result) {
+  const absl::Time now = absl::Now();
+  parts_.route_health[call.route_index]->End(call.probe, result, now);
+  call.probe = false;
+  if (call.holds_retry) {
+    call.holds_retry = false;
+    parts_.retry_budget->RetryEnded();
+  }
+  v1::Attempt* attempt = call.response.add_attempts();
+  const v1::Route& route = parts_.config->routes(call.route_index);
+  attempt->set_route(route.name());
+  attempt->set_backend(route.backend());
+  attempt->set_status(absl::StatusCodeToString(status.code()));
+  attempt->set_error(std::string(status.message()));
+  if (std::optional<v1::FailureClass> failure = FailureClassOf(status)) {
+    attempt->set_failure(EnumName(*failure));
+  }
+  attempt->set_latency_seconds(absl::ToDoubleSeconds(now - call.attempt_start));
+}
+
+absl::Status RequestPipeline::WithAttempts(const Call& call,
+                                           const absl::Status& status) {
+  std::vector<std::string> tried;
+  for (const v1::Attempt& attempt : call.response.attempts()) {
+    tried.push_back(absl::StrCat(
+        attempt.route(), " ",
+        attempt.failure().empty() ? attempt.status() : attempt.failure()));
+  }
+  std::string message = absl::StrCat(
+      status.message(), " (attempts: ", absl::StrJoin(tried, ", "), ")");
+  if (!call.fallback_refused.empty()) {
+    absl::StrAppend(&message, "; no fallback: ", call.fallback_refused);
+  }
+  return absl::Status(status.code(), message);
+}
+
+void RequestPipeline::Conclude(Call& call) {
+  call.ended = true;
+  call.handle->Ended();
+  parts_.retry_budget->RequestEnded();
+  parts_.metrics->RecordAttempts(call.attempts);
+}
+
+bool RequestPipeline::FallBack(Call& call, const absl::Status& status,
+                               v1::FailureClass failure,
+                               const BackendResponse& usage) {
+  const int task = call.task;
+  const int from = call.route_index;
+  const v1::Fallback& settings = FallbackOf(task);
+  if (call.delivered || call.attempts >= settings.max_attempts() ||
+      !MayFallBack(call) || call.handle->cancelled() ||
+      absl::c_find(settings.on(), failure) == settings.on().end() ||
+      call.options.deadline - absl::Now() <= absl::Milliseconds(1)) {
+    return false;
+  }
+  auto decision = DecideFallback(call, EnumName(failure));
+  if (!decision.ok()) {
+    call.fallback_refused = std::string(decision.status().message());
+    return false;
+  }
+  if (!parts_.retry_budget->TryStartRetry()) {
+    parts_.metrics->RecordRetryBudgetExhausted();
+    call.fallback_refused = "the retry budget is spent (server.retry_budget)";
+    return false;
+  }
+  // The failed attempt counts against the route's error rate and its
+  // backend's health, never its accuracy; what it billed is costed.
+  const v1::Route& route = parts_.config->routes(from);
+  parts_.stats->RecordError(
+      from, task, absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
+  if (usage.input_tokens > 0 || usage.output_tokens > 0) {
+    const policy::RequestCost priced = policy::PriceRequest(
+        route.pricing(), usage.input_tokens, usage.output_tokens,
+        route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
+    {
+      std::lock_guard lock(*parts_.economics_mu);
+      parts_.economics->RecordRequest(from, task, priced, absl::Now());
+    }
+    parts_.metrics->RecordFailedAttemptBill(from, task, usage.input_tokens,
+                                            usage.output_tokens, priced);
+  }
+  parts_.metrics->RecordFallback(from, decision->route, EnumName(failure));
+  (void)status;
+  call.holds_retry = true;
+  // The backend still holds this call as its observer until OnEnd returns:
+  // the next attempt shares it.
+  StartAttempt(call.shared_from_this(), *std::move(decision));
+  return true;
+}
+
 void RequestPipeline::Finish(Call& call, absl::Status status,
                              BackendResponse usage) {
   if (call.ended) return;
-  call.ended = true;
-  call.handle->Ended();
+  const bool cancelled = status.code() == absl::StatusCode::kCancelled;
+  const std::optional<v1::FailureClass> failure =
+      status.ok() ? std::nullopt : FailureClassOf(status);
+  EndAttempt(call, status,
+             status.ok()           ? AttemptResult::kOk
+             : failure.has_value() ? AttemptResult::kFailed
+                                   : AttemptResult::kNeutral);
+  if (failure.has_value() && FallBack(call, status, *failure, usage)) return;
+  Conclude(call);
   const int route_index = call.route_index;
   const int task = call.task;
   const int experiment = call.experiment;
@@ -336,15 +593,19 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   Metrics& metrics = *parts_.metrics;
   const double latency = absl::ToDoubleSeconds(absl::Now() - call.start);
   v1::InferResponse& response = call.response;
-  const bool cancelled = status.code() == absl::StatusCode::kCancelled;
   if (!status.ok()) RefuseFeedbackOn(call);
   if (!status.ok() && !cancelled) {
-    parts_.stats->RecordError(route_index, task, latency);
+    parts_.stats->RecordError(
+        route_index, task,
+        absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
     if (experiment >= 0) {
       parts_.experiment_stats->RecordError(experiment, arm, latency);
       metrics.RecordExperimentRequest(experiment, arm, false);
     }
     metrics.RecordFailure(route_index, task, OutcomeOf(status), latency);
+    if (call.attempts > 1 || !call.fallback_refused.empty()) {
+      status = WithAttempts(call, status);
+    }
     call.sink->OnEnd(status, response);
     return;
   }
@@ -369,6 +630,10 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   }
   if (cancelled) {
     // Neither an error nor an answer the policy could be judged on.
+    if (!call.started) {
+      call.started = true;
+      call.sink->OnStart(response);
+    }
     metrics.RecordCancelled(route_index, task, usage.input_tokens,
                             usage.output_tokens, priced, latency);
     call.sink->OnEnd(status, response);
@@ -385,6 +650,10 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
     metrics.RecordExperimentRequest(experiment, arm, true);
   }
   parts_.decisions->Record(response.request_id(), call.embedding);
+  if (!call.started) {
+    call.started = true;
+    call.sink->OnStart(response);
+  }
   call.sink->OnEnd(absl::OkStatus(), response);
 }
 

@@ -9,6 +9,8 @@
 #include "arbiter/v1/gateway.pb.h"
 #include "gateway/pipeline/gateway_parts.h"
 #include "gateway/pipeline/infer_sink.h"
+#include "gateway/resilience/backend_health.h"
+#include "policy/engine.h"
 
 namespace arbiter {
 
@@ -37,9 +39,33 @@ class RequestPipeline final {
   // The experiment a request of this task takes part in, or -1.
   int ExperimentFor(int task) const;
   std::vector<float> EmbedPrompt(absl::string_view text) const;
-  // Builds the prompt (retrieving for a rag route), starts the sink and
-  // calls the backend.
+  // The policy's (or the experiment arm's) choice among the routes not yet
+  // tried whose backends are in service; UNAVAILABLE naming the ejected
+  // ones when they were all that was left.
+  absl::StatusOr<policy::Decision> Decide(Call& call);
+  // Where a failed attempt goes next: its route's fallback_routes, else the
+  // policy's next best.
+  absl::StatusOr<policy::Decision> DecideFallback(Call& call,
+                                                  absl::string_view failure);
+  // Issues the attempt's request id and head, then calls the backend (after
+  // retrieval, for a rag route).
+  void StartAttempt(std::shared_ptr<Call> call, policy::Decision decision);
+  // Builds the prompt (retrieving for a rag route) and calls the backend.
   void CallBackend(std::shared_ptr<Call> call);
+  // A pinned request falls back only when it says it may.
+  bool MayFallBack(const Call& call) const;
+  const v1::Fallback& FallbackOf(int task) const;
+  // Tries the request on another route if its settings, deadline and the
+  // retry budget allow; false when it ends here.
+  bool FallBack(Call& call, const absl::Status& status,
+                v1::FailureClass failure, const BackendResponse& usage);
+  // Records the attempt that just ended (health, budget, attempts list).
+  void EndAttempt(Call& call, const absl::Status& status, AttemptResult result);
+  // The request ends: its handle, budget share and attempt count.
+  void Conclude(Call& call);
+  // The final failure, naming each attempt and why none followed.
+  static absl::Status WithAttempts(const Call& call,
+                                   const absl::Status& status);
   // Fails only for a rag route whose retrieval fails.
   absl::StatusOr<BackendRequest> BuildBackendRequest(Call& call);
   void Finish(Call& call, absl::Status status, BackendResponse usage);

@@ -309,6 +309,22 @@ TEST(ChatRequestTest, TheBodysArbiterObjectOverridesHeaders) {
   EXPECT_DOUBLE_EQ(chat->request.constraints().min_accuracy(), 0.5);
 }
 
+TEST(ChatRequestTest, AllowFallbackComesFromTheHeaderOrTheBody) {
+  auto header = Chat(Body(), {{"X-Arbiter-Allow-Fallback", "true"}});
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_TRUE(header->request.allow_fallback());
+  auto body = Chat(Body({{"arbiter", {{"allow_fallback", false}}}}),
+                   {{"x-arbiter-allow-fallback", "true"}});
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_FALSE(body->request.allow_fallback());
+  ExpectFieldError(Chat(Body(), {{"x-arbiter-allow-fallback", "yes"}}).status(),
+                   "x-arbiter-allow-fallback",
+                   "expected true or false, got \"yes\"");
+  ExpectFieldError(
+      Chat(Body({{"arbiter", {{"allow_fallback", "yes"}}}})).status(),
+      "arbiter.allow_fallback", "expected a boolean");
+}
+
 TEST(ChatRequestTest, ArbiterUnitIdWinsOverUser) {
   auto chat =
       Chat(Body({{"user", "u-user"}}), {{"x-arbiter-unit-id", "u-header"}});

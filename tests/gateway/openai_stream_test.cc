@@ -794,8 +794,10 @@ TEST(OpenAIStreamTest, AnHttpErrorOfAStreamIsTheUsualError) {
   auto recorder = std::make_shared<Recorder>();
   backend.Stream(Request(), recorder);
   ASSERT_TRUE(recorder->WaitForEnd());
-  EXPECT_EQ(recorder->status(),
-            absl::UnavailableError("backend \"fake\": HTTP 503"));
+  EXPECT_EQ(recorder->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(recorder->status().message(), "backend \"fake\": HTTP 503");
+  // The pipeline reads why from the status, to fall back or not.
+  EXPECT_EQ(BackendErrorOf(recorder->status()), BackendError::kHttp5xx);
   EXPECT_EQ(recorder->usage().input_tokens, 0);  // Refused: nothing billed.
   EXPECT_EQ(errors[BackendError::kHttp5xx], 1);
 }

@@ -106,6 +106,9 @@ policy: {pinned: {route: tuned}}
 backends:
   - name: vllm
     openai: {base_url: "http://127.0.0.1:PORT/v1", timeout_seconds: 20}
+    # Every answer here is bad on purpose: the backend must stay in service
+    # so that each request shows what its answer did.
+    outlier_detection: {consecutive_failures: 0, failure_rate_percent: 0}
 routes:
   - name: tuned
     kind: fine_tuned
