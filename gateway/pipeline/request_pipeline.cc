@@ -226,10 +226,7 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
     }
   }
   std::vector<float> embedding;
-  if (engine->UsesContext(task)) {
-    embedding = EmbedPrompt(Question(request));
-    features.embedding = embedding;
-  }
+  if (engine->UsesContext(task)) embedding = EmbedPrompt(Question(request));
   call->features = features;
   call->task = task;
   call->experiment = experiment;
@@ -526,8 +523,7 @@ void RequestPipeline::Conclude(Call& call) {
   parts_.metrics->RecordAttempts(call.attempts);
 }
 
-bool RequestPipeline::FallBack(Call& call, const absl::Status& status,
-                               v1::FailureClass failure,
+bool RequestPipeline::FallBack(Call& call, v1::FailureClass failure,
                                const BackendResponse& usage) {
   const int task = call.task;
   const int from = call.route_index;
@@ -565,7 +561,6 @@ bool RequestPipeline::FallBack(Call& call, const absl::Status& status,
                                             usage.output_tokens, priced);
   }
   parts_.metrics->RecordFallback(from, decision->route, EnumName(failure));
-  (void)status;
   call.holds_retry = true;
   // The backend still holds this call as its observer until OnEnd returns:
   // the next attempt shares it.
@@ -583,7 +578,7 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
              status.ok()           ? AttemptResult::kOk
              : failure.has_value() ? AttemptResult::kFailed
                                    : AttemptResult::kNeutral);
-  if (failure.has_value() && FallBack(call, status, *failure, usage)) return;
+  if (failure.has_value() && FallBack(call, *failure, usage)) return;
   Conclude(call);
   const int route_index = call.route_index;
   const int task = call.task;

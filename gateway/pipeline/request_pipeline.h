@@ -57,8 +57,8 @@ class RequestPipeline final {
   const v1::Fallback& FallbackOf(int task) const;
   // Tries the request on another route if its settings, deadline and the
   // retry budget allow; false when it ends here.
-  bool FallBack(Call& call, const absl::Status& status,
-                v1::FailureClass failure, const BackendResponse& usage);
+  bool FallBack(Call& call, v1::FailureClass failure,
+                const BackendResponse& usage);
   // Records the attempt that just ended (health, budget, attempts list).
   void EndAttempt(Call& call, const absl::Status& status, AttemptResult result);
   // The request ends: its handle, budget share and attempt count.

@@ -22,6 +22,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::PortOf;
 using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
@@ -230,25 +231,6 @@ double SumOfSamples(const std::string& metrics, const std::string& name,
 
 // The value of the sample `name{labels...}` whose labels include all of
 // `want`, or -1.
-double Sample(const std::string& metrics, const std::string& name,
-              const std::map<std::string, std::string>& want) {
-  std::istringstream lines(metrics);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (!line.starts_with(name + "{")) continue;
-    bool all = true;
-    for (const auto& [key, value] : want) {
-      if (line.find(absl::StrCat(key, "=\"", value, "\"")) ==
-          std::string::npos) {
-        all = false;
-        break;
-      }
-    }
-    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return -1;
-}
-
 TEST_F(EndToEndTest, EachRouteKindAnswersPricesAndTakesFeedback) {
   // Costs per route as the client saw them, to compare with the server's.
   std::map<std::string, double> cost;
@@ -331,33 +313,35 @@ TEST_F(EndToEndTest, EachRouteKindAnswersPricesAndTakesFeedback) {
       copy[key] = value;
       return copy;
     };
-    EXPECT_EQ(Sample(metrics, "arbiter_requests_total", with("outcome", "ok")),
-              3);
+    EXPECT_EQ(
+        MetricSample(metrics, "arbiter_requests_total", with("outcome", "ok")),
+        3);
     EXPECT_EQ(SumOfSamples(metrics, "arbiter_decisions_total", labels), 3);
     EXPECT_EQ(SumOfSamples(metrics, "arbiter_decisions_total",
                            with("reason", "requested")),
               3);
     EXPECT_NEAR(SumOfSamples(metrics, "arbiter_cost_usd_total", labels),
                 faq->cost_usd(), 1e-9);
-    EXPECT_GT(Sample(metrics, "arbiter_cost_usd_total",
-                     with("component", "input_tokens")),
+    EXPECT_GT(MetricSample(metrics, "arbiter_cost_usd_total",
+                           with("component", "input_tokens")),
               0);
+    EXPECT_EQ(MetricSample(metrics, "arbiter_tokens_total",
+                           with("direction", "input")),
+              faq->input_tokens());
+    EXPECT_EQ(MetricSample(metrics, "arbiter_feedback_total",
+                           with("outcome", "correct")),
+              1);
+    EXPECT_EQ(MetricSample(metrics, "arbiter_feedback_total",
+                           with("outcome", "incorrect")),
+              1);
+    EXPECT_EQ(MetricSample(metrics, "arbiter_feedback_total",
+                           with("outcome", "graded")),
+              1);
+    EXPECT_DOUBLE_EQ(
+        MetricSample(metrics, "arbiter_feedback_score_total", labels), 1.5);
     EXPECT_EQ(
-        Sample(metrics, "arbiter_tokens_total", with("direction", "input")),
-        faq->input_tokens());
-    EXPECT_EQ(
-        Sample(metrics, "arbiter_feedback_total", with("outcome", "correct")),
-        1);
-    EXPECT_EQ(
-        Sample(metrics, "arbiter_feedback_total", with("outcome", "incorrect")),
-        1);
-    EXPECT_EQ(
-        Sample(metrics, "arbiter_feedback_total", with("outcome", "graded")),
-        1);
-    EXPECT_DOUBLE_EQ(Sample(metrics, "arbiter_feedback_score_total", labels),
-                     1.5);
-    EXPECT_EQ(Sample(metrics, "arbiter_request_duration_seconds_count", labels),
-              3);
+        MetricSample(metrics, "arbiter_request_duration_seconds_count", labels),
+        3);
   }
 }
 
@@ -448,8 +432,8 @@ TEST_F(EndToEndTest, BadRequestsGetClearErrors) {
   EXPECT_TRUE(Feedback(twice).ok());
   EXPECT_EQ(Feedback(twice).error_code(), grpc::ALREADY_EXISTS);
 
-  EXPECT_GT(Sample(Metrics(), "arbiter_rejected_requests_total",
-                   {{"code", "invalid_argument"}}),
+  EXPECT_GT(MetricSample(Metrics(), "arbiter_rejected_requests_total",
+                         {{"code", "invalid_argument"}}),
             0);
 }
 
@@ -465,13 +449,14 @@ TEST_F(EndToEndTest, DeadAndSlowBackendsFailClearlyAndServingContinues) {
 
   std::string metrics = Metrics();
   EXPECT_GE(
-      Sample(metrics, "arbiter_requests_total",
-             {{"route", "dead"}, {"task", "faq"}, {"outcome", "unavailable"}}),
+      MetricSample(
+          metrics, "arbiter_requests_total",
+          {{"route", "dead"}, {"task", "faq"}, {"outcome", "unavailable"}}),
       1);
-  EXPECT_GE(
-      Sample(metrics, "arbiter_requests_total",
-             {{"route", "slow"}, {"task", "faq"}, {"outcome", "timeout"}}),
-      1);
+  EXPECT_GE(MetricSample(
+                metrics, "arbiter_requests_total",
+                {{"route", "slow"}, {"task", "faq"}, {"outcome", "timeout"}}),
+            1);
   ASSERT_TRUE(Infer(Ask(kQuestion, "rag"), &response).ok());
 }
 
@@ -545,21 +530,21 @@ TEST_F(EndToEndTest, ExperimentAssignsStickilyAndAnalyzes) {
 
   std::string metrics = Metrics();
   double arm_requests =
-      Sample(metrics, "arbiter_experiment_requests_total",
-             {{"experiment", "prompt-vs-tuned"},
-              {"arm", "A"},
-              {"outcome", "ok"}}) +
-      Sample(
+      MetricSample(metrics, "arbiter_experiment_requests_total",
+                   {{"experiment", "prompt-vs-tuned"},
+                    {"arm", "A"},
+                    {"outcome", "ok"}}) +
+      MetricSample(
           metrics, "arbiter_experiment_requests_total",
           {{"experiment", "prompt-vs-tuned"}, {"arm", "B"}, {"outcome", "ok"}});
   EXPECT_EQ(arm_requests, requests);
-  EXPECT_EQ(Sample(metrics, "arbiter_experiment_feedback_score_total",
-                   {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_experiment_feedback_score_total",
+                         {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}),
             0);
-  EXPECT_EQ(Sample(metrics, "arbiter_experiment_feedback_total",
-                   {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}) +
-                Sample(metrics, "arbiter_experiment_feedback_total",
-                       {{"experiment", "prompt-vs-tuned"}, {"arm", "B"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_experiment_feedback_total",
+                         {{"experiment", "prompt-vs-tuned"}, {"arm", "A"}}) +
+                MetricSample(metrics, "arbiter_experiment_feedback_total",
+                             {{"experiment", "prompt-vs-tuned"}, {"arm", "B"}}),
             requests);
 
   auto show = Subprocess::Start({ARBITER_BINARY, "experiment", "show",
@@ -941,10 +926,10 @@ TEST_F(EndToEndTest, IndexStatsReportsGrowthAheadOfNeed) {
   const absl::Cleanup remove_config = [&] { std::filesystem::remove(path); };
   std::ofstream(path) << RagGatewayConfig(
       sim_port_, "  embedding_dim: 8192\n  index: {kind: flat}\n");
-  auto gateway = Subprocess::Start({ARBITER_BINARY, "serve", "--config", path,
-                                    "--grpc-listen", "127.0.0.1:0",
-                                    "--metrics-listen", "127.0.0.1:0",
-                                    "--http-listen", "127.0.0.1:0"});
+  auto gateway =
+      Subprocess::Start({ARBITER_BINARY, "serve", "--config", path,
+                         "--grpc-listen", "127.0.0.1:0", "--metrics-listen",
+                         "127.0.0.1:0", "--http-listen", "127.0.0.1:0"});
   ASSERT_TRUE(gateway.ok()) << gateway.status();
   auto line = (*gateway)->WaitForLine("grpc listening on ", absl::Seconds(60));
   ASSERT_TRUE(line.ok()) << line.status() << (*gateway)->Output();

@@ -30,6 +30,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::HasSubstr;
@@ -150,24 +151,6 @@ ROUTES
                               {"FALLBACK", extra.primary_fallback}});
 }
 
-double Sample(const std::string& metrics, const std::string& name,
-              const std::map<std::string, std::string>& want) {
-  std::istringstream lines(metrics);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (!line.starts_with(name + "{") && line.rfind(name + " ", 0) != 0) {
-      continue;
-    }
-    bool all = true;
-    for (const auto& [key, value] : want) {
-      all =
-          all && absl::StrContains(line, absl::StrCat(key, "=\"", value, "\""));
-    }
-    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return -1;
-}
-
 class FallbackTest : public ::testing::Test {
  protected:
   void Start(const Extra& extra = {}) {
@@ -254,24 +237,27 @@ TEST_F(FallbackTest, RequestsTheDeadRouteGetsAreAnsweredByTheNextOne) {
   EXPECT_GE(fell_back, 3);
   EXPECT_LE(fell_back, 8);
   const std::string metrics = Metrics();
-  EXPECT_EQ(Sample(metrics, "arbiter_fallbacks_total",
-                   {{"from_route", "primary"},
-                    {"to_route", "secondary"},
-                    {"reason", "unavailable"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_fallbacks_total",
+                         {{"from_route", "primary"},
+                          {"to_route", "secondary"},
+                          {"reason", "unavailable"}}),
             fell_back);
-  EXPECT_EQ(Sample(metrics, "arbiter_backend_up", {{"backend", "flaky"}}), 0);
-  EXPECT_EQ(Sample(metrics, "arbiter_backend_up", {{"backend", "steady"}}), 1);
-  EXPECT_GE(Sample(metrics, "arbiter_backend_ejections_total",
-                   {{"backend", "flaky"}, {"reason", "consecutive_failures"}}),
-            1);
-  // Every request counted once, by its final outcome.
-  EXPECT_EQ(Sample(metrics, "arbiter_requests_total",
-                   {{"route", "secondary"}, {"outcome", "ok"}}),
-            40);
-  EXPECT_EQ(Sample(metrics, "arbiter_requests_total",
-                   {{"route", "primary"}, {"outcome", "unavailable"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_backend_up", {{"backend", "flaky"}}),
             0);
-  EXPECT_EQ(Sample(metrics, "arbiter_request_attempts_count", {}), 40);
+  EXPECT_EQ(
+      MetricSample(metrics, "arbiter_backend_up", {{"backend", "steady"}}), 1);
+  EXPECT_GE(
+      MetricSample(metrics, "arbiter_backend_ejections_total",
+                   {{"backend", "flaky"}, {"reason", "consecutive_failures"}}),
+      1);
+  // Every request counted once, by its final outcome.
+  EXPECT_EQ(MetricSample(metrics, "arbiter_requests_total",
+                         {{"route", "secondary"}, {"outcome", "ok"}}),
+            40);
+  EXPECT_EQ(MetricSample(metrics, "arbiter_requests_total",
+                         {{"route", "primary"}, {"outcome", "unavailable"}}),
+            0);
+  EXPECT_EQ(MetricSample(metrics, "arbiter_request_attempts_count", {}), 40);
 
   // The route statistics and readiness say which backend is out.
   auto admin = v1::Admin::NewStub(
@@ -304,7 +290,8 @@ TEST_F(FallbackTest, AnEjectedBackendReturnsThroughProbesOnceItAnswers) {
     v1::InferResponse response;
     ASSERT_TRUE(Infer(&response, "primary", /*allow_fallback=*/true).ok());
   }
-  ASSERT_EQ(Sample(Metrics(), "arbiter_backend_up", {{"backend", "flaky"}}), 0);
+  ASSERT_EQ(
+      MetricSample(Metrics(), "arbiter_backend_up", {{"backend", "flaky"}}), 0);
   LiveBackend revived("revived answer", dead_port_);
   ASSERT_EQ(revived.port(), dead_port_);
   // Within a few ejection times a probe gets through and it is back.
@@ -313,7 +300,8 @@ TEST_F(FallbackTest, AnEjectedBackendReturnsThroughProbesOnceItAnswers) {
   while (!back && std::chrono::steady_clock::now() < until) {
     v1::InferResponse response;
     ASSERT_TRUE(Infer(&response).ok());
-    back = Sample(Metrics(), "arbiter_backend_up", {{"backend", "flaky"}}) == 1;
+    back = MetricSample(Metrics(), "arbiter_backend_up",
+                        {{"backend", "flaky"}}) == 1;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_TRUE(back);
@@ -381,9 +369,10 @@ TEST_F(FallbackTest, FallbackRoutesTakePrecedenceAndRateLimitsFallBack) {
   EXPECT_NE(response.route(), "secondary");
   ASSERT_GE(response.attempts_size(), 2);
   EXPECT_EQ(response.attempts(0).failure(), "rate_limited");
-  EXPECT_EQ(Sample(Metrics(), "arbiter_fallbacks_total",
+  EXPECT_EQ(
+      MetricSample(Metrics(), "arbiter_fallbacks_total",
                    {{"from_route", "secondary"}, {"reason", "rate_limited"}}),
-            1);
+      1);
 }
 
 TEST_F(FallbackTest, AStreamFallsBackBeforeItsFirstToken) {

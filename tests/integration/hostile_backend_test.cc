@@ -25,6 +25,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::AllOf;
@@ -116,22 +117,6 @@ routes:
     model: m
 )yaml",
                              {{"PORT", std::to_string(backend_port)}});
-}
-
-double Sample(const std::string& metrics, const std::string& name,
-              const std::map<std::string, std::string>& want) {
-  std::istringstream lines(metrics);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (!line.starts_with(name + "{")) continue;
-    bool all = true;
-    for (const auto& [key, value] : want) {
-      all =
-          all && absl::StrContains(line, absl::StrCat(key, "=\"", value, "\""));
-    }
-    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return -1;
 }
 
 class HostileBackendTest : public ::testing::Test {
@@ -262,14 +247,14 @@ TEST_F(HostileBackendTest, MalformedAnswersFailClearlyAndTheGatewayLivesOn) {
   EXPECT_EQ(fine.usage().input_tokens(), 5);
 
   const std::string metrics = Metrics();
-  EXPECT_EQ(Sample(metrics, "arbiter_backend_errors_total",
-                   {{"backend", "vllm"}, {"reason", "malformed"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_backend_errors_total",
+                         {{"backend", "vllm"}, {"reason", "malformed"}}),
             static_cast<double>(malformed.size()));
-  EXPECT_EQ(Sample(metrics, "arbiter_backend_errors_total",
-                   {{"backend", "vllm"}, {"reason", "too_large"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_backend_errors_total",
+                         {{"backend", "vllm"}, {"reason", "too_large"}}),
             2);
-  EXPECT_EQ(Sample(metrics, "arbiter_backend_errors_total",
-                   {{"backend", "vllm"}, {"reason", "timeout"}}),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_backend_errors_total",
+                         {{"backend", "vllm"}, {"reason", "timeout"}}),
             0);
   // The log has what clients do not get: where and what the backend sent.
   EXPECT_THAT(gateway_->Output(),

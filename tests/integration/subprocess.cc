@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sstream>
+
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -131,9 +133,14 @@ std::string ServingGateway::target() const {
 
 absl::StatusOr<ServingGateway> StartServe(
     const std::string& binary, const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {
-      binary,          "serve",       "--grpc-listen", "127.0.0.1:0",
-      "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"};
+  std::vector<std::string> argv = {binary,
+                                   "serve",
+                                   "--grpc-listen",
+                                   "127.0.0.1:0",
+                                   "--metrics-listen",
+                                   "127.0.0.1:0",
+                                   "--http-listen",
+                                   "127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
   auto process = Subprocess::Start(argv);
   if (!process.ok()) return process.status();
@@ -145,8 +152,8 @@ absl::StatusOr<ServingGateway> StartServe(
   auto metrics_line =
       gateway.process->WaitForLine("metrics on http://", absl::Seconds(5));
   if (!metrics_line.ok()) return metrics_line.status();
-  auto http_line =
-      gateway.process->WaitForLine("http listening on http://", absl::Seconds(5));
+  auto http_line = gateway.process->WaitForLine("http listening on http://",
+                                                absl::Seconds(5));
   if (!http_line.ok()) return http_line.status();
   gateway.grpc_port = PortOf(*grpc_line);
   gateway.http_port = PortOf(http_line->substr(0, http_line->find('/')));
@@ -162,6 +169,24 @@ CommandResult RunCommand(const std::string& binary,
   if (!process.ok()) return {-1, std::string(process.status().message())};
   const int exit_code = (*process)->Wait();
   return {exit_code, (*process)->Output()};
+}
+
+double MetricSample(const std::string& metrics, const std::string& name,
+                    const std::map<std::string, std::string>& want) {
+  std::istringstream lines(metrics);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (!line.starts_with(name + "{") && !line.starts_with(name + " ")) {
+      continue;
+    }
+    bool all = true;
+    for (const auto& [key, value] : want) {
+      all =
+          all && absl::StrContains(line, absl::StrCat(key, "=\"", value, "\""));
+    }
+    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
 }
 
 }  // namespace arbiter::testing

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -75,6 +76,11 @@ struct CommandResult {
   int exit_code = -1;
   std::string output;
 };
+
+// The value of the first sample of `name` in Prometheus text whose labels
+// include every one of `want`; -1 when there is none.
+double MetricSample(const std::string& metrics, const std::string& name,
+                    const std::map<std::string, std::string>& want = {});
 
 // Runs `binary args...` to its end.
 CommandResult RunCommand(const std::string& binary,
