@@ -8,6 +8,7 @@
 
 #include "absl/algorithm/container.h"
 #include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -328,8 +329,12 @@ absl::StatusOr<policy::Decision> RequestPipeline::DecideFallback(
   call.features.pinned_route = -1;
   absl::StatusOr<policy::Decision> decision = Decide(call);
   if (!decision.ok()) return decision;
-  decision->reason = absl::StrCat(from, config.routes(decision->route).name(),
-                                  ": ", decision->reason);
+  // Most strategies' reasons start with the route they chose already.
+  const std::string& chosen = config.routes(decision->route).name();
+  decision->reason =
+      absl::StartsWith(decision->reason, absl::StrCat(chosen, ":"))
+          ? absl::StrCat(from, decision->reason)
+          : absl::StrCat(from, chosen, ": ", decision->reason);
   decision->reason_class = "fallback";
   return decision;
 }

@@ -34,6 +34,7 @@ using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // An OpenAI-compatible backend on `port` (0: the OS chooses) answering
 // every request with `text`, plain or streamed; `status` other than 200
@@ -228,6 +229,9 @@ TEST_F(FallbackTest, RequestsTheDeadRouteGetsAreAnsweredByTheNextOne) {
       EXPECT_THAT(first.error(), HasSubstr("backend \"flaky\""));
       EXPECT_THAT(response.decision().reason(),
                   HasSubstr("fallback from primary (unavailable): secondary"));
+      // The route is named once.
+      EXPECT_THAT(response.decision().reason(),
+                  Not(HasSubstr("secondary: secondary")));
     } else {
       EXPECT_EQ(response.attempts_size(), 1);
     }
