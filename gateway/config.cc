@@ -590,6 +590,9 @@ class Validator {
         server.http_max_connections() < 1) {
       Error("server.http_max_connections", "must be >= 1");
     }
+    if (server.has_max_in_flight()) {
+      AtLeast(server.max_in_flight(), 1, "server.max_in_flight");
+    }
     if (server.has_max_request_bytes() &&
         (server.max_request_bytes() < 1 ||
          server.max_request_bytes() > kMaxRequestBytesLimit)) {
@@ -680,6 +683,10 @@ class Validator {
           if (openai.has_max_queued_requests()) {
             AtLeast(openai.max_queued_requests(), 0,
                     path + ".openai.max_queued_requests");
+          }
+          if (openai.has_max_queue_wait_ms()) {
+            AtLeast(openai.max_queue_wait_ms(), 1,
+                    path + ".openai.max_queue_wait_ms");
           }
           if (openai.has_event_threads()) {
             // Each thread needs a connection of its own.
@@ -1300,6 +1307,7 @@ void ApplyConfigDefaults(v1::Config& config) {
   if (!server.has_http_max_connections()) {
     server.set_http_max_connections(16384);
   }
+  if (!server.has_max_in_flight()) server.set_max_in_flight(4096);
   if (!server.has_max_request_bytes()) server.set_max_request_bytes(1 << 20);
   if (!server.has_decision_log_max_mb()) server.set_decision_log_max_mb(64);
   if (!server.has_retrieval_threads()) server.set_retrieval_threads(4);

@@ -137,6 +137,9 @@ class ChatExchange final : public InferSink,
     }
     InferOptions options;
     options.stream = chat_.stream;
+    if (chat_.timeout.has_value()) {
+      options.deadline = absl::Now() + *chat_.timeout;
+    }
     std::shared_ptr<InferHandle> handle =
         pipeline.Infer(chat_.request, options, shared_from_this());
     bool gone;

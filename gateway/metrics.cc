@@ -27,8 +27,8 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
     : num_tasks_(config.tasks_size()),
       rejected_(BuildCounter()
                     .Name("arbiter_rejected_requests_total")
-                    .Help("Requests refused before reaching a route, by gRPC "
-                          "status code.")
+                    .Help("Requests refused at once, by gRPC status code "
+                          "and the bound or check that refused them.")
                     .Register(registry)) {
   auto& requests = BuildCounter()
                        .Name("arbiter_requests_total")
@@ -572,8 +572,27 @@ void Metrics::RecordFailure(int route, int task, Outcome outcome,
   cell.duration->Observe(latency_seconds);
 }
 
-void Metrics::RecordRejected(absl::string_view code) {
-  rejected_.Add({{"code", absl::AsciiStrToLower(code)}}).Increment();
+absl::string_view RejectReasonName(RejectReason reason) {
+  switch (reason) {
+    case RejectReason::kInvalidRequest:
+      return "invalid_request";
+    case RejectReason::kNoRoute:
+      return "no_route";
+    case RejectReason::kMaxInFlight:
+      return "max_in_flight";
+    case RejectReason::kRetrievalQueue:
+      return "retrieval_queue";
+    case RejectReason::kBackendQueue:
+      return "backend_queue";
+  }
+  return "unknown";
+}
+
+void Metrics::RecordRejected(absl::string_view code, RejectReason reason) {
+  rejected_
+      .Add({{"code", absl::AsciiStrToLower(code)},
+            {"reason", std::string(RejectReasonName(reason))}})
+      .Increment();
 }
 
 void Metrics::RecordFeedback(int route, int task, double score, bool graded) {

@@ -24,6 +24,16 @@ namespace arbiter {
 // How a request that reached a route ended.
 enum class Outcome { kOk, kUnavailable, kTimeout, kError, kCancelled };
 
+// Why a request was refused at once, a metric label each.
+enum class RejectReason {
+  kInvalidRequest,  // It failed validation.
+  kNoRoute,         // No route could take it (constraints, ejections).
+  kMaxInFlight,     // server.max_in_flight requests were in flight already.
+  kRetrievalQueue,  // The retrieval pool's queue was full.
+  kBackendQueue,    // Its backend's connections and queue were full.
+};
+absl::string_view RejectReasonName(RejectReason reason);
+
 // The gateway's worker pools, a metric label each.
 enum class Pool { kRetrieval, kIngest };
 
@@ -50,8 +60,9 @@ class Metrics final {
   void RecordCancelled(int route, int task, int64_t input_tokens,
                        int64_t output_tokens, const policy::RequestCost& cost,
                        double latency_seconds);
-  // A request refused before any route was tried; code is the gRPC code name.
-  void RecordRejected(absl::string_view code);
+  // A request refused at once; code is the gRPC code name. A backend's full
+  // queue is counted here too, beside its route's failure.
+  void RecordRejected(absl::string_view code, RejectReason reason);
   // A failed call to an openai backend of the config, by reason.
   void RecordBackendError(absl::string_view backend, BackendError reason);
   // A failed attempt tried again on another route; reason is its failure

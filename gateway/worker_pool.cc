@@ -4,6 +4,7 @@
 #include <exception>
 #include <iostream>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -30,10 +31,11 @@ WorkerPool::WorkerPool(Options options) : options_(std::move(options)) {
   idle_ = threads;  // Counted before they start: a task may come first.
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  expirer_ = std::thread([this] { ExpireLoop(); });
 }
 
 WorkerPool::~WorkerPool() {
-  std::deque<Task> left;
+  std::deque<Queued> left;
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
@@ -41,16 +43,18 @@ WorkerPool::~WorkerPool() {
     ReportLoad();
   }
   wake_.notify_all();
+  expiry_changed_.notify_all();
   for (std::thread& thread : threads_) thread.join();
-  for (Task& task : left) {
-    Call(task,
+  expirer_.join();
+  for (Queued& queued : left) {
+    Call(queued.task,
          absl::UnavailableError(
              absl::StrCat("the ", options_.name, " pool is shutting down")),
          options_.name);
   }
 }
 
-void WorkerPool::Submit(Task task) {
+void WorkerPool::Submit(Task task, absl::Time deadline) {
   absl::Status refused;
   {
     std::lock_guard lock(mu_);
@@ -60,9 +64,13 @@ void WorkerPool::Submit(Task task) {
       refused = absl::UnavailableError(
           absl::StrCat("the ", options_.name, " pool is shutting down"));
     } else if (queue_.size() < room) {
-      queue_.push_back(std::move(task));
+      queue_.push_back({std::move(task), deadline});
       ReportLoad();
       wake_.notify_one();
+      if (deadline < next_expiry_) {
+        next_expiry_ = deadline;
+        expiry_changed_.notify_one();
+      }
       return;
     } else {
       ++rejected_;
@@ -82,7 +90,7 @@ void WorkerPool::Loop() {
     wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
     --idle_;
     if (stopping_) return;
-    Task task = std::move(queue_.front());
+    Task task = std::move(queue_.front().task);
     queue_.pop_front();
     ++busy_;
     ReportLoad();
@@ -94,6 +102,46 @@ void WorkerPool::Loop() {
     --busy_;
     ++idle_;
     ReportLoad();
+  }
+}
+
+void WorkerPool::ExpireLoop() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    if (next_expiry_ == absl::InfiniteFuture()) {
+      expiry_changed_.wait(lock);
+      continue;
+    }
+    const absl::Time wake_at = next_expiry_;
+    if (absl::Now() < wake_at) {
+      expiry_changed_.wait_until(lock, absl::ToChronoTime(wake_at));
+      continue;
+    }
+    const absl::Time now = absl::Now();
+    std::vector<Task> expired;
+    next_expiry_ = absl::InfiniteFuture();
+    std::erase_if(queue_, [&](Queued& queued) {
+      if (queued.deadline > now) {
+        next_expiry_ = std::min(next_expiry_, queued.deadline);
+        return false;
+      }
+      expired.push_back(std::move(queued.task));
+      return true;
+    });
+    if (expired.empty()) continue;
+    ReportLoad();
+    const size_t still_queued = queue_.size();
+    lock.unlock();
+    for (Task& task : expired) {
+      Call(task,
+           absl::DeadlineExceededError(absl::StrCat(
+               "the request's deadline passed while it waited for the ",
+               options_.name, " pool (", threads_.size(), " threads busy, ",
+               still_queued, " other tasks waiting)")),
+           options_.name);
+    }
+    expired.clear();  // Their captures go now, not under the lock.
+    lock.lock();
   }
 }
 

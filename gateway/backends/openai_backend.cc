@@ -63,6 +63,9 @@ struct OpenAIBackend::Transfer {
   bool answered = false;
   absl::Time accepted;  // When Stream took it; the timeout counts from here.
   absl::Time deadline;
+  // While it waits for a connection: the earlier of its deadline and the
+  // end of its allowed queue wait.
+  absl::Time wait_deadline;
   absl::Time started = absl::InfiniteFuture();  // When it got a connection.
   OpenAIBackend* backend = nullptr;
 
@@ -336,6 +339,9 @@ OpenAIBackend::OpenAIBackend(std::string name, const v1::OpenAIBackend& config,
       max_queued_(std::max(0, ShareOf(config.max_queued_requests(), share))),
       total_connections_(std::max(1, config.max_connections())),
       total_queued_(std::max(0, config.max_queued_requests())),
+      max_queue_wait_(config.has_max_queue_wait_ms()
+                          ? absl::Milliseconds(config.max_queue_wait_ms())
+                          : absl::InfiniteDuration()),
       max_response_bytes_(std::max<int64_t>(1, config.max_response_bytes())),
       on_error_(std::move(on_error)),
       link_(std::make_shared<Link>()),
@@ -436,6 +442,8 @@ std::shared_ptr<CallHandle> OpenAIBackend::Stream(
   transfer->prompt_tokens = CountPromptTokens(request.messages);
   transfer->accepted = absl::Now();
   transfer->deadline = transfer->accepted + request.timeout;
+  transfer->wait_deadline =
+      std::min(transfer->deadline, transfer->accepted + max_queue_wait_);
   transfer->backend = this;
   transfer->body = *std::move(body);
   transfer->max_response_bytes = max_response_bytes_;
@@ -670,7 +678,7 @@ OpenAIBackend::Driver OpenAIBackend::TakeIncoming() {
     End(std::move(refusal.observer), std::move(refusal.status), {});
   }
   for (auto& transfer : added) {
-    next_deadline_ = std::min(next_deadline_, transfer->deadline);
+    next_deadline_ = std::min(next_deadline_, transfer->wait_deadline);
     waiting_.push_back(std::move(transfer));
   }
   if (cancel.has_value()) FailAll(*cancel);
@@ -722,9 +730,19 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
     return true;
   });
   std::erase_if(waiting_, [&](std::unique_ptr<Transfer>& transfer) {
-    if (transfer->deadline > now) {
-      next_deadline_ = std::min(next_deadline_, transfer->deadline);
+    if (transfer->wait_deadline > now) {
+      next_deadline_ = std::min(next_deadline_, transfer->wait_deadline);
       return false;
+    }
+    if (transfer->deadline > now) {
+      // Shed: waiting longer would only bring it nearer its timeout.
+      Fail(*transfer, BackendError::kQueueFull,
+           absl::ResourceExhaustedError(absl::StrFormat(
+               "backend \"%s\": no connection free within %s (all %d in "
+               "use; see max_queue_wait_ms)",
+               name_, absl::FormatDuration(max_queue_wait_),
+               total_connections_)));
+      return true;
     }
     Log(absl::StrCat("backend \"", name_, "\": no connection free within ",
                      absl::FormatDuration(transfer->timeout)));

@@ -202,6 +202,9 @@ class OpenAIBackend final : public RoomReportingBackend, public LoopGuest {
   // The configured totals over all shards, for messages.
   const int total_connections_;
   const int total_queued_;
+  // How long a request may wait for a connection; InfiniteDuration: until
+  // its own deadline.
+  const absl::Duration max_queue_wait_;
   const int64_t max_response_bytes_;
   const BackendErrorObserver on_error_;
   // Lets call handles, which may outlive the backend, reach it.

@@ -56,7 +56,17 @@ struct ArbiterInputs {
   std::optional<double> max_cost_usd;
   std::optional<double> min_accuracy;
   std::optional<bool> allow_fallback;
+  std::optional<double> timeout_ms;
 };
+
+absl::Status CheckTimeout(double value, absl::string_view param) {
+  if (!(value > 0 && value <= 86'400'000)) {
+    return InvalidField(
+        param,
+        absl::StrCat("must be in (0, 86400000] milliseconds, got ", value));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status CheckMaxCost(double value, absl::string_view param) {
   if (!(value >= 0)) {
@@ -74,9 +84,9 @@ absl::Status CheckMinAccuracy(double value, absl::string_view param) {
 
 absl::StatusOr<ArbiterInputs> FromHeaders(HeaderFields headers) {
   ArbiterInputs inputs;
-  constexpr absl::string_view kKnown[] = {kTaskHeader, kUnitIdHeader,
-                                          kMaxCostHeader, kMinAccuracyHeader,
-                                          kAllowFallbackHeader};
+  constexpr absl::string_view kKnown[] = {
+      kTaskHeader,        kUnitIdHeader,        kMaxCostHeader,
+      kMinAccuracyHeader, kAllowFallbackHeader, kTimeoutHeader};
   constexpr int kCount = std::size(kKnown);
   bool seen[kCount] = {};
   for (const auto& [name, raw_value] : headers) {
@@ -116,6 +126,9 @@ absl::StatusOr<ArbiterInputs> FromHeaders(HeaderFields headers) {
       if (which == 2) {
         if (absl::Status s = CheckMaxCost(number, lower); !s.ok()) return s;
         inputs.max_cost_usd = number;
+      } else if (which == 5) {
+        if (absl::Status s = CheckTimeout(number, lower); !s.ok()) return s;
+        inputs.timeout_ms = number;
       } else {
         if (absl::Status s = CheckMinAccuracy(number, lower); !s.ok()) {
           return s;
@@ -131,9 +144,9 @@ absl::StatusOr<ArbiterInputs> FromBody(const json::View& arbiter) {
   ArbiterInputs inputs;
   if (arbiter.is_null()) return inputs;
   if (auto s = Param(arbiter.RequireObject(), arbiter); !s.ok()) return s;
-  if (auto s =
-          CheckMembers(arbiter, {"task", "unit_id", "route", "max_cost_usd",
-                                 "min_accuracy", "allow_fallback"});
+  if (auto s = CheckMembers(
+          arbiter, {"task", "unit_id", "route", "max_cost_usd", "min_accuracy",
+                    "allow_fallback", "timeout_ms"});
       !s.ok()) {
     return s;
   }
@@ -166,6 +179,14 @@ absl::StatusOr<ArbiterInputs> FromBody(const json::View& arbiter) {
       Read(arbiter["allow_fallback"], &json::View::OptionalBool);
   if (!allow_fallback.ok()) return allow_fallback.status();
   inputs.allow_fallback = *allow_fallback;
+  auto timeout = Read(arbiter["timeout_ms"], &json::View::OptionalNumber);
+  if (!timeout.ok()) return timeout.status();
+  if (timeout->has_value()) {
+    if (auto s = CheckTimeout(**timeout, "arbiter.timeout_ms"); !s.ok()) {
+      return s;
+    }
+    inputs.timeout_ms = *timeout;
+  }
   return inputs;
 }
 
@@ -548,6 +569,9 @@ absl::StatusOr<ChatCompletion> Parse(absl::string_view body,
   if (auto allow =
           pick(from_body->allow_fallback, from_headers->allow_fallback)) {
     request.set_allow_fallback(*allow);
+  }
+  if (auto timeout = pick(from_body->timeout_ms, from_headers->timeout_ms)) {
+    chat.timeout = absl::Milliseconds(*timeout);
   }
 
   chat.auto_route = chat.model == kAutoModel;

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <optional>
+
 // POST /v1/chat/completions: OpenAI's request schema read into arbiter's
 // InferRequest. Every error is INVALID_ARGUMENT naming the field path, with
 // the path attached as OpenAI's `param` (ParamOf in errors.h), so a handler
@@ -49,6 +51,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "arbiter/v1/gateway.pb.h"
 
@@ -91,6 +94,9 @@ inline constexpr absl::string_view kMinAccuracyHeader =
 // "true" lets a request pinned to a route fall back to others.
 inline constexpr absl::string_view kAllowFallbackHeader =
     "x-arbiter-allow-fallback";
+// Milliseconds the whole request may take (every attempt and every wait);
+// past it the answer is 504 with what was still waited on.
+inline constexpr absl::string_view kTimeoutHeader = "x-arbiter-timeout-ms";
 
 // A request's header fields, as the HTTP server has them (names in any case).
 using HeaderFields =
@@ -110,6 +116,9 @@ struct ChatCompletion {
   bool stream = false;
   // stream_options.include_usage: a usage chunk ends the stream.
   bool include_usage = false;
+  // x-arbiter-timeout-ms or arbiter.timeout_ms: the request's deadline is
+  // this long after it arrived.
+  std::optional<absl::Duration> timeout;
 };
 
 [[nodiscard]] absl::StatusOr<ChatCompletion> ParseChatCompletionRequest(

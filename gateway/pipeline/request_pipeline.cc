@@ -188,15 +188,27 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
   call->sink = std::move(sink);
   call->start = absl::Now();
   std::shared_ptr<InferHandle> handle = call->handle;
-  auto refuse = [&](const absl::Status& status) {
-    metrics.RecordRejected(absl::StatusCodeToString(status.code()));
+  const int max_in_flight = config.server().max_in_flight();
+  // Shed first, before any work: refused at once, never queued.
+  if (!parts_.retry_budget->TryRequestStarted(max_in_flight)) {
+    metrics.RecordRejected("RESOURCE_EXHAUSTED", RejectReason::kMaxInFlight);
+    call->sink->OnEnd(absl::ResourceExhaustedError(absl::StrFormat(
+                          "the gateway has %d requests in flight, its limit "
+                          "(server.max_in_flight); try again later",
+                          max_in_flight)),
+                      call->response);
+    return handle;
+  }
+  auto refuse = [&](const absl::Status& status, RejectReason reason) {
+    parts_.retry_budget->RequestEnded();
+    metrics.RecordRejected(absl::StatusCodeToString(status.code()), reason);
     call->sink->OnEnd(status, call->response);
   };
   int task = 0;
   int pinned_route = -1;
   if (absl::Status valid = Validate(request, &task, &pinned_route);
       !valid.ok()) {
-    refuse(valid);
+    refuse(valid, RejectReason::kInvalidRequest);
     return handle;
   }
   policy::RequestFeatures features;
@@ -249,10 +261,9 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
     decision = DecideFallback(*call, "ejected");
   }
   if (!decision.ok()) {
-    refuse(decision.status());
+    refuse(decision.status(), RejectReason::kNoRoute);
     return handle;
   }
-  parts_.retry_budget->RequestStarted();
   StartAttempt(std::move(call), *std::move(decision));
   return handle;
 }
@@ -386,18 +397,26 @@ void RequestPipeline::StartAttempt(std::shared_ptr<Call> call,
     return;
   }
   // Retrieval may take milliseconds (or an embedding server's round trip):
-  // never on a front's thread.
-  parts_.retrieval_pool->Submit([this, call = std::move(call)](
-                                    absl::Status admitted) mutable {
-    if (!admitted.ok()) {
-      EndAttempt(*call, admitted, AttemptResult::kNeutral);
-      Conclude(*call);
-      parts_.metrics->RecordRejected(absl::StatusCodeToString(admitted.code()));
-      call->sink->OnEnd(admitted, call->response);
-      return;
-    }
-    CallBackend(std::move(call));
-  });
+  // never on a front's thread. The wait for a thread ends at the deadline.
+  const absl::Time deadline = call->options.deadline;
+  parts_.retrieval_pool->Submit(
+      [this, call = std::move(call)](absl::Status admitted) mutable {
+        if (admitted.code() == absl::StatusCode::kDeadlineExceeded) {
+          Finish(*call, std::move(admitted), {});
+          return;
+        }
+        if (!admitted.ok()) {
+          EndAttempt(*call, admitted, AttemptResult::kNeutral);
+          Conclude(*call);
+          parts_.metrics->RecordRejected(
+              absl::StatusCodeToString(admitted.code()),
+              RejectReason::kRetrievalQueue);
+          call->sink->OnEnd(admitted, call->response);
+          return;
+        }
+        CallBackend(std::move(call));
+      },
+      deadline);
 }
 
 void RequestPipeline::CallBackend(std::shared_ptr<Call> call) {
@@ -603,6 +622,9 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
       metrics.RecordExperimentRequest(experiment, arm, false);
     }
     metrics.RecordFailure(route_index, task, OutcomeOf(status), latency);
+    if (BackendErrorOf(status) == BackendError::kQueueFull) {
+      metrics.RecordRejected("RESOURCE_EXHAUSTED", RejectReason::kBackendQueue);
+    }
     if (call.attempts > 1 || !call.fallback_refused.empty()) {
       status = WithAttempts(call, status);
     }

@@ -7,10 +7,11 @@
 
 namespace arbiter {
 
-// Envoy's retry budget: attempts beyond a request's first may be in flight
-// only while they are fewer than max(min_concurrent, budget_percent % of
-// the requests in flight), so an outage cannot multiply the load on the
-// backends that still answer. Lock-free; thread-safe.
+// The requests in flight, bounded, and Envoy's retry budget: attempts beyond a
+// request's first may be in flight only while they are fewer than
+// max(min_concurrent, budget_percent % of the requests in flight), so an outage
+// cannot multiply the load on the backends that still answer. Lock-free;
+// thread-safe.
 class RetryBudget final {
  public:
   // `settings` has its defaults applied.
@@ -21,9 +22,21 @@ class RetryBudget final {
   RetryBudget(const RetryBudget&) = delete;
   RetryBudget& operator=(const RetryBudget&) = delete;
 
-  // A request starts and ends (every request, first attempts included).
-  void RequestStarted() { active_.fetch_add(1, std::memory_order_relaxed); }
+  // A request starts, unless `max_in_flight` are in flight already (load
+  // shedding: refused at once, never queued); a true must be matched by
+  // RequestEnded. Every request counts, first attempts included.
+  bool TryRequestStarted(int max_in_flight) {
+    if (active_.fetch_add(1, std::memory_order_relaxed) >= max_in_flight) {
+      active_.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
   void RequestEnded() { active_.fetch_sub(1, std::memory_order_relaxed); }
+
+  [[nodiscard]] int requests_in_flight() const {
+    return active_.load(std::memory_order_relaxed);
+  }
 
   // Claims room for one more attempt; false when the budget is spent. A
   // true must be matched by RetryEnded.

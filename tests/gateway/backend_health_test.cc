@@ -193,11 +193,11 @@ TEST(RetryBudgetTest, AllowsTheMinimumThenAShareOfTheRequestsInFlight) {
   settings.set_budget_percent(20);
   settings.set_min_concurrent(2);
   RetryBudget budget(settings);
-  for (int i = 0; i < 5; ++i) budget.RequestStarted();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(budget.TryRequestStarted(1000));
   EXPECT_TRUE(budget.TryStartRetry());
   EXPECT_TRUE(budget.TryStartRetry());
   EXPECT_FALSE(budget.TryStartRetry());  // 20% of 5 is 1; the minimum is 2.
-  for (int i = 0; i < 15; ++i) budget.RequestStarted();
+  for (int i = 0; i < 15; ++i) ASSERT_TRUE(budget.TryRequestStarted(1000));
   EXPECT_TRUE(budget.TryStartRetry());  // 20% of 20 is 4.
   EXPECT_TRUE(budget.TryStartRetry());
   EXPECT_FALSE(budget.TryStartRetry());
@@ -211,8 +211,18 @@ TEST(RetryBudgetTest, ZeroPercentAndNoMinimumAllowsNone) {
   settings.set_budget_percent(0);
   settings.set_min_concurrent(0);
   RetryBudget budget(settings);
-  for (int i = 0; i < 100; ++i) budget.RequestStarted();
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(budget.TryRequestStarted(1000));
   EXPECT_FALSE(budget.TryStartRetry());
+}
+
+TEST(RetryBudgetTest, RefusesRequestsBeyondMaxInFlightUntilOneEnds) {
+  RetryBudget budget(v1::RetryBudget{});
+  EXPECT_TRUE(budget.TryRequestStarted(2));
+  EXPECT_TRUE(budget.TryRequestStarted(2));
+  EXPECT_FALSE(budget.TryRequestStarted(2));
+  EXPECT_EQ(budget.requests_in_flight(), 2);  // The refusal left no trace.
+  budget.RequestEnded();
+  EXPECT_TRUE(budget.TryRequestStarted(2));
 }
 
 }  // namespace

@@ -275,6 +275,21 @@ TEST(ConfigTest, EventThreadsAreBetweenOneAndMaxConnections) {
   EXPECT_EQ(config->backends(1).openai().event_threads(), 1);
 }
 
+TEST(ConfigTest, LoadSheddingBoundsHaveDefaultsAndAreValidated) {
+  auto unset = ParseConfigYaml(kValid);
+  ASSERT_TRUE(unset.ok());
+  ApplyConfigDefaults(*unset);
+  EXPECT_EQ(unset->server().max_in_flight(), 4096);
+  EXPECT_THAT(ErrorsOf(std::string(kValid) + "server: {max_in_flight: 0}\n"),
+              Contains(HasSubstr("server.max_in_flight: must be >= 1")));
+  const std::string url = "base_url: \"http://127.0.0.1:8000/v1\"";
+  EXPECT_THAT(ErrorsOf(ValidWith(url, url + ", max_queue_wait_ms: 50")),
+              IsEmpty());
+  EXPECT_THAT(ErrorsOf(ValidWith(url, url + ", max_queue_wait_ms: 0")),
+              Contains(HasSubstr(
+                  "backends[1].openai.max_queue_wait_ms: must be >= 1")));
+}
+
 TEST(ConfigTest, ShutdownGraceDefaultsToTenSecondsAndZeroMeansZero) {
   auto unset = ParseConfigYaml(kValid);
   ASSERT_TRUE(unset.ok());

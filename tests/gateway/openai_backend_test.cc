@@ -549,6 +549,52 @@ TEST_F(OpenAIBackendTest, RefusesAtOnceWhenTooManyWaitForAConnection) {
   EXPECT_TRUE(Call(backend, Request("with-usage")).ok());
 }
 
+TEST_F(OpenAIBackendTest, ShedsARequestThatWaitsLongerThanMaxQueueWait) {
+  v1::OpenAIBackend config = Config(/*max_connections=*/1);
+  config.set_max_queue_wait_ms(100);
+  ErrorTally errors;
+  OpenAIBackend backend("fake", config, "", errors.Observer());
+  constexpr int kRequests = 3;
+  std::mutex mu;
+  std::vector<absl::StatusOr<BackendResponse>> results;
+  std::vector<absl::Duration> took;
+  std::atomic<int> finished{0};
+  absl::Notification all_done;
+  for (int i = 0; i < kRequests; ++i) {
+    const absl::Time start = absl::Now();
+    backend.Complete(Request("slow-ok"),
+                     [&, start](absl::StatusOr<BackendResponse> response) {
+                       {
+                         std::lock_guard lock(mu);
+                         results.push_back(std::move(response));
+                         took.push_back(absl::Now() - start);
+                       }
+                       if (++finished == kRequests) all_done.Notify();
+                     });
+  }
+  ASSERT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  int ok = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    if (results[i].ok()) {
+      ++ok;
+      continue;
+    }
+    // Shed after its allowed wait (the answer takes 300 ms), long before
+    // its 5 s timeout.
+    EXPECT_EQ(results[i].status().code(), absl::StatusCode::kResourceExhausted)
+        << results[i].status();
+    EXPECT_THAT(results[i].status().message(),
+                AllOf(HasSubstr("backend \"fake\": no connection free within "
+                                "100ms"),
+                      HasSubstr("max_queue_wait_ms")));
+    EXPECT_EQ(BackendErrorOf(results[i].status()), BackendError::kQueueFull);
+    EXPECT_GE(took[i], absl::Milliseconds(99));
+    EXPECT_LT(took[i], absl::Milliseconds(290));
+  }
+  EXPECT_EQ(ok, 1);
+  EXPECT_EQ(errors[BackendError::kQueueFull], 2);
+}
+
 TEST_F(OpenAIBackendTest, ACallbackThatThrowsIsCalledOnceAndTheLoopGoesOn) {
   OpenAIBackend backend("fake", Config(), "");
   std::atomic<int> calls{0};

@@ -325,6 +325,26 @@ TEST(ChatRequestTest, AllowFallbackComesFromTheHeaderOrTheBody) {
       "arbiter.allow_fallback", "expected a boolean");
 }
 
+TEST(ChatRequestTest, TimeoutComesFromTheHeaderOrTheBody) {
+  auto none = Chat(Body());
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->timeout.has_value());
+  auto header = Chat(Body(), {{"X-Arbiter-Timeout-Ms", "250"}});
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->timeout, absl::Milliseconds(250));
+  auto body = Chat(Body({{"arbiter", {{"timeout_ms", 1500}}}}),
+                   {{"x-arbiter-timeout-ms", "250"}});
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_EQ(body->timeout, absl::Milliseconds(1500));
+  ExpectFieldError(Chat(Body(), {{"x-arbiter-timeout-ms", "soon"}}).status(),
+                   "x-arbiter-timeout-ms", "expected a number");
+  ExpectFieldError(Chat(Body(), {{"x-arbiter-timeout-ms", "0"}}).status(),
+                   "x-arbiter-timeout-ms", "must be in (0, 86400000]");
+  ExpectFieldError(Chat(Body({{"arbiter", {{"timeout_ms", -5}}}})).status(),
+                   "arbiter.timeout_ms",
+                   "must be in (0, 86400000] milliseconds, got -5");
+}
+
 TEST(ChatRequestTest, ArbiterUnitIdWinsOverUser) {
   auto chat =
       Chat(Body({{"user", "u-user"}}), {{"x-arbiter-unit-id", "u-header"}});

@@ -99,6 +99,38 @@ TEST(WorkerPoolTest, FullQueueAnswersResourceExhaustedAtOnce) {
   while (!queued_ran) std::this_thread::yield();
 }
 
+TEST(WorkerPoolTest, AQueuedTaskPastItsDeadlineGetsDeadlineExceeded) {
+  WorkerPool pool(Sized(1, 10));
+  Gate gate;
+  std::promise<void> started;
+  pool.Submit([&](absl::Status) {
+    started.set_value();
+    gate.Wait();
+  });
+  started.get_future().wait();  // The one thread stays busy.
+  std::promise<absl::Status> late;
+  std::promise<absl::Status> patient;
+  const absl::Time before = absl::Now();
+  absl::Duration waited;
+  pool.Submit(
+      [&](absl::Status admitted) {
+        waited = absl::Now() - before;
+        late.set_value(admitted);
+      },
+      before + absl::Milliseconds(50));
+  pool.Submit([&](absl::Status admitted) { patient.set_value(admitted); },
+              before + absl::Seconds(60));
+  const absl::Status expired = late.get_future().get();
+  EXPECT_EQ(expired.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(expired.message(),
+              HasSubstr("deadline passed while it waited for the test pool"));
+  EXPECT_GE(waited, absl::Milliseconds(49));
+  EXPECT_LT(waited, absl::Milliseconds(500));  // Not when the thread frees.
+  EXPECT_EQ(pool.queued(), 1u);  // Taken out of the queue; the other stays.
+  gate.Open();
+  EXPECT_TRUE(patient.get_future().get().ok());
+}
+
 TEST(WorkerPoolTest, ZeroQueueRunsOnlyWhatIdleThreadsCanTake) {
   WorkerPool pool(Sized(2, 0));
   Gate gate;

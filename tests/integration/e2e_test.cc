@@ -432,8 +432,9 @@ TEST_F(EndToEndTest, BadRequestsGetClearErrors) {
   EXPECT_TRUE(Feedback(twice).ok());
   EXPECT_EQ(Feedback(twice).error_code(), grpc::ALREADY_EXISTS);
 
-  EXPECT_GT(MetricSample(Metrics(), "arbiter_rejected_requests_total",
-                         {{"code", "invalid_argument"}}),
+  EXPECT_GT(MetricSample(
+                Metrics(), "arbiter_rejected_requests_total",
+                {{"code", "invalid_argument"}, {"reason", "invalid_request"}}),
             0);
 }
 
