@@ -435,7 +435,7 @@ class GrpcServer::Services {
 };
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
-    Gateway& gateway, const std::string& address) {
+    Gateway& gateway, const std::string& address, Readiness* readiness) {
   auto server = std::unique_ptr<GrpcServer>(new GrpcServer(gateway));
   server->services_ = std::make_unique<Services>(gateway);
   grpc::EnableDefaultHealthCheckService(true);
@@ -467,6 +467,12 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", address));
   }
+  grpc::HealthCheckServiceInterface* health =
+      server->server_->GetHealthCheckService();
+  if (readiness != nullptr && health != nullptr) {
+    server->readiness_ = readiness;
+    readiness->Watch([health](bool ready) { health->SetServingStatus(ready); });
+  }
   return server;
 }
 
@@ -479,6 +485,7 @@ GrpcServer::~GrpcServer() {
 void GrpcServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  if (readiness_ != nullptr) readiness_->Watch(nullptr);
   if (grpc::HealthCheckServiceInterface* health =
           server_->GetHealthCheckService()) {
     health->SetServingStatus(false);

@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "gateway/gateway.h"
+#include "gateway/readiness.h"
 #include "grpcpp/server.h"
 
 namespace arbiter {
@@ -17,9 +18,12 @@ namespace arbiter {
 class GrpcServer final {
  public:
   // Listens on `address` (port 0 lets the OS choose; see port()), alone:
-  // UNAVAILABLE saying so when another process listens there.
+  // UNAVAILABLE saying so when another process listens there. Health checks
+  // follow `readiness` (NOT_SERVING when no route can serve), which must
+  // outlive the server; without one they say SERVING until Shutdown.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
-      Gateway& gateway, const std::string& address);
+      Gateway& gateway, const std::string& address,
+      Readiness* readiness = nullptr);
   ~GrpcServer();
 
   GrpcServer(const GrpcServer&) = delete;
@@ -38,6 +42,7 @@ class GrpcServer final {
   explicit GrpcServer(Gateway& gateway);
 
   Gateway& gateway_;
+  Readiness* readiness_ = nullptr;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -1,12 +1,5 @@
 #include "gateway/http_front.h"
 
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -56,65 +49,6 @@ std::vector<std::pair<absl::string_view, absl::string_view>> HeaderFields(
         absl::string_view(field.value().data(), field.value().size()));
   }
   return fields;
-}
-
-// host and port of an http(s) base URL; nullopt when it names none.
-std::optional<std::pair<std::string, std::string>> HostPortOf(
-    absl::string_view url) {
-  std::string port = "80";
-  if (absl::ConsumePrefix(&url, "https://")) {
-    port = "443";
-  } else if (!absl::ConsumePrefix(&url, "http://")) {
-    return std::nullopt;
-  }
-  url = url.substr(0, url.find('/'));
-  std::string host(url);
-  if (absl::StartsWith(host, "[")) {
-    const size_t end = host.find(']');
-    if (end == std::string::npos) return std::nullopt;
-    if (end + 1 < host.size() && host[end + 1] == ':') {
-      port = host.substr(end + 2);
-    }
-    host = host.substr(1, end - 1);
-  } else if (const size_t colon = host.rfind(':'); colon != std::string::npos) {
-    port = host.substr(colon + 1);
-    host = host.substr(0, colon);
-  }
-  if (host.empty()) return std::nullopt;
-  return std::pair{host, port};
-}
-
-// Whether a TCP connection to host:port opens within `timeout`.
-bool Connects(const std::string& host, const std::string& port,
-              absl::Duration timeout) {
-  addrinfo hints = {};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) {
-    return false;
-  }
-  bool connected = false;
-  for (addrinfo* a = found; a != nullptr && !connected; a = a->ai_next) {
-    const int fd =
-        socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK, a->ai_protocol);
-    if (fd < 0) continue;
-    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-      connected = true;
-    } else if (errno == EINPROGRESS) {
-      pollfd poll_fd = {fd, POLLOUT, 0};
-      int error = 0;
-      socklen_t length = sizeof(error);
-      connected =
-          poll(&poll_fd, 1,
-               static_cast<int>(absl::ToInt64Milliseconds(timeout))) == 1 &&
-          getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 &&
-          error == 0;
-    }
-    close(fd);
-  }
-  freeaddrinfo(found);
-  return connected;
 }
 
 // One chat completion between the pipeline and its client: the sink of the
@@ -344,30 +278,16 @@ class HttpFront::Handlers {
           503,
           R"({"status":"draining","reason":"the gateway is shutting down"})"));
     }
+    const Readiness::Report report = front_.readiness_.Check(absl::Now());
     nlohmann::json backends = nlohmann::json::object();
-    bool any_route = false;
-    const v1::Config& config = gateway_.config();
-    const absl::Time now = absl::Now();
-    for (size_t b = 0; b < front_.backend_names_.size(); ++b) {
-      const std::string& name = front_.backend_names_[b];
-      const BackendHealth& health = gateway_.health(name);
-      // Reachable but ejected takes no traffic either.
-      const bool reachable = front_.backend_up_[b].load();
-      const bool up = reachable && health.Available(now);
-      backends[name] = !reachable ? std::string("unreachable")
-                       : up       ? std::string("reachable")
-                                  : health.Describe(now);
-      for (const v1::Route& route : config.routes()) {
-        any_route = any_route || (up && route.backend() == name);
-      }
+    for (const Readiness::BackendState& backend : report.backends) {
+      backends[backend.name] = backend.state;
     }
-    nlohmann::json body = {{"status", any_route ? "ready" : "unready"},
+    nlohmann::json body = {{"status", report.ready ? "ready" : "unready"},
                            {"backends", backends}};
-    if (!any_route) {
-      body["reason"] =
-          "no route's backend accepts connections and is in service";
-    }
-    std::move(responder).Send(JsonResponse(any_route ? 200 : 503, body.dump()));
+    if (!report.ready) body["reason"] = Readiness::kUnreadyReason;
+    std::move(responder).Send(
+        JsonResponse(report.ready ? 200 : 503, body.dump()));
   }
 
  private:
@@ -378,19 +298,13 @@ class HttpFront::Handlers {
   std::vector<openai::ModelEntry> models_;
 };
 
-HttpFront::HttpFront(Gateway& gateway) : gateway_(gateway) {}
+HttpFront::HttpFront(Gateway& gateway, const Readiness& readiness)
+    : gateway_(gateway), readiness_(readiness) {}
 
-absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(Gateway& gateway) {
+absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(
+    Gateway& gateway, const Readiness& readiness) {
   const v1::Server& server = gateway.config().server();
-  auto front = std::unique_ptr<HttpFront>(new HttpFront(gateway));
-  const auto& backends = gateway.config().backends();
-  front->backend_up_ = std::make_unique<std::atomic<bool>[]>(backends.size());
-  for (int b = 0; b < backends.size(); ++b) {
-    front->backend_names_.push_back(backends[b].name());
-    front->backend_up_[b] = backends[b].has_sim();
-  }
-  front->ProbeBackendsOnce();
-  front->prober_ = std::thread([f = front.get()] { f->ProbeBackends(); });
+  auto front = std::unique_ptr<HttpFront>(new HttpFront(gateway, readiness));
   front->handlers_ = std::make_unique<Handlers>(*front);
   Handlers* h = front->handlers_.get();
   http::Routes routes;
@@ -431,11 +345,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(Gateway& gateway) {
   return front;
 }
 
-HttpFront::~HttpFront() {
-  server_.reset();
-  stop_probe_.Notify();
-  if (prober_.joinable()) prober_.join();
-}
+HttpFront::~HttpFront() { server_.reset(); }
 
 bool HttpFront::WaitIdle(absl::Time deadline) const {
   while (in_flight_->load() > 0) {
@@ -443,23 +353,6 @@ bool HttpFront::WaitIdle(absl::Time deadline) const {
     absl::SleepFor(absl::Milliseconds(10));
   }
   return true;
-}
-
-void HttpFront::ProbeBackendsOnce() {
-  const auto& backends = gateway_.config().backends();
-  for (int b = 0; b < backends.size(); ++b) {
-    if (!backends[b].has_openai()) continue;
-    auto target = HostPortOf(backends[b].openai().base_url());
-    backend_up_[b] =
-        target.has_value() &&
-        Connects(target->first, target->second, absl::Milliseconds(500));
-  }
-}
-
-void HttpFront::ProbeBackends() {
-  while (!stop_probe_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
-    ProbeBackendsOnce();
-  }
 }
 
 }  // namespace arbiter

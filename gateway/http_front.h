@@ -3,13 +3,11 @@
 #include <atomic>
 #include <memory>
 #include <string>
-#include <thread>
-#include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/notification.h"
 #include "gateway/gateway.h"
 #include "gateway/http/http_server.h"
+#include "gateway/readiness.h"
 
 namespace arbiter {
 
@@ -28,7 +26,9 @@ class HttpFront final {
   // Listens on server.http_listen ("off" is the caller's to skip) with
   // server.http_io_threads and http_max_connections; bodies up to
   // server.max_request_bytes.
-  static absl::StatusOr<std::unique_ptr<HttpFront>> Start(Gateway& gateway);
+  // /readyz reports `readiness`, which must outlive the front.
+  static absl::StatusOr<std::unique_ptr<HttpFront>> Start(
+      Gateway& gateway, const Readiness& readiness);
   // Closes every connection, cancelling what is in flight.
   ~HttpFront();
 
@@ -46,23 +46,15 @@ class HttpFront final {
   class Handlers;
 
  private:
-  explicit HttpFront(Gateway& gateway);
-  // Checks which openai backends accept a connection: once, and every
-  // second on the prober thread.
-  void ProbeBackendsOnce();
-  void ProbeBackends();
+  HttpFront(Gateway& gateway, const Readiness& readiness);
 
   Gateway& gateway_;
+  const Readiness& readiness_;
   std::atomic<bool> draining_{false};
   // Chat completions not answered yet; shared with them, which may outlive
   // the front.
   std::shared_ptr<std::atomic<int>> in_flight_ =
       std::make_shared<std::atomic<int>>(0);
-  // Per configured backend: reachable at the last probe (sim: always).
-  std::vector<std::string> backend_names_;
-  std::unique_ptr<std::atomic<bool>[]> backend_up_;
-  absl::Notification stop_probe_;
-  std::thread prober_;
   std::unique_ptr<Handlers> handlers_;
   std::unique_ptr<http::HttpServer> server_;  // Last: stops first.
 };

@@ -10,9 +10,10 @@
 #include "gateway/cli/stop_signals.h"
 #include "gateway/gateway.h"
 #include "gateway/grpc_server.h"
-#include "gateway/http_front.h"
 #include "gateway/http/http_server.h"
 #include "gateway/http/metrics_handler.h"
+#include "gateway/http_front.h"
+#include "gateway/readiness.h"
 #include "prometheus/registry.h"
 
 namespace arbiter::cli {
@@ -41,11 +42,12 @@ int ServeUntilStopped(LoadedConfig loaded) {
   if (!metrics.ok()) {
     return Fail(absl::StrCat("metrics: ", metrics.status().message()));
   }
-  auto grpc = GrpcServer::Start(**gateway, config.grpc_listen());
+  Readiness readiness(**gateway);  // Outlives both fronts.
+  auto grpc = GrpcServer::Start(**gateway, config.grpc_listen(), &readiness);
   if (!grpc.ok()) return Fail(grpc.status());
   std::unique_ptr<HttpFront> front;
   if (config.http_listen() != "off") {
-    auto started = HttpFront::Start(**gateway);
+    auto started = HttpFront::Start(**gateway, readiness);
     if (!started.ok()) {
       return Fail(absl::StrCat("http: ", started.status().message()));
     }

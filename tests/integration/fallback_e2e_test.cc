@@ -22,6 +22,7 @@
 #include "absl/strings/str_replace.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -392,6 +393,83 @@ TEST_F(FallbackTest, AStreamFallsBackBeforeItsFirstToken) {
   EXPECT_THAT(result->body, HasSubstr("steady answer"));
   EXPECT_THAT(result->body, HasSubstr("data: [DONE]"));
   EXPECT_THAT(result->body, HasSubstr("fallback from primary (unavailable)"));
+}
+
+// gRPC health and /readyz follow whether any route can serve: NOT_SERVING
+// while the only backend refuses connections, SERVING once it listens,
+// NOT_SERVING again while it is ejected.
+TEST(ReadinessTest, GrpcHealthIsNotServingWhileNoRouteCanServe) {
+  const int port = DeadPort();
+  const std::string config_path =
+      (std::filesystem::temp_directory_path() /
+       absl::StrCat("arbiter-readiness-", getpid(), ".yaml"))
+          .string();
+  std::ofstream(config_path)
+      << absl::StrReplaceAll(R"yaml(
+tasks: [faq]
+policy:
+  pinned: {route: only}
+backends:
+  - name: lone
+    openai: {base_url: "http://127.0.0.1:PORT/v1", timeout_seconds: 5}
+    outlier_detection: {consecutive_failures: 1, base_ejection_seconds: 30}
+routes:
+  - {name: only, kind: prompted, backend: lone, model: m}
+)yaml",
+                             {{"PORT", std::to_string(port)}});
+  auto gateway = StartServe(ARBITER_BINARY, {"--config", config_path});
+  ASSERT_TRUE(gateway.ok()) << gateway.status();
+  auto channel = grpc::CreateChannel(gateway->target(),
+                                     grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto status_now = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    EXPECT_TRUE(health->Check(&context, request, &response).ok());
+    return response.status();
+  };
+  auto wait_for = [&](grpc::health::v1::HealthCheckResponse::ServingStatus want,
+                      absl::Duration within) {
+    const absl::Time until = absl::Now() + within;
+    while (status_now() != want && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return status_now() == want;
+  };
+  httplib::Client http("127.0.0.1", gateway->http_port);
+  EXPECT_EQ(status_now(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  auto ready = http.Get("/readyz");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 503);
+  EXPECT_THAT(ready->body, HasSubstr("unreachable"));
+  {
+    LiveBackend lone("here now", port);
+    ASSERT_EQ(lone.port(), port);
+    EXPECT_TRUE(wait_for(grpc::health::v1::HealthCheckResponse::SERVING,
+                         absl::Seconds(3)));
+    EXPECT_EQ(http.Get("/readyz")->status, 200);
+    // One failure ejects it for 30 s: nothing can serve.
+    lone.AnswerStatus(503);
+    auto stub = v1::Gateway::NewStub(channel);
+    v1::InferRequest request;
+    v1::ChatMessage* message = request.add_messages();
+    message->set_role(v1::ROLE_USER);
+    message->set_content("How do I reset my password?");
+    grpc::ClientContext context;
+    v1::InferResponse response;
+    EXPECT_FALSE(stub->Infer(&context, request, &response).ok());
+    EXPECT_TRUE(wait_for(grpc::health::v1::HealthCheckResponse::NOT_SERVING,
+                         absl::Seconds(1)));
+    ready = http.Get("/readyz");
+    ASSERT_TRUE(ready);
+    EXPECT_EQ(ready->status, 503);
+    EXPECT_THAT(ready->body, HasSubstr("ejected for"));
+  }
+  gateway->process.reset();
+  std::filesystem::remove(config_path);
 }
 
 }  // namespace
