@@ -204,10 +204,9 @@ class ServeTest : public ::testing::Test {
   static std::vector<std::string> ServeArgs(const std::string& config_path,
                                             const std::string& grpc_listen,
                                             const std::string& metrics_listen) {
-    std::vector<std::string> args = {ARBITER_BINARY,     "serve",
-                                     "--grpc-listen",    grpc_listen,
-                                     "--metrics-listen", metrics_listen,
-                                     "--http-listen",    "127.0.0.1:0"};
+    std::vector<std::string> args = {
+        ARBITER_BINARY,     "serve",        "--grpc-listen", grpc_listen,
+        "--metrics-listen", metrics_listen, "--http-listen", "127.0.0.1:0"};
     if (!config_path.empty()) {
       args.insert(args.end(), {"--config", config_path});
     }
@@ -257,7 +256,8 @@ class ServeTest : public ::testing::Test {
 };
 
 TEST_F(ServeTest, MetricsPortAnswersWhatBrowsersAndScannersSend) {
-  Gateway gateway = Start(WriteConfig(HungBackendConfig(1, 1)));
+  HungBackend backend;  // Reachable: the gateway reports SERVING.
+  Gateway gateway = Start(WriteConfig(HungBackendConfig(backend.port(), 1)));
   ASSERT_GT(gateway.metrics_port, 0);
   const int port = gateway.metrics_port;
 
@@ -290,7 +290,8 @@ TEST_F(ServeTest, MetricsPortAnswersWhatBrowsersAndScannersSend) {
 }
 
 TEST_F(ServeTest, RefusesToStartOnGrpcPortInUse) {
-  const std::string config = WriteConfig(HungBackendConfig(1, 1));
+  HungBackend backend;  // Reachable: the gateway reports SERVING.
+  const std::string config = WriteConfig(HungBackendConfig(backend.port(), 1));
   Gateway first = Start(config);
   ASSERT_GT(first.grpc_port, 0);
   auto second = Subprocess::Start(ServeArgs(
