@@ -643,6 +643,20 @@ class Validator {
     }
   }
 
+  void CheckRetry(const v1::Retry& retry, const std::string& path) {
+    if (retry.has_max_retries()) {
+      InRange(retry.max_retries(), 0, 10, path + ".max_retries");
+    }
+    if (retry.has_backoff_base_ms()) {
+      AtLeast(retry.backoff_base_ms(), 1, path + ".backoff_base_ms");
+    }
+    const int base = retry.has_backoff_base_ms() ? retry.backoff_base_ms() : 25;
+    if (retry.has_backoff_max_ms() && retry.backoff_max_ms() < base) {
+      Error(path + ".backoff_max_ms", "must be at least backoff_base_ms (",
+            base, "), got ", retry.backoff_max_ms());
+    }
+  }
+
   void CheckBackends() {
     if (config_.backends().empty()) Error("backends", "at least one is needed");
     for (int i = 0; i < config_.backends_size(); ++i) {
@@ -656,6 +670,7 @@ class Validator {
       }
       CheckOutlierDetection(backend.outlier_detection(),
                             path + ".outlier_detection");
+      CheckRetry(backend.retry(), path + ".retry");
       switch (backend.kind_case()) {
         case v1::Backend::kOpenai: {
           const v1::OpenAIBackend& openai = backend.openai();
@@ -1334,6 +1349,12 @@ void ApplyConfigDefaults(v1::Config& config) {
       ApplyOpenAIBackendDefaults(*backend.mutable_openai());
     }
     ApplyOutlierDefaults(*backend.mutable_outlier_detection());
+    v1::Retry& retry = *backend.mutable_retry();
+    if (!retry.has_max_retries()) retry.set_max_retries(0);
+    if (!retry.has_backoff_base_ms()) retry.set_backoff_base_ms(25);
+    if (!retry.has_backoff_max_ms()) {
+      retry.set_backoff_max_ms(std::max(1000, retry.backoff_base_ms()));
+    }
   }
   for (v1::Route& route : *config.mutable_routes()) {
     if (!route.has_max_output_tokens()) route.set_max_output_tokens(256);

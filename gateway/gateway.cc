@@ -76,6 +76,9 @@ Gateway::~Gateway() {
   }
   stopping_ = true;
   ticker_.reset();
+  // Retries still waiting go now, to backends that are still here (and
+  // that fail them as they stop).
+  retry_timer_.reset();
   // Pools stop before the backends their rag tasks call, failing what
   // still waits.
   retrieval_pool_.reset();
@@ -158,6 +161,7 @@ absl::Status Gateway::Init() {
         backend.outlier_detection(), std::move(listener));
   }
   retry_budget_ = std::make_unique<RetryBudget>(config.server().retry_budget());
+  retry_timer_ = std::make_unique<TimerQueue>();
   bool needs_retrieval = false;
   std::vector<double> prior_costs;
   for (int i = 0; i < config.routes_size(); ++i) {
@@ -167,7 +171,9 @@ absl::Status Gateway::Init() {
     parts_.route_health.push_back(health_.at(route.backend()).get());
     absl::Duration timeout = kDefaultBackendTimeout;
     for (const v1::Backend& backend : config.backends()) {
-      if (backend.name() == route.backend() && backend.has_openai()) {
+      if (backend.name() != route.backend()) continue;
+      parts_.route_retry.push_back(&backend.retry());
+      if (backend.has_openai()) {
         timeout = absl::Seconds(backend.openai().timeout_seconds());
       }
     }
@@ -455,6 +461,7 @@ void Gateway::WireParts() {
   parts_.signer = signer_.get();
   parts_.metrics = &metrics_;
   parts_.retry_budget = retry_budget_.get();
+  parts_.retry_timer = retry_timer_.get();
   pipeline_ = std::make_unique<RequestPipeline>(parts_);
   feedback_ = std::make_unique<FeedbackRecorder>(parts_);
   admin_ = std::make_unique<AdminService>(parts_);

@@ -109,6 +109,7 @@ class Gateway final {
   absl::flat_hash_map<std::string, std::unique_ptr<Backend>> backends_;
   absl::flat_hash_map<std::string, std::unique_ptr<BackendHealth>> health_;
   std::unique_ptr<RetryBudget> retry_budget_;
+  std::unique_ptr<TimerQueue> retry_timer_;
   // The corpus: SQLite store as truth, a derived index for search.
   std::unique_ptr<retrieval::DocumentStore> store_;
   // Embeds chunks and queries when retrieval.embedding_server is set.

@@ -172,6 +172,13 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                         "from_route, to_route and reason (unavailable, "
                         "timeout, rate_limited, server_error).")
                     .Register(registry);
+  retries_ = &BuildCounter()
+                  .Name("arbiter_retries_total")
+                  .Help(
+                      "Failed attempts tried again on the same backend "
+                      "(backends[].retry), by backend and reason "
+                      "(unavailable, rate_limited, server_error).")
+                  .Register(registry);
   attempts_ = &BuildHistogram()
                    .Name("arbiter_request_attempts")
                    .Help(
@@ -183,7 +190,8 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
       &BuildCounter()
            .Name("arbiter_retry_budget_exhausted_total")
            .Help(
-               "Fallbacks not made because the retry budget was spent "
+               "Fallbacks and retries not made because the retry budget was "
+               "spent "
                "(server.retry_budget).")
            .Register(registry)
            .Add({});
@@ -359,6 +367,13 @@ void Metrics::RecordFallback(int from_route, int to_route,
       ->Add({{"from_route", route_names_[from_route]},
              {"to_route", route_names_[to_route]},
              {"reason", std::string(reason)}})
+      .Increment();
+}
+
+void Metrics::RecordRetry(absl::string_view backend, absl::string_view reason) {
+  retries_
+      ->Add(
+          {{"backend", std::string(backend)}, {"reason", std::string(reason)}})
       .Increment();
 }
 

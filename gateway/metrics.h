@@ -68,6 +68,8 @@ class Metrics final {
   // A failed attempt tried again on another route; reason is its failure
   // class ("unavailable", "timeout", "rate_limited", "server_error").
   void RecordFallback(int from_route, int to_route, absl::string_view reason);
+  // A failed attempt tried again on its own backend, by failure class.
+  void RecordRetry(absl::string_view backend, absl::string_view reason);
   // How many attempts a request took, when it ended (1: no fallback).
   void RecordAttempts(int attempts);
   // A fallback the retry budget refused.
@@ -175,6 +177,7 @@ class Metrics final {
       backend_errors_;
   std::vector<std::string> route_names_;
   prometheus::Family<prometheus::Counter>* fallbacks_;
+  prometheus::Family<prometheus::Counter>* retries_;
   prometheus::Histogram* attempts_;
   prometheus::Counter* retry_budget_exhausted_;
   prometheus::Family<prometheus::Counter>* ejections_;

@@ -8,6 +8,7 @@ namespace arbiter {
 namespace {
 
 constexpr absl::string_view kBackendErrorPayload = "arbiter.backend_error";
+constexpr absl::string_view kRetryAfterPayload = "arbiter.retry_after_ms";
 
 }  // namespace
 
@@ -26,6 +27,23 @@ std::optional<BackendError> BackendErrorOf(const absl::Status& status) {
     return std::nullopt;
   }
   return static_cast<BackendError>(value);
+}
+
+void MarkRetryAfter(absl::Status& status, absl::Duration wait) {
+  if (status.ok()) return;
+  status.SetPayload(
+      kRetryAfterPayload,
+      absl::Cord(std::to_string(absl::ToInt64Milliseconds(wait))));
+}
+
+std::optional<absl::Duration> RetryAfterOf(const absl::Status& status) {
+  auto payload = status.GetPayload(kRetryAfterPayload);
+  int64_t millis = 0;
+  if (!payload.has_value() ||
+      !absl::SimpleAtoi(std::string(*payload), &millis) || millis < 0) {
+    return std::nullopt;
+  }
+  return absl::Milliseconds(millis);
 }
 
 int64_t CountPromptTokens(const std::vector<BackendMessage>& messages) {

@@ -138,6 +138,11 @@ inline constexpr int kBackendErrorCount =
 void MarkBackendError(absl::Status& status, BackendError error);
 [[nodiscard]] std::optional<BackendError> BackendErrorOf(
     const absl::Status& status);
+// How long the backend asked to be left alone (HTTP Retry-After), carried
+// the same way.
+void MarkRetryAfter(absl::Status& status, absl::Duration wait);
+[[nodiscard]] std::optional<absl::Duration> RetryAfterOf(
+    const absl::Status& status);
 
 // Told of every failed call, on the backend's thread; must be cheap and
 // thread-safe. May be empty.

@@ -1102,8 +1102,17 @@ absl::StatusOr<BackendResponse> OpenAIBackend::Outcome(Transfer& transfer,
     *reason = HttpErrorClass(http_status);
     log(absl::StrCat("HTTP ", http_status), transfer.response);
     if (http_status == 429 || http_status >= 500) {
-      return absl::UnavailableError(
-          absl::StrFormat("backend \"%s\": HTTP %d", name_, http_status));
+      // Retry-After (seconds or a date; curl reads both) for a retry's wait.
+      curl_off_t retry_after = 0;
+      if (http_status == 429 || http_status == 503) {
+        curl_easy_getinfo(transfer.easy, CURLINFO_RETRY_AFTER, &retry_after);
+      }
+      absl::Status status = absl::UnavailableError(absl::StrFormat(
+          "backend \"%s\": HTTP %d%s", name_, http_status,
+          retry_after > 0 ? absl::StrCat(" (Retry-After: ", retry_after, " s)")
+                          : ""));
+      if (retry_after > 0) MarkRetryAfter(status, absl::Seconds(retry_after));
+      return status;
     }
     return absl::FailedPreconditionError(absl::StrFormat(
         "backend \"%s\" rejected the request: HTTP %d", name_, http_status));

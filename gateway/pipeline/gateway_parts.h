@@ -15,6 +15,7 @@
 #include "gateway/resilience/backend_health.h"
 #include "gateway/resilience/retry_budget.h"
 #include "gateway/state_sync.h"
+#include "gateway/timer_queue.h"
 #include "gateway/worker_pool.h"
 #include "policy/decision_log.h"
 #include "policy/economics.h"
@@ -45,7 +46,10 @@ struct GatewayParts {
   std::vector<Backend*> route_backend;        // Per route.
   std::vector<absl::Duration> route_timeout;  // Per route, from its backend.
   std::vector<BackendHealth*> route_health;   // Per route, its backend's.
+  std::vector<const v1::Retry*> route_retry;  // Per route, its backend's.
   RetryBudget* retry_budget = nullptr;
+  // Where retries wait out their backoff: one thread for all of them.
+  TimerQueue* retry_timer = nullptr;
   // The corpus rag routes search, or null; its search mode.
   retrieval::Collection* corpus = nullptr;
   retrieval::SearchMode search_mode = retrieval::SearchMode::kHybrid;

@@ -153,6 +153,9 @@ struct RequestPipeline::Call final
   std::vector<bool> tried;
   std::unique_ptr<bool[]> available;
   int attempts = 0;
+  int retries = 0;            // Attempts that retried their route's backend.
+  int route_retries = 0;      // ... of them, on the current route.
+  policy::Decision decision;  // The current attempt's, for its retries.
   absl::Time attempt_start;
   bool probe = false;        // This attempt probes an ejected backend.
   bool holds_retry = false;  // A fallback holds room in the retry budget.
@@ -368,6 +371,7 @@ void RequestPipeline::StartAttempt(std::shared_ptr<Call> call,
     id_parts.experiment = spec.name();
     id_parts.arm = spec.arms(call->arm).name();
   }
+  if (route_index != call->route_index) call->route_retries = 0;
   call->route_index = route_index;
   call->tried[route_index] = true;
   ++call->attempts;
@@ -392,6 +396,7 @@ void RequestPipeline::StartAttempt(std::shared_ptr<Call> call,
   wire_decision->set_propensity(decision.propensity);
   wire_decision->set_experiment(id_parts.experiment);
   wire_decision->set_arm(id_parts.arm);
+  call->decision = std::move(decision);
   if (route.kind() != v1::ROUTE_KIND_RAG) {
     CallBackend(std::move(call));
     return;
@@ -552,7 +557,8 @@ bool RequestPipeline::FallBack(Call& call, v1::FailureClass failure,
   const int task = call.task;
   const int from = call.route_index;
   const v1::Fallback& settings = FallbackOf(task);
-  if (call.delivered || call.attempts >= settings.max_attempts() ||
+  if (call.delivered ||
+      call.attempts - call.retries >= settings.max_attempts() ||
       !MayFallBack(call) || call.handle->cancelled() ||
       absl::c_find(settings.on(), failure) == settings.on().end() ||
       call.options.deadline - absl::Now() <= absl::Milliseconds(1)) {
@@ -568,27 +574,82 @@ bool RequestPipeline::FallBack(Call& call, v1::FailureClass failure,
     call.fallback_refused = "the retry budget is spent (server.retry_budget)";
     return false;
   }
-  // The failed attempt counts against the route's error rate and its
-  // backend's health, never its accuracy; what it billed is costed.
-  const v1::Route& route = parts_.config->routes(from);
-  parts_.stats->RecordError(
-      from, task, absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
-  if (usage.input_tokens > 0 || usage.output_tokens > 0) {
-    const policy::RequestCost priced = policy::PriceRequest(
-        route.pricing(), usage.input_tokens, usage.output_tokens,
-        route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
-    {
-      std::lock_guard lock(*parts_.economics_mu);
-      parts_.economics->RecordRequest(from, task, priced, absl::Now());
-    }
-    parts_.metrics->RecordFailedAttemptBill(from, task, usage.input_tokens,
-                                            usage.output_tokens, priced);
-  }
+  ChargeFailedAttempt(call, usage);
   parts_.metrics->RecordFallback(from, decision->route, EnumName(failure));
   call.holds_retry = true;
   // The backend still holds this call as its observer until OnEnd returns:
   // the next attempt shares it.
   StartAttempt(call.shared_from_this(), *std::move(decision));
+  return true;
+}
+
+void RequestPipeline::ChargeFailedAttempt(Call& call,
+                                          const BackendResponse& usage) {
+  // It counts against the route's error rate and its backend's health,
+  // never its accuracy; what it billed is costed.
+  const int route_index = call.route_index;
+  const v1::Route& route = parts_.config->routes(route_index);
+  parts_.stats->RecordError(
+      route_index, call.task,
+      absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
+  if (usage.input_tokens <= 0 && usage.output_tokens <= 0) return;
+  const policy::RequestCost priced = policy::PriceRequest(
+      route.pricing(), usage.input_tokens, usage.output_tokens,
+      route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
+  {
+    std::lock_guard lock(*parts_.economics_mu);
+    parts_.economics->RecordRequest(route_index, call.task, priced,
+                                    absl::Now());
+  }
+  parts_.metrics->RecordFailedAttemptBill(
+      route_index, call.task, usage.input_tokens, usage.output_tokens, priced);
+}
+
+bool RequestPipeline::Retry(Call& call, v1::FailureClass failure,
+                            const absl::Status& status,
+                            const BackendResponse& usage) {
+  const v1::Retry& settings = *parts_.route_retry[call.route_index];
+  if (call.delivered || call.route_retries >= settings.max_retries() ||
+      failure == v1::FAILURE_CLASS_TIMEOUT || call.handle->cancelled()) {
+    return false;
+  }
+  // Full jitter (a random share of the exponential step) keeps retries
+  // from coming back in waves; the backend's Retry-After wins if later.
+  const absl::Duration step = std::min(
+      absl::Milliseconds(settings.backoff_max_ms()),
+      absl::Milliseconds(settings.backoff_base_ms()) *
+          static_cast<double>(int64_t{1} << std::min(call.route_retries, 20)));
+  absl::Duration backoff = step * UniformDraw();
+  if (std::optional<absl::Duration> after = RetryAfterOf(status)) {
+    backoff = std::max(backoff, *after);
+  }
+  // A retry that could not finish in time leaves the time to a fallback.
+  if (absl::Now() + backoff >= call.options.deadline - absl::Milliseconds(1) ||
+      !parts_.route_health[call.route_index]->Available(absl::Now() +
+                                                        backoff)) {
+    return false;
+  }
+  if (!parts_.retry_budget->TryStartRetry()) {
+    parts_.metrics->RecordRetryBudgetExhausted();
+    return false;
+  }
+  ChargeFailedAttempt(call, usage);
+  const v1::Route& route = parts_.config->routes(call.route_index);
+  parts_.metrics->RecordRetry(route.backend(), EnumName(failure));
+  call.holds_retry = true;
+  ++call.retries;
+  ++call.route_retries;
+  policy::Decision decision = call.decision;
+  decision.reason =
+      absl::StrCat("retry ", call.route_retries, " on ", route.name(), " (",
+                   EnumName(failure), "): ", call.decision.reason);
+  // The backend still holds this call as its observer until OnEnd returns;
+  // the retry starts on the timer's thread once the backoff is over.
+  parts_.retry_timer->RunAfter(
+      backoff, [this, call = call.shared_from_this(),
+                decision = std::move(decision)]() mutable {
+        StartAttempt(std::move(call), std::move(decision));
+      });
   return true;
 }
 
@@ -602,7 +663,10 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
              status.ok()           ? AttemptResult::kOk
              : failure.has_value() ? AttemptResult::kFailed
                                    : AttemptResult::kNeutral);
-  if (failure.has_value() && FallBack(call, *failure, usage)) return;
+  if (failure.has_value() && (Retry(call, *failure, status, usage) ||
+                              FallBack(call, *failure, usage))) {
+    return;
+  }
   Conclude(call);
   const int route_index = call.route_index;
   const int task = call.task;

@@ -59,6 +59,13 @@ class RequestPipeline final {
   // retry budget allow; false when it ends here.
   bool FallBack(Call& call, v1::FailureClass failure,
                 const BackendResponse& usage);
+  // Tries the attempt again on the same backend after a backoff, if its
+  // backend's retry settings, the deadline and the retry budget allow;
+  // false when it does not.
+  bool Retry(Call& call, v1::FailureClass failure, const absl::Status& status,
+             const BackendResponse& usage);
+  // A failed attempt that another follows: its error and what it billed.
+  void ChargeFailedAttempt(Call& call, const BackendResponse& usage);
   // Records the attempt that just ended (health, budget, attempts list).
   void EndAttempt(Call& call, const absl::Status& status, AttemptResult result);
   // The request ends: its handle, budget share and attempt count.

@@ -290,6 +290,30 @@ TEST(ConfigTest, LoadSheddingBoundsHaveDefaultsAndAreValidated) {
                   "backends[1].openai.max_queue_wait_ms: must be >= 1")));
 }
 
+TEST(ConfigTest, RetrySettingsHaveDefaultsAndAreValidated) {
+  auto unset = ParseConfigYaml(kValid);
+  ASSERT_TRUE(unset.ok());
+  ApplyConfigDefaults(*unset);
+  EXPECT_EQ(unset->backends(0).retry().max_retries(), 0);
+  EXPECT_EQ(unset->backends(0).retry().backoff_base_ms(), 25);
+  EXPECT_EQ(unset->backends(0).retry().backoff_max_ms(), 1000);
+  const std::string url = "base_url: \"http://127.0.0.1:8000/v1\"";
+  auto with = [&](const std::string& retry) {
+    return ErrorsOf(
+        ValidWith("openai: {" + url + "}",
+                  "openai: {" + url + "}\n    retry: {" + retry + "}"));
+  };
+  EXPECT_THAT(with("max_retries: 2, backoff_base_ms: 10"), IsEmpty());
+  EXPECT_THAT(with("max_retries: 11"),
+              Contains(HasSubstr("backends[1].retry.max_retries: must be in "
+                                 "[0, 10]")));
+  EXPECT_THAT(with("backoff_base_ms: 0"),
+              Contains(HasSubstr("retry.backoff_base_ms: must be >= 1")));
+  EXPECT_THAT(with("backoff_base_ms: 50, backoff_max_ms: 10"),
+              Contains(HasSubstr("retry.backoff_max_ms: must be at least "
+                                 "backoff_base_ms (50), got 10")));
+}
+
 TEST(ConfigTest, ShutdownGraceDefaultsToTenSecondsAndZeroMeansZero) {
   auto unset = ParseConfigYaml(kValid);
   ASSERT_TRUE(unset.ok());

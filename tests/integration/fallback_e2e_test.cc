@@ -47,6 +47,15 @@ class LiveBackend final {
     server_.Post("/v1/chat/completions", [this](const httplib::Request& request,
                                                 httplib::Response& response) {
       ++calls_;
+      if (fail_next_.fetch_sub(1) > 0) {
+        response.status = fail_status_;
+        if (!retry_after_.empty()) {
+          response.set_header("Retry-After", retry_after_);
+        }
+        response.set_content(R"({"error":{"message":"not now"}})",
+                             "application/json");
+        return;
+      }
       if (status_ != 200) {
         response.status = status_;
         response.set_content(R"({"error":{"message":"busy"}})",
@@ -87,6 +96,13 @@ class LiveBackend final {
   int port() const { return port_; }
   int calls() const { return calls_; }
   void AnswerStatus(int status) { status_ = status; }
+  // The next `count` calls get `status`, with Retry-After when not empty;
+  // set before traffic, while the server is idle.
+  void FailNext(int count, int status, std::string retry_after = "") {
+    fail_status_ = status;
+    retry_after_ = std::move(retry_after);
+    fail_next_ = count;
+  }
 
  private:
   const std::string text_;
@@ -95,6 +111,9 @@ class LiveBackend final {
   int port_ = 0;
   std::atomic<int> calls_{0};
   std::atomic<int> status_{200};
+  std::atomic<int> fail_next_{0};
+  std::atomic<int> fail_status_{200};
+  std::string retry_after_;
 };
 
 // A loopback port nothing listens on: connections to it are refused.
@@ -393,6 +412,77 @@ TEST_F(FallbackTest, AStreamFallsBackBeforeItsFirstToken) {
   EXPECT_THAT(result->body, HasSubstr("steady answer"));
   EXPECT_THAT(result->body, HasSubstr("data: [DONE]"));
   EXPECT_THAT(result->body, HasSubstr("fallback from primary (unavailable)"));
+}
+
+// A backend with retry settings gets a failed attempt again, after a jittered
+// backoff or its Retry-After, before any fallback; retries are counted and
+// listed among the attempts.
+TEST_F(FallbackTest, RetriesTheSameBackendBeforeFallingBack) {
+  Extra extra;
+  extra.backends = R"yaml(
+  - name: retrying
+    openai: {base_url: "http://127.0.0.1:RETRYING/v1", timeout_seconds: 5}
+    retry: {max_retries: 2, backoff_base_ms: 20, backoff_max_ms: 100}
+)yaml";
+  LiveBackend retrying("retried answer");
+  extra.backends = absl::StrReplaceAll(
+      extra.backends, {{"RETRYING", std::to_string(retrying.port())}});
+  extra.routes = R"yaml(
+  - name: patient
+    kind: fine_tuned
+    backend: retrying
+    model: m
+)yaml";
+  Start(extra);
+  // Two 503s, then an answer: the third attempt, on the same route.
+  retrying.FailNext(2, 503);
+  v1::InferResponse response;
+  grpc::Status status = Infer(&response, "patient");
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.text(), "retried answer");
+  ASSERT_EQ(response.attempts_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(response.attempts(i).route(), "patient");
+  }
+  EXPECT_EQ(response.attempts(0).failure(), "server_error");
+  EXPECT_EQ(response.attempts(2).status(), "OK");
+  EXPECT_THAT(response.decision().reason(),
+              HasSubstr("retry 2 on patient (server_error)"));
+  EXPECT_EQ(MetricSample(Metrics(), "arbiter_retries_total",
+                         {{"backend", "retrying"}, {"reason", "server_error"}}),
+            2);
+  // Three in a row use up the retries; a pin without allow_fallback then
+  // fails with every attempt named.
+  retrying.FailNext(3, 503);
+  status = Infer(&response, "patient");
+  EXPECT_EQ(status.error_code(), grpc::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("attempts: patient server_error, patient "
+                        "server_error, patient server_error"));
+  // Retry-After is honoured: a 429 asking for 1 s is retried after it.
+  retrying.FailNext(1, 429, "1");
+  const absl::Time start = absl::Now();
+  status = Infer(&response, "patient");
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(990));
+  EXPECT_THAT(response.attempts(0).error(), HasSubstr("Retry-After: 1 s"));
+  EXPECT_EQ(MetricSample(Metrics(), "arbiter_retries_total",
+                         {{"backend", "retrying"}, {"reason", "rate_limited"}}),
+            1);
+  // A Retry-After past the request's deadline is not waited for.
+  retrying.FailNext(1, 503, "30");
+  v1::InferRequest request;
+  v1::ChatMessage* message = request.add_messages();
+  message->set_role(v1::ROLE_USER);
+  message->set_content("How do I reset my password?");
+  request.set_route("patient");
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(2));
+  const absl::Time asked = absl::Now();
+  status = stub_->Infer(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::UNAVAILABLE);
+  EXPECT_LT(absl::Now() - asked, absl::Milliseconds(500));
 }
 
 // gRPC health and /readyz follow whether any route can serve: NOT_SERVING
