@@ -3,11 +3,8 @@
 #include <cstdint>
 
 namespace arbiter {
-namespace {
 
-// Length of the well-formed sequence at text[i], or the length of the
-// maximal ill-formed prefix to replace, negated.
-int SequenceAt(absl::string_view text, size_t i) {
+int Utf8SequenceAt(absl::string_view text, size_t i) {
   const auto byte = [&](size_t k) { return static_cast<uint8_t>(text[i + k]); };
   const uint8_t lead = byte(0);
   if (lead < 0x80) return 1;
@@ -37,8 +34,6 @@ int SequenceAt(absl::string_view text, size_t i) {
   return length;
 }
 
-}  // namespace
-
 std::optional<size_t> FirstInvalidUtf8(absl::string_view text) {
   size_t i = 0;
   while (i < text.size()) {
@@ -47,7 +42,7 @@ std::optional<size_t> FirstInvalidUtf8(absl::string_view text) {
       ++i;
       continue;
     }
-    const int length = SequenceAt(text, i);
+    const int length = Utf8SequenceAt(text, i);
     if (length < 0) return i;
     i += length;
   }
@@ -60,7 +55,7 @@ std::string RepairUtf8(absl::string_view text, size_t* replaced) {
   size_t count = 0;
   size_t i = 0;
   while (i < text.size()) {
-    const int length = SequenceAt(text, i);
+    const int length = Utf8SequenceAt(text, i);
     if (length > 0) {
       out.append(text.data() + i, length);
       i += length;

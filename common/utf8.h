@@ -32,6 +32,11 @@ namespace arbiter {
 [[nodiscard]] std::string RepairUtf8(absl::string_view text,
                                      size_t* replaced = nullptr);
 
+// At text[i] (i < text.size()): the length of the well-formed sequence
+// there, or the length of the maximal ill-formed prefix to replace with one
+// U+FFFD, negated (-1 for a byte that starts no sequence).
+[[nodiscard]] int Utf8SequenceAt(absl::string_view text, size_t i);
+
 // The longest prefix of at most max_bytes that does not split a character.
 [[nodiscard]] absl::string_view TruncateUtf8(absl::string_view text,
                                              size_t max_bytes);

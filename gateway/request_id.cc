@@ -4,6 +4,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 
 #include <cmath>
 #include <utility>
@@ -95,14 +97,55 @@ class PayloadReader {
   absl::string_view rest_;
 };
 
-// HMAC-SHA-256 of `data`, truncated to kRequestIdMacBytes.
-absl::StatusOr<std::string> Mac(absl::string_view key, absl::string_view data) {
+// An HMAC-SHA-256 context with `key` set; nullptr if OpenSSL fails.
+EVP_MAC_CTX* KeyedContext(const std::string& key) {
+  EVP_MAC* hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  if (hmac == nullptr) return nullptr;
+  EVP_MAC_CTX* context = EVP_MAC_CTX_new(hmac);
+  EVP_MAC_free(hmac);  // The context holds its own reference.
+  if (context == nullptr) return nullptr;
+  char digest[] = "SHA256";
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+      OSSL_PARAM_construct_end()};
+  if (EVP_MAC_init(context, reinterpret_cast<const unsigned char*>(key.data()),
+                   key.size(), params) != 1) {
+    EVP_MAC_CTX_free(context);
+    return nullptr;
+  }
+  return context;
+}
+
+// The digest of `data` from a copy of `keyed`, which stays as it is, so
+// threads may share it; false if OpenSSL fails.
+bool KeyedDigest(const EVP_MAC_CTX* keyed, absl::string_view data,
+                 unsigned char* digest, unsigned int* digest_size) {
+  EVP_MAC_CTX* context = EVP_MAC_CTX_dup(keyed);
+  if (context == nullptr) return false;
+  size_t size = 0;
+  const bool ok =
+      EVP_MAC_update(context,
+                     reinterpret_cast<const unsigned char*>(data.data()),
+                     data.size()) == 1 &&
+      EVP_MAC_final(context, digest, &size, EVP_MAX_MD_SIZE) == 1;
+  EVP_MAC_CTX_free(context);
+  *digest_size = static_cast<unsigned int>(size);
+  return ok;
+}
+
+// HMAC-SHA-256 of `data`, truncated to kRequestIdMacBytes; from `keyed`
+// (the key's context) unless it is nullptr.
+absl::StatusOr<std::string> Mac(const EVP_MAC_CTX* keyed, absl::string_view key,
+                                absl::string_view data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int digest_size = 0;
-  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-           reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-           digest, &digest_size) == nullptr ||
-      digest_size < kRequestIdMacBytes) {
+  const bool ok =
+      keyed != nullptr
+          ? KeyedDigest(keyed, data, digest, &digest_size)
+          : HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+                 reinterpret_cast<const unsigned char*>(data.data()),
+                 data.size(), digest, &digest_size) != nullptr;
+  if (!ok || digest_size < kRequestIdMacBytes) {
     const char* reason = ERR_reason_error_string(ERR_get_error());
     return absl::InternalError(
         absl::StrCat("request_id: HMAC-SHA-256 failed (OpenSSL: ",
@@ -197,16 +240,19 @@ absl::StatusOr<std::unique_ptr<RequestIdSigner>> RequestIdSigner::Create(
 
 RequestIdSigner::RequestIdSigner(std::vector<std::string> keys,
                                  absl::Duration feedback_window)
-    : keys_(std::move(keys)), feedback_window_(feedback_window) {}
+    : keys_(std::move(keys)), feedback_window_(feedback_window) {
+  for (const std::string& key : keys_) keyed_.push_back(KeyedContext(key));
+}
 
 RequestIdSigner::~RequestIdSigner() {
+  for (EVP_MAC_CTX* context : keyed_) EVP_MAC_CTX_free(context);
   for (std::string& key : keys_) OPENSSL_cleanse(key.data(), key.size());
 }
 
 absl::StatusOr<std::string> RequestIdSigner::Issue(
     const RequestIdParts& parts) const {
   std::string payload = Payload(parts);
-  auto mac = Mac(keys_.front(), payload);
+  auto mac = Mac(keyed_.front(), keys_.front(), payload);
   if (!mac.ok()) return mac.status();
   payload.append(*mac);
   return absl::StrCat(kPrefix, absl::WebSafeBase64Escape(payload));
@@ -235,8 +281,8 @@ absl::StatusOr<VerifiedRequestId> RequestIdSigner::Verify(
   const absl::string_view mac =
       absl::string_view(decoded).substr(payload.size());
   bool signed_here = false;
-  for (const std::string& key : keys_) {
-    auto expected = Mac(key, payload);
+  for (size_t k = 0; k < keys_.size(); ++k) {
+    auto expected = Mac(keyed_[k], keys_[k], payload);
     if (!expected.ok()) return expected.status();
     if (CRYPTO_memcmp(expected->data(), mac.data(), kRequestIdMacBytes) == 0) {
       signed_here = true;

@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/json.h"
+#include "common/json_writer.h"
 #include "common/quote.h"
 #include "common/sse.h"
 #include "common/utf8.h"
@@ -131,64 +132,111 @@ constexpr absl::string_view kSetByArbiter[] = {
     "stream",   "stream_options", "temperature", "top_p"};
 
 // INVALID_ARGUMENT naming the field of passthrough_json that is wrong.
+// Members come in sorted order, as nlohmann::json's std::map wrote them
+// when the body was built as a DOM.
 absl::StatusOr<std::string> RequestBody(const BackendRequest& request) {
-  nlohmann::json body = nlohmann::json::object();
+  nlohmann::json extra = nlohmann::json::object();
   if (!request.passthrough_json.empty()) {
-    auto extra = json::Parse(request.passthrough_json);
-    if (!extra.ok()) {
+    auto parsed = json::Parse(request.passthrough_json);
+    if (!parsed.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("passthrough_json: ", extra.status().message()));
+          absl::StrCat("passthrough_json: ", parsed.status().message()));
     }
-    if (!extra->is_object()) {
+    if (!parsed->is_object()) {
       return absl::InvalidArgumentError(
           absl::StrCat("passthrough_json: expected an object, got ",
-                       json::TypeName(*extra)));
+                       json::TypeName(*parsed)));
     }
-    for (auto& [key, value] : extra->items()) {
+    for (const auto& [key, value] : parsed->items()) {
       if (std::find(std::begin(kSetByArbiter), std::end(kSetByArbiter), key) !=
           std::end(kSetByArbiter)) {
         return absl::InvalidArgumentError(
             absl::StrCat("passthrough_json: ", QuoteInput(key),
                          " is set by arbiter and cannot be passed through"));
       }
-      body[key] = std::move(value);
     }
+    extra = *std::move(parsed);
   }
-  body["model"] = request.model;
-  nlohmann::json messages = nlohmann::json::array();
+  size_t text_bytes = request.passthrough_json.size();
   for (const BackendMessage& message : request.messages) {
-    nlohmann::json wire = {{"role", message.role},
-                           {"content", message.content}};
+    text_bytes += message.content.size() + message.tool_calls_json.size() +
+                  message.tool_call_id.size() + message.name.size() + 64;
+  }
+  std::string out;
+  out.reserve(256 + text_bytes);
+  json::Writer w(&out);
+  w.BeginObject();
+  // Passed-through members sort among arbiter's own (never equal to one).
+  auto passed = extra.items().begin();
+  auto passed_before = [&](absl::string_view name) {
+    for (; passed != extra.items().end() && passed.key() < name; ++passed) {
+      w.Key(passed.key()).Raw(json::Dump(passed.value()));
+    }
+  };
+  if (request.max_output_tokens > 0) {
+    passed_before("max_tokens");
+    w.Key("max_tokens").Int(request.max_output_tokens);
+  }
+  passed_before("messages");
+  w.Key("messages").BeginArray();
+  for (const BackendMessage& message : request.messages) {
+    w.BeginObject();
+    std::string calls_json;
     if (!message.tool_calls_json.empty()) {
       auto calls = json::Parse(message.tool_calls_json);
       if (!calls.ok() || !calls->is_array()) {
         return absl::InvalidArgumentError(
             "messages: tool_calls must be a JSON array");
       }
-      wire["tool_calls"] = *std::move(calls);
-      // OpenAI's own form of an assistant turn that only calls tools.
-      if (message.content.empty()) wire["content"] = nullptr;
+      calls_json = json::Dump(*calls);
     }
+    // OpenAI's own form of an assistant turn that only calls tools.
+    if (!calls_json.empty() && message.content.empty()) {
+      w.Key("content").Null();
+    } else {
+      w.Key("content").String(message.content);
+    }
+    if (!message.name.empty()) w.Key("name").String(message.name);
+    w.Key("role").String(message.role);
     if (!message.tool_call_id.empty()) {
-      wire["tool_call_id"] = message.tool_call_id;
+      w.Key("tool_call_id").String(message.tool_call_id);
     }
-    if (!message.name.empty()) wire["name"] = message.name;
-    messages.push_back(std::move(wire));
+    if (!calls_json.empty()) w.Key("tool_calls").Raw(calls_json);
+    w.EndObject();
   }
-  body["messages"] = std::move(messages);
-  if (request.max_output_tokens > 0) {
-    body["max_tokens"] = request.max_output_tokens;
+  w.EndArray();
+  passed_before("model");
+  w.Key("model").String(request.model);
+  if (request.seed.has_value()) {
+    passed_before("seed");
+    w.Key("seed").Int(*request.seed);
+  }
+  if (!request.stop.empty()) {
+    passed_before("stop");
+    w.Key("stop").BeginArray();
+    for (const std::string& stop : request.stop) w.String(stop);
+    w.EndArray();
+  }
+  passed_before("stream");
+  w.Key("stream").Bool(request.stream);
+  if (request.stream) {
+    passed_before("stream_options");
+    w.Key("stream_options").BeginObject().Key("include_usage").Bool(true);
+    w.EndObject();
   }
   if (request.temperature.has_value()) {
-    body["temperature"] = *request.temperature;
+    passed_before("temperature");
+    w.Key("temperature").Double(*request.temperature);
   }
-  if (request.top_p.has_value()) body["top_p"] = *request.top_p;
-  if (!request.stop.empty()) body["stop"] = request.stop;
-  if (request.seed.has_value()) body["seed"] = *request.seed;
-  body["stream"] = request.stream;
-  if (request.stream) body["stream_options"] = {{"include_usage", true}};
-  // Invalid UTF-8 in a prompt becomes U+FFFD instead of throwing.
-  return json::Dump(body);
+  if (request.top_p.has_value()) {
+    passed_before("top_p");
+    w.Key("top_p").Double(*request.top_p);
+  }
+  for (; passed != extra.items().end(); ++passed) {
+    w.Key(passed.key()).Raw(json::Dump(passed.value()));
+  }
+  w.EndObject();
+  return out;
 }
 
 absl::StatusOr<int64_t> TokenCount(const json::View& field, bool* reported) {
@@ -215,11 +263,250 @@ void PassBack(const json::View& value, absl::string_view key,
   if (!value.is_null()) (*fields)[std::string(key)] = *value.get();
 }
 
+// Reads a unary answer of the common shape in one pass, keeping only what
+// ParseResponse takes: choices[0].message.content (a string),
+// choices[0].finish_reason and system_fingerprint (strings or null), and
+// usage's token counts (integers in range, or null). Anything else it would
+// look at (tool calls, logprobs, a wrong type, a duplicate member, an
+// error) makes it give up, and the DOM path reads the answer and says
+// what is wrong, as before.
+class PlainAnswer final {
+ public:
+  using Json = nlohmann::json;
+
+  // The fields, when the answer has the common shape.
+  struct Fields {
+    std::string content;
+    std::string finish_reason;
+    std::string system_fingerprint;
+    std::optional<int64_t> prompt_tokens;
+    std::optional<int64_t> completion_tokens;
+  };
+
+  static std::optional<Fields> Read(absl::string_view text) {
+    PlainAnswer reader;
+    if (!Json::sax_parse(text.begin(), text.end(), &reader) ||
+        reader.given_up_ || !reader.has_content_) {
+      return std::nullopt;
+    }
+    return std::move(reader.fields_);
+  }
+
+  // nlohmann's SAX interface.
+  bool null() { return Scalar(Kind::kNull, nullptr); }
+  bool boolean(bool) { return Scalar(Kind::kOther, nullptr); }
+  bool number_integer(Json::number_integer_t value) {
+    return value >= 0 ? Count(static_cast<uint64_t>(value))
+                      : Scalar(Kind::kOther, nullptr);
+  }
+  bool number_unsigned(Json::number_unsigned_t value) { return Count(value); }
+  bool number_float(Json::number_float_t, const Json::string_t&) {
+    return Scalar(Kind::kOther, nullptr);
+  }
+  bool string(Json::string_t& value) { return Scalar(Kind::kString, &value); }
+  bool binary(Json::binary_t&) { return GiveUp(); }
+  bool start_object(std::size_t) { return Open(/*object=*/true); }
+  bool end_object() { return Close(); }
+  bool start_array(std::size_t) { return Open(/*object=*/false); }
+  bool end_array() { return Close(); }
+  bool key(Json::string_t& name) {
+    Frame& top = frames_.back();
+    top.field = FieldOf(top.part, name);
+    if (top.field == Field::kNone) return true;
+    const uint32_t bit = 1u << static_cast<int>(top.field);
+    if (top.seen & bit) return GiveUp();  // The DOM keeps the last one.
+    top.seen |= bit;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&,
+                   const nlohmann::detail::exception&) {
+    return GiveUp();
+  }
+
+ private:
+  // The objects and arrays whose members matter; the rest are skipped.
+  enum class Part { kRoot, kChoices, kChoice, kMessage, kUsage, kSkipped };
+  enum class Field {
+    kNone,
+    kChoices,
+    kUsage,
+    kSystemFingerprint,
+    kMessage,
+    kFinishReason,
+    kLogprobs,
+    kContent,
+    kToolCalls,
+    kFunctionCall,
+    kPromptTokens,
+    kCompletionTokens,
+  };
+  enum class Kind { kNull, kString, kOther };
+  struct Frame {
+    Part part;
+    Field field = Field::kNone;  // Objects: the member being read.
+    uint32_t seen = 0;           // Objects: the fields read so far.
+    size_t index = 0;            // Arrays: the element being read.
+  };
+
+  static Field FieldOf(Part part, absl::string_view name) {
+    switch (part) {
+      case Part::kRoot:
+        if (name == "choices") return Field::kChoices;
+        if (name == "usage") return Field::kUsage;
+        if (name == "system_fingerprint") return Field::kSystemFingerprint;
+        break;
+      case Part::kChoice:
+        if (name == "message") return Field::kMessage;
+        if (name == "finish_reason") return Field::kFinishReason;
+        if (name == "logprobs") return Field::kLogprobs;
+        break;
+      case Part::kMessage:
+        if (name == "content") return Field::kContent;
+        if (name == "tool_calls") return Field::kToolCalls;
+        if (name == "function_call") return Field::kFunctionCall;
+        break;
+      case Part::kUsage:
+        if (name == "prompt_tokens") return Field::kPromptTokens;
+        if (name == "completion_tokens") return Field::kCompletionTokens;
+        break;
+      default:
+        break;
+    }
+    return Field::kNone;
+  }
+
+  bool GiveUp() {
+    given_up_ = true;
+    return false;
+  }
+
+  // Where a value starting now goes: kSkipped when nowhere that matters;
+  // nullopt when it is one the DOM path must judge.
+  std::optional<Part> Place(bool object, bool array) const {
+    if (frames_.empty()) {
+      if (object) return Part::kRoot;
+      return std::nullopt;
+    }
+    const Frame& top = frames_.back();
+    switch (top.part) {
+      case Part::kSkipped:
+        return Part::kSkipped;
+      case Part::kChoices:
+        if (top.index != 0) return Part::kSkipped;
+        if (object) return Part::kChoice;
+        return std::nullopt;
+      default:
+        break;
+    }
+    switch (top.field) {
+      case Field::kNone:
+        return Part::kSkipped;
+      case Field::kChoices:
+        if (array) return Part::kChoices;
+        return std::nullopt;
+      case Field::kMessage:
+        if (object) return Part::kMessage;
+        return std::nullopt;
+      case Field::kUsage:
+        if (object) return Part::kUsage;
+        return std::nullopt;
+      default:
+        return std::nullopt;
+    }
+  }
+
+  bool Open(bool object) {
+    // The DOM path refuses this depth before parsing.
+    if (frames_.size() >= static_cast<size_t>(json::kMaxDepth)) {
+      return GiveUp();
+    }
+    const std::optional<Part> part = Place(object, !object);
+    if (!part.has_value()) return GiveUp();
+    if (*part == Part::kChoice) has_choice_ = true;
+    if (*part == Part::kMessage) has_message_ = true;
+    frames_.push_back({.part = *part});
+    return true;
+  }
+
+  bool Close() {
+    const Part part = frames_.back().part;
+    frames_.pop_back();
+    if (part == Part::kRoot && !(has_choice_ && has_message_)) return GiveUp();
+    Ended();
+    return true;
+  }
+
+  // A value ended: an array's next element follows.
+  void Ended() {
+    if (!frames_.empty() && frames_.back().part == Part::kChoices) {
+      ++frames_.back().index;
+    }
+  }
+
+  bool Count(uint64_t value) {
+    if (frames_.empty() || frames_.back().part != Part::kUsage ||
+        (frames_.back().field != Field::kPromptTokens &&
+         frames_.back().field != Field::kCompletionTokens)) {
+      return Scalar(Kind::kOther, nullptr);
+    }
+    if (value > static_cast<uint64_t>(kMaxTokenCount)) return GiveUp();
+    (frames_.back().field == Field::kPromptTokens ? fields_.prompt_tokens
+                                                  : fields_.completion_tokens) =
+        static_cast<int64_t>(value);
+    return true;
+  }
+
+  bool Scalar(Kind kind, Json::string_t* text) {
+    // A scalar where an object or array must be (the root, choices[0],
+    // message, choices): the DOM path says so.
+    const std::optional<Part> part = Place(false, false);
+    if (part == Part::kSkipped) {
+      Ended();
+      return true;
+    }
+    if (frames_.empty() || frames_.back().part == Part::kChoices) {
+      return GiveUp();
+    }
+    switch (frames_.back().field) {
+      case Field::kContent:
+        if (kind != Kind::kString) return GiveUp();
+        fields_.content = std::move(*text);
+        has_content_ = true;
+        return true;
+      case Field::kFinishReason:
+      case Field::kSystemFingerprint:
+        if (kind == Kind::kNull) return true;
+        if (kind != Kind::kString) return GiveUp();
+        (frames_.back().field == Field::kFinishReason
+             ? fields_.finish_reason
+             : fields_.system_fingerprint) = std::move(*text);
+        return true;
+      case Field::kUsage:
+      case Field::kLogprobs:
+      case Field::kToolCalls:
+      case Field::kFunctionCall:
+      case Field::kPromptTokens:
+      case Field::kCompletionTokens:
+        // Null is as good as absent; anything else needs the DOM.
+        return kind == Kind::kNull ? true : GiveUp();
+      default:
+        return GiveUp();
+    }
+  }
+
+  std::vector<Frame> frames_;
+  Fields fields_;
+  bool has_choice_ = false;
+  bool has_message_ = false;
+  bool has_content_ = false;
+  bool given_up_ = false;
+};
+
 // INVALID_ARGUMENT naming the field that is wrong; the caller says which
 // backend. Usage fields that are missing or null are counted locally; any
 // other field the gateway needs must be there with the right type.
-absl::StatusOr<BackendResponse> ParseResponse(int64_t prompt_tokens,
-                                              absl::string_view text) {
+absl::StatusOr<BackendResponse> ParseResponseDom(int64_t prompt_tokens,
+                                                 absl::string_view text) {
   // Strings must be UTF-8 to be parsed and to reach a protobuf.
   auto document = json::ParseRepairingUtf8(text);
   if (!document.ok()) return document.status();
@@ -283,6 +570,33 @@ absl::StatusOr<BackendResponse> ParseResponse(int64_t prompt_tokens,
   }
   response.usage_reported = input_reported && output_reported;
   return response;
+}
+
+// As ParseResponseDom, without building a DOM when it need not.
+absl::StatusOr<BackendResponse> ParseResponse(int64_t prompt_tokens,
+                                              absl::string_view text) {
+  // Most answers are plain text: read without a DOM. Invalid UTF-8 takes
+  // the DOM path, which repairs it first.
+  if (IsValidUtf8(text)) {
+    if (std::optional<PlainAnswer::Fields> plain = PlainAnswer::Read(text)) {
+      BackendResponse response;
+      response.text = std::move(plain->content);
+      response.finish_reason = std::move(plain->finish_reason);
+      if (!plain->system_fingerprint.empty()) {
+        json::Writer w(&response.fields_json);
+        w.BeginObject().Key("system_fingerprint");
+        w.String(plain->system_fingerprint).EndObject();
+      }
+      response.input_tokens = plain->prompt_tokens.value_or(prompt_tokens);
+      response.output_tokens = plain->completion_tokens.has_value()
+                                   ? *plain->completion_tokens
+                                   : retrieval::CountTokens(response.text);
+      response.usage_reported = plain->prompt_tokens.has_value() &&
+                                plain->completion_tokens.has_value();
+      return response;
+    }
+  }
+  return ParseResponseDom(prompt_tokens, text);
 }
 
 // "connection refused", from the socket's errno when curl kept it.

@@ -250,8 +250,10 @@ absl::Status ParseMessage(const json::View& message, v1::ChatMessage* out) {
                      QuoteInput(*role)));
   }
   // Fields of OpenAI's messages that arbiter's cannot carry; null is absent.
+  // Looked up before a View is made: a View builds its path string.
   for (absl::string_view field : {"function_call", "refusal", "audio"}) {
-    if (!message[field].is_null()) {
+    const auto found = message.get()->find(field);
+    if (found != message.get()->end() && !found->is_null()) {
       return InvalidField(message[field].path(),
                           "not supported: arbiter passes text, tool calls "
                           "and tool results only");
@@ -478,7 +480,7 @@ absl::StatusOr<ChatCompletion> Parse(absl::string_view body,
   const Json& document = *parsed;
   const json::View root(document);
 
-  Json passthrough = Json::object();
+  Json passthrough;  // Null until a field is passed: no object to allocate.
   for (const auto& [name, value] : document.items()) {
     if (Contains(kFields, name)) continue;
     if (Contains(kPassThrough, name)) {

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/json_writer.h"
 #include "common/utf8.h"
 #include "gateway/openai/render.h"
 #include "gateway/openai/request_body.h"
@@ -12,10 +13,12 @@ namespace arbiter::openai {
 namespace {
 
 // What the backend passed back, split by where OpenAI puts it.
+// Each is null (as empty as an empty object, without allocating one) until
+// a field is passed back.
 struct PassedBack {
-  Out message = Out::object();  // Members of the message or the delta.
-  Out logprobs;                 // null unless passed back.
-  Out top = Out::object();      // system_fingerprint, service_tier.
+  Out message;   // Members of the message or the delta.
+  Out logprobs;  // null unless passed back.
+  Out top;       // system_fingerprint, service_tier.
 };
 
 PassedBack Split(absl::string_view passthrough_json) {
@@ -47,95 +50,166 @@ PassedBack Split(absl::string_view passthrough_json) {
   return out;
 }
 
-Out NullIfEmpty(const std::string& text) {
-  return text.empty() ? Out(nullptr) : Out(text);
+// A value passed back, as its dump: these are rare and already parsed.
+void WriteOut(const Out& value, json::Writer& w) { w.Raw(Dump(value)); }
+
+void StringOrNull(const std::string& text, json::Writer& w) {
+  if (text.empty()) {
+    w.Null();
+  } else {
+    w.String(text);
+  }
 }
 
-Out Citations(const v1::InferResponse& response) {
-  Out citations = Out::array();
+void WriteCitations(const v1::InferResponse& response, json::Writer& w) {
+  w.Key("citations").BeginArray();
   for (const v1::Citation& citation : response.citations()) {
-    citations.push_back(Out{{"doc_id", citation.doc_id()},
-                            {"chunk_id", citation.chunk_id()},
-                            {"score", citation.score()},
-                            {"marker", citation.marker()}});
+    w.BeginObject();
+    w.Key("doc_id").String(citation.doc_id());
+    w.Key("chunk_id").Int(citation.chunk_id());
+    w.Key("score").Double(citation.score());
+    w.Key("marker").String(citation.marker());
+    w.EndObject();
   }
-  return citations;
+  w.EndArray();
 }
 
-Out Attempts(const v1::InferResponse& response) {
-  Out attempts = Out::array();
+void WriteAttempts(const v1::InferResponse& response, json::Writer& w) {
+  w.Key("attempts").BeginArray();
   for (const v1::Attempt& attempt : response.attempts()) {
-    attempts.push_back(Out{{"route", attempt.route()},
-                           {"backend", attempt.backend()},
-                           {"status", attempt.status()},
-                           {"error", NullIfEmpty(attempt.error())},
-                           {"failure", NullIfEmpty(attempt.failure())},
-                           {"latency_seconds", attempt.latency_seconds()}});
+    w.BeginObject();
+    w.Key("route").String(attempt.route());
+    w.Key("backend").String(attempt.backend());
+    w.Key("status").String(attempt.status());
+    StringOrNull(attempt.error(), w.Key("error"));
+    StringOrNull(attempt.failure(), w.Key("failure"));
+    w.Key("latency_seconds").Double(attempt.latency_seconds());
+    w.EndObject();
   }
-  return attempts;
+  w.EndArray();
 }
 
-Out Decision(const v1::Decision& decision) {
-  return Out{{"policy", decision.policy()},
-             {"reason", decision.reason()},
-             {"propensity", decision.propensity()},
-             {"experiment", NullIfEmpty(decision.experiment())},
-             {"arm", NullIfEmpty(decision.arm())}};
+void WriteDecision(const v1::Decision& decision, json::Writer& w) {
+  w.Key("decision").BeginObject();
+  w.Key("policy").String(decision.policy());
+  w.Key("reason").String(decision.reason());
+  w.Key("propensity").Double(decision.propensity());
+  StringOrNull(decision.experiment(), w.Key("experiment"));
+  StringOrNull(decision.arm(), w.Key("arm"));
+  w.EndObject();
 }
 
 // Where the request went: what a stream's start knows.
-void AddRouting(const v1::InferResponse& response, Out* arbiter) {
-  (*arbiter)["request_id"] = response.request_id();
-  (*arbiter)["route"] = response.route();
-  (*arbiter)["kind"] = response.route_kind();
-  (*arbiter)["backend"] = response.backend();
-  (*arbiter)["model"] = response.model();
-  (*arbiter)["task"] = response.task();
+void WriteRouting(const v1::InferResponse& response, json::Writer& w) {
+  w.Key("request_id").String(response.request_id());
+  w.Key("route").String(response.route());
+  w.Key("kind").String(response.route_kind());
+  w.Key("backend").String(response.backend());
+  w.Key("model").String(response.model());
+  w.Key("task").String(response.task());
 }
 
 // What it cost: what a stream's end knows.
-void AddAccounting(const v1::InferResponse& response, Out* arbiter) {
-  (*arbiter)["cost_usd"] = response.cost_usd();
-  (*arbiter)["latency_seconds"] = response.latency_seconds();
-  (*arbiter)["usage_estimated"] = response.usage().estimated();
+void WriteAccounting(const v1::InferResponse& response, json::Writer& w) {
+  w.Key("cost_usd").Double(response.cost_usd());
+  w.Key("latency_seconds").Double(response.latency_seconds());
+  w.Key("usage_estimated").Bool(response.usage().estimated());
 }
 
-Out Usage(const v1::InferResponse& response) {
+void WriteUsage(const v1::InferResponse& response, json::Writer& w) {
   const int64_t prompt = response.usage().input_tokens();
   const int64_t completion = response.usage().output_tokens();
-  return Out{{"prompt_tokens", prompt},
-             {"completion_tokens", completion},
-             {"total_tokens", prompt + completion}};
+  w.Key("usage").BeginObject();
+  w.Key("prompt_tokens").Int(prompt);
+  w.Key("completion_tokens").Int(completion);
+  w.Key("total_tokens").Int(prompt + completion);
+  w.EndObject();
 }
 
-std::string FinishReason(const std::string& reason) {
-  return reason.empty() ? std::string("stop") : reason;
+absl::string_view FinishReason(const std::string& reason) {
+  return reason.empty() ? absl::string_view("stop") : reason;
 }
 
-// id, object, created, model (and what the backend said of itself).
-Out Envelope(const CompletionHeader& header, absl::string_view object,
-             const Out& top) {
-  Out out = Out::object();
-  out["id"] = header.id;
-  out["object"] = object;
-  out["created"] = header.created;
-  out["model"] = header.model;
-  for (const auto& [name, value] : top.items()) out[name] = value;
-  return out;
+// Opens the object: id, object, created, model (and what the backend said
+// of itself).
+void OpenEnvelope(const CompletionHeader& header, absl::string_view object,
+                  const Out& top, json::Writer& w) {
+  w.BeginObject();
+  w.Key("id").String(header.id);
+  w.Key("object").String(object);
+  w.Key("created").Int(header.created);
+  w.Key("model").String(header.model);
+  for (const auto& [name, value] : top.items()) WriteOut(value, w.Key(name));
 }
 
-// A chunk of one choice: choices[0] {index, delta, logprobs, finish_reason}.
-Out Chunk(const CompletionHeader& header, Out delta, Out logprobs,
-          Out finish_reason, const Out& top) {
-  Out chunk = Envelope(header, "chat.completion.chunk", top);
-  Out choice = Out::object();
-  choice["index"] = 0;
-  choice["delta"] = std::move(delta);
-  choice["logprobs"] = std::move(logprobs);
-  choice["finish_reason"] = std::move(finish_reason);
-  chunk["choices"] = Out::array({std::move(choice)});
-  if (header.include_usage) chunk["usage"] = nullptr;
-  return chunk;
+// The members of a message or delta passed back, but `refusal`, which
+// has its own place.
+void WritePassedMembers(const Out& members, json::Writer& w) {
+  for (const auto& [name, value] : members.items()) {
+    if (name != "refusal") WriteOut(value, w.Key(name));
+  }
+}
+
+// Opens a chunk of one choice: choices[0] {index, delta, logprobs,
+// finish_reason}, then usage null when the stream will send it. The delta
+// is written by `delta`.
+template <typename Delta>
+void OpenChunk(const CompletionHeader& header, const PassedBack& passed,
+               absl::string_view finish_reason, json::Writer& w, Delta delta) {
+  OpenEnvelope(header, "chat.completion.chunk", passed.top, w);
+  w.Key("choices").BeginArray().BeginObject();
+  w.Key("index").Int(0);
+  w.Key("delta").BeginObject();
+  delta();
+  w.EndObject();
+  WriteOut(passed.logprobs, w.Key("logprobs"));
+  if (finish_reason.empty()) {
+    w.Key("finish_reason").Null();
+  } else {
+    w.Key("finish_reason").String(finish_reason);
+  }
+  w.EndObject().EndArray();
+  if (header.include_usage) w.Key("usage").Null();
+}
+
+// Room for an answer's fixed fields, so that it is written in one block;
+// with a short text it stays under 1 KiB, which glibc serves from its
+// thread cache (a larger block first consolidates its free lists).
+constexpr size_t kAnswerBytes = 960;
+
+void BeginEvent(std::string* out) { out->append("data: "); }
+// Compact JSON escapes newlines, so an event's data is one line.
+void EndEvent(std::string* out) { out->append("\n\n"); }
+
+void AppendFinalChunk(const v1::InferResponse& end,
+                      const CompletionHeader& header, const PassedBack& passed,
+                      std::string* out) {
+  BeginEvent(out);
+  json::Writer w(out);
+  // The message fields went out as deltas; only the top level is new.
+  PassedBack top_only;
+  top_only.top = passed.top;
+  OpenChunk(header, top_only, FinishReason(end.finish_reason()), w, [] {});
+  w.Key("arbiter").BeginObject();
+  w.Key("request_id").String(end.request_id());
+  WriteAccounting(end, w);
+  WriteCitations(end, w);
+  WriteAttempts(end, w);
+  w.EndObject();
+  w.EndObject();
+  EndEvent(out);
+}
+
+void AppendUsageChunk(const v1::InferResponse& end,
+                      const CompletionHeader& header, const PassedBack& passed,
+                      std::string* out) {
+  BeginEvent(out);
+  json::Writer w(out);
+  OpenEnvelope(header, "chat.completion.chunk", passed.top, w);
+  w.Key("choices").BeginArray().EndArray();
+  WriteUsage(end, w);
+  w.EndObject();
+  EndEvent(out);
 }
 
 }  // namespace
@@ -160,94 +234,112 @@ CompletionHeader MakeCompletionHeader(const ChatCompletion& chat,
 
 std::string RenderChatCompletion(const v1::InferResponse& response,
                                  const CompletionHeader& header) {
-  PassedBack passed = Split(response.passthrough_json());
-  Out message = Out::object();
-  message["role"] = "assistant";
+  const PassedBack passed = Split(response.passthrough_json());
+  std::string out;
+  out.reserve(kAnswerBytes + response.text().size() +
+              response.passthrough_json().size());
+  json::Writer w(&out);
+  OpenEnvelope(header, "chat.completion", passed.top, w);
+  w.Key("choices").BeginArray().BeginObject();
+  w.Key("index").Int(0);
+  w.Key("message").BeginObject();
+  w.Key("role").String("assistant");
   const bool calls = passed.message.contains("tool_calls") ||
                      passed.message.contains("function_call");
-  message["content"] =
-      response.text().empty() && calls ? Out(nullptr) : Out(response.text());
-  message["refusal"] = nullptr;
-  for (auto& [name, value] : passed.message.items()) message[name] = value;
-
-  Out choice = Out::object();
-  choice["index"] = 0;
-  choice["message"] = std::move(message);
-  choice["logprobs"] = std::move(passed.logprobs);
-  choice["finish_reason"] = FinishReason(response.finish_reason());
-
-  Out completion = Envelope(header, "chat.completion", passed.top);
-  completion["choices"] = Out::array({std::move(choice)});
-  completion["usage"] = Usage(response);
-  Out arbiter = Out::object();
-  AddRouting(response, &arbiter);
-  AddAccounting(response, &arbiter);
-  arbiter["decision"] = Decision(response.decision());
-  arbiter["citations"] = Citations(response);
-  arbiter["attempts"] = Attempts(response);
-  completion["arbiter"] = std::move(arbiter);
-  return Dump(completion);
+  if (response.text().empty() && calls) {
+    w.Key("content").Null();
+  } else {
+    w.Key("content").String(response.text());
+  }
+  // A passed-back refusal takes the place of arbiter's null.
+  if (auto refusal = passed.message.find("refusal");
+      refusal != passed.message.end()) {
+    WriteOut(*refusal, w.Key("refusal"));
+  } else {
+    w.Key("refusal").Null();
+  }
+  WritePassedMembers(passed.message, w);
+  w.EndObject();
+  WriteOut(passed.logprobs, w.Key("logprobs"));
+  w.Key("finish_reason").String(FinishReason(response.finish_reason()));
+  w.EndObject().EndArray();
+  WriteUsage(response, w);
+  w.Key("arbiter").BeginObject();
+  WriteRouting(response, w);
+  WriteAccounting(response, w);
+  WriteDecision(response.decision(), w);
+  WriteCitations(response, w);
+  WriteAttempts(response, w);
+  w.EndObject();
+  w.EndObject();
+  return out;
 }
 
 std::string RenderFirstChunk(const v1::InferResponse& start,
                              const CompletionHeader& header) {
-  PassedBack passed = Split(start.passthrough_json());
-  Out delta = Out::object();
-  delta["role"] = "assistant";
-  delta["content"] = "";
-  delta["refusal"] = nullptr;
-  Out chunk = Chunk(header, std::move(delta), std::move(passed.logprobs),
-                    nullptr, passed.top);
-  Out arbiter = Out::object();
-  AddRouting(start, &arbiter);
-  arbiter["decision"] = Decision(start.decision());
-  arbiter["citations"] = Citations(start);
-  chunk["arbiter"] = std::move(arbiter);
-  return SseEvent(chunk);
+  const PassedBack passed = Split(start.passthrough_json());
+  std::string out;
+  out.reserve(kAnswerBytes + start.passthrough_json().size());
+  BeginEvent(&out);
+  json::Writer w(&out);
+  OpenChunk(header, passed, "", w, [&] {
+    w.Key("role").String("assistant");
+    w.Key("content").String("");
+    w.Key("refusal").Null();
+  });
+  w.Key("arbiter").BeginObject();
+  WriteRouting(start, w);
+  WriteDecision(start.decision(), w);
+  WriteCitations(start, w);
+  w.EndObject();
+  w.EndObject();
+  EndEvent(&out);
+  return out;
 }
 
 std::string RenderDeltaChunk(const v1::TextDelta& delta,
                              const CompletionHeader& header) {
-  PassedBack passed = Split(delta.passthrough_json());
-  Out out = Out::object();
-  // A tool call's delta has no text, and says none.
-  if (!delta.text().empty() || passed.message.empty()) {
-    out["content"] = delta.text();
-  }
-  for (auto& [name, value] : passed.message.items()) out[name] = value;
-  return SseEvent(Chunk(header, std::move(out), std::move(passed.logprobs),
-                        nullptr, passed.top));
+  const PassedBack passed = Split(delta.passthrough_json());
+  std::string out;
+  out.reserve(kAnswerBytes / 2 + delta.text().size() +
+              delta.passthrough_json().size());
+  BeginEvent(&out);
+  json::Writer w(&out);
+  OpenChunk(header, passed, "", w, [&] {
+    // A tool call's delta has no text, and says none.
+    if (!delta.text().empty() || passed.message.empty()) {
+      w.Key("content").String(delta.text());
+    }
+    for (const auto& [name, value] : passed.message.items()) {
+      WriteOut(value, w.Key(name));
+    }
+  });
+  w.EndObject();
+  EndEvent(&out);
+  return out;
 }
 
 std::string RenderFinalChunk(const v1::InferResponse& end,
                              const CompletionHeader& header) {
-  // The message fields went out as deltas; only the top level is new.
-  PassedBack passed = Split(end.passthrough_json());
-  Out chunk = Chunk(header, Out::object(), nullptr,
-                    FinishReason(end.finish_reason()), passed.top);
-  Out arbiter = Out::object();
-  arbiter["request_id"] = end.request_id();
-  AddAccounting(end, &arbiter);
-  arbiter["citations"] = Citations(end);
-  arbiter["attempts"] = Attempts(end);
-  chunk["arbiter"] = std::move(arbiter);
-  return SseEvent(chunk);
+  std::string out;
+  AppendFinalChunk(end, header, Split(end.passthrough_json()), &out);
+  return out;
 }
 
 std::string RenderUsageChunk(const v1::InferResponse& end,
                              const CompletionHeader& header) {
-  PassedBack passed = Split(end.passthrough_json());
-  Out chunk = Envelope(header, "chat.completion.chunk", passed.top);
-  chunk["choices"] = Out::array();
-  chunk["usage"] = Usage(end);
-  return SseEvent(chunk);
+  std::string out;
+  AppendUsageChunk(end, header, Split(end.passthrough_json()), &out);
+  return out;
 }
 
 std::string RenderStreamEnd(const v1::InferResponse& end,
                             const CompletionHeader& header) {
-  std::string out = RenderFinalChunk(end, header);
-  if (header.include_usage)
-    absl::StrAppend(&out, RenderUsageChunk(end, header));
+  const PassedBack passed = Split(end.passthrough_json());
+  std::string out;
+  out.reserve(2 * kAnswerBytes);
+  AppendFinalChunk(end, header, passed, &out);
+  if (header.include_usage) AppendUsageChunk(end, header, passed, &out);
   absl::StrAppend(&out, kSseDone);
   return out;
 }

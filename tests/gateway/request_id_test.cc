@@ -231,6 +231,19 @@ TEST(RequestIdTest, IdsOfTheOldUnkeyedSchemeAreNotFound) {
   ExpectNotIssuedHere(*signer, absl::StrCat("arb2_", old), "arb1_ as arb2_");
 }
 
+// The signer keeps a keyed HMAC context per key; its MACs must be the
+// one-shot HMAC's, for every key, so ids of older builds still verify.
+TEST(RequestIdTest, MacIsTheOneShotHmacOfThePayload) {
+  auto signer = Signer({kKeyA, kKeyB});
+  for (int i = 0; i < 3; ++i) {
+    const std::string id = Issue(*signer, Parts("exp", "arm"));
+    const std::string bytes = Decoded(id);
+    const std::string payload = bytes.substr(0, bytes.size() - 16);
+    EXPECT_EQ(id, SignedId(kKeyA, payload));
+    EXPECT_TRUE(signer->Verify(SignedId(kKeyB, payload), kServed).ok());
+  }
+}
+
 TEST(RequestIdTest, TruncatedOrExtendedMacIsNotFound) {
   auto signer = Signer({kKeyA});
   const std::string bytes = Decoded(Issue(*signer, Parts()));
