@@ -503,30 +503,40 @@ TEST_F(OpenAIBackendTest, TimesOutOnTimeWhileWaitingForAConnection) {
   EXPECT_EQ(errors[BackendError::kTimeout], kRequests);
 }
 
+// Sends `count` copies of `request` at once; their results and how long
+// each took, in the order they ended. False if they did not all end in 10 s.
+bool CompleteAtOnce(OpenAIBackend& backend, const BackendRequest& request,
+                    int count,
+                    std::vector<absl::StatusOr<BackendResponse>>& results,
+                    std::vector<absl::Duration>& took) {
+  auto mu = std::make_shared<std::mutex>();
+  auto finished = std::make_shared<std::atomic<int>>(0);
+  auto all_done = std::make_shared<absl::Notification>();
+  for (int i = 0; i < count; ++i) {
+    const absl::Time start = absl::Now();
+    backend.Complete(request, [=, &results, &took](
+                                  absl::StatusOr<BackendResponse> response) {
+      {
+        std::lock_guard lock(*mu);
+        results.push_back(std::move(response));
+        took.push_back(absl::Now() - start);
+      }
+      if (++*finished == count) all_done->Notify();
+    });
+  }
+  return all_done->WaitForNotificationWithTimeout(absl::Seconds(10));
+}
+
 TEST_F(OpenAIBackendTest, RefusesAtOnceWhenTooManyWaitForAConnection) {
   v1::OpenAIBackend config = Config(/*max_connections=*/1);
   config.set_max_queued_requests(2);
   ErrorTally errors;
   OpenAIBackend backend("fake", config, "", errors.Observer());
   constexpr int kRequests = 6;
-  std::mutex mu;
   std::vector<absl::StatusOr<BackendResponse>> results;
   std::vector<absl::Duration> took;
-  std::atomic<int> finished{0};
-  absl::Notification all_done;
-  for (int i = 0; i < kRequests; ++i) {
-    const absl::Time start = absl::Now();
-    backend.Complete(Request("slow-ok"),
-                     [&, start](absl::StatusOr<BackendResponse> response) {
-                       {
-                         std::lock_guard lock(mu);
-                         results.push_back(std::move(response));
-                         took.push_back(absl::Now() - start);
-                       }
-                       if (++finished == kRequests) all_done.Notify();
-                     });
-  }
-  ASSERT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(
+      CompleteAtOnce(backend, Request("slow-ok"), kRequests, results, took));
   int ok = 0;
   int refused = 0;
   for (int i = 0; i < kRequests; ++i) {
@@ -555,24 +565,10 @@ TEST_F(OpenAIBackendTest, ShedsARequestThatWaitsLongerThanMaxQueueWait) {
   ErrorTally errors;
   OpenAIBackend backend("fake", config, "", errors.Observer());
   constexpr int kRequests = 3;
-  std::mutex mu;
   std::vector<absl::StatusOr<BackendResponse>> results;
   std::vector<absl::Duration> took;
-  std::atomic<int> finished{0};
-  absl::Notification all_done;
-  for (int i = 0; i < kRequests; ++i) {
-    const absl::Time start = absl::Now();
-    backend.Complete(Request("slow-ok"),
-                     [&, start](absl::StatusOr<BackendResponse> response) {
-                       {
-                         std::lock_guard lock(mu);
-                         results.push_back(std::move(response));
-                         took.push_back(absl::Now() - start);
-                       }
-                       if (++finished == kRequests) all_done.Notify();
-                     });
-  }
-  ASSERT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(
+      CompleteAtOnce(backend, Request("slow-ok"), kRequests, results, took));
   int ok = 0;
   for (int i = 0; i < kRequests; ++i) {
     if (results[i].ok()) {
