@@ -157,10 +157,12 @@ struct RequestPipeline::Call final
   int route_retries = 0;      // ... of them, on the current route.
   policy::Decision decision;  // The current attempt's, for its retries.
   absl::Time attempt_start;
-  bool probe = false;        // This attempt probes an ejected backend.
-  bool holds_retry = false;  // A fallback holds room in the retry budget.
-  bool started = false;      // The sink has heard OnStart.
-  bool delivered = false;    // Some of the answer reached the sink.
+  bool probe = false;           // This attempt probes an ejected backend.
+  bool holds_retry = false;     // A fallback holds room in the retry budget.
+  bool deadline_bound = false;  // The request's deadline, not the route's
+                                // timeout, bounds this attempt.
+  bool started = false;         // The sink has heard OnStart.
+  bool delivered = false;       // Some of the answer reached the sink.
   bool ended = false;
   // Why a failed attempt was not tried elsewhere, when a route could have
   // been; for the error.
@@ -443,9 +445,10 @@ void RequestPipeline::CallBackend(std::shared_ptr<Call> call) {
     return;
   }
   // The caller's deadline bounds the backend call too.
+  const absl::Duration left = call->options.deadline - absl::Now();
   const absl::Duration timeout =
-      std::min(parts_.route_timeout[call->route_index],
-               call->options.deadline - absl::Now());
+      std::min(parts_.route_timeout[call->route_index], left);
+  call->deadline_bound = left < parts_.route_timeout[call->route_index];
   if (timeout <= absl::ZeroDuration()) {
     Finish(*call,
            absl::DeadlineExceededError(
@@ -686,6 +689,16 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
       metrics.RecordExperimentRequest(experiment, arm, false);
     }
     metrics.RecordFailure(route_index, task, OutcomeOf(status), latency);
+    if (status.code() == absl::StatusCode::kDeadlineExceeded &&
+        call.deadline_bound) {
+      // The backend timed out on the request's budget: say whose it was.
+      status = absl::DeadlineExceededError(absl::StrCat(
+          "the request's deadline (",
+          absl::FormatDuration(absl::Ceil(call.options.deadline - call.start,
+                                          absl::Milliseconds(1))),
+          " after it arrived) passed while backend \"", route.backend(),
+          "\" was answering"));
+    }
     if (BackendErrorOf(status) == BackendError::kQueueFull) {
       metrics.RecordRejected("RESOURCE_EXHAUSTED", RejectReason::kBackendQueue);
     }

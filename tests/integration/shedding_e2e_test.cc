@@ -188,6 +188,9 @@ TEST_F(SheddingTest, PastMaxInFlightARequestIsRefusedAtOnceNamingTheBound) {
 TEST_F(SheddingTest, ARequestsTimeoutEndsItWith504OnTime) {
   const Answer header = Chat("slow", {{"x-arbiter-timeout-ms", "200"}});
   EXPECT_EQ(header.status, 504) << header.body;
+  EXPECT_EQ(ErrorMessage(header),
+            "the request's deadline (200ms after it arrived) passed while "
+            "backend \"slow_sim\" was answering");
   EXPECT_GE(header.took, absl::Milliseconds(190));
   EXPECT_LT(header.took, absl::Milliseconds(700));  // The answer takes 1 s.
   const Answer body = Chat("slow", {}, {{"arbiter", {{"timeout_ms", 300}}}});
