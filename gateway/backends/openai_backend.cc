@@ -1060,7 +1060,9 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
     }
     Log(absl::StrCat("backend \"", name_, "\": no connection free within ",
                      absl::FormatDuration(transfer->timeout)));
-    Fail(*transfer, BackendError::kTimeout,
+    // It never reached the backend: the gateway's own queue was too long,
+    // which says nothing of the backend's health.
+    Fail(*transfer, BackendError::kQueueFull,
          timed_out(*transfer,
                    absl::StrFormat(": still waiting for a connection (all %d "
                                    "in use)",

@@ -567,6 +567,10 @@ bool RequestPipeline::FallBack(Call& call, v1::FailureClass failure,
       call.options.deadline - absl::Now() <= absl::Milliseconds(1)) {
     return false;
   }
+  if (absl::c_all_of(call.tried, [](bool tried) { return tried; })) {
+    call.fallback_refused = "every route was tried";
+    return false;
+  }
   auto decision = DecideFallback(call, EnumName(failure));
   if (!decision.ok()) {
     call.fallback_refused = std::string(decision.status().message());
@@ -662,10 +666,13 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   const bool cancelled = status.code() == absl::StatusCode::kCancelled;
   const std::optional<v1::FailureClass> failure =
       status.ok() ? std::nullopt : FailureClassOf(status);
+  // A request shed by the gateway's own queue for the backend never
+  // reached it: neither the backend's success nor its failure.
+  const bool shed = BackendErrorOf(status) == BackendError::kQueueFull;
   EndAttempt(call, status,
-             status.ok()           ? AttemptResult::kOk
-             : failure.has_value() ? AttemptResult::kFailed
-                                   : AttemptResult::kNeutral);
+             status.ok()                    ? AttemptResult::kOk
+             : failure.has_value() && !shed ? AttemptResult::kFailed
+                                            : AttemptResult::kNeutral);
   if (failure.has_value() && (Retry(call, *failure, status, usage) ||
                               FallBack(call, *failure, usage))) {
     return;

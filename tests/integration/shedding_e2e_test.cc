@@ -64,7 +64,7 @@ class SlowBackend final {
 };
 
 // `slow`: the simulator answering after 1 s; `narrow`: one connection to
-// the slow backend, waiting at most 100 ms for it.
+// the slow backend, waiting at most 100 ms for it, ejected by one failure.
 std::string GatewayConfig(int backend_port) {
   return absl::StrReplaceAll(
       R"yaml(
@@ -85,7 +85,7 @@ backends:
       timeout_seconds: 5
       max_connections: 1
       max_queue_wait_ms: 100
-    outlier_detection: {consecutive_failures: 0, failure_rate_percent: 0}
+    outlier_detection: {consecutive_failures: 1}
 routes:
   - {name: slow, kind: prompted, backend: slow_sim, model: m}
   - {name: narrow, kind: fine_tuned, backend: narrow, model: m}
@@ -236,6 +236,11 @@ TEST_F(SheddingTest, ABackendShedsWhatWaitsLongerThanMaxQueueWait) {
                 Metrics(), "arbiter_rejected_requests_total",
                 {{"code", "resource_exhausted"}, {"reason", "backend_queue"}}),
             1);
+  // Shed by the gateway's own queue: not the backend's failure.
+  EXPECT_EQ(
+      MetricSample(Metrics(), "arbiter_backend_up", {{"backend", "narrow"}}),
+      1);
+  EXPECT_EQ(Chat("narrow", {}).status, 200);
 }
 
 }  // namespace
