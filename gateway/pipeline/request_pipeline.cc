@@ -696,8 +696,12 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
       metrics.RecordExperimentRequest(experiment, arm, false);
     }
     metrics.RecordFailure(route_index, task, OutcomeOf(status), latency);
-    if (status.code() == absl::StatusCode::kDeadlineExceeded &&
-        call.deadline_bound) {
+    if (shed) {
+      // Refused by the queue, or timed out in it: the code says which.
+      metrics.RecordRejected(absl::StatusCodeToString(status.code()),
+                             RejectReason::kBackendQueue);
+    } else if (status.code() == absl::StatusCode::kDeadlineExceeded &&
+               call.deadline_bound) {
       // The backend timed out on the request's budget: say whose it was.
       status = absl::DeadlineExceededError(absl::StrCat(
           "the request's deadline (",
@@ -705,9 +709,6 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
                                           absl::Milliseconds(1))),
           " after it arrived) passed while backend \"", route.backend(),
           "\" was answering"));
-    }
-    if (BackendErrorOf(status) == BackendError::kQueueFull) {
-      metrics.RecordRejected("RESOURCE_EXHAUSTED", RejectReason::kBackendQueue);
     }
     if (call.attempts > 1 || !call.fallback_refused.empty()) {
       status = WithAttempts(call, status);

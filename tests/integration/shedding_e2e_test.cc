@@ -236,6 +236,20 @@ TEST_F(SheddingTest, ABackendShedsWhatWaitsLongerThanMaxQueueWait) {
                 Metrics(), "arbiter_rejected_requests_total",
                 {{"code", "resource_exhausted"}, {"reason", "backend_queue"}}),
             1);
+  // A deadline that ends while the request still waits says so.
+  Answer holder;
+  std::thread busy([&holder] { holder = Chat("narrow", {}); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  const Answer waiting = Chat("narrow", {{"x-arbiter-timeout-ms", "50"}});
+  busy.join();
+  EXPECT_EQ(holder.status, 200);
+  EXPECT_EQ(waiting.status, 504) << waiting.body;
+  EXPECT_THAT(ErrorMessage(waiting),
+              HasSubstr("still waiting for a connection"));
+  EXPECT_GE(MetricSample(
+                Metrics(), "arbiter_rejected_requests_total",
+                {{"code", "deadline_exceeded"}, {"reason", "backend_queue"}}),
+            1);
   // Shed by the gateway's own queue: not the backend's failure.
   EXPECT_EQ(
       MetricSample(Metrics(), "arbiter_backend_up", {{"backend", "narrow"}}),
