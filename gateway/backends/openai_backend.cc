@@ -1033,7 +1033,11 @@ void OpenAIBackend::ExpireOverdue(absl::Time now) {
     const absl::Duration waited = transfer->started - transfer->accepted;
     Log(absl::StrCat("backend \"", name_, "\" (", url_, "): no answer within ",
                      absl::FormatDuration(transfer->timeout)));
-    Fail(*transfer, BackendError::kTimeout,
+    // A backend left less than half the timeout by the gateway's own queue
+    // was not slow: such a timeout says nothing of its health.
+    const bool queue_ate_it = waited * 2 > transfer->timeout;
+    Fail(*transfer,
+         queue_ate_it ? BackendError::kQueueFull : BackendError::kTimeout,
          timed_out(*transfer,
                    waited >= absl::Milliseconds(1)
                        ? absl::StrCat(" (",

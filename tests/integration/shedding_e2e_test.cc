@@ -64,7 +64,9 @@ class SlowBackend final {
 };
 
 // `slow`: the simulator answering after 1 s; `narrow`: one connection to
-// the slow backend, waiting at most 100 ms for it, ejected by one failure.
+// the slow backend, waiting at most 100 ms for it, ejected by one failure;
+// `queued`: one connection to it with no bound on the wait and a 0.8 s
+// timeout.
 std::string GatewayConfig(int backend_port) {
   return absl::StrReplaceAll(
       R"yaml(
@@ -86,9 +88,16 @@ backends:
       max_connections: 1
       max_queue_wait_ms: 100
     outlier_detection: {consecutive_failures: 1}
+  - name: queued
+    openai:
+      base_url: "http://127.0.0.1:PORT/v1"
+      timeout_seconds: 0.8
+      max_connections: 1
+    outlier_detection: {consecutive_failures: 1}
 routes:
   - {name: slow, kind: prompted, backend: slow_sim, model: m}
   - {name: narrow, kind: fine_tuned, backend: narrow, model: m}
+  - {name: queued, kind: prompted, backend: queued, model: m}
 policy:
   pinned: {route: slow}
 )yaml",
@@ -255,6 +264,23 @@ TEST_F(SheddingTest, ABackendShedsWhatWaitsLongerThanMaxQueueWait) {
       MetricSample(Metrics(), "arbiter_backend_up", {{"backend", "narrow"}}),
       1);
   EXPECT_EQ(Chat("narrow", {}).status, 200);
+}
+
+TEST_F(SheddingTest, ATimeoutTheGatewaysQueueCausedDoesNotEjectTheBackend) {
+  Answer first;
+  std::thread client([&first] { first = Chat("queued", {}); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Waits ~450 ms for the connection, then has ~350 ms of a 500 ms answer.
+  const Answer second = Chat("queued", {});
+  client.join();
+  EXPECT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(second.status, 504) << second.body;
+  EXPECT_THAT(ErrorMessage(second), HasSubstr("before a connection was free"));
+  // The backend answered at its usual speed: it stays in.
+  EXPECT_EQ(
+      MetricSample(Metrics(), "arbiter_backend_up", {{"backend", "queued"}}),
+      1);
+  EXPECT_EQ(Chat("queued", {}).status, 200);
 }
 
 }  // namespace
