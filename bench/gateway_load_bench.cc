@@ -24,7 +24,7 @@
 #include "absl/time/clock.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
 #include "gateway/config.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 #include "gateway/grpc_server.h"
 #include "gateway/sim/sim_server.h"
 #include "grpcpp/create_channel.h"
@@ -187,7 +187,7 @@ int Main(int argc, char** argv) {
     }
   }
   prometheus::Registry registry;
-  auto gateway = Gateway::Create(config, registry);
+  auto gateway = GatewayHost::Create(config, registry, nullptr);
   if (!gateway.ok()) {
     std::cerr << gateway.status() << "\n";
     return 1;

@@ -145,12 +145,13 @@ class InferStreamReactor final
       public InferSink {
  public:
   // Starts the request; the reactor deletes itself when gRPC is done.
-  static InferStreamReactor* Start(RequestPipeline& pipeline,
+  static InferStreamReactor* Start(std::shared_ptr<Gateway> gateway,
                                    grpc::CallbackServerContext* context,
                                    const grpc::ByteBuffer* wire_request) {
     // Owned by itself (self_) until OnDone.
     auto reactor = std::shared_ptr<InferStreamReactor>(new InferStreamReactor);
     reactor->self_ = reactor;
+    reactor->gateway_ = gateway;
     absl::Status parsed = ParseRaw(*wire_request, &reactor->request_);
     if (!parsed.ok()) {
       reactor->Finish(ToGrpcStatus(parsed));
@@ -160,7 +161,7 @@ class InferStreamReactor final
     options.deadline = DeadlineOf(context);
     options.stream = true;
     std::shared_ptr<InferHandle> handle =
-        pipeline.Infer(reactor->request_, options, reactor);
+        gateway->pipeline().Infer(reactor->request_, options, reactor);
     {
       std::lock_guard lock(reactor->mu_);
       reactor->handle_ = std::move(handle);
@@ -252,6 +253,8 @@ class InferStreamReactor final
     }
   }
 
+  // The generation it started on, which it finishes on.
+  std::shared_ptr<Gateway> gateway_;
   v1::InferRequest request_;  // Lives until OnDone, past the sink's end.
   std::mutex mu_;             // std:: so ThreadSanitizer sees it.
   std::shared_ptr<InferStreamReactor> self_ ABSL_GUARDED_BY(mu_);
@@ -272,7 +275,7 @@ class GatewayGrpc final : public v1::Gateway::WithRawCallbackMethod_Infer<
                                   v1::Gateway::WithRawCallbackMethod_Feedback<
                                       v1::Gateway::Service>>> {
  public:
-  explicit GatewayGrpc(Gateway& gateway) : gateway_(gateway) {}
+  explicit GatewayGrpc(GatewayHost& host) : host_(host) {}
 
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
                                   const ByteBuffer* request,
@@ -281,15 +284,21 @@ class GatewayGrpc final : public v1::Gateway::WithRawCallbackMethod_Infer<
         context, request, response,
         [this, context](const v1::InferRequest& r, v1::InferResponse* out,
                         RetrievalService::Done done) {
-          InferWhole(gateway_.pipeline(), r, DeadlineOf(context), out,
-                     std::move(done));
+          std::shared_ptr<Gateway> gateway = host_.Current();
+          RequestPipeline& pipeline = gateway->pipeline();
+          // Held until the call ends: it finishes on the config it began on.
+          InferWhole(pipeline, r, DeadlineOf(context), out,
+                     [done = std::move(done), gateway = std::move(gateway)](
+                         absl::Status status) mutable {
+                       std::move(done)(std::move(status));
+                     });
         });
   }
 
   grpc::ServerWriteReactor<ByteBuffer>* InferStream(
       grpc::CallbackServerContext* context,
       const ByteBuffer* request) override {
-    return InferStreamReactor::Start(gateway_.pipeline(), context, request);
+    return InferStreamReactor::Start(host_.Current(), context, request);
   }
 
   grpc::ServerUnaryReactor* Feedback(grpc::CallbackServerContext* context,
@@ -298,19 +307,23 @@ class GatewayGrpc final : public v1::Gateway::WithRawCallbackMethod_Infer<
     return Serve<v1::FeedbackRequest, v1::FeedbackResponse>(
         context, request, response,
         AnswerNow<v1::FeedbackRequest, v1::FeedbackResponse>(
-            [this](const auto& r) { return gateway_.feedback().Record(r); }));
+            [this](const auto& r) {
+              return host_.Current()->feedback().Record(r);
+            }));
   }
 
  private:
-  Gateway& gateway_;
+  GatewayHost& host_;
 };
 
-class AdminGrpc final : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
-                            v1::Admin::WithRawCallbackMethod_GetExperiment<
-                                v1::Admin::WithRawCallbackMethod_GetEconomics<
-                                    v1::Admin::Service>>> {
+class AdminGrpc final
+    : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
+          v1::Admin::WithRawCallbackMethod_GetExperiment<
+              v1::Admin::WithRawCallbackMethod_GetEconomics<
+                  v1::Admin::WithRawCallbackMethod_ReloadConfig<
+                      v1::Admin::Service>>>> {
  public:
-  explicit AdminGrpc(Gateway& gateway) : gateway_(gateway) {}
+  explicit AdminGrpc(GatewayHost& host) : host_(host) {}
 
   grpc::ServerUnaryReactor* GetRouteStats(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
@@ -319,7 +332,7 @@ class AdminGrpc final : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
         context, request, response,
         AnswerNow<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
             [this](const auto& r) {
-              return gateway_.admin().GetRouteStats(r);
+              return host_.Current()->admin().GetRouteStats(r);
             }));
   }
 
@@ -330,7 +343,7 @@ class AdminGrpc final : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
         context, request, response,
         AnswerNow<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
             [this](const auto& r) {
-              return gateway_.admin().GetExperiment(r);
+              return host_.Current()->admin().GetExperiment(r);
             }));
   }
 
@@ -341,12 +354,30 @@ class AdminGrpc final : public v1::Admin::WithRawCallbackMethod_GetRouteStats<
         context, request, response,
         AnswerNow<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
             [this](const auto& r) {
-              return gateway_.admin().GetEconomics(r);
+              return host_.Current()->admin().GetEconomics(r);
+            }));
+  }
+
+  grpc::ServerUnaryReactor* ReloadConfig(grpc::CallbackServerContext* context,
+                                         const ByteBuffer* request,
+                                         ByteBuffer* response) override {
+    return Serve<v1::ReloadConfigRequest, v1::ReloadConfigResponse>(
+        context, request, response,
+        AnswerNow<v1::ReloadConfigRequest, v1::ReloadConfigResponse>(
+            [this](const auto&) -> absl::StatusOr<v1::ReloadConfigResponse> {
+              auto report = host_.Reload();
+              if (!report.ok()) return report.status();
+              v1::ReloadConfigResponse answer;
+              answer.set_config_hash(report->config_hash);
+              for (const std::string& line : report->changes) {
+                answer.add_changes(line);
+              }
+              return answer;
             }));
   }
 
  private:
-  Gateway& gateway_;
+  GatewayHost& host_;
 };
 
 // Every method runs on a worker pool; the reactor is finished from there.
@@ -357,39 +388,40 @@ class RetrievalGrpc final
                   v1::Retrieval::WithRawCallbackMethod_GetCollection<
                       v1::Retrieval::Service>>>> {
  public:
-  explicit RetrievalGrpc(Gateway& gateway) : gateway_(gateway) {}
+  explicit RetrievalGrpc(GatewayHost& host) : host_(host) {}
 
   grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
     return Serve<v1::UpsertRequest, v1::UpsertResponse>(
         context, request, response,
-        Answer(gateway_.retrieval(), &RetrievalService::Upsert));
+        Answer(host_.foundation().retrieval(), &RetrievalService::Upsert));
   }
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
     return Serve<v1::DeleteRequest, v1::DeleteResponse>(
         context, request, response,
-        Answer(gateway_.retrieval(), &RetrievalService::Delete));
+        Answer(host_.foundation().retrieval(), &RetrievalService::Delete));
   }
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
     return Serve<v1::SearchRequest, v1::SearchResponse>(
         context, request, response,
-        Answer(gateway_.retrieval(), &RetrievalService::Search));
+        Answer(host_.foundation().retrieval(), &RetrievalService::Search));
   }
   grpc::ServerUnaryReactor* GetCollection(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
                                           ByteBuffer* response) override {
     return Serve<v1::GetCollectionRequest, v1::CollectionInfo>(
         context, request, response,
-        Answer(gateway_.retrieval(), &RetrievalService::GetCollection));
+        Answer(host_.foundation().retrieval(),
+               &RetrievalService::GetCollection));
   }
 
  private:
-  Gateway& gateway_;
+  GatewayHost& host_;
 };
 
 // Whether another socket listens on `address` ("host:port"): gRPC logs why
@@ -427,17 +459,17 @@ bool PortInUse(const std::string& address) {
 
 class GrpcServer::Services {
  public:
-  explicit Services(Gateway& gateway)
-      : gateway(gateway), admin(gateway), retrieval(gateway) {}
+  explicit Services(GatewayHost& host)
+      : gateway(host), admin(host), retrieval(host) {}
   GatewayGrpc gateway;
   AdminGrpc admin;
   RetrievalGrpc retrieval;
 };
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
-    Gateway& gateway, const std::string& address, Readiness* readiness) {
-  auto server = std::unique_ptr<GrpcServer>(new GrpcServer(gateway));
-  server->services_ = std::make_unique<Services>(gateway);
+    GatewayHost& host, const std::string& address, Readiness* readiness) {
+  auto server = std::unique_ptr<GrpcServer>(new GrpcServer(host));
+  server->services_ = std::make_unique<Services>(host);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -450,7 +482,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   // this transport limit; beyond it gRPC refuses with RESOURCE_EXHAUSTED.
   // In 64 bits: twice a large limit does not fit an int.
   const int64_t receive_limit = std::max<int64_t>(
-      4 << 20, int64_t{2} * gateway.config().server().max_request_bytes());
+      4 << 20,
+      int64_t{2} * host.Current()->config().server().max_request_bytes());
   builder.SetMaxReceiveMessageSize(static_cast<int>(
       std::min<int64_t>(receive_limit, std::numeric_limits<int>::max())));
   builder.RegisterService(&server->services_->gateway);
@@ -476,7 +509,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   return server;
 }
 
-GrpcServer::GrpcServer(Gateway& gateway) : gateway_(gateway) {}
+GrpcServer::GrpcServer(GatewayHost& host) : host_(host) {}
 
 GrpcServer::~GrpcServer() {
   if (server_ != nullptr) Shutdown(absl::Seconds(5));
@@ -504,7 +537,7 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   });
   if (!drained.WaitForNotificationWithDeadline(grace_over)) {
     do {
-      gateway_.CancelInFlight();
+      host_.foundation().CancelInFlight();
     } while (!drained.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
   }
   drain.join();

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 #include "gateway/readiness.h"
 #include "grpcpp/server.h"
 
@@ -22,7 +22,7 @@ class GrpcServer final {
   // follow `readiness` (NOT_SERVING when no route can serve), which must
   // outlive the server; without one they say SERVING until Shutdown.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
-      Gateway& gateway, const std::string& address,
+      GatewayHost& host, const std::string& address,
       Readiness* readiness = nullptr);
   ~GrpcServer();
 
@@ -32,16 +32,16 @@ class GrpcServer final {
   [[nodiscard]] int port() const { return port_; }
   // Reports NOT_SERVING to health checks (load balancers stop sending),
   // stops taking calls and lets running ones finish for up to `grace`; then
-  // fails what backends still hold (Gateway::CancelInFlight) so that every
-  // call ends. Returns when all have.
+  // fails what backends still hold (GatewayFoundation::CancelInFlight) so that
+  // every call ends. Returns when all have.
   void Shutdown(absl::Duration grace);
 
   class Services;
 
  private:
-  explicit GrpcServer(Gateway& gateway);
+  explicit GrpcServer(GatewayHost& host);
 
-  Gateway& gateway_;
+  GatewayHost& host_;
   Readiness* readiness_ = nullptr;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;

@@ -64,7 +64,10 @@ class ChatExchange final : public InferSink,
     ++*in_flight_;
   }
 
-  void Start(RequestPipeline& pipeline) {
+  // Runs on `gateway`, which it holds until it ends.
+  void Start(std::shared_ptr<Gateway> gateway) {
+    gateway_ = gateway;
+    RequestPipeline& pipeline = gateway->pipeline();
     {
       std::lock_guard lock(mu_);
       responder_->OnClientGone(CancelOnClose());
@@ -173,7 +176,8 @@ class ChatExchange final : public InferSink,
   std::optional<http::Responder> responder_ ABSL_GUARDED_BY(mu_);
   std::optional<http::StreamWriter> writer_ ABSL_GUARDED_BY(mu_);
   openai::CompletionHeader header_ ABSL_GUARDED_BY(mu_);
-  std::mutex handle_mu_;  // Never held while taking mu_.
+  std::shared_ptr<Gateway> gateway_;  // Set once, by Start.
+  std::mutex handle_mu_;              // Never held while taking mu_.
   std::shared_ptr<InferHandle> handle_ ABSL_GUARDED_BY(handle_mu_);
   bool client_gone_ ABSL_GUARDED_BY(handle_mu_) = false;
 };
@@ -184,23 +188,23 @@ class HttpFront::Handlers {
  public:
   explicit Handlers(HttpFront& front)
       : front_(front),
-        gateway_(front.gateway_),
-        started_(absl::ToUnixSeconds(absl::Now())) {
-    for (const v1::Route& route : gateway_.config().routes()) {
-      route_names_.push_back(route.name());
-      models_.push_back({route.name(), "arbiter"});
-    }
-  }
+        host_(front.host_),
+        started_(absl::ToUnixSeconds(absl::Now())) {}
 
   void ChatCompletions(http::Request request, http::Responder responder) {
     const auto headers = HeaderFields(request);
     auto chat = openai::ParseChatCompletionRequest(request.body(), headers);
     if (!chat.ok())
       return Reply(std::move(responder), openai::ErrorFor(chat.status()));
+    std::shared_ptr<Gateway> gateway = host_.Current();
     if (!chat->request.route().empty() &&
-        !gateway_.parts().route_index.contains(chat->request.route())) {
+        !gateway->parts().route_index.contains(chat->request.route())) {
+      std::vector<std::string> route_names;
+      for (const v1::Route& route : gateway->config().routes()) {
+        route_names.push_back(route.name());
+      }
       return Reply(std::move(responder),
-                   openai::ErrorFor(openai::UnknownModel(*chat, route_names_)));
+                   openai::ErrorFor(openai::UnknownModel(*chat, route_names)));
     }
     if (front_.draining_) {
       return Reply(std::move(responder),
@@ -210,25 +214,30 @@ class HttpFront::Handlers {
     }
     auto exchange = std::make_shared<ChatExchange>(
         *std::move(chat), std::move(responder), front_.in_flight_);
-    exchange->Start(gateway_.pipeline());
+    exchange->Start(std::move(gateway));
   }
 
   void Models(http::Request, http::Responder responder) const {
+    std::vector<openai::ModelEntry> models;
+    for (const v1::Route& route : host_.Current()->config().routes()) {
+      models.push_back({route.name(), "arbiter"});
+    }
     std::move(responder).Send(
-        JsonResponse(200, openai::RenderModelsList(models_, started_)));
+        JsonResponse(200, openai::RenderModelsList(models, started_)));
   }
 
   void Embeddings(http::Request request, http::Responder responder) {
     auto parsed = openai::ParseEmbeddingsRequest(request.body());
     absl::Status valid = parsed.status();
-    const int dim = gateway_.config().retrieval().embedding_dim();
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    const int dim = gateway->config().retrieval().embedding_dim();
     if (valid.ok()) valid = openai::CheckDimensions(*parsed, dim);
     if (!valid.ok())
       return Reply(std::move(responder), openai::ErrorFor(valid));
     // An embedding server's round trip must not hold an I/O thread.
     auto held = std::make_shared<http::Responder>(std::move(responder));
-    const GatewayParts& parts = gateway_.parts();
-    parts.retrieval_pool->Submit([&parts, held, dim,
+    const GatewayParts& parts = gateway->parts();
+    parts.retrieval_pool->Submit([&parts, gateway, held, dim,
                                   embeddings = *std::move(parsed)](
                                      absl::Status admitted) mutable {
       if (!admitted.ok()) {
@@ -261,7 +270,7 @@ class HttpFront::Handlers {
     auto parsed = openai::ParseFeedbackRequest(request.body());
     if (!parsed.ok())
       return Reply(std::move(responder), openai::ErrorFor(parsed.status()));
-    auto recorded = gateway_.feedback().Record(*parsed);
+    auto recorded = host_.Current()->feedback().Record(*parsed);
     if (!recorded.ok())
       return Reply(std::move(responder), openai::ErrorFor(recorded.status()));
     std::move(responder).Send(JsonResponse(
@@ -292,19 +301,17 @@ class HttpFront::Handlers {
 
  private:
   HttpFront& front_;
-  Gateway& gateway_;
+  GatewayHost& host_;
   const int64_t started_;
-  std::vector<std::string> route_names_;
-  std::vector<openai::ModelEntry> models_;
 };
 
-HttpFront::HttpFront(Gateway& gateway, const Readiness& readiness)
-    : gateway_(gateway), readiness_(readiness) {}
+HttpFront::HttpFront(GatewayHost& host, const Readiness& readiness)
+    : host_(host), readiness_(readiness) {}
 
 absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(
-    Gateway& gateway, const Readiness& readiness) {
-  const v1::Server& server = gateway.config().server();
-  auto front = std::unique_ptr<HttpFront>(new HttpFront(gateway, readiness));
+    GatewayHost& host, const Readiness& readiness) {
+  const v1::Server server = host.Current()->config().server();
+  auto front = std::unique_ptr<HttpFront>(new HttpFront(host, readiness));
   front->handlers_ = std::make_unique<Handlers>(*front);
   Handlers* h = front->handlers_.get();
   http::Routes routes;
@@ -338,7 +345,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(
   options.max_connections = server.http_max_connections();
   options.max_body_bytes = static_cast<size_t>(server.max_request_bytes());
   // A chat completion and its backend call then run on one thread.
-  options.guests = gateway.BackendLoops();
+  options.guests = host.foundation().BackendLoops();
   auto started = http::HttpServer::Start(std::move(options), std::move(routes));
   if (!started.ok()) return started.status();
   front->server_ = *std::move(started);

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 #include "gateway/http/http_server.h"
 #include "gateway/readiness.h"
 
@@ -28,7 +28,7 @@ class HttpFront final {
   // server.max_request_bytes.
   // /readyz reports `readiness`, which must outlive the front.
   static absl::StatusOr<std::unique_ptr<HttpFront>> Start(
-      Gateway& gateway, const Readiness& readiness);
+      GatewayHost& host, const Readiness& readiness);
   // Closes every connection, cancelling what is in flight.
   ~HttpFront();
 
@@ -46,9 +46,9 @@ class HttpFront final {
   class Handlers;
 
  private:
-  HttpFront(Gateway& gateway, const Readiness& readiness);
+  HttpFront(GatewayHost& host, const Readiness& readiness);
 
-  Gateway& gateway_;
+  GatewayHost& host_;
   const Readiness& readiness_;
   std::atomic<bool> draining_{false};
   // Chat completions not answered yet; shared with them, which may outlive

@@ -143,25 +143,6 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
     }
     experiment_arms_.push_back(std::move(arms));
   }
-  auto& backend_errors =
-      BuildCounter()
-          .Name("arbiter_backend_errors_total")
-          .Help(
-              "Failed calls to an openai backend, by reason (malformed, "
-              "too_large, http_3xx, http_4xx, http_429, http_5xx, http_other, "
-              "connect, "
-              "transport, timeout, queue_full, internal).")
-          .Register(registry);
-  for (const v1::Backend& backend : config.backends()) {
-    if (!backend.has_openai()) continue;
-    auto& counters = backend_errors_[backend.name()];
-    for (int i = 0; i < kBackendErrorCount; ++i) {
-      counters[i] = &backend_errors.Add(
-          {{"backend", backend.name()},
-           {"reason",
-            std::string(BackendErrorName(static_cast<BackendError>(i)))}});
-    }
-  }
   for (const v1::Route& route : config.routes()) {
     route_names_.push_back(route.name());
   }
@@ -195,29 +176,6 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
                "(server.retry_budget).")
            .Register(registry)
            .Add({});
-  ejections_ = &BuildCounter()
-                    .Name("arbiter_backend_ejections_total")
-                    .Help(
-                        "Times a backend was taken out of service, by reason "
-                        "(consecutive_failures, failure_rate, probe_failed).")
-                    .Register(registry);
-  auto& backend_up = BuildGauge()
-                         .Name("arbiter_backend_up")
-                         .Help(
-                             "1 while a backend is in service, 0 while it "
-                             "is ejected or on probation.")
-                         .Register(registry);
-  for (const v1::Backend& backend : config.backends()) {
-    backend_up_[backend.name()] =
-        &backend_up.Add({{"backend", backend.name()}});
-    backend_up_[backend.name()]->Set(1);
-    for (int reason = 0; reason <= static_cast<int>(Ejection::kProbeFailed);
-         ++reason) {
-      ejections_->Add({{"backend", backend.name()},
-                       {"reason", std::string(EjectionName(
-                                      static_cast<Ejection>(reason)))}});
-    }
-  }
   retrieval_duration_ =
       &BuildHistogram()
            .Name("arbiter_retrieval_duration_seconds")
@@ -387,25 +345,6 @@ void Metrics::RecordFailedAttemptBill(int route, int task, int64_t input_tokens,
                                       int64_t output_tokens,
                                       const policy::RequestCost& cost) {
   BillTokens(At(route, task), input_tokens, output_tokens, cost);
-}
-
-void Metrics::SetBackendUp(absl::string_view backend, bool up) {
-  auto it = backend_up_.find(backend);
-  if (it != backend_up_.end()) it->second->Set(up ? 1 : 0);
-}
-
-void Metrics::RecordEjection(absl::string_view backend, Ejection reason) {
-  ejections_
-      ->Add({{"backend", std::string(backend)},
-             {"reason", std::string(EjectionName(reason))}})
-      .Increment();
-}
-
-void Metrics::RecordBackendError(absl::string_view backend,
-                                 BackendError reason) {
-  auto it = backend_errors_.find(backend);
-  if (it == backend_errors_.end()) return;
-  it->second[static_cast<int>(reason)]->Increment();
 }
 
 void Metrics::RegisterEconomics(prometheus::Registry& registry,

@@ -63,8 +63,6 @@ class Metrics final {
   // A request refused at once; code is the gRPC code name. A backend's full
   // queue is counted here too, beside its route's failure.
   void RecordRejected(absl::string_view code, RejectReason reason);
-  // A failed call to an openai backend of the config, by reason.
-  void RecordBackendError(absl::string_view backend, BackendError reason);
   // A failed attempt tried again on another route; reason is its failure
   // class ("unavailable", "timeout", "rate_limited", "server_error").
   void RecordFallback(int from_route, int to_route, absl::string_view reason);
@@ -78,9 +76,6 @@ class Metrics final {
   void RecordFailedAttemptBill(int route, int task, int64_t input_tokens,
                                int64_t output_tokens,
                                const policy::RequestCost& cost);
-  // Whether a backend is in service, and each time it was ejected.
-  void SetBackendUp(absl::string_view backend, bool up);
-  void RecordEjection(absl::string_view backend, Ejection reason);
   // score in [0, 1]; binary feedback is 1 or 0.
   void RecordFeedback(int route, int task, double score, bool graded);
   // Feedback refused because its request id did not verify.
@@ -171,18 +166,11 @@ class Metrics final {
     prometheus::Counter* score;
   };
   std::vector<std::vector<ArmCounters>> experiment_arms_;
-  // Per openai backend, one counter per reason. Constant after construction.
-  absl::flat_hash_map<std::string,
-                      std::array<prometheus::Counter*, kBackendErrorCount>>
-      backend_errors_;
   std::vector<std::string> route_names_;
   prometheus::Family<prometheus::Counter>* fallbacks_;
   prometheus::Family<prometheus::Counter>* retries_;
   prometheus::Histogram* attempts_;
   prometheus::Counter* retry_budget_exhausted_;
-  prometheus::Family<prometheus::Counter>* ejections_;
-  // Per backend. Constant after construction.
-  absl::flat_hash_map<std::string, prometheus::Gauge*> backend_up_;
   prometheus::Histogram* retrieval_duration_;
   prometheus::Counter* state_committed_;
   prometheus::Counter* state_failed_;

@@ -77,12 +77,7 @@ bool Connects(const std::string& host, const std::string& port,
 
 }  // namespace
 
-Readiness::Readiness(const Gateway& gateway) : gateway_(gateway) {
-  const auto& backends = gateway_.config().backends();
-  reachable_ = std::make_unique<std::atomic<bool>[]>(backends.size());
-  for (int b = 0; b < backends.size(); ++b) {
-    reachable_[b] = backends[b].has_sim();
-  }
+Readiness::Readiness(const GatewayHost& host) : host_(host) {
   ProbeBackends();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -94,12 +89,19 @@ Readiness::~Readiness() {
 
 Readiness::Report Readiness::Check(absl::Time now) const {
   Report report;
-  const v1::Config& config = gateway_.config();
+  const std::shared_ptr<Gateway> gateway = host_.Current();
+  const v1::Config& config = gateway->config();
   for (int b = 0; b < config.backends_size(); ++b) {
     const std::string& name = config.backends(b).name();
-    const BackendHealth& health = gateway_.health(name);
-    // Reachable but ejected takes no traffic either.
-    const bool reachable = reachable_[b].load();
+    const BackendHealth& health = gateway->health(name);
+    // Reachable but ejected takes no traffic either; a simulator always is,
+    // and a backend a reload added is until its first probe says.
+    bool reachable = true;
+    if (config.backends(b).has_openai()) {
+      std::lock_guard lock(reachable_mu_);
+      auto it = reachable_.find(config.backends(b).openai().base_url());
+      reachable = it == reachable_.end() || it->second;
+    }
     const bool up = reachable && health.Available(now);
     report.backends.push_back({name, !reachable ? std::string("unreachable")
                                      : up       ? std::string("reachable")
@@ -120,14 +122,18 @@ void Readiness::Watch(std::function<void(bool ready)> watcher) {
 }
 
 void Readiness::ProbeBackends() {
-  const auto& backends = gateway_.config().backends();
-  for (int b = 0; b < backends.size(); ++b) {
-    if (!backends[b].has_openai()) continue;
-    auto target = HostPortOf(backends[b].openai().base_url());
-    reachable_[b] =
+  const std::shared_ptr<Gateway> gateway = host_.Current();
+  absl::flat_hash_map<std::string, bool> reachable;
+  for (const v1::Backend& backend : gateway->config().backends()) {
+    if (!backend.has_openai()) continue;
+    const std::string& url = backend.openai().base_url();
+    auto target = HostPortOf(url);
+    reachable[url] =
         target.has_value() &&
         Connects(target->first, target->second, absl::Milliseconds(500));
   }
+  std::lock_guard lock(reachable_mu_);
+  reachable_ = std::move(reachable);
 }
 
 void Readiness::Loop() {

@@ -9,9 +9,10 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 
 namespace arbiter {
 
@@ -35,8 +36,9 @@ class Readiness final {
   static constexpr char kUnreadyReason[] =
       "no route's backend accepts connections and is in service";
 
-  // Probes once before returning. `gateway` must outlive it.
-  explicit Readiness(const Gateway& gateway);
+  // Probes once before returning; follows the host's current config.
+  // `host` must outlive it.
+  explicit Readiness(const GatewayHost& host);
   ~Readiness();
 
   Readiness(const Readiness&) = delete;
@@ -52,9 +54,11 @@ class Readiness final {
   void ProbeBackends();
   void Loop();
 
-  const Gateway& gateway_;
-  // Per configured backend: accepted a connection at the last probe.
-  std::unique_ptr<std::atomic<bool>[]> reachable_;
+  const GatewayHost& host_;
+  // By openai backend's base_url: accepted a connection at the last probe.
+  mutable std::mutex reachable_mu_;
+  absl::flat_hash_map<std::string, bool> reachable_
+      ABSL_GUARDED_BY(reachable_mu_);
   std::mutex watch_mu_;  // std:: so ThreadSanitizer sees it.
   std::function<void(bool)> watcher_ ABSL_GUARDED_BY(watch_mu_);
   bool told_ready_ ABSL_GUARDED_BY(watch_mu_) = false;

@@ -328,10 +328,63 @@ void StateSync::NoteOutcome(int experiment, int arm, int task, int route,
 }
 
 state::StateBatch StateSync::Collect() {
-  const v1::Config& config = *parts_.config;
-  const absl::Time now = absl::Now();
   state::StateBatch batch;
   std::unique_lock no_feedback_half_applied(feedback_mu_);
+  CollectAggregates(absl::Now(), batch);
+  std::lock_guard lock(mu_);
+  batch.judged.swap(judged_);
+  batch.context_entries.swap(context_);
+  batch.context_capacity.swap(capacity_);
+  return batch;
+}
+
+v1::GatewayState StateSync::Snapshot() {
+  state::StateBatch batch;
+  std::unique_lock no_feedback_half_applied(feedback_mu_);
+  CollectAggregates(absl::Now(), batch);
+  v1::GatewayState state;
+  for (auto& cell : batch.route_tasks)
+    *state.add_route_tasks() = std::move(cell);
+  for (auto& route : batch.routes) *state.add_routes() = std::move(route);
+  for (auto& budget : batch.budgets) *state.add_budgets() = std::move(budget);
+  for (auto& arm : batch.experiment_arms) {
+    *state.add_experiment_arms() = std::move(arm);
+  }
+  *state.mutable_economics() = std::move(*batch.economics);
+  auto remembered = [&](int experiment, int arm) {
+    policy::Engine* engine = EngineOf(experiment, arm);
+    if (engine == nullptr) return;
+    for (auto& outcome : engine->RememberedOutcomes()) {
+      v1::ContextEntry& entry = *state.add_context_entries();
+      *entry.mutable_key() = KeyOf(experiment, arm, outcome.strategy);
+      entry.set_route(outcome.route);
+      entry.set_score(outcome.score);
+      entry.mutable_embedding()->Add(outcome.embedding.begin(),
+                                     outcome.embedding.end());
+    }
+  };
+  remembered(-1, -1);
+  for (int e = 0; e < parts_.config->experiments_size(); ++e) {
+    for (int a = 0; a < parts_.config->experiments(e).arms_size(); ++a) {
+      remembered(e, a);
+    }
+  }
+  return state;
+}
+
+void StateSync::AdoptNotes(StateSync& from) {
+  std::scoped_lock lock(mu_, from.mu_);
+  for (auto& judged : from.judged_) judged_.push_back(std::move(judged));
+  for (auto& entry : from.context_) context_.push_back(std::move(entry));
+  for (auto& capacity : from.capacity_)
+    capacity_.push_back(std::move(capacity));
+  from.judged_.clear();
+  from.context_.clear();
+  from.capacity_.clear();
+}
+
+void StateSync::CollectAggregates(absl::Time now, state::StateBatch& batch) {
+  const v1::Config& config = *parts_.config;
   parts_.stats->Publish(now);
   std::shared_ptr<const policy::StatsSnapshot> snapshot =
       parts_.stats->Snapshot();
@@ -381,11 +434,6 @@ state::StateBatch StateSync::Collect() {
   for (const v1::EconomicsCellState& cell : unserved_economics_.cells()) {
     *batch.economics->add_cells() = cell;
   }
-  std::lock_guard lock(mu_);
-  batch.judged.swap(judged_);
-  batch.context_entries.swap(context_);
-  batch.context_capacity.swap(capacity_);
-  return batch;
 }
 
 }  // namespace arbiter

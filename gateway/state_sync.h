@@ -64,8 +64,17 @@ class StateSync final {
   // noted so far, with no feedback half-applied.
   [[nodiscard]] state::StateBatch Collect();
 
+  // Everything learned and accounted as of now, the judged prompts its
+  // contextual strategies remember included, for a generation that takes
+  // over from this one (Restore).
+  [[nodiscard]] v1::GatewayState Snapshot();
+  // Takes the entries `from` noted that no batch has taken yet.
+  void AdoptNotes(StateSync& from);
+
  private:
   [[nodiscard]] policy::Engine* EngineOf(int experiment, int arm) const;
+  // Every aggregate into `batch`; feedback_mu_ is held.
+  void CollectAggregates(absl::Time now, state::StateBatch& batch);
   [[nodiscard]] v1::StrategyKey KeyOf(int experiment, int arm,
                                       const std::string& strategy) const;
 

@@ -35,6 +35,22 @@ void ContextMemory::Add(absl::Span<const float> embedding, int route,
   ++next_slot_;
 }
 
+std::vector<ContextMemory::Remembered> ContextMemory::Entries() const {
+  std::shared_lock lock(mu_);
+  const int64_t n = index_->ntotal;
+  // Once full, the oldest is the slot Add overwrites next.
+  const int64_t oldest = n < capacity_ ? 0 : next_slot_ % capacity_;
+  std::vector<Remembered> entries;
+  entries.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot = (oldest + i) % n;
+    const float* vector = index_->get_xb() + slot * dim_;
+    entries.push_back({routes_[slot], scores_[slot],
+                       std::vector<float>(vector, vector + dim_)});
+  }
+  return entries;
+}
+
 std::vector<ContextMemory::Neighbour> ContextMemory::Nearest(
     absl::Span<const float> embedding, int k) const {
   std::vector<Neighbour> neighbours;

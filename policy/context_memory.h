@@ -39,6 +39,15 @@ class ContextMemory final {
   [[nodiscard]] int dim() const { return dim_; }
   [[nodiscard]] int64_t size() const;
 
+  struct Remembered {
+    int route;
+    double score;
+    std::vector<float> embedding;
+  };
+  // What it remembers, oldest first: Add-ing them in order to an empty
+  // memory of the same capacity makes an equal one.
+  [[nodiscard]] std::vector<Remembered> Entries() const;
+
  private:
   const int dim_;
   const int capacity_;

@@ -115,6 +115,11 @@ class Engine::Strategy {
   virtual void set_cost_weight(double weight) const {}
   // Judged prompts a contextual strategy remembers; 0 for the others.
   [[nodiscard]] virtual int context_capacity() const { return 0; }
+  // What a contextual strategy remembers, oldest first; none for the others.
+  [[nodiscard]] virtual std::vector<ContextMemory::Remembered> Remembered()
+      const {
+    return {};
+  }
 };
 
 namespace {
@@ -436,6 +441,9 @@ class ContextualStrategy final : public Strategy {
                       double score) const override {
     memory_.Add(embedding, route, score);
   }
+  std::vector<ContextMemory::Remembered> Remembered() const override {
+    return memory_.Entries();
+  }
 
  private:
   const int k_;
@@ -666,6 +674,18 @@ const std::string& Engine::StrategyOf(int task) const {
 
 int Engine::ContextCapacity(int task) const {
   return strategy_by_task_[task]->context_capacity();
+}
+
+std::vector<Engine::RememberedOutcome> Engine::RememberedOutcomes() const {
+  std::vector<RememberedOutcome> outcomes;
+  for (size_t i = 0; i < strategies_.size(); ++i) {
+    for (ContextMemory::Remembered& entry : strategies_[i]->Remembered()) {
+      if (entry.route < 0 || entry.route >= num_routes()) continue;
+      outcomes.push_back({strategy_paths_[i], route_names_[entry.route],
+                          entry.score, std::move(entry.embedding)});
+    }
+  }
+  return outcomes;
 }
 
 bool Engine::RestoreOutcome(absl::string_view strategy, int route,

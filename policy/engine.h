@@ -104,14 +104,22 @@ class Engine final {
   // What its strategies learned, for the state store. A strategy is named
   // by where it is in the config: "policy" or "task_policies.<task>".
   // The budget strategies' dual variables (the price put on cost).
-  [[nodiscard]] std::vector<std::pair<std::string, double>> CostWeights()
-      const;
+  [[nodiscard]] std::vector<std::pair<std::string, double>> CostWeights() const;
   // false when no budget strategy is at that place (the config changed).
   bool RestoreCostWeight(absl::string_view strategy, double weight);
   // Where the task's strategy is, and how many judged prompts it remembers
   // (0 unless contextual).
   [[nodiscard]] const std::string& StrategyOf(int task) const;
   [[nodiscard]] int ContextCapacity(int task) const;
+  // Every judged prompt its contextual strategies remember, oldest first
+  // within each; RestoreOutcome takes them back.
+  struct RememberedOutcome {
+    std::string strategy;
+    std::string route;
+    double score;
+    std::vector<float> embedding;
+  };
+  [[nodiscard]] std::vector<RememberedOutcome> RememberedOutcomes() const;
   // Gives a contextual strategy a stored judged prompt back; false when
   // none is at that place.
   bool RestoreOutcome(absl::string_view strategy, int route,

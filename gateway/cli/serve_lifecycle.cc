@@ -8,7 +8,7 @@
 #include "absl/time/time.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/stop_signals.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 #include "gateway/grpc_server.h"
 #include "gateway/http/http_server.h"
 #include "gateway/http/metrics_handler.h"
@@ -25,13 +25,14 @@ std::string HostOf(const std::string& host_port) {
 
 }  // namespace
 
-int ServeUntilStopped(LoadedConfig loaded) {
+int ServeUntilStopped(LoadedConfig loaded, GatewayHost::ConfigSource reload) {
   StopSignals& signals = StopSignals::Install();
   signals.Block();
   const v1::Server config = loaded.config.server();
   auto registry = std::make_shared<prometheus::Registry>();
-  auto gateway = Gateway::Create(std::move(loaded), *registry);
-  if (!gateway.ok()) return Fail(gateway.status());
+  auto host =
+      GatewayHost::Create(std::move(loaded), *registry, std::move(reload));
+  if (!host.ok()) return Fail(host.status());
 
   http::HttpServerOptions metrics_options;
   metrics_options.address = config.metrics_listen();
@@ -42,12 +43,12 @@ int ServeUntilStopped(LoadedConfig loaded) {
   if (!metrics.ok()) {
     return Fail(absl::StrCat("metrics: ", metrics.status().message()));
   }
-  Readiness readiness(**gateway);  // Outlives both fronts.
-  auto grpc = GrpcServer::Start(**gateway, config.grpc_listen(), &readiness);
+  Readiness readiness(**host);  // Outlives both fronts.
+  auto grpc = GrpcServer::Start(**host, config.grpc_listen(), &readiness);
   if (!grpc.ok()) return Fail(grpc.status());
   std::unique_ptr<HttpFront> front;
   if (config.http_listen() != "off") {
-    auto started = HttpFront::Start(**gateway, readiness);
+    auto started = HttpFront::Start(**host, readiness);
     if (!started.ok()) {
       return Fail(absl::StrCat("http: ", started.status().message()));
     }
@@ -55,7 +56,7 @@ int ServeUntilStopped(LoadedConfig loaded) {
   }
 
   std::cout << "arbiter 0.1.0 serving\n"
-            << (*gateway)->Describe() << "grpc listening on "
+            << (*host)->Describe() << "grpc listening on "
             << HostOf(config.grpc_listen()) << ":" << (*grpc)->port() << "\n"
             << "metrics on http://" << HostOf(config.metrics_listen()) << ":"
             << (*metrics)->port() << "/metrics\n";
@@ -66,7 +67,11 @@ int ServeUntilStopped(LoadedConfig loaded) {
   std::cout << "press Ctrl-C to stop" << std::endl;
 
   signals.Unblock();  // Any that came meanwhile are delivered now.
-  const std::string signal = signals.WaitForStop();
+  const std::string signal = signals.WaitForStop([&host] {
+    std::cout << "received SIGHUP, reloading the config" << std::endl;
+    // The outcome is logged by the host either way.
+    [[maybe_unused]] auto report = (*host)->Reload();
+  });
   const absl::Duration grace = absl::Seconds(config.shutdown_grace_seconds());
   std::cout << "received " << signal << ", draining (grace "
             << absl::FormatDuration(grace) << ")" << std::endl;
@@ -74,7 +79,7 @@ int ServeUntilStopped(LoadedConfig loaded) {
   if (front != nullptr) front->Drain();
   (*grpc)->Shutdown(grace);
   if (front != nullptr && !front->WaitIdle(grace_over)) {
-    (*gateway)->CancelInFlight();  // The grace is over for HTTP too.
+    (*host)->foundation().CancelInFlight();  // The grace is over for HTTP too.
     front->WaitIdle(absl::Now() + absl::Seconds(1));
   }
   front.reset();

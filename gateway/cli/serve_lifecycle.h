@@ -1,6 +1,7 @@
 #pragma once
 
 #include "gateway/config.h"
+#include "gateway/gateway_host.h"
 
 namespace arbiter::cli {
 
@@ -10,9 +11,9 @@ namespace arbiter::cli {
 // SIGTERM or SIGINT drain: health checks report NOT_SERVING, the gRPC
 // server stops taking calls, calls in flight get
 // server.shutdown_grace_seconds to finish and what is left is cancelled
-// (UNAVAILABLE); then the metrics server stops and 0 is returned. SIGHUP is
-// logged and ignored (there is no reload yet). Returns 1, with a message on
-// stderr, when something cannot start (e.g. a port in use).
-int ServeUntilStopped(LoadedConfig loaded);
+// (UNAVAILABLE); then the metrics server stops and 0 is returned. SIGHUP
+// reloads the config through `reload` (GatewayHost::Reload). Returns 1, with
+// a message on stderr, when something cannot start (e.g. a port in use).
+int ServeUntilStopped(LoadedConfig loaded, GatewayHost::ConfigSource reload);
 
 }  // namespace arbiter::cli

@@ -118,21 +118,29 @@ CLI::App* AddSimServerCommand(CLI::App& arbiter, SimServerFlags& flags) {
 }
 
 int RunServe(const ServeFlags& flags) {
-  auto loaded = LoadFromFlag(flags.config);
+  // Read at start and again at each reload, the flags applied over it.
+  GatewayHost::ConfigSource read = [flags]() -> absl::StatusOr<LoadedConfig> {
+    auto loaded = LoadFromFlag(flags.config);
+    if (!loaded.ok()) return loaded.status();
+    v1::Server& server_config = *loaded->config.mutable_server();
+    if (!flags.grpc_listen.empty()) {
+      server_config.set_grpc_listen(flags.grpc_listen);
+    }
+    if (!flags.metrics_listen.empty()) {
+      server_config.set_metrics_listen(flags.metrics_listen);
+    }
+    if (!flags.http_listen.empty()) {
+      server_config.set_http_listen(flags.http_listen);
+    }
+    if (!flags.state.empty()) {
+      loaded->config.mutable_state()->set_path(flags.state);
+    }
+    if (flags.no_state) loaded->config.mutable_state()->clear_path();
+    return loaded;
+  };
+  auto loaded = read();
   if (!loaded.ok()) return Fail(loaded.status());
-  v1::Server& server_config = *loaded->config.mutable_server();
-  if (!flags.grpc_listen.empty()) {
-    server_config.set_grpc_listen(flags.grpc_listen);
-  }
-  if (!flags.metrics_listen.empty()) {
-    server_config.set_metrics_listen(flags.metrics_listen);
-  }
-  if (!flags.http_listen.empty()) {
-    server_config.set_http_listen(flags.http_listen);
-  }
-  if (!flags.state.empty()) loaded->config.mutable_state()->set_path(flags.state);
-  if (flags.no_state) loaded->config.mutable_state()->clear_path();
-  return ServeUntilStopped(*std::move(loaded));
+  return ServeUntilStopped(*std::move(loaded), std::move(read));
 }
 
 int RunCheckConfig(const CheckConfigFlags& flags) {
@@ -189,7 +197,10 @@ int RunSimServer(const SimServerFlags& flags) {
             << (*server)->port() << "/v1/chat/completions (and /v1/embeddings, "
             << embedding_dim << "-d)" << std::endl;
   signals.Unblock();
-  const std::string signal = signals.WaitForStop();
+  const std::string signal = signals.WaitForStop([] {
+    std::cout << "SIGHUP: the sim-server has nothing to reload; ignored"
+              << std::endl;
+  });
   std::cout << "received " << signal << ", stopping" << std::endl;
   (*server)->Stop();
   return 0;

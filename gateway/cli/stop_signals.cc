@@ -38,14 +38,14 @@ void StopSignals::Block() { pthread_sigmask(SIG_BLOCK, &set_, nullptr); }
 
 void StopSignals::Unblock() { pthread_sigmask(SIG_UNBLOCK, &set_, nullptr); }
 
-std::string StopSignals::WaitForStop() {
+std::string StopSignals::WaitForStop(const std::function<void()>& on_reload) {
   for (;;) {
     unsigned char signal = 0;
     ssize_t n = read(fds_[0], &signal, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n != 1) return "SIGTERM";  // No pipe: stop rather than spin.
     if (signal == SIGHUP) {
-      std::cout << "SIGHUP: reload is not supported yet; ignored" << std::endl;
+      if (on_reload != nullptr) on_reload();
       continue;
     }
     return signal == SIGINT ? "SIGINT" : "SIGTERM";

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <csignal>
+#include <functional>
 #include <string>
 
 namespace arbiter::cli {
@@ -16,7 +17,7 @@ namespace arbiter::cli {
 //   signals.Block();
 //   ... start servers ...
 //   signals.Unblock();
-//   std::string why = signals.WaitForStop();  // "SIGTERM"
+//   std::string why = signals.WaitForStop(reload);  // "SIGTERM"
 class StopSignals final {
  public:
   // The one instance: signal handlers are process-wide and outlive callers.
@@ -29,9 +30,9 @@ class StopSignals final {
   void Block();
   void Unblock();
 
-  // Waits for SIGTERM or SIGINT and returns its name. SIGHUP is logged and
-  // ignored: there is no reload yet.
-  [[nodiscard]] std::string WaitForStop();
+  // Waits for SIGTERM or SIGINT and returns its name; calls on_reload for
+  // each SIGHUP meanwhile, on this thread.
+  [[nodiscard]] std::string WaitForStop(const std::function<void()>& on_reload);
 
  private:
   StopSignals();

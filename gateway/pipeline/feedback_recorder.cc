@@ -34,14 +34,17 @@ absl::StatusOr<v1::FeedbackResponse> FeedbackRecorder::Record(
     parts_.metrics->RecordFeedbackRejected(RejectionOf(verified.status()));
     return verified.status();
   }
+  // Counted by the live generation (a reload may have retired the one this
+  // call came in on), which holds no handover off while it is counted.
+  const LiveParts held = parts_.live();
+  const GatewayParts& live = *held.parts;
   const RequestIdParts* parts = &verified->parts;
   // The id says where the request went; the decision log adds the prompt's
   // embedding. An id it no longer holds (evicted, or served by another
   // replica) is credited from the id alone; judged_ says whether it was.
-  auto route_it = parts_.route_index.find(parts->route);
-  auto task_it = parts_.task_index.find(parts->task);
-  if (route_it == parts_.route_index.end() ||
-      task_it == parts_.task_index.end()) {
+  auto route_it = live.route_index.find(parts->route);
+  auto task_it = live.task_index.find(parts->task);
+  if (route_it == live.route_index.end() || task_it == live.task_index.end()) {
     return absl::NotFoundError(
         absl::StrCat("request_id: route ", QuoteInput(parts->route),
                      " or task ", QuoteInput(parts->task),
@@ -51,8 +54,8 @@ absl::StatusOr<v1::FeedbackResponse> FeedbackRecorder::Record(
   const int task = task_it->second;
   int experiment = -1;
   int arm = -1;
-  for (int e = 0; e < parts_.config->experiments_size(); ++e) {
-    const v1::Experiment& spec = parts_.config->experiments(e);
+  for (int e = 0; e < live.config->experiments_size(); ++e) {
+    const v1::Experiment& spec = live.config->experiments(e);
     if (spec.name() != parts->experiment) continue;
     for (int a = 0; a < spec.arms_size(); ++a) {
       if (spec.arms(a).name() == parts->arm) {
@@ -66,49 +69,49 @@ absl::StatusOr<v1::FeedbackResponse> FeedbackRecorder::Record(
   // which only this deployment's key makes, names the request.
   const std::string& judged_key = verified->mac;
   const absl::Time issued = verified->issued;
-  const auto applying = parts_.state_sync->HoldForFeedback();
-  switch (parts_.judged->Insert(judged_key, issued)) {
+  const auto applying = live.state_sync->HoldForFeedback();
+  switch (live.judged->Insert(judged_key, issued)) {
     case Judging::kFirst:
       break;
     case Judging::kRepeat:
-      parts_.metrics->RecordFeedbackDuplicate();
+      live.metrics->RecordFeedbackDuplicate();
       return absl::AlreadyExistsError(
           "request_id: feedback for this request was already counted");
     case Judging::kUnanswered:
-      parts_.metrics->RecordFeedbackUnanswered();
+      live.metrics->RecordFeedbackUnanswered();
       return absl::FailedPreconditionError(
           "request_id: this request ended without an answer (it failed or "
           "was cancelled): there is nothing to judge");
   }
-  if (parts_.durable) parts_.state_sync->NoteJudged(judged_key, issued);
-  auto embedding = parts_.decisions->TakeFeedback(request.request_id());
+  if (live.durable) live.state_sync->NoteJudged(judged_key, issued);
+  auto embedding = live.decisions->TakeFeedback(request.request_id());
   if (embedding.ok() && !embedding->empty()) {
     const bool arm_engine =
         experiment >= 0 &&
-        (*parts_.experiments)[experiment].arm_engine[arm] != nullptr;
+        (*live.experiments)[experiment].arm_engine[arm] != nullptr;
     policy::Engine* engine =
-        arm_engine ? (*parts_.experiments)[experiment].arm_engine[arm].get()
-                   : parts_.engine;
+        arm_engine ? (*live.experiments)[experiment].arm_engine[arm].get()
+                   : live.engine;
     engine->ObserveOutcome(task, route, *embedding, score);
-    if (parts_.durable) {
-      parts_.state_sync->NoteOutcome(arm_engine ? experiment : -1,
-                                     arm_engine ? arm : -1, task, route,
-                                     *embedding, score);
+    if (live.durable) {
+      live.state_sync->NoteOutcome(arm_engine ? experiment : -1,
+                                   arm_engine ? arm : -1, task, route,
+                                   *embedding, score);
     }
   }
   if (experiment >= 0) {
-    parts_.experiment_stats->RecordFeedback(experiment, arm, score);
-    parts_.metrics->RecordExperimentFeedback(experiment, arm, score);
+    live.experiment_stats->RecordFeedback(experiment, arm, score);
+    live.metrics->RecordExperimentFeedback(experiment, arm, score);
   }
-  parts_.stats->RecordFeedback(route, task, score);
-  parts_.metrics->RecordFeedback(route, task, score, graded);
+  live.stats->RecordFeedback(route, task, score);
+  live.metrics->RecordFeedback(route, task, score, graded);
   {
-    std::lock_guard lock(*parts_.economics_mu);
-    parts_.economics->RecordFeedback(route, task, score, absl::Now());
+    std::lock_guard lock(*live.economics_mu);
+    live.economics->RecordFeedback(route, task, score, absl::Now());
   }
   v1::FeedbackResponse response;
-  response.set_route(parts_.config->routes(route).name());
-  response.set_task(parts_.config->tasks(task));
+  response.set_route(live.config->routes(route).name());
+  response.set_task(live.config->tasks(task));
   return response;
 }
 

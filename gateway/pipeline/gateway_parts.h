@@ -1,7 +1,9 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,16 @@ struct ExperimentArms {
   std::vector<int> arm_route;  // Route of a route arm, else -1.
   std::vector<std::unique_ptr<policy::Engine>> arm_engine;  // Policy arms.
   std::vector<double> arm_share;
+};
+
+struct GatewayParts;
+
+// The parts whose statistics are live, held so that no reload hands them
+// over meanwhile: a generation's own until it is retired, then those of the
+// generation that replaced it (see Gateway::Retire).
+struct LiveParts {
+  const GatewayParts* parts = nullptr;
+  std::shared_lock<std::shared_mutex> hold;
 };
 
 // What the request pipeline, feedback and the admin views share, assembled
@@ -71,6 +83,8 @@ struct GatewayParts {
   bool durable = false;
   const RequestIdSigner* signer = nullptr;
   Metrics* metrics = nullptr;
+  // Where outcomes and feedback are counted; set by the gateway.
+  std::function<LiveParts()> live;
 
   // The ledger's figures as of now.
   [[nodiscard]] policy::EconomicsSnapshot EconomicsNow() const {

@@ -596,17 +596,20 @@ void RequestPipeline::ChargeFailedAttempt(Call& call,
   // never its accuracy; what it billed is costed.
   const int route_index = call.route_index;
   const v1::Route& route = parts_.config->routes(route_index);
-  parts_.stats->RecordError(
-      route_index, call.task,
-      absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
+  const Tally tally = TallyOf(call);
+  const GatewayParts& live = *tally.live.parts;
+  if (tally.route >= 0) {
+    live.stats->RecordError(
+        tally.route, tally.task,
+        absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
+  }
   if (usage.input_tokens <= 0 && usage.output_tokens <= 0) return;
   const policy::RequestCost priced = policy::PriceRequest(
       route.pricing(), usage.input_tokens, usage.output_tokens,
       route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
-  {
-    std::lock_guard lock(*parts_.economics_mu);
-    parts_.economics->RecordRequest(route_index, call.task, priced,
-                                    absl::Now());
+  if (tally.route >= 0) {
+    std::lock_guard lock(*live.economics_mu);
+    live.economics->RecordRequest(tally.route, tally.task, priced, absl::Now());
   }
   parts_.metrics->RecordFailedAttemptBill(
       route_index, call.task, usage.input_tokens, usage.output_tokens, priced);
@@ -688,11 +691,20 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   v1::InferResponse& response = call.response;
   if (!status.ok()) RefuseFeedbackOn(call);
   if (!status.ok() && !cancelled) {
-    parts_.stats->RecordError(
-        route_index, task,
-        absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
+    {
+      const Tally tally = TallyOf(call);
+      const GatewayParts& live = *tally.live.parts;
+      if (tally.route >= 0) {
+        live.stats->RecordError(
+            tally.route, tally.task,
+            absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
+      }
+      if (tally.experiment >= 0) {
+        live.experiment_stats->RecordError(tally.experiment, tally.arm,
+                                           latency);
+      }
+    }
     if (experiment >= 0) {
-      parts_.experiment_stats->RecordError(experiment, arm, latency);
       metrics.RecordExperimentRequest(experiment, arm, false);
     }
     metrics.RecordFailure(route_index, task, OutcomeOf(status), latency);
@@ -721,9 +733,10 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
       route.pricing(), usage.input_tokens, usage.output_tokens,
       route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
   const double cost = priced.total_usd();
-  {
-    std::lock_guard lock(*parts_.economics_mu);
-    parts_.economics->RecordRequest(route_index, task, priced, absl::Now());
+  if (const Tally tally = TallyOf(call); tally.route >= 0) {
+    const GatewayParts& live = *tally.live.parts;
+    std::lock_guard lock(*live.economics_mu);
+    live.economics->RecordRequest(tally.route, tally.task, priced, absl::Now());
   }
   v1::Usage* wire_usage = response.mutable_usage();
   wire_usage->set_input_tokens(usage.input_tokens);
@@ -746,14 +759,23 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
     call.sink->OnEnd(status, response);
     return;
   }
-  parts_.stats->RecordCompletion(
-      route_index, task,
-      {usage.input_tokens, usage.output_tokens, cost, latency});
+  {
+    const Tally tally = TallyOf(call);
+    const GatewayParts& live = *tally.live.parts;
+    if (tally.route >= 0) {
+      live.stats->RecordCompletion(
+          tally.route, tally.task,
+          {usage.input_tokens, usage.output_tokens, cost, latency});
+    }
+    if (tally.experiment >= 0) {
+      live.experiment_stats->RecordCompletion(tally.experiment, tally.arm, cost,
+                                              latency);
+    }
+  }
   metrics.RecordCompletion(route_index, task, usage.input_tokens,
                            usage.output_tokens, priced, latency);
   call.engine->ObserveCost(task, cost);
   if (experiment >= 0) {
-    parts_.experiment_stats->RecordCompletion(experiment, arm, cost, latency);
     metrics.RecordExperimentRequest(experiment, arm, true);
   }
   parts_.decisions->Record(response.request_id(), call.embedding);
@@ -771,8 +793,38 @@ void RequestPipeline::RefuseFeedbackOn(const Call& call) {
   parts_.judged->MarkUnanswered(verified->mac, verified->issued);
   // Stored as judged: after a restart its feedback is refused as a repeat.
   if (parts_.durable) {
-    parts_.state_sync->NoteJudged(verified->mac, verified->issued);
+    const LiveParts live = parts_.live();
+    live.parts->state_sync->NoteJudged(verified->mac, verified->issued);
   }
+}
+
+RequestPipeline::Tally RequestPipeline::TallyOf(const Call& call) const {
+  Tally tally{parts_.live(), call.route_index, call.task, call.experiment,
+              call.arm};
+  const GatewayParts& live = *tally.live.parts;
+  if (&live == &parts_) return tally;
+  // A reload retired this generation: the same names in the live one.
+  const v1::Config& config = *parts_.config;
+  auto route = live.route_index.find(config.routes(call.route_index).name());
+  auto task = live.task_index.find(config.tasks(call.task));
+  const bool found =
+      route != live.route_index.end() && task != live.task_index.end();
+  tally.route = found ? route->second : -1;
+  tally.task = found ? task->second : -1;
+  tally.experiment = tally.arm = -1;
+  if (call.experiment < 0) return tally;
+  const v1::Experiment& spec = config.experiments(call.experiment);
+  for (int e = 0; e < live.config->experiments_size(); ++e) {
+    const v1::Experiment& now = live.config->experiments(e);
+    if (now.name() != spec.name()) continue;
+    for (int a = 0; a < now.arms_size(); ++a) {
+      if (now.arms(a).name() == spec.arms(call.arm).name()) {
+        tally.experiment = e;
+        tally.arm = a;
+      }
+    }
+  }
+  return tally;
 }
 
 std::vector<float> RequestPipeline::EmbedPrompt(absl::string_view text) const {

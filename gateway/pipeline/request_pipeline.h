@@ -80,6 +80,17 @@ class RequestPipeline final {
   // on its id (a stream's first chunk carried it) is refused from now on.
   void RefuseFeedbackOn(const Call& call);
 
+  // Where a call's outcome is counted: the live parts (see LiveParts) and
+  // the call's route, task and arm there, -1 where they have none.
+  struct Tally {
+    LiveParts live;
+    int route;
+    int task;
+    int experiment;
+    int arm;
+  };
+  [[nodiscard]] Tally TallyOf(const Call& call) const;
+
   const GatewayParts& parts_;
 };
 

@@ -14,6 +14,8 @@ namespace arbiter {
 
 // Why a backend was taken out of service, a metric label each.
 enum class Ejection { kConsecutiveFailures, kFailureRate, kProbeFailed };
+inline constexpr int kEjectionCount =
+    static_cast<int>(Ejection::kProbeFailed) + 1;
 [[nodiscard]] absl::string_view EjectionName(Ejection reason);
 
 // How one attempt on a backend ended, as its health counts it.

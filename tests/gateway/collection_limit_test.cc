@@ -6,7 +6,7 @@
 #include <string>
 
 #include "gateway/config.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
@@ -16,7 +16,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-absl::Status Upsert(Gateway& gateway, const std::string& collection) {
+absl::Status Upsert(GatewayHost& gateway, const std::string& collection) {
   v1::UpsertRequest request;
   request.set_collection(collection);
   v1::RetrievalDocument* document = request.add_documents();
@@ -24,7 +24,7 @@ absl::Status Upsert(Gateway& gateway, const std::string& collection) {
   document->set_text("A short document about refunds.");
   v1::UpsertResponse response;
   std::promise<absl::Status> done;
-  gateway.retrieval().Upsert(
+  gateway.foundation().retrieval().Upsert(
       request, &response, [&](absl::Status status) { done.set_value(status); });
   return done.get_future().get();
 }
@@ -36,7 +36,7 @@ TEST(CollectionLimitTest, UpsertCreatesNoCollectionBeyondTheLimit) {
   // The quickstart's corpus is one collection already.
   loaded->config.mutable_retrieval()->set_max_collections(3);
   prometheus::Registry registry;
-  auto gateway = Gateway::Create(*std::move(loaded), registry);
+  auto gateway = GatewayHost::Create(*std::move(loaded), registry, nullptr);
   ASSERT_TRUE(gateway.ok()) << gateway.status();
   EXPECT_TRUE(Upsert(**gateway, "kb-1").ok());
   EXPECT_TRUE(Upsert(**gateway, "kb-2").ok());

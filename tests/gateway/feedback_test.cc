@@ -10,7 +10,7 @@
 
 #include "absl/time/clock.h"
 #include "gateway/config.h"
-#include "gateway/gateway.h"
+#include "gateway/gateway_host.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
@@ -26,9 +26,10 @@ class FeedbackTest : public ::testing::Test {
     loaded->config.mutable_state()->clear_path();  // In memory: no files.
     loaded->config.mutable_server()->set_decision_log_max_mb(
         decision_log_max_mb);
-    auto gateway = Gateway::Create(*std::move(loaded), registry_);
-    ASSERT_TRUE(gateway.ok()) << gateway.status();
-    gateway_ = *std::move(gateway);
+    auto host = GatewayHost::Create(*std::move(loaded), registry_, nullptr);
+    ASSERT_TRUE(host.ok()) << host.status();
+    host_ = *std::move(host);
+    gateway_ = host_->Current();
   }
 
   // A question for the prompted route on task faq.
@@ -105,7 +106,8 @@ class FeedbackTest : public ::testing::Test {
   }
 
   prometheus::Registry registry_;
-  std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<GatewayHost> host_;
+  std::shared_ptr<Gateway> gateway_;
 };
 
 TEST_F(FeedbackTest, FeedbackOnARequestThatEndedWithoutAnAnswerIsRefused) {

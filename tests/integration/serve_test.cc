@@ -391,14 +391,13 @@ TEST_F(ServeTest, SigtermCancelsWhatIsLeftAfterTheGrace) {
   EXPECT_LT(not_serving, infer_done) << "no NOT_SERVING while draining";
 }
 
-TEST_F(ServeTest, SighupIsLoggedAndIgnored) {
+TEST_F(ServeTest, SighupReloadsTheConfigAndServingGoesOn) {
   Gateway gateway = Start("");
   ASSERT_GT(gateway.grpc_port, 0);
   gateway.process->Signal(SIGHUP);
-  ASSERT_TRUE(gateway.process
-                  ->WaitForLine("SIGHUP: reload is not supported yet; ignored",
-                                absl::Seconds(10))
-                  .ok())
+  ASSERT_TRUE(
+      gateway.process->WaitForLine("reloaded the config", absl::Seconds(10))
+          .ok())
       << gateway.process->Output();
 
   grpc::ClientContext context;
