@@ -37,6 +37,8 @@ class Subprocess final {
   std::string Output();
   // Sends `signal` to the process while it runs; returns at once.
   void Signal(int signal);
+  // -1 once it has been waited for.
+  [[nodiscard]] int pid() const { return pid_; }
 
  private:
   Subprocess() = default;
