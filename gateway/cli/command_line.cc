@@ -230,6 +230,8 @@ CommandLine::CommandLine() : app_(std::make_unique<CLI::App>(kDescription)) {
   Add(show, [this] { return RunExperimentShow(flags_.experiment_show); });
   Add(in(AddEconomicsCommand(arbiter, flags_.economics), kClients),
       [this] { return RunEconomics(flags_.economics); });
+  Add(in(AddReloadCommand(arbiter, flags_.reload), kClients),
+      [this] { return RunReload(flags_.reload); });
   Add(in(AddReplayCommand(arbiter, flags_.replay), kOffline),
       [this] { return RunReplay(flags_.replay); });
   Add(in(AddBreakevenCommand(arbiter, flags_.breakeven), kOffline),

@@ -117,6 +117,10 @@ struct EconomicsFlags {
   bool json = false;
 };
 
+struct ReloadFlags {
+  std::string target = kDefaultTarget;
+};
+
 struct ReplayFlags {
   std::string log;
   std::string config;
@@ -168,6 +172,7 @@ struct Flags {
   IndexEvalFlags index_eval;
   ExperimentShowFlags experiment_show;
   EconomicsFlags economics;
+  ReloadFlags reload;
   ReplayFlags replay;
   BreakevenFlags breakeven;
   StateExportFlags state_export;
@@ -197,6 +202,7 @@ IndexCommands AddIndexCommands(CLI::App& arbiter, IndexAddFlags& add,
 CLI::App* AddExperimentShowCommand(CLI::App& arbiter,
                                    ExperimentShowFlags& flags);
 CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags);
+CLI::App* AddReloadCommand(CLI::App& arbiter, ReloadFlags& flags);
 CLI::App* AddReplayCommand(CLI::App& arbiter, ReplayFlags& flags);
 CLI::App* AddBreakevenCommand(CLI::App& arbiter, BreakevenFlags& flags);
 struct StateCommands {
@@ -221,6 +227,7 @@ int RunIndexStats(const IndexStatsFlags& flags);
 int RunIndexEval(const IndexEvalFlags& flags);
 int RunExperimentShow(const ExperimentShowFlags& flags);
 int RunEconomics(const EconomicsFlags& flags);
+int RunReload(const ReloadFlags& flags);
 int RunReplay(const ReplayFlags& flags);
 int RunBreakeven(const BreakevenFlags& flags);
 int RunStateExport(const StateExportFlags& flags);

@@ -81,6 +81,7 @@ class ReloadTest : public ::testing::Test {
     config_path_ = (dir_ / "arbiter.yaml").string();
   }
   void TearDown() override {
+    channel_.reset();  // An open channel would hold the drain up.
     gateway_.reset();
     std::filesystem::remove_all(dir_);
   }
@@ -284,6 +285,12 @@ TEST_F(ReloadTest, AReloadNamesWhatItKeptAndARequestInFlightFinishes) {
   EXPECT_EQ(in_flight.body["arbiter"]["route"], "slow");
   EXPECT_EQ(Chat("slow").status, 404);
   EXPECT_EQ(Chat("a").status, 200);
+  // From the command line: nothing changed this time.
+  const auto command = ::arbiter::testing::RunCommand(
+      ARBITER_BINARY, {"reload", "--target", gateway_->target()});
+  EXPECT_EQ(command.exit_code, 0) << command.output;
+  EXPECT_THAT(command.output,
+              HasSubstr(absl::StrCat("reloaded: config hash ", ConfigHash())));
 }
 
 TEST_F(ReloadTest, ABadConfigIsRefusedWholeAndTheRunningOneStays) {
@@ -308,6 +315,11 @@ TEST_F(ReloadTest, ABadConfigIsRefusedWholeAndTheRunningOneStays) {
             2);
   EXPECT_EQ(ConfigHash(), hash);
   EXPECT_EQ(Chat("a").status, 200);
+  // The command line says the same.
+  const auto command = ::arbiter::testing::RunCommand(
+      ARBITER_BINARY, {"reload", "--target", gateway_->target()});
+  EXPECT_EQ(command.exit_code, 1);
+  EXPECT_THAT(command.output, HasSubstr("server.max_in_flight"));
   // A file that is not there at all.
   std::filesystem::remove(config_path_);
   refused = Reload(&response);
@@ -324,6 +336,7 @@ TEST_F(ReloadTest, StatisticsCarriedOverByAReloadSurviveARestart) {
   ASSERT_TRUE(Reload(&response).ok());
   ASSERT_EQ(Chat("a").status, 200);
   ASSERT_EQ(Chat("c").status, 200);
+  channel_.reset();
   EXPECT_EQ(gateway_->process->Stop(), 0);
   ASSERT_NO_FATAL_FAILURE(Start(
       Config(3.0, "  - {name: c, kind: prompted, backend: sim, model: m}")));
