@@ -20,6 +20,7 @@
 #include "arbiter/v1/gateway.grpc.pb.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/commands.h"
+#include "gateway/cli/error_tally.h"
 #include "gateway/cli/flags.h"
 #include "gateway/file_source.h"
 #include "gateway/sim/simulator.h"
@@ -118,9 +119,7 @@ class Loadgen final {
                                 tally.latencies_ms.end());
     }
     row("TOTAL", total);
-    for (const auto& [error, count] : errors_) {
-      absl::StrAppendFormat(&out, "error x%d: %s\n", count, error);
-    }
+    absl::StrAppend(&out, errors_.Render());
     return out;
   }
 
@@ -131,7 +130,7 @@ class Loadgen final {
 
   [[nodiscard]] int64_t errors() {
     absl::MutexLock lock(&mu_);
-    return errors_total_;
+    return errors_.total();
   }
 
  private:
@@ -152,7 +151,7 @@ class Loadgen final {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return absl::StrFormat(
         "t=%5.1fs  sent %d  ok %d  errors %d  dropped %d  in flight %d\n",
-        absl::ToDoubleSeconds(elapsed), sent_, ok_, errors_total_, dropped_,
+        absl::ToDoubleSeconds(elapsed), sent_, ok_, errors_.total(), dropped_,
         in_flight_.load());
   }
 
@@ -171,9 +170,8 @@ class Loadgen final {
         tally.cost_usd += call->response.cost_usd();
         tally.latencies_ms.push_back(latency_ms);
       } else {
-        ++errors_total_;
-        ++errors_[absl::StrCat(StatusCodeName(status.error_code()), ": ",
-                               status.error_message())];
+        errors_.Add(StatusCodeName(status.error_code()),
+                    status.error_message());
       }
     }
     if (status.ok() && send_feedback_) {
@@ -188,10 +186,9 @@ class Loadgen final {
           [this, feedback](grpc::Status status) {
             if (!status.ok()) {
               absl::MutexLock lock(&mu_);
-              ++errors_total_;
-              ++errors_[absl::StrCat("feedback ",
-                                     StatusCodeName(status.error_code()), ": ",
-                                     status.error_message())];
+              errors_.Add(absl::StrCat("feedback ",
+                                       StatusCodeName(status.error_code())),
+                          status.error_message());
             }
             delete feedback;
             --in_flight_;
@@ -206,10 +203,9 @@ class Loadgen final {
   std::atomic<int> in_flight_{0};
   absl::Mutex mu_;
   std::map<std::string, RouteTally> routes_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, int64_t> errors_ ABSL_GUARDED_BY(mu_);
+  ErrorTally errors_ ABSL_GUARDED_BY(mu_);
   int64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t ok_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t errors_total_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
