@@ -176,6 +176,14 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
     }
   }
 
+  // What the config no longer names is kept as it was, for a later config
+  // (reloaded, or after a restart) that names it again.
+  unserved_.Clear();
+  for (const v1::RouteIdentity& stored : state.routes()) {
+    if (!route_index.contains(stored.route())) {
+      *unserved_.add_routes() = stored;
+    }
+  }
   std::vector<policy::RouteStats::StoredCell> cells;
   int64_t restored_requests = 0;
   for (const v1::RouteTaskState& stored : state.route_tasks()) {
@@ -183,10 +191,11 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
     auto task = task_index.find(stored.task());
     if (route == route_index.end()) unserved_routes.insert(stored.route());
     if (task == task_index.end()) unserved_tasks.insert(stored.task());
-    if (route == route_index.end() || task == task_index.end() ||
-        reset[route->second]) {
+    if (route == route_index.end() || task == task_index.end()) {
+      *unserved_.add_route_tasks() = stored;
       continue;
     }
+    if (reset[route->second]) continue;
     restored_requests += stored.requests();
     cells.push_back({route->second, task->second, CountersFrom(stored, log)});
   }
@@ -214,6 +223,7 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
     if (e < 0) {
       unserved_experiments.insert(
           absl::StrCat(stored.experiment(), " arm ", stored.arm()));
+      *unserved_.add_experiment_arms() = stored;
       continue;
     }
     policy::ArmTally tally;
@@ -233,6 +243,7 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
     policy::Engine* engine = e == -2 ? nullptr : EngineOf(e, a);
     if (engine == nullptr || !engine->RestoreCostWeight(stored.key().strategy(),
                                                         stored.cost_weight())) {
+      *unserved_.add_budgets() = stored;
       log.push_back(absl::StrCat("budget strategy at ", stored.key().strategy(),
                                  " is no longer in the config; its cost "
                                  "weight is kept on disk, not used"));
@@ -244,13 +255,13 @@ std::vector<std::string> StateSync::Restore(const v1::GatewayState& state,
     auto [e, a] = arm_of(stored.key().experiment(), stored.key().arm());
     auto route = route_index.find(stored.route());
     policy::Engine* engine = e == -2 ? nullptr : EngineOf(e, a);
-    if (engine == nullptr || route == route_index.end() ||
-        reset[route->second]) {
-      continue;
-    }
-    if (engine->RestoreOutcome(stored.key().strategy(), route->second,
+    if (route != route_index.end() && reset[route->second]) continue;
+    if (engine != nullptr && route != route_index.end() &&
+        engine->RestoreOutcome(stored.key().strategy(), route->second,
                                stored.embedding(), stored.score())) {
       ++context_restored;
+    } else {
+      *unserved_.add_context_entries() = stored;
     }
   }
 
@@ -342,14 +353,16 @@ v1::GatewayState StateSync::Snapshot() {
   state::StateBatch batch;
   std::unique_lock no_feedback_half_applied(feedback_mu_);
   CollectAggregates(absl::Now(), batch);
-  v1::GatewayState state;
-  for (auto& cell : batch.route_tasks)
+  v1::GatewayState state = unserved_;
+  for (auto& cell : batch.route_tasks) {
     *state.add_route_tasks() = std::move(cell);
+  }
   for (auto& route : batch.routes) *state.add_routes() = std::move(route);
   for (auto& budget : batch.budgets) *state.add_budgets() = std::move(budget);
   for (auto& arm : batch.experiment_arms) {
     *state.add_experiment_arms() = std::move(arm);
   }
+  // The economics carries what is unserved already.
   *state.mutable_economics() = std::move(*batch.economics);
   auto remembered = [&](int experiment, int arm) {
     policy::Engine* engine = EngineOf(experiment, arm);

@@ -84,6 +84,9 @@ class StateSync final {
   // What the config no longer names, written back as it was so that it
   // stays on disk.
   v1::EconomicsState unserved_economics_;
+  // The same of statistics, experiment arms, cost weights and remembered
+  // prompts, handed on by Snapshot (they stay on disk by themselves).
+  v1::GatewayState unserved_;
   std::mutex mu_;  // std:: so ThreadSanitizer sees it.
   std::vector<v1::JudgedRequest> judged_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::ContextEntry> context_ ABSL_GUARDED_BY(mu_);

@@ -328,6 +328,20 @@ TEST_F(ReloadTest, ABadConfigIsRefusedWholeAndTheRunningOneStays) {
   EXPECT_EQ(Chat("a").status, 200);
 }
 
+TEST_F(ReloadTest, ARouteRemovedAndAddedBackKeepsWhatItLearned) {
+  const std::string with_c =
+      "  - {name: c, kind: prompted, backend: sim, model: m}";
+  ASSERT_NO_FATAL_FAILURE(Start(Config(3.0, with_c)));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(Chat("c").status, 200);
+  v1::ReloadConfigResponse response;
+  Write(Config(3.0, ""));
+  ASSERT_TRUE(Reload(&response).ok());
+  EXPECT_EQ(Chat("c").status, 404);
+  Write(Config(3.0, with_c));
+  ASSERT_TRUE(Reload(&response).ok());
+  EXPECT_EQ(Stats()["c"].first, 3);
+}
+
 TEST_F(ReloadTest, StatisticsCarriedOverByAReloadSurviveARestart) {
   ASSERT_NO_FATAL_FAILURE(Start(Config(3.0, "")));
   for (int i = 0; i < 3; ++i) ASSERT_EQ(Chat("a").status, 200);
