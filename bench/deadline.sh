@@ -22,25 +22,7 @@ TIMEOUT_MS=${TIMEOUT_MS:-300}
 . "$here/lib.sh"
 bench_start_run arbiter-deadline
 
-cat >"$run/sim.yaml" <<YAML
-tasks: [faq]
-policy: {pinned: {route: r}}
-backends:
-  - name: slow-sim
-    sim:
-      time_to_first_token_seconds: 2
-      seconds_per_token: 0
-      output_tokens: 16
-      dataset: $root/quickstart/questions.jsonl
-      models: [{name: m, accuracy: 0.8}]
-routes:
-  - {name: r, kind: fine_tuned, backend: slow-sim, model: m}
-YAML
-"$arbiter" sim-server --listen 127.0.0.1:0 --config "$run/sim.yaml" \
-  >"$run/sim.log" 2>&1 &
-pids+=($!)
-sim_port=$(line_after "$run/sim.log" "sim-server listening on ") || exit 1
-sim_port=${sim_port##*:}
+bench_slow_sim "$arbiter" || exit 1
 
 cat >"$run/gateway.yaml" <<YAML
 tasks: [faq]

@@ -32,3 +32,31 @@ line_after() {
   cat "$1" >&2
   return 1
 }
+
+# Starts `arbiter sim-server` (binary $1) answering every request after 2 s
+# with 16 tokens, for tasks $2 (a YAML list; default [faq]) on its route r;
+# sets $sim_port. The slow backend the overload benchmarks put behind an
+# `openai` backend. Call bench_start_run first.
+bench_slow_sim() {
+  local arbiter=$1 tasks=${2:-[faq]} root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  cat >"$run/sim.yaml" <<YAML
+tasks: $tasks
+policy: {pinned: {route: r}}
+backends:
+  - name: slow-sim
+    sim:
+      time_to_first_token_seconds: 2
+      seconds_per_token: 0
+      output_tokens: 16
+      dataset: $root/quickstart/questions.jsonl
+      models: [{name: m, accuracy: 0.8}]
+routes:
+  - {name: r, kind: fine_tuned, backend: slow-sim, model: m}
+YAML
+  "$arbiter" sim-server --listen 127.0.0.1:0 --config "$run/sim.yaml" \
+    >"$run/sim.log" 2>&1 &
+  pids+=($!)
+  sim_port=$(line_after "$run/sim.log" "sim-server listening on ") || return 1
+  sim_port=${sim_port##*:}
+}

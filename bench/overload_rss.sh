@@ -11,67 +11,30 @@ set -euo pipefail
 ARBITER=${1:-./build/arbiter}
 QPS=${2:-160}
 SECONDS_OF_LOAD=${3:-30}
-SOURCE_DIR=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+bench_start_run arbiter-overload-rss
+bench_slow_sim "$ARBITER" "[faq, billing, troubleshooting, policy]"
 
-cat >"$WORK/sim.yaml" <<EOF
-tasks: [faq, billing, troubleshooting, policy]
-policy: {pinned: {route: r}}
-backends:
-  - name: slow-sim
-    sim:
-      time_to_first_token_seconds: 2
-      seconds_per_token: 0
-      output_tokens: 16
-      dataset: $SOURCE_DIR/quickstart/questions.jsonl
-      models: [{name: m, accuracy: 0.8}]
-routes:
-  - {name: r, kind: fine_tuned, backend: slow-sim, model: m}
-EOF
-
-# Waits for a line starting with $2 in file $1 and prints the port after it.
-port_from() {
-  for _ in $(seq 1 300); do
-    if line=$(grep -m1 "^$2" "$1" 2>/dev/null); then
-      echo "${line##*:}"
-      return
-    fi
-    sleep 0.1
-  done
-  echo "no \"$2\" line in $1" >&2
-  cat "$1" >&2
-  exit 1
-}
-
-"$ARBITER" sim-server --listen 127.0.0.1:0 --config "$WORK/sim.yaml" \
-  >"$WORK/sim.log" 2>&1 &
-PIDS+=($!)
-SIM_PORT=$(port_from "$WORK/sim.log" "sim-server listening on ")
-
-cat >"$WORK/gateway.yaml" <<EOF
+cat >"$run/gateway.yaml" <<EOF
 tasks: [faq, billing, troubleshooting, policy]
 policy: {pinned: {route: r}}
 backends:
   - name: slow
     openai:
-      base_url: http://127.0.0.1:$SIM_PORT/v1
+      base_url: http://127.0.0.1:$sim_port/v1
       timeout_seconds: 30
       max_connections: 64
 routes:
   - {name: r, kind: fine_tuned, backend: slow, model: m}
 EOF
-"$ARBITER" serve --config "$WORK/gateway.yaml" --grpc-listen 127.0.0.1:0 --http-listen off \
-  --metrics-listen 127.0.0.1:0 >"$WORK/gateway.log" 2>&1 &
+"$ARBITER" serve --config "$run/gateway.yaml" --grpc-listen 127.0.0.1:0 --http-listen off \
+  --metrics-listen 127.0.0.1:0 >"$run/gateway.log" 2>&1 &
 GATEWAY=$!
-PIDS+=($GATEWAY)
-GRPC_PORT=$(port_from "$WORK/gateway.log" "grpc listening on ")
+pids+=($GATEWAY)
+GRPC_PORT=$(line_after "$run/gateway.log" "grpc listening on ")
+GRPC_PORT=${GRPC_PORT##*:}
 
 rss_mb() {
   awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$GATEWAY/status"
@@ -83,11 +46,11 @@ echo "gateway RSS before load: $(rss_mb) MB"
     echo "$(date +%s.%N) $(rss_mb)"
     sleep 1
   done
-) >"$WORK/rss.txt" &
-PIDS+=($!)
+) >"$run/rss.txt" &
+pids+=($!)
 START=$(date +%s.%N)
 "$ARBITER" loadgen --target "127.0.0.1:$GRPC_PORT" --qps "$QPS" \
-  --duration "${SECONDS_OF_LOAD}s" >"$WORK/loadgen.log" 2>&1 || true
+  --duration "${SECONDS_OF_LOAD}s" >"$run/loadgen.log" 2>&1 || true
 DONE=$(date +%s.%N)
 sleep 30
 awk -v start="$START" -v done="$DONE" '
@@ -99,5 +62,5 @@ awk -v start="$START" -v done="$DONE" '
     printf "gateway RSS peak during load: %.1f MB\n", peak
     printf "gateway RSS when the last answer came: %.1f MB\n", at_done
     printf "gateway RSS 30 s later: %.1f MB\n", last
-  }' "$WORK/rss.txt"
-sed -n '/^final:/,$p' "$WORK/loadgen.log"
+  }' "$run/rss.txt"
+sed -n '/^final:/,$p' "$run/loadgen.log"

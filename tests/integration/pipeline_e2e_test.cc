@@ -27,6 +27,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::PortOf;
 using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
@@ -246,19 +247,6 @@ routes:
   std::vector<std::string> cleanup_;
 };
 
-// The sample `name{...label="value"...}`, or -1 when absent.
-double Sample(const std::string& metrics, const std::string& name,
-              const std::string& label) {
-  std::istringstream lines(metrics);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.starts_with(name + "{") && absl::StrContains(line, label)) {
-      return std::stod(line.substr(line.rfind(' ') + 1));
-    }
-  }
-  return -1;
-}
-
 // Sanitized builds ingest about ten times slower: smaller upserts still
 // keep both ingest threads busy while the samples are taken, and end
 // within the client's deadline.
@@ -275,10 +263,10 @@ bool WaitForIngest(double busy, double queued,
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
   while (absl::Now() < give_up) {
     const std::string now = metrics();
-    if (Sample(now, "arbiter_worker_pool_busy_threads", "pool=\"ingest\"") >=
-            busy &&
-        Sample(now, "arbiter_worker_pool_queued_tasks", "pool=\"ingest\"") >=
-            queued) {
+    if (MetricSample(now, "arbiter_worker_pool_busy_threads",
+                     {{"pool", "ingest"}}) >= busy &&
+        MetricSample(now, "arbiter_worker_pool_queued_tasks",
+                     {{"pool", "ingest"}}) >= queued) {
       return true;
     }
     absl::SleepFor(absl::Milliseconds(20));
@@ -353,14 +341,15 @@ TEST_F(PipelineTest, FullPoolAnswersResourceExhaustedAtOnce) {
   slow.join();
   EXPECT_TRUE(first_status.get().ok());
   const std::string metrics = Metrics();
-  EXPECT_EQ(
-      Sample(metrics, "arbiter_worker_pool_rejected_total", "pool=\"ingest\""),
-      1);
-  EXPECT_EQ(Sample(metrics, "arbiter_worker_pool_threads", "pool=\"ingest\""),
+  EXPECT_EQ(MetricSample(metrics, "arbiter_worker_pool_rejected_total",
+                         {{"pool", "ingest"}}),
             1);
-  EXPECT_EQ(
-      Sample(metrics, "arbiter_worker_pool_queued_tasks", "pool=\"ingest\""),
-      0);
+  EXPECT_EQ(MetricSample(metrics, "arbiter_worker_pool_threads",
+                         {{"pool", "ingest"}}),
+            1);
+  EXPECT_EQ(MetricSample(metrics, "arbiter_worker_pool_queued_tasks",
+                         {{"pool", "ingest"}}),
+            0);
 }
 
 TEST_F(PipelineTest, HugeCallerInputIsQuotedBriefly) {
