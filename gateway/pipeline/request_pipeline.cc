@@ -598,11 +598,7 @@ void RequestPipeline::ChargeFailedAttempt(Call& call,
   const v1::Route& route = parts_.config->routes(route_index);
   const Tally tally = TallyOf(call);
   const GatewayParts& live = *tally.live.parts;
-  if (tally.route >= 0) {
-    live.stats->RecordError(
-        tally.route, tally.task,
-        absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
-  }
+  CountAttemptError(tally, call);
   if (usage.input_tokens <= 0 && usage.output_tokens <= 0) return;
   const policy::RequestCost priced = policy::PriceRequest(
       route.pricing(), usage.input_tokens, usage.output_tokens,
@@ -693,15 +689,10 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
   if (!status.ok() && !cancelled) {
     {
       const Tally tally = TallyOf(call);
-      const GatewayParts& live = *tally.live.parts;
-      if (tally.route >= 0) {
-        live.stats->RecordError(
-            tally.route, tally.task,
-            absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
-      }
+      CountAttemptError(tally, call);
       if (tally.experiment >= 0) {
-        live.experiment_stats->RecordError(tally.experiment, tally.arm,
-                                           latency);
+        tally.live.parts->experiment_stats->RecordError(tally.experiment,
+                                                        tally.arm, latency);
       }
     }
     if (experiment >= 0) {
@@ -796,6 +787,13 @@ void RequestPipeline::RefuseFeedbackOn(const Call& call) {
     const LiveParts live = parts_.live();
     live.parts->state_sync->NoteJudged(verified->mac, verified->issued);
   }
+}
+
+void RequestPipeline::CountAttemptError(const Tally& tally, const Call& call) {
+  if (tally.route < 0) return;
+  tally.live.parts->stats->RecordError(
+      tally.route, tally.task,
+      absl::ToDoubleSeconds(absl::Now() - call.attempt_start));
 }
 
 RequestPipeline::Tally RequestPipeline::TallyOf(const Call& call) const {

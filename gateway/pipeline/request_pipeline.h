@@ -90,6 +90,8 @@ class RequestPipeline final {
     int arm;
   };
   [[nodiscard]] Tally TallyOf(const Call& call) const;
+  // The attempt that just failed, in its route's error rate.
+  static void CountAttemptError(const Tally& tally, const Call& call);
 
   const GatewayParts& parts_;
 };

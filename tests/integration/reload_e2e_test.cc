@@ -24,6 +24,7 @@
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/integration/slow_backend.h"
 #include "tests/integration/subprocess.h"
 
 namespace arbiter {
@@ -31,38 +32,9 @@ namespace {
 
 using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::ServingGateway;
+using ::arbiter::testing::SlowBackend;
 using ::arbiter::testing::StartServe;
 using ::testing::HasSubstr;
-
-// An OpenAI-compatible backend that answers after 300 ms.
-class SlowBackend final {
- public:
-  SlowBackend() {
-    server_.Post("/v1/chat/completions", [](const httplib::Request&,
-                                            httplib::Response& response) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      response.set_content(
-          R"({"choices":[{"message":{"role":"assistant","content":"slow"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1}})",
-          "application/json");
-    });
-    server_.set_keep_alive_timeout(1);
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    while (!server_.is_running()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-  ~SlowBackend() {
-    server_.stop();
-    thread_.join();
-  }
-  int port() const { return port_; }
-
- private:
-  httplib::Server server_;
-  std::thread thread_;
-  int port_ = 0;
-};
 
 struct Answer {
   int status = 0;
@@ -199,7 +171,7 @@ policy:
     return metrics.substr(at + key.size(), 12);
   }
 
-  SlowBackend backend_;
+  SlowBackend backend_{std::chrono::milliseconds(300), "slow"};
   std::filesystem::path dir_;
   std::string config_path_;
   std::unique_ptr<ServingGateway> gateway_;

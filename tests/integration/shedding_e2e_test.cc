@@ -23,6 +23,7 @@
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/integration/slow_backend.h"
 #include "tests/integration/subprocess.h"
 
 namespace arbiter {
@@ -30,38 +31,9 @@ namespace {
 
 using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::ServingGateway;
+using ::arbiter::testing::SlowBackend;
 using ::arbiter::testing::StartServe;
 using ::testing::HasSubstr;
-
-// An OpenAI-compatible backend that takes 500 ms to answer.
-class SlowBackend final {
- public:
-  SlowBackend() {
-    server_.Post("/v1/chat/completions", [](const httplib::Request&,
-                                            httplib::Response& response) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      response.set_content(
-          R"({"choices":[{"message":{"role":"assistant","content":"late"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1}})",
-          "application/json");
-    });
-    server_.set_keep_alive_timeout(1);
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    while (!server_.is_running()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-  ~SlowBackend() {
-    server_.stop();
-    thread_.join();
-  }
-  int port() const { return port_; }
-
- private:
-  httplib::Server server_;
-  std::thread thread_;
-  int port_ = 0;
-};
 
 // `slow`: the simulator answering after 1 s; `narrow`: one connection to
 // the slow backend, waiting at most 100 ms for it, ejected by one failure;
@@ -114,7 +86,7 @@ struct Answer {
 class SheddingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    backend_ = new SlowBackend();
+    backend_ = new SlowBackend(std::chrono::milliseconds(500), "late");
     config_path_ =
         new std::string((std::filesystem::temp_directory_path() /
                          absl::StrCat("arbiter-shedding-", getpid(), ".yaml"))
