@@ -238,6 +238,12 @@ TEST_F(ReloadTest, AReloadNamesWhatItKeptAndARequestInFlightFinishes) {
               HasSubstr("routes added: b"));
   EXPECT_THAT(absl::StrJoin(response.changes(), "\n"),
               HasSubstr("backends kept (connections and health): sim, slow"));
+  // Kept for real: the next request rides the connection the last one used.
+  ASSERT_EQ(Chat("slow").status, 200);
+  const int connection = backend_.last_client_port();
+  ASSERT_TRUE(Reload(&response).ok());
+  ASSERT_EQ(Chat("slow").status, 200);
+  EXPECT_EQ(backend_.last_client_port(), connection);
 
   // A request on `slow` is in flight when its route goes away.
   Answer in_flight;

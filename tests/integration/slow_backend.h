@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -40,11 +41,15 @@ class SlowBackend final {
   SlowBackend& operator=(const SlowBackend&) = delete;
 
   [[nodiscard]] int port() const { return port_; }
+  // The client port of the last request: the same one twice in a row means
+  // the gateway kept its connection.
+  [[nodiscard]] int last_client_port() const { return last_client_port_; }
 
  private:
   httplib::Server server_;
   std::thread thread_;
   int port_ = 0;
+  std::atomic<int> last_client_port_{0};
 };
 
 }  // namespace arbiter::testing
