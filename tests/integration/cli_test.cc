@@ -319,7 +319,8 @@ class CliGatewayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto gateway = StartServe(ARBITER_BINARY, {"--no-state"});
-    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    if (!gateway.ok())
+      return ::arbiter::testing::SuiteSetupFailed(gateway.status());
     gateway_ = gateway->process.release();
     target_ = new std::string(gateway->target());
   }
@@ -329,7 +330,11 @@ class CliGatewayTest : public ::testing::Test {
     delete target_;
     target_ = nullptr;
   }
-  void SetUp() override { ASSERT_NE(target_, nullptr); }
+  void SetUp() override {
+    ASSERT_TRUE(::arbiter::testing::SuiteSetupStatus().ok())
+        << ::arbiter::testing::SuiteSetupStatus();
+    ASSERT_NE(target_, nullptr);
+  }
 
   static Subprocess* gateway_;
   static std::string* target_;

@@ -121,13 +121,17 @@ class EndToEndTest : public ::testing::Test {
     auto sim = Subprocess::Start(
         {ARBITER_BINARY, "sim-server", "--listen", "127.0.0.1:0", "--config",
          ARBITER_SOURCE_DIR "/quickstart/arbiter.yaml"});
-    ASSERT_TRUE(sim.ok()) << sim.status();
+    if (!sim.ok()) return ::arbiter::testing::SuiteSetupFailed(sim.status());
     sim_ = sim->release();
     auto sim_line =
         sim_->WaitForLine("sim-server listening on ", absl::Seconds(30));
-    ASSERT_TRUE(sim_line.ok()) << sim_line.status();
+    if (!sim_line.ok())
+      return ::arbiter::testing::SuiteSetupFailed(sim_line.status());
     int sim_port = PortOf(*sim_line);
-    ASSERT_GT(sim_port, 0);
+    if (sim_port <= 0) {
+      return ::arbiter::testing::SuiteSetupFailed(
+          absl::InternalError("no sim-server port"));
+    }
     sim_port_ = sim_port;
 
     config_path_ =
@@ -136,7 +140,8 @@ class EndToEndTest : public ::testing::Test {
                             .string());
     std::ofstream(*config_path_) << TestConfig(sim_port);
     auto gateway = StartServe(ARBITER_BINARY, {"--config", *config_path_});
-    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    if (!gateway.ok())
+      return ::arbiter::testing::SuiteSetupFailed(gateway.status());
     gateway_ = gateway->process.release();
     grpc_port_ = gateway->grpc_port;
     metrics_port_ = gateway->metrics_port;
@@ -154,6 +159,8 @@ class EndToEndTest : public ::testing::Test {
   }
 
   void SetUp() override {
+    ASSERT_TRUE(::arbiter::testing::SuiteSetupStatus().ok())
+        << ::arbiter::testing::SuiteSetupStatus();
     ASSERT_NE(channel_, nullptr) << "servers did not start";
   }
 

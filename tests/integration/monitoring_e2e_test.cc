@@ -82,19 +82,15 @@ std::string Concrete(const std::string& expr) {
 class MonitoringTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (std::system("command -v prometheus >/dev/null 2>&1") != 0) {
-      if (std::getenv("CI") != nullptr) {
-        FAIL() << "prometheus is not installed; CI must install it";
-      }
-      GTEST_SKIP() << "prometheus not installed (Debian package prometheus)";
-    }
+    if (!HasPrometheus()) return;  // SetUp says what that means.
     dir_ = new std::string(std::filesystem::temp_directory_path() /
                            absl::StrCat("arbiter-monitoring-", getpid()));
     std::filesystem::remove_all(*dir_);
     std::filesystem::create_directories(*dir_);
 
     auto gateway = StartServe(ARBITER_BINARY, {"--no-state"});
-    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    if (!gateway.ok())
+      return ::arbiter::testing::SuiteSetupFailed(gateway.status());
     gateway_ = gateway->process.release();
     grpc_port_ = gateway->grpc_port;
     const std::string metrics_address =
@@ -116,7 +112,8 @@ class MonitoringTest : public ::testing::Test {
          "--storage.tsdb.path=" + *dir_ + "/data",
          absl::StrCat("--web.listen-address=127.0.0.1:", prometheus_port_),
          "--log.level=warn"});
-    ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+    if (!prometheus.ok())
+      return ::arbiter::testing::SuiteSetupFailed(prometheus.status());
     prometheus_ = prometheus->release();
 
     // Labeled traffic with feedback, over every task and route.
@@ -124,8 +121,11 @@ class MonitoringTest : public ::testing::Test {
                                    absl::StrCat("127.0.0.1:", grpc_port_),
                                    "--qps", "60", "--duration", "12s",
                                    "--feedback", "--units", "50"});
-    ASSERT_TRUE(load.ok()) << load.status();
-    ASSERT_EQ((*load)->Wait(), 0) << (*load)->Output();
+    if (!load.ok()) return ::arbiter::testing::SuiteSetupFailed(load.status());
+    if ((*load)->Wait() != 0) {
+      return ::arbiter::testing::SuiteSetupFailed(
+          absl::InternalError("loadgen failed: " + (*load)->Output()));
+    }
     // Let Prometheus take a few scrapes after the last request, so its
     // latest samples hold the final request costs.
     std::this_thread::sleep_for(std::chrono::seconds(4));
@@ -139,7 +139,19 @@ class MonitoringTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    if (prometheus_ == nullptr) GTEST_SKIP() << "no Prometheus";
+    if (!HasPrometheus()) {
+      if (std::getenv("CI") != nullptr) {
+        FAIL() << "prometheus is not installed; CI must install it";
+      }
+      GTEST_SKIP() << "prometheus not installed (Debian package prometheus)";
+    }
+    ASSERT_TRUE(::arbiter::testing::SuiteSetupStatus().ok())
+        << ::arbiter::testing::SuiteSetupStatus();
+    ASSERT_NE(prometheus_, nullptr) << "the servers did not start";
+  }
+
+  static bool HasPrometheus() {
+    return std::system("command -v prometheus >/dev/null 2>&1") == 0;
   }
 
   // The result vector of an instant query; an error names the expression.

@@ -60,13 +60,19 @@ class PipelineTest : public ::testing::Test {
           "corpus_dir: " ARBITER_SOURCE_DIR "/quickstart/corpus"}});
     auto sim = Subprocess::Start({ARBITER_BINARY, "sim-server", "--listen",
                                   "127.0.0.1:0", "--config", *sim_config_});
-    ASSERT_TRUE(sim.ok()) << sim.status();
+    if (!sim.ok()) return ::arbiter::testing::SuiteSetupFailed(sim.status());
     sim_ = sim->release();
     auto line =
         sim_->WaitForLine("sim-server listening on ", absl::Seconds(30));
-    ASSERT_TRUE(line.ok()) << line.status();
+    if (!line.ok()) return ::arbiter::testing::SuiteSetupFailed(line.status());
     sim_port_ = PortOf(*line);
   }
+  void SetUp() override {
+    ASSERT_TRUE(::arbiter::testing::SuiteSetupStatus().ok())
+        << ::arbiter::testing::SuiteSetupStatus();
+    ASSERT_NE(sim_, nullptr) << "the sim-server did not start";
+  }
+
   static void TearDownTestSuite() {
     delete sim_;
     sim_ = nullptr;

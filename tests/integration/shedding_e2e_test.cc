@@ -93,7 +93,8 @@ class SheddingTest : public ::testing::Test {
                             .string());
     std::ofstream(*config_path_) << GatewayConfig(backend_->port());
     auto gateway = StartServe(ARBITER_BINARY, {"--config", *config_path_});
-    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    if (!gateway.ok())
+      return ::arbiter::testing::SuiteSetupFailed(gateway.status());
     gateway_ = new ServingGateway(*std::move(gateway));
   }
 
@@ -102,6 +103,12 @@ class SheddingTest : public ::testing::Test {
     delete backend_;
     std::filesystem::remove(*config_path_);
     delete config_path_;
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(::arbiter::testing::SuiteSetupStatus().ok())
+        << ::arbiter::testing::SuiteSetupStatus();
+    ASSERT_NE(gateway_, nullptr) << "the gateway did not start";
   }
 
   static Answer Chat(const std::string& model, const httplib::Headers& headers,

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "gtest/gtest.h"
 
 namespace arbiter::testing {
 
@@ -87,5 +88,27 @@ double MetricSample(const std::string& metrics, const std::string& name,
 // Runs `binary args...` to its end.
 CommandResult RunCommand(const std::string& binary,
                          std::vector<std::string> args);
+
+// A test suite's setup failure, kept for its tests to report. Any failure
+// recorded in SetUpTestSuite, fatal or not, makes gtest skip the suite's
+// tests, and ctest counts a skipped test as passed: SetUpTestSuite calls
+// SuiteSetupFailed instead, and each test's SetUp asserts
+// SuiteSetupStatus().ok().
+inline std::map<std::string, absl::Status>& SuiteSetupFailures() {
+  static auto* failures = new std::map<std::string, absl::Status>;
+  return *failures;
+}
+inline std::string CurrentSuiteName() {
+  const ::testing::TestSuite* suite =
+      ::testing::UnitTest::GetInstance()->current_test_suite();
+  return suite == nullptr ? "" : suite->name();
+}
+inline void SuiteSetupFailed(const absl::Status& why) {
+  SuiteSetupFailures()[CurrentSuiteName()] = why;
+}
+inline absl::Status SuiteSetupStatus() {
+  auto it = SuiteSetupFailures().find(CurrentSuiteName());
+  return it == SuiteSetupFailures().end() ? absl::OkStatus() : it->second;
+}
 
 }  // namespace arbiter::testing
