@@ -501,9 +501,11 @@ TEST_F(OpenAIBackendTest, TimesOutOnTimeWhileWaitingForAConnection) {
   }
   EXPECT_GT(waited, 0);
   // Those that never left the queue were shed by it, not failed by the
-  // backend.
-  EXPECT_EQ(errors[BackendError::kQueueFull], waited);
-  EXPECT_EQ(errors[BackendError::kTimeout], kRequests - waited);
+  // backend; so were those that got a connection only near their deadline
+  // (every connection frees at about 500 ms, over half the timeout). Only
+  // the two on the wire from the start timed out on the backend.
+  EXPECT_EQ(errors[BackendError::kTimeout], 2);
+  EXPECT_EQ(errors[BackendError::kQueueFull], kRequests - 2);
 }
 
 // Sends `count` copies of `request` at once; their results and how long
