@@ -100,14 +100,6 @@ absl::Status Gateway::Init() {
     }
     bool rag = route.kind() == v1::ROUTE_KIND_RAG;
     if (rag) {
-      if (foundation_.corpus() == nullptr) {
-        // The corpus loads at start, only when some route or
-        // retrieval.corpus_dir asks for it.
-        return absl::FailedPreconditionError(absl::StrCat(
-            "routes[", i, "] (", route.name(),
-            "): a rag route needs the corpus, which this gateway did not "
-            "load at start; restart it to add the first rag route"));
-      }
       overhead += route.rag().max_context_tokens();
     }
     prior_costs.push_back(

@@ -3,6 +3,7 @@
 #include <openssl/sha.h>
 
 #include <iostream>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -229,15 +230,17 @@ absl::StatusOr<GatewayHost::ReloadReport> GatewayHost::Reload() {
   for (std::string& line : Changes(*running, *next)) {
     report.changes.push_back(std::move(line));
   }
+  bool reaping;
   {
     std::lock_guard lock(retired_mu_);
     retired_.push_back({std::move(running)});
+    reaping = std::exchange(reaping_, true);
   }
   SetConfigInfo(hash);
   reloads_.Add({{"outcome", "applied"}}).Increment();
   std::cerr << "reloaded the config (hash " << hash
             << "): " << absl::StrJoin(report.changes, "; ") << std::endl;
-  ScheduleReap();
+  if (!reaping) ScheduleReap();  // One check at a time for all of them.
   return report;
 }
 
@@ -260,6 +263,7 @@ void GatewayHost::ScheduleReap() {
         return true;
       });
       more = !retired_.empty();
+      reaping_ = more;
     }
     ended.clear();  // Outside the lock: ending one stops its ticker.
     if (more) ScheduleReap();

@@ -80,6 +80,7 @@ class GatewayHost final {
   };
   std::mutex retired_mu_;
   std::vector<Retired> retired_ ABSL_GUARDED_BY(retired_mu_);
+  bool reaping_ ABSL_GUARDED_BY(retired_mu_) = false;  // A check is due.
   prometheus::Family<prometheus::Counter>& reloads_;
   prometheus::Family<prometheus::Gauge>& config_info_;
   prometheus::Gauge* config_info_now_ = nullptr;

@@ -724,10 +724,24 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
       route.pricing(), usage.input_tokens, usage.output_tokens,
       route.kind() == v1::ROUTE_KIND_RAG, call.embedding_tokens);
   const double cost = priced.total_usd();
-  if (const Tally tally = TallyOf(call); tally.route >= 0) {
+  {
+    // One hold for what is counted; released before the sink is called.
+    const Tally tally = TallyOf(call);
     const GatewayParts& live = *tally.live.parts;
-    std::lock_guard lock(*live.economics_mu);
-    live.economics->RecordRequest(tally.route, tally.task, priced, absl::Now());
+    if (tally.route >= 0) {
+      std::lock_guard lock(*live.economics_mu);
+      live.economics->RecordRequest(tally.route, tally.task, priced,
+                                    absl::Now());
+    }
+    if (!cancelled && tally.route >= 0) {
+      live.stats->RecordCompletion(
+          tally.route, tally.task,
+          {usage.input_tokens, usage.output_tokens, cost, latency});
+    }
+    if (!cancelled && tally.experiment >= 0) {
+      live.experiment_stats->RecordCompletion(tally.experiment, tally.arm, cost,
+                                              latency);
+    }
   }
   v1::Usage* wire_usage = response.mutable_usage();
   wire_usage->set_input_tokens(usage.input_tokens);
@@ -749,19 +763,6 @@ void RequestPipeline::Finish(Call& call, absl::Status status,
                             usage.output_tokens, priced, latency);
     call.sink->OnEnd(status, response);
     return;
-  }
-  {
-    const Tally tally = TallyOf(call);
-    const GatewayParts& live = *tally.live.parts;
-    if (tally.route >= 0) {
-      live.stats->RecordCompletion(
-          tally.route, tally.task,
-          {usage.input_tokens, usage.output_tokens, cost, latency});
-    }
-    if (tally.experiment >= 0) {
-      live.experiment_stats->RecordCompletion(tally.experiment, tally.arm, cost,
-                                              latency);
-    }
   }
   metrics.RecordCompletion(route_index, task, usage.input_tokens,
                            usage.output_tokens, priced, latency);
