@@ -12,7 +12,7 @@ DEB_PACKAGES := build-essential cmake pkg-config ccache git \
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcurl4-openssl-dev libsqlite3-dev libyaml-cpp-dev libcpp-httplib-dev \
   nlohmann-json3-dev libhnswlib-dev libboost1.81-dev libcli11-dev libssl-dev \
-  prometheus curl
+  prometheus curl openssl
 
 # The peers bench/peers.sh measures arbiter beside (make bench-deps):
 # nginx serves the static upstream and the reverse proxy, wrk and h2load

@@ -25,6 +25,7 @@
 #include "common/utf8.h"
 #include "gateway/request_id_keys.h"
 #include "gateway/sim/simulator.h"
+#include "gateway/tls/tls_identity.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
@@ -557,6 +558,39 @@ class Validator {
     }
   }
 
+  // The files themselves are read when serving starts (ReadTlsIdentity).
+  void CheckTls(const v1::Server& server) {
+    const bool tls = server.has_tls();
+    if (tls && server.tls().cert_file().empty()) {
+      Error("server.tls.cert_file",
+            "is required with server.tls (the PEM certificate to present)");
+    }
+    if (tls && server.tls().key_file().empty()) {
+      Error("server.tls.key_file",
+            "is required with server.tls (the certificate's PEM private key)");
+    }
+    if (server.metrics_tls() && !tls) {
+      Error("server.metrics_tls",
+            "needs server.tls: /metrics is served with its certificate");
+    }
+    if (server.has_metrics_basic_auth()) {
+      const v1::BasicAuth& auth = server.metrics_basic_auth();
+      if (auth.username().empty() ||
+          auth.username().find(':') != std::string::npos) {
+        Error("server.metrics_basic_auth.username",
+              "must be set and hold no ':'");
+      }
+      const std::string& hash = auth.password_sha256();
+      if (hash.size() != 64 ||
+          !std::all_of(hash.begin(), hash.end(),
+                       [](char c) { return absl::ascii_isxdigit(c); })) {
+        Error("server.metrics_basic_auth.password_sha256",
+              "must be the password's SHA-256 as 64 hex digits (printf %s "
+              "\"$PASSWORD\" | sha256sum)");
+      }
+    }
+  }
+
   void CheckServer() {
     const v1::Server& server = config_.server();
     if (server.retry_budget().has_budget_percent() &&
@@ -582,6 +616,7 @@ class Validator {
       Error("server.http_listen", "must be host:port or \"off\", got \"",
             server.http_listen(), "\"");
     }
+    CheckTls(server);
     if (server.has_http_io_threads() &&
         (server.http_io_threads() < 1 || server.http_io_threads() > 256)) {
       Error("server.http_io_threads", "must be in [1, 256]");
@@ -1470,6 +1505,11 @@ std::vector<std::string> CheckConfigReferences(const v1::Config& config,
     if (!keys.ok()) {
       errors.push_back(absl::StrCat("server.request_id_key_file: ",
                                     keys.status().message()));
+    }
+  }
+  if (config.server().has_tls()) {
+    if (auto tls = ReadTlsIdentity(config.server().tls()); !tls.ok()) {
+      errors.push_back(std::string(tls.status().message()));
     }
   }
   // The store is opened (and created) only by `serve`; its folder must be

@@ -216,6 +216,9 @@ absl::StatusOr<GatewayHost::ReloadReport> GatewayHost::Reload() {
       Gateway::Create(*std::move(loaded), *foundation_, registry_, handover_);
   if (!made.ok()) return refuse(made.status());
   std::shared_ptr<Gateway> next(*std::move(made));
+  for (auto& step : reload_steps_) {
+    if (absl::Status done = step(); !done.ok()) return refuse(done);
+  }
   ReloadReport report;
   report.config_hash = hash;
   {
@@ -242,6 +245,11 @@ absl::StatusOr<GatewayHost::ReloadReport> GatewayHost::Reload() {
             << "): " << absl::StrJoin(report.changes, "; ") << std::endl;
   if (!reaping) ScheduleReap();  // One check at a time for all of them.
   return report;
+}
+
+void GatewayHost::AddReloadStep(absl::AnyInvocable<absl::Status()> step) {
+  std::lock_guard lock(reload_mu_);
+  reload_steps_.push_back(std::move(step));
 }
 
 void GatewayHost::ScheduleReap() {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "gateway/config.h"
@@ -52,6 +53,10 @@ class GatewayHost final {
   // FAILED_PRECONDITION naming a setting that needs a restart; the running
   // config stays either way. One reload at a time.
   absl::StatusOr<ReloadReport> Reload();
+  // Runs at every reload once the new config is valid, before it takes
+  // over (e.g. reading rotated certificates); an error refuses the reload.
+  // Set before serving.
+  void AddReloadStep(absl::AnyInvocable<absl::Status()> step);
 
   [[nodiscard]] GatewayFoundation& foundation() { return *foundation_; }
   [[nodiscard]] std::string config_hash() const;
@@ -71,6 +76,8 @@ class GatewayHost final {
   // a reload hands statistics over.
   std::shared_mutex handover_;
   std::mutex reload_mu_;  // One reload at a time.
+  std::vector<absl::AnyInvocable<absl::Status()>> reload_steps_
+      ABSL_GUARDED_BY(reload_mu_);
   mutable std::mutex current_mu_;
   std::shared_ptr<Gateway> current_ ABSL_GUARDED_BY(current_mu_);
   std::string hash_ ABSL_GUARDED_BY(current_mu_);

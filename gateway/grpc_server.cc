@@ -20,9 +20,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
+#include "gateway/tls/tls_identity.h"
 #include "gateway/wire_check.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/byte_buffer.h"
 
@@ -455,6 +459,33 @@ bool PortInUse(const std::string& address) {
   return in_use;
 }
 
+// How often gRPC looks at server.tls's files for a rotated certificate.
+constexpr unsigned kTlsRefreshSeconds = 5;
+
+// Plain text, or TLS from server.tls's files (checked first, so that a bad
+// file fails the start naming it); mutual TLS with a client CA.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> CredentialsFor(
+    const v1::Tls& tls) {
+  if (!TlsConfigured(tls)) return grpc::InsecureServerCredentials();
+  if (auto checked = ReadTlsIdentity(tls); !checked.ok()) {
+    return checked.status();
+  }
+  auto files =
+      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+          tls.key_file(), tls.cert_file(), tls.client_ca_file(),
+          kTlsRefreshSeconds);
+  grpc::experimental::TlsServerCredentialsOptions options(files);
+  options.watch_identity_key_cert_pairs();
+  if (tls.client_ca_file().empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
 }  // namespace
 
 class GrpcServer::Services {
@@ -468,6 +499,8 @@ class GrpcServer::Services {
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     GatewayHost& host, const std::string& address, Readiness* readiness) {
+  auto credentials = CredentialsFor(host.Current()->config().server().tls());
+  if (!credentials.ok()) return credentials.status();
   auto server = std::unique_ptr<GrpcServer>(new GrpcServer(host));
   server->services_ = std::make_unique<Services>(host);
   grpc::EnableDefaultHealthCheckService(true);
@@ -476,8 +509,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   // gRPC sets SO_REUSEPORT by default: a second gateway on the same port
   // would start and silently take part of the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(address, *credentials, &server->port_);
   // Oversized requests get a clear INVALID_ARGUMENT from the gateway up to
   // this transport limit; beyond it gRPC refuses with RESOURCE_EXHAUSTED.
   // In 64 bits: twice a large limit does not fit an int.

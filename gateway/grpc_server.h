@@ -18,7 +18,9 @@ namespace arbiter {
 class GrpcServer final {
  public:
   // Listens on `address` (port 0 lets the OS choose; see port()), alone:
-  // UNAVAILABLE saying so when another process listens there. Health checks
+  // UNAVAILABLE saying so when another process listens there. With
+  // server.tls, over TLS (mutual with a client CA), taking rotated files
+  // within seconds; INVALID_ARGUMENT naming a file that does not read. Health checks
   // follow `readiness` (NOT_SERVING when no route can serve), which must
   // outlive the server; without one they say SERVING until Shutdown.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(

@@ -309,7 +309,8 @@ HttpFront::HttpFront(GatewayHost& host, const Readiness& readiness)
     : host_(host), readiness_(readiness) {}
 
 absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(
-    GatewayHost& host, const Readiness& readiness) {
+    GatewayHost& host, const Readiness& readiness,
+    std::optional<TlsIdentity> tls) {
   const v1::Server server = host.Current()->config().server();
   auto front = std::unique_ptr<HttpFront>(new HttpFront(host, readiness));
   front->handlers_ = std::make_unique<Handlers>(*front);
@@ -346,6 +347,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(
   options.max_body_bytes = static_cast<size_t>(server.max_request_bytes());
   // A chat completion and its backend call then run on one thread.
   options.guests = host.foundation().BackendLoops();
+  options.tls = std::move(tls);
   auto started = http::HttpServer::Start(std::move(options), std::move(routes));
   if (!started.ok()) return started.status();
   front->server_ = *std::move(started);

@@ -2,12 +2,14 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "gateway/gateway_host.h"
 #include "gateway/http/http_server.h"
 #include "gateway/readiness.h"
+#include "gateway/tls/tls_identity.h"
 
 namespace arbiter {
 
@@ -26,9 +28,11 @@ class HttpFront final {
   // Listens on server.http_listen ("off" is the caller's to skip) with
   // server.http_io_threads and http_max_connections; bodies up to
   // server.max_request_bytes.
-  // /readyz reports `readiness`, which must outlive the front.
+  // /readyz reports `readiness`, which must outlive the front. HTTPS with
+  // `tls`.
   static absl::StatusOr<std::unique_ptr<HttpFront>> Start(
-      GatewayHost& host, const Readiness& readiness);
+      GatewayHost& host, const Readiness& readiness,
+      std::optional<TlsIdentity> tls = std::nullopt);
   // Closes every connection, cancelling what is in flight.
   ~HttpFront();
 
@@ -36,6 +40,8 @@ class HttpFront final {
   HttpFront& operator=(const HttpFront&) = delete;
 
   [[nodiscard]] int port() const { return server_->port(); }
+  // New connections use `tls` (see HttpServer::SetTls).
+  absl::Status SetTls(const TlsIdentity& tls) { return server_->SetTls(tls); }
   // From now on /readyz and new chat completions answer 503 (load
   // balancers stop sending); those in flight go on.
   void Drain() { draining_ = true; }

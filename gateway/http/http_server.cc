@@ -10,6 +10,7 @@
 #include <iostream>
 #include <mutex>
 #include <optional>
+#include <variant>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
@@ -25,6 +26,8 @@
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/asio/posix/stream_descriptor.hpp"
 #include "boost/asio/post.hpp"
+#include "boost/asio/ssl/context.hpp"
+#include "boost/asio/ssl/stream.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "boost/asio/write.hpp"
 #include "boost/beast/core/buffers_cat.hpp"
@@ -50,6 +53,7 @@ using Executor = asio::io_context::executor_type;
 using Socket = tcp::socket::rebind_executor<Executor>::other;
 using Timer =
     asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, Executor>;
+using TlsStream = asio::ssl::stream<Socket>;
 
 namespace {
 
@@ -138,7 +142,39 @@ absl::Status SplitHostPort(absl::string_view address, std::string* host,
 
 }  // namespace
 
-// What every worker reads and nobody changes.
+// An OpenSSL server context for `tls`: TLS 1.2 and later, the client's
+// certificate required and verified when there is a client CA.
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> TlsContext(
+    const TlsIdentity& tls) {
+  auto context =
+      std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  beast::error_code error;
+  context->set_options(
+      asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+          asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+          asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use,
+      error);
+  auto failed = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS: ", what, ": ", error.message()));
+  };
+  if (error) return failed("options");
+  context->use_certificate_chain(asio::buffer(tls.cert_chain_pem), error);
+  if (error) return failed("the certificate chain");
+  context->use_private_key(asio::buffer(tls.key_pem), asio::ssl::context::pem,
+                           error);
+  if (error) return failed("the private key");
+  if (!tls.client_ca_pem.empty()) {
+    context->add_certificate_authority(asio::buffer(tls.client_ca_pem), error);
+    if (error) return failed("the client CA");
+    context->set_verify_mode(
+        asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert, error);
+    if (error) return failed("verifying clients");
+  }
+  return context;
+}
+
+// What every worker reads; only the TLS context changes (SetTls).
 struct Shared {
   Shared(HttpServerOptions options, Routes routes)
       : options(std::move(options)),
@@ -146,10 +182,78 @@ struct Shared {
         read_timeout(absl::ToChronoNanoseconds(this->options.read_timeout)),
         write_timeout(absl::ToChronoNanoseconds(this->options.write_timeout)) {}
 
+  // For the next connection; null for plain HTTP.
+  std::shared_ptr<asio::ssl::context> tls() const {
+    std::lock_guard lock(tls_mu);
+    return tls_context;
+  }
+
   const HttpServerOptions options;
   const Routes routes;
   const Clock::duration read_timeout;
   const Clock::duration write_timeout;
+  mutable std::mutex tls_mu;  // std:: so that ThreadSanitizer sees it.
+  std::shared_ptr<asio::ssl::context> tls_context ABSL_GUARDED_BY(tls_mu);
+};
+
+// A connection's byte stream: the socket, or TLS over it. An Asio stream
+// itself, so that Beast's and Asio's writes take it.
+class Transport final {
+ public:
+  using executor_type = Executor;
+
+  explicit Transport(Socket socket) : stream_(std::move(socket)) {}
+  // Holds `context` for as long as the TLS stream uses it.
+  Transport(Socket socket, std::shared_ptr<asio::ssl::context> context)
+      : stream_(std::in_place_type<TlsStream>, std::move(socket), *context),
+        context_(std::move(context)) {}
+
+  [[nodiscard]] bool tls() const {
+    return std::holds_alternative<TlsStream>(stream_);
+  }
+  [[nodiscard]] Socket& socket() {
+    if (auto* tls = std::get_if<TlsStream>(&stream_)) return tls->next_layer();
+    return std::get<Socket>(stream_);
+  }
+  executor_type get_executor() { return socket().get_executor(); }
+
+  // `received`: what was read from the socket before, the handshake's
+  // start; the handler learns how much of it the handshake used.
+  template <typename Handler>
+  void AsyncHandshake(asio::const_buffer received, Handler handler) {
+    std::get<TlsStream>(stream_).async_handshake(asio::ssl::stream_base::server,
+                                                 received, std::move(handler));
+  }
+
+  template <typename Buffers, typename Token>
+  auto async_read_some(const Buffers& buffers, Token&& token) {
+    return asio::async_initiate<Token, void(beast::error_code, size_t)>(
+        [this](auto handler, const Buffers& buffers) {
+          std::visit(
+              [&](auto& stream) {
+                stream.async_read_some(buffers, std::move(handler));
+              },
+              stream_);
+        },
+        token, buffers);
+  }
+
+  template <typename Buffers, typename Token>
+  auto async_write_some(const Buffers& buffers, Token&& token) {
+    return asio::async_initiate<Token, void(beast::error_code, size_t)>(
+        [this](auto handler, const Buffers& buffers) {
+          std::visit(
+              [&](auto& stream) {
+                stream.async_write_some(buffers, std::move(handler));
+              },
+              stream_);
+        },
+        token, buffers);
+  }
+
+ private:
+  std::variant<Socket, TlsStream> stream_;
+  std::shared_ptr<asio::ssl::context> context_;
 };
 
 // The listening socket: hands each new connection to the next worker, and
@@ -361,10 +465,10 @@ struct StreamState {
 // client's leaving is seen then, and what it pipelines is kept.
 class Connection final : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Worker& worker, Socket socket)
+  Connection(Worker& worker, Transport transport)
       : worker_(worker),
-        socket_(std::move(socket)),
-        timer_(socket_.get_executor()) {
+        transport_(std::move(transport)),
+        timer_(transport_.get_executor()) {
     worker_.Add(this);
   }
   ~Connection() { worker_.Remove(this); }
@@ -372,7 +476,21 @@ class Connection final : public std::enable_shared_from_this<Connection> {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  void Start() { StartReading(); }
+  void Start() {
+    if (!transport_.tls()) return StartReading();
+    // A client that does not finish its handshake is closed as one that
+    // does not send its request.
+    SetDeadline(worker_.shared().read_timeout);
+    // The first bytes tell a TLS client from one speaking plain HTTP.
+    transport_.socket().async_read_some(
+        buffer_.prepare(4096),
+        [self = shared_from_this()](beast::error_code error, size_t bytes) {
+          if (self->phase_ == Phase::kClosed) return;
+          if (error) return self->Close();
+          self->buffer_.commit(bytes);
+          self->Handshake();
+        });
+  }
 
   void Answer(Response response) {
     if (worker_.OnIoThread()) return AnswerNow(std::move(response));
@@ -461,8 +579,8 @@ class Connection final : public std::enable_shared_from_this<Connection> {
     phase_ = Phase::kClosed;
     beast::error_code ignored;
     timer_.cancel();
-    socket_.shutdown(tcp::socket::shutdown_send, ignored);
-    socket_.close(ignored);
+    transport_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    transport_.socket().close(ignored);
     OnClosed unary, streamed;
     std::shared_ptr<StreamState> stream;
     {
@@ -492,6 +610,38 @@ class Connection final : public std::enable_shared_from_this<Connection> {
     kClosed,
   };
 
+  // --- TLS.
+
+  void Handshake() {
+    // Every TLS connection opens with a handshake record (content type 22).
+    constexpr unsigned char kHandshakeRecord = 0x16;
+    const auto* first =
+        static_cast<const unsigned char*>(buffer_.data().data());
+    if (*first != kHandshakeRecord) {
+      // Answered in plain text, as the client will read it.
+      buffer_.consume(buffer_.size());
+      static constexpr char kPlainToTls[] =
+          "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; "
+          "charset=utf-8\r\nContent-Length: 55\r\nConnection: "
+          "close\r\n\r\nthis port speaks HTTPS: send the request with "
+          "https://\n";
+      asio::async_write(transport_.socket(),
+                        asio::buffer(kPlainToTls, sizeof(kPlainToTls) - 1),
+                        [self = shared_from_this()](beast::error_code, size_t) {
+                          self->Close();
+                        });
+      return;
+    }
+    transport_.AsyncHandshake(
+        buffer_.data(),
+        [self = shared_from_this()](beast::error_code error, size_t used) {
+          if (self->phase_ == Phase::kClosed) return;
+          if (error) return self->Close();
+          self->buffer_.consume(used);
+          self->StartReading();
+        });
+  }
+
   // --- Reading and parsing.
 
   void StartReading() {
@@ -508,7 +658,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
       // already read is parsed once the read is cancelled.
       if (buffer_.size() > 0) {
         beast::error_code ignored;
-        socket_.cancel(ignored);
+        transport_.socket().cancel(ignored);
       }
       return;
     }
@@ -524,7 +674,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
                               parser_->content_length_remaining().value_or(0));
     }
     size = std::clamp<size_t>(size, 4096, 65536);
-    socket_.async_read_some(
+    transport_.async_read_some(
         buffer_.prepare(size),
         [self = shared_from_this()](beast::error_code error, size_t bytes) {
           self->OnRead(error, bytes);
@@ -592,7 +742,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
   void SendContinue() {
     writing_ = true;
     asio::async_write(
-        socket_, asio::buffer(kContinue, sizeof(kContinue) - 1),
+        transport_, asio::buffer(kContinue, sizeof(kContinue) - 1),
         [self = shared_from_this()](beast::error_code error, size_t) {
           self->writing_ = false;
           if (self->phase_ == Phase::kClosed) return;
@@ -689,7 +839,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
     SetDeadline(worker_.shared().write_timeout);
     writing_ = true;
     bhttp::async_write(
-        socket_, *serializer_,
+        transport_, *serializer_,
         [self = shared_from_this()](beast::error_code error, size_t) {
           self->OnResponseWritten(error);
         });
@@ -725,7 +875,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
     SetDeadline(worker_.shared().write_timeout);
     writing_ = true;
     bhttp::async_write_header(
-        socket_, *stream_head_serializer_,
+        transport_, *stream_head_serializer_,
         [self = shared_from_this()](beast::error_code error, size_t) {
           self->stream_head_serializer_.reset();
           self->stream_head_.reset();
@@ -794,7 +944,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
   void WriteStream(const Buffers& buffers, size_t bytes, bool last) {
     SetDeadline(worker_.shared().write_timeout);
     writing_ = true;
-    asio::async_write(socket_, buffers,
+    asio::async_write(transport_, buffers,
                       [self = shared_from_this(), bytes, last](
                           beast::error_code error, size_t) {
                         self->OnStreamWritten(error, bytes, last);
@@ -856,7 +1006,7 @@ class Connection final : public std::enable_shared_from_this<Connection> {
   }
 
   Worker& worker_;
-  Socket socket_;
+  Transport transport_;
   Timer timer_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -940,7 +1090,10 @@ void Listener::OnAccept(Worker& worker, beast::error_code error,
   }
   beast::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);  // Answers go out whole.
-  auto connection = std::make_shared<Connection>(worker, std::move(socket));
+  std::shared_ptr<asio::ssl::context> tls = worker.shared().tls();
+  auto connection = std::make_shared<Connection>(
+      worker, tls == nullptr ? Transport(std::move(socket))
+                             : Transport(std::move(socket), std::move(tls)));
   asio::dispatch(worker.io(), [connection] { connection->Start(); });
   bool more;
   {
@@ -1150,9 +1303,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   const int max_connections = options.max_connections;
   const int backlog = std::max(1, options.listen_backlog);
   const std::vector<LoopGuest*> guests = options.guests;
-  auto shared =
-      std::make_shared<const Shared>(std::move(options), std::move(routes));
+  std::shared_ptr<asio::ssl::context> tls;
+  if (options.tls.has_value()) {
+    auto context = TlsContext(*options.tls);
+    if (!context.ok()) return context.status();
+    tls = *std::move(context);
+  }
+  auto shared = std::make_shared<Shared>(std::move(options), std::move(routes));
+  {
+    std::lock_guard lock(shared->tls_mu);
+    shared->tls_context = std::move(tls);
+  }
   auto server = std::unique_ptr<HttpServer>(new HttpServer());
+  server->shared_ = shared;
   std::vector<Worker*> workers;
   for (int i = 0; i < threads; ++i) {
     server->workers_.push_back(std::make_shared<Worker>(shared));
@@ -1196,6 +1359,18 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     server->threads_.emplace_back([worker] { worker->Run(); });
   }
   return server;
+}
+
+absl::Status HttpServer::SetTls(const TlsIdentity& tls) {
+  if (shared_->tls() == nullptr) {
+    return absl::FailedPreconditionError(
+        "this server was started without TLS; it cannot take it up");
+  }
+  auto context = TlsContext(tls);
+  if (!context.ok()) return context.status();
+  std::lock_guard lock(shared_->tls_mu);
+  shared_->tls_context = *std::move(context);
+  return absl::OkStatus();
 }
 
 HttpServer::~HttpServer() {

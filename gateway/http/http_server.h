@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -16,6 +17,7 @@
 #include "boost/beast/http/string_body.hpp"
 #include "boost/beast/http/verb.hpp"
 #include "gateway/loop_guest.h"
+#include "gateway/tls/tls_identity.h"
 
 namespace arbiter::http {
 
@@ -27,6 +29,7 @@ class Connection;    // One client connection; private to the server.
 struct StreamState;  // What a StreamWriter shares with its connection.
 class Worker;        // One I/O thread and the connections it serves.
 class Listener;      // The listening socket.
+struct Shared;       // What every worker reads.
 
 // Called at most once, on an I/O thread, when the client of an exchange that
 // is not over yet goes away: it closed the connection (or shut down its
@@ -192,6 +195,9 @@ struct HttpServerOptions {
   // backend call, is finished on the handler's thread. They must outlive
   // the server, which hands them back (Leave) as it stops.
   std::vector<LoopGuest*> guests;
+  // HTTPS instead of HTTP (TLS 1.2 and later); with a client CA, every
+  // client must present a certificate it signed.
+  std::optional<TlsIdentity> tls;
 };
 
 // An event-driven HTTP/1.1 server (Boost.Beast over Asio): a fixed number of
@@ -215,9 +221,15 @@ class HttpServer final {
 
   [[nodiscard]] int port() const { return port_; }
 
+  // Connections accepted from now on use `tls`; open ones keep theirs.
+  // INVALID_ARGUMENT saying why if OpenSSL refuses it (the identity before
+  // stays); FAILED_PRECONDITION for a server started without TLS.
+  absl::Status SetTls(const TlsIdentity& tls);
+
  private:
   HttpServer() = default;
 
+  std::shared_ptr<Shared> shared_;
   std::vector<std::shared_ptr<Worker>> workers_;
   std::unique_ptr<Listener> listener_;  // Uses the first worker's loop.
   std::vector<std::thread> threads_;

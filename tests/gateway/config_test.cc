@@ -935,5 +935,30 @@ TEST(ConfigTest, DecisionLogIsBoundedByBytes) {
       Contains(HasSubstr("server.decision_log_capacity: is no longer read")));
 }
 
+TEST(ConfigTest, TlsAndMetricsAuthAreCheckedByField) {
+  EXPECT_THAT(ErrorsOf(absl::StrCat(kValid, "server: {tls: {key_file: k}}\n")),
+              Contains(HasSubstr("server.tls.cert_file: is required")));
+  EXPECT_THAT(ErrorsOf(absl::StrCat(kValid, "server: {tls: {cert_file: c}}\n")),
+              Contains(HasSubstr("server.tls.key_file: is required")));
+  EXPECT_THAT(ErrorsOf(absl::StrCat(kValid, "server: {metrics_tls: true}\n")),
+              Contains(HasSubstr("server.metrics_tls: needs server.tls")));
+  EXPECT_THAT(
+      ErrorsOf(absl::StrCat(kValid,
+                            "server: {metrics_basic_auth: {username: 'a:b', "
+                            "password_sha256: xyz}}\n")),
+      AllOf(Contains(HasSubstr("server.metrics_basic_auth.username: must be "
+                               "set and hold no ':'")),
+            Contains(HasSubstr("server.metrics_basic_auth.password_sha256: "
+                               "must be the password's SHA-256"))));
+  EXPECT_THAT(
+      ErrorsOf(absl::StrCat(
+          kValid,
+          "server: {tls: {cert_file: c, key_file: k}, metrics_tls: true, "
+          "metrics_basic_auth: {username: prometheus, password_sha256: "
+          "5E884898DA28047151D0E56F8DC6292773603D0D6AABBDD62A11EF721D1542D8}}"
+          "\n")),
+      IsEmpty());
+}
+
 }  // namespace
 }  // namespace arbiter

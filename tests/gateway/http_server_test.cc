@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "gateway/http/basic_auth.h"
 #include "gateway/http/metrics_handler.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -762,6 +763,70 @@ TEST(MetricsHandlerTest, ServesTheRegistryInTextFormat) {
                                   "charset=utf-8\r\n"));
   EXPECT_THAT(Body(response), HasSubstr("# TYPE arbiter_test_total counter\n"
                                         "arbiter_test_total{route=\"a\"} 3"));
+}
+
+// "password", hashed as the config holds it.
+constexpr char kPasswordSha256[] =
+    "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+TEST_F(HttpServerTest, BasicAuthAnswersOnlyTheRightCredentials) {
+  Routes routes;
+  routes.Add(Verb::get, "/metrics",
+             RequireBasicAuth({"prometheus", kPasswordSha256},
+                              "arbiter metrics", Answer("scraped")));
+  Start(std::move(routes));
+  auto with = [&](const std::string& authorization) {
+    return Exchange(Get(
+        "/metrics", absl::StrCat("Authorization: ", authorization, "\r\n")));
+  };
+  // base64("prometheus:password"), with the scheme in any case.
+  EXPECT_EQ(Body(with("Basic cHJvbWV0aGV1czpwYXNzd29yZA==")), "scraped");
+  EXPECT_EQ(Body(with("basic cHJvbWV0aGV1czpwYXNzd29yZA==")), "scraped");
+  const std::string refused[] = {
+      "Basic cHJvbWV0aGV1czp3cm9uZw==",       // prometheus:wrong
+      "Basic Z3JhZmFuYTpwYXNzd29yZA==",       // grafana:password
+      "Basic cHJvbWV0aGV1c3Bhc3N3b3Jk",       // no colon
+      "Basic !!!not base64!!!",               // not base64
+      "Bearer cHJvbWV0aGV1czpwYXNzd29yZA==",  // another scheme
+      "Basic ",
+  };
+  for (const std::string& authorization : refused) {
+    const std::string response = with(authorization);
+    EXPECT_THAT(response, StartsWith("HTTP/1.1 401")) << authorization;
+    EXPECT_THAT(response, HasSubstr("WWW-Authenticate: Basic realm=\"arbiter "
+                                    "metrics\""))
+        << authorization;
+    EXPECT_THAT(Body(response), Not(HasSubstr("scraped")));
+  }
+  EXPECT_THAT(Exchange(Get("/metrics")), StartsWith("HTTP/1.1 401"));
+}
+
+TEST_F(HttpServerTest, BasicAuthWithAMalformedHashAdmitsNobody) {
+  Routes routes;
+  routes.Add(Verb::get, "/metrics",
+             RequireBasicAuth({"prometheus", "5e88"}, "arbiter metrics",
+                              Answer("scraped")));
+  Start(std::move(routes));
+  EXPECT_THAT(Exchange(Get("/metrics",
+                           "Authorization: Basic "
+                           "cHJvbWV0aGV1czpwYXNzd29yZA==\r\n")),
+              StartsWith("HTTP/1.1 401"));
+}
+
+TEST_F(HttpServerTest, APlainServerCannotTakeUpTls) {
+  StartDefault();
+  absl::Status set = server_->SetTls({"cert", "key", ""});
+  EXPECT_EQ(set.code(), absl::StatusCode::kFailedPrecondition) << set;
+  ExpectServing();
+}
+
+TEST_F(HttpServerTest, TlsThatOpenSslRefusesFailsTheStart) {
+  HttpServerOptions options;
+  options.tls = TlsIdentity{"not a certificate", "not a key", ""};
+  auto server = HttpServer::Start(std::move(options), Routes());
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(server.status().message(), HasSubstr("the certificate chain"));
 }
 
 }  // namespace

@@ -150,15 +150,20 @@ absl::StatusOr<ServingGateway> StartServe(
       gateway.process->WaitForLine("grpc listening on ", absl::Seconds(60));
   if (!grpc_line.ok()) return grpc_line.status();
   auto metrics_line =
-      gateway.process->WaitForLine("metrics on http://", absl::Seconds(5));
+      gateway.process->WaitForLine("metrics on ", absl::Seconds(5));
   if (!metrics_line.ok()) return metrics_line.status();
-  auto http_line = gateway.process->WaitForLine("http listening on http://",
-                                                absl::Seconds(5));
+  auto http_line =
+      gateway.process->WaitForLine("http listening on ", absl::Seconds(5));
   if (!http_line.ok()) return http_line.status();
+  // "http://host:port/path" or "https://...": the port before the path.
+  auto port_of_url = [](std::string url) {
+    url = url.substr(url.find("//") == std::string::npos ? 0
+                                                         : url.find("//") + 2);
+    return PortOf(url.substr(0, url.find('/')));
+  };
   gateway.grpc_port = PortOf(*grpc_line);
-  gateway.http_port = PortOf(http_line->substr(0, http_line->find('/')));
-  gateway.metrics_port =
-      PortOf(metrics_line->substr(0, metrics_line->find('/')));
+  gateway.http_port = port_of_url(*http_line);
+  gateway.metrics_port = port_of_url(*metrics_line);
   return gateway;
 }
 

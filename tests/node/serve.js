@@ -10,8 +10,10 @@ const { spawn } = require('node:child_process');
 
 const quickstart = path.resolve(__dirname, '../../quickstart');
 
-function writeConfig(secondsPerToken) {
+// `server` (YAML lines, indented two spaces) is added to the server section.
+function writeConfig(secondsPerToken, server = '') {
   const text = fs.readFileSync(path.join(quickstart, 'arbiter.yaml'), 'utf8')
+    .replace('server:\n', `server:\n${server}`)
     .replace('seconds_per_token: 0.002', `seconds_per_token: ${secondsPerToken}`)
     .replace('dataset: questions.jsonl', `dataset: ${path.join(quickstart, 'questions.jsonl')}`)
     .replace('corpus_dir: corpus', `corpus_dir: ${path.join(quickstart, 'corpus')}`);
@@ -21,10 +23,10 @@ function writeConfig(secondsPerToken) {
   return file;
 }
 
-async function startArbiter({ secondsPerToken = 0.002 } = {}) {
+async function startArbiter({ secondsPerToken = 0.002, server: serverYaml = '' } = {}) {
   const binary = process.env.ARBITER_BINARY;
   if (!binary) throw new Error('set ARBITER_BINARY to the arbiter binary');
-  const server = spawn(binary, ['serve', '--config', writeConfig(secondsPerToken),
+  const server = spawn(binary, ['serve', '--config', writeConfig(secondsPerToken, serverYaml),
     '--grpc-listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0',
     '--http-listen', '127.0.0.1:0', '--no-state'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const ports = await new Promise((resolve, reject) => {
@@ -33,8 +35,8 @@ async function startArbiter({ secondsPerToken = 0.002 } = {}) {
     const onData = (chunk) => {
       output += chunk;
       const grpc = output.match(/grpc listening on [\d.]+:(\d+)/);
-      const metrics = output.match(/metrics on http:\/\/[\d.]+:(\d+)\/metrics/);
-      const http = output.match(/http listening on http:\/\/[\d.]+:(\d+)\/v1/);
+      const metrics = output.match(/metrics on https?:\/\/[\d.]+:(\d+)\/metrics/);
+      const http = output.match(/http listening on https?:\/\/[\d.]+:(\d+)\/v1/);
       if (grpc && metrics && http) {
         clearTimeout(timer);
         resolve({ grpc: Number(grpc[1]), metrics: Number(metrics[1]), http: Number(http[1]) });
