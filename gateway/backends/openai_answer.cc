@@ -370,4 +370,70 @@ absl::StatusOr<BackendResponse> ParseChatAnswer(int64_t prompt_tokens,
   return ParseChatAnswerDom(prompt_tokens, text);
 }
 
+absl::StatusOr<StreamEvent> ParseStreamEvent(absl::string_view data) {
+  StreamEvent event;
+  if (data == "[DONE]") {
+    event.done = true;
+    return event;
+  }
+  // Text must be UTF-8 to reach a protobuf; a stream is UTF-8 by definition.
+  if (std::optional<size_t> bad = FirstInvalidUtf8(data)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid UTF-8 at byte ", *bad));
+  }
+  auto document = json::Parse(data);
+  if (!document.ok()) return document.status();
+  const json::View root(*document);
+  if (absl::Status status = root.RequireObject(); !status.ok()) return status;
+  if (const json::View error = root["error"]; !error.is_null()) {
+    auto code = error["code"].OptionalInt();
+    event.error_code = code.ok() && code->has_value() ? **code : int64_t{0};
+    return event;
+  }
+  const json::View choices = root["choices"];
+  if (!choices.is_null()) {
+    if (absl::Status status = choices.RequireArray(); !status.ok()) {
+      return status;
+    }
+  }
+  if (choices.size() > 0) {
+    const json::View choice = choices[0];
+    const json::View delta = choice["delta"];
+    if (!delta.is_null()) {
+      if (absl::Status status = delta.RequireObject(); !status.ok()) {
+        return status;
+      }
+    }
+    auto content = delta["content"].OptionalString();
+    if (!content.ok()) return content.status();
+    nlohmann::json fields = nlohmann::json::object();
+    if (delta.is_object()) {
+      for (const auto& [key, value] : delta.get()->items()) {
+        if (key == "role" || key == "content" || value.is_null()) continue;
+        fields[key] = value;
+      }
+    }
+    PassBack(choice["logprobs"], "logprobs", &fields);
+    event.finish_reason = StringIfAny(choice["finish_reason"]);
+    event.text = content->value_or("");
+    if (!fields.empty()) event.fields_json = json::Dump(fields);
+  }
+  event.system_fingerprint = StringIfAny(root["system_fingerprint"]);
+  const json::View usage = root["usage"];
+  if (!usage.is_null()) {
+    if (absl::Status status = usage.RequireObject(); !status.ok()) {
+      return status;
+    }
+    bool reported = false;
+    auto input = TokenCount(usage["prompt_tokens"], &reported);
+    if (!input.ok()) return input.status();
+    if (reported) event.input_tokens = *input;
+    reported = false;
+    auto output = TokenCount(usage["completion_tokens"], &reported);
+    if (!output.ok()) return output.status();
+    if (reported) event.output_tokens = *output;
+  }
+  return event;
+}
+
 }  // namespace arbiter

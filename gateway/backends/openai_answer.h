@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -26,6 +27,28 @@ inline constexpr int64_t kMaxTokenCount = 1'000'000'000;
 // The same through a whole DOM.
 [[nodiscard]] absl::StatusOr<BackendResponse> ParseChatAnswerDom(
     int64_t prompt_tokens, absl::string_view text);
+
+// One event's data of an OpenAI-compatible backend's stream, read.
+struct StreamEvent {
+  bool done = false;  // "[DONE]": nothing after it counts.
+  // An error event: the server failed mid-answer, with its HTTP-like code
+  // (0 when it gave none).
+  std::optional<int64_t> error_code;
+  // choices[0]'s delta: text, and the fields passed back to the client
+  // (tool calls, logprobs...) as a JSON object, empty when none.
+  std::string text;
+  std::string fields_json;
+  std::string finish_reason;       // Empty when the event has none.
+  std::string system_fingerprint;  // Likewise.
+  // Usage, when the event reports it.
+  std::optional<int64_t> input_tokens;
+  std::optional<int64_t> output_tokens;
+};
+
+// Reads one event's data (not UTF-8, not JSON, a field of the wrong type:
+// INVALID_ARGUMENT naming it; the caller says which backend).
+[[nodiscard]] absl::StatusOr<StreamEvent> ParseStreamEvent(
+    absl::string_view data);
 
 // A usage count: an integer in [0, kMaxTokenCount], or 0 when missing or
 // null (then *reported is left alone; else set).

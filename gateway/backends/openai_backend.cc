@@ -859,24 +859,15 @@ absl::Status OpenAIBackend::OnEvent(Transfer& transfer,
                                     absl::string_view data) {
   if (transfer.call->cancelled()) return absl::CancelledError("cancelled");
   if (transfer.done) return absl::OkStatus();  // Nothing counts after it.
-  if (data == "[DONE]") {
+  auto event = ParseStreamEvent(data);
+  if (!event.ok()) return event.status();
+  if (event->done) {
     transfer.done = true;
     return absl::OkStatus();
   }
-  // Text must be UTF-8 to reach a protobuf; a stream is UTF-8 by definition.
-  if (std::optional<size_t> bad = FirstInvalidUtf8(data)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid UTF-8 at byte ", *bad));
-  }
-  auto document = json::Parse(data);
-  if (!document.ok()) return document.status();
-  const json::View root(*document);
-  if (absl::Status status = root.RequireObject(); !status.ok()) return status;
-  if (const json::View error = root["error"]; !error.is_null()) {
+  if (event->error_code.has_value()) {
     // The server failed mid-answer; a code like HTTP's says whose fault.
-    auto code = error["code"].OptionalInt();
-    const int64_t http_code =
-        code.ok() && code->has_value() ? **code : int64_t{0};
+    const int64_t http_code = *event->error_code;
     const bool rejected =
         http_code >= 400 && http_code < 500 && http_code != 429;
     const std::string what =
@@ -893,59 +884,22 @@ absl::Status OpenAIBackend::OnEvent(Transfer& transfer,
         what};
     return transfer.failure->status;
   }
-  const json::View choices = root["choices"];
-  if (!choices.is_null()) {
-    if (absl::Status status = choices.RequireArray(); !status.ok()) {
-      return status;
-    }
+  if (!event->finish_reason.empty()) {
+    transfer.finish_reason = std::move(event->finish_reason);
   }
-  if (choices.size() > 0) {
-    const json::View choice = choices[0];
-    const json::View delta = choice["delta"];
-    if (!delta.is_null()) {
-      if (absl::Status status = delta.RequireObject(); !status.ok()) {
-        return status;
-      }
-    }
-    auto content = delta["content"].OptionalString();
-    if (!content.ok()) return content.status();
-    nlohmann::json fields = nlohmann::json::object();
-    if (delta.is_object()) {
-      for (const auto& [key, value] : delta.get()->items()) {
-        if (key == "role" || key == "content" || value.is_null()) continue;
-        fields[key] = value;
-      }
-    }
-    PassBack(choice["logprobs"], "logprobs", &fields);
-    if (std::string reason = StringIfAny(choice["finish_reason"]);
-        !reason.empty()) {
-      transfer.finish_reason = std::move(reason);
-    }
-    std::string text = content->value_or("");
-    if (!text.empty() || !fields.empty()) {
-      transfer.output.Add(text);
-      Deliver(transfer, BackendDelta{std::move(text),
-                                     fields.empty() ? std::string()
-                                                    : json::Dump(fields)});
-    }
+  if (!event->text.empty() || !event->fields_json.empty()) {
+    transfer.output.Add(event->text);
+    Deliver(transfer, BackendDelta{std::move(event->text),
+                                   std::move(event->fields_json)});
   }
-  if (std::string fingerprint = StringIfAny(root["system_fingerprint"]);
-      !fingerprint.empty()) {
-    transfer.system_fingerprint = std::move(fingerprint);
+  if (!event->system_fingerprint.empty()) {
+    transfer.system_fingerprint = std::move(event->system_fingerprint);
   }
-  const json::View usage = root["usage"];
-  if (!usage.is_null()) {
-    if (absl::Status status = usage.RequireObject(); !status.ok()) {
-      return status;
-    }
-    bool reported = false;
-    auto input = TokenCount(usage["prompt_tokens"], &reported);
-    if (!input.ok()) return input.status();
-    if (reported) transfer.reported_input = *input;
-    reported = false;
-    auto output = TokenCount(usage["completion_tokens"], &reported);
-    if (!output.ok()) return output.status();
-    if (reported) transfer.reported_output = *output;
+  if (event->input_tokens.has_value()) {
+    transfer.reported_input = event->input_tokens;
+  }
+  if (event->output_tokens.has_value()) {
+    transfer.reported_output = event->output_tokens;
   }
   return absl::OkStatus();
 }
