@@ -12,7 +12,7 @@ DEB_PACKAGES := build-essential cmake pkg-config ccache git \
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcurl4-openssl-dev libsqlite3-dev libyaml-cpp-dev libcpp-httplib-dev \
   nlohmann-json3-dev libhnswlib-dev libboost1.81-dev libcli11-dev libssl-dev \
-  prometheus curl openssl
+  prometheus curl openssl clang-14 libclang-rt-14-dev
 
 # The peers bench/peers.sh measures arbiter beside (make bench-deps):
 # nginx serves the static upstream and the reverse proxy, wrk and h2load
@@ -23,7 +23,7 @@ BENCH_DEB_PACKAGES := nginx wrk nghttp2-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps build run test test-sanitize test-tsan bench clean node-deps monitor \
-  bench-deps bench-peers
+  bench-deps bench-peers fuzz
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -73,6 +73,16 @@ test-tsan: deps
 	  -DARBITER_BUILD_BENCH=OFF
 	cmake --build build-tsan -j$(JOBS) --target concurrency_test
 	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" ./build-tsan/tests/concurrency_test
+
+# libFuzzer over every parser of untrusted input (tests/fuzz), FUZZ_SECONDS
+# each; a crash fails it and leaves its input in build-fuzz/fuzz-crashes.
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DARBITER_FUZZ=ON -DARBITER_BUILD_TESTS=OFF -DARBITER_BUILD_BENCH=OFF
+	cmake --build build-fuzz -j$(JOBS) --target fuzz_config fuzz_chat_request \
+	  fuzz_backend_answer fuzz_backend_stream fuzz_request_id fuzz_replay_log fuzz_ingest_lines
+	tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
 
 # The index and retrieval benchmarks at reduced size; bench/README.md has
 # the full-size commands (1M vectors take about half an hour).
