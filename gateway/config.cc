@@ -1359,6 +1359,7 @@ void ApplyConfigDefaults(v1::Config& config) {
   }
   if (!server.has_max_in_flight()) server.set_max_in_flight(4096);
   if (!server.has_max_request_bytes()) server.set_max_request_bytes(1 << 20);
+  if (!server.has_reflection()) server.set_reflection(true);
   if (!server.has_decision_log_max_mb()) server.set_decision_log_max_mb(64);
   if (!server.has_retrieval_threads()) server.set_retrieval_threads(4);
   if (!server.has_retrieval_queue()) server.set_retrieval_queue(256);

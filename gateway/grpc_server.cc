@@ -24,6 +24,8 @@
 #include "gateway/wire_check.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/server_builder_option.h"
+#include "grpcpp/impl/server_builder_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -459,6 +461,19 @@ bool PortInUse(const std::string& address) {
   return in_use;
 }
 
+// Takes out the reflection plugin, which gRPC adds to every server once its
+// library is loaded.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    std::erase_if(*plugins, [](const auto& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
+
 // How often gRPC looks at server.tls's files for a rotated certificate.
 constexpr unsigned kTlsRefreshSeconds = 5;
 
@@ -509,6 +524,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   // gRPC sets SO_REUSEPORT by default: a second gateway on the same port
   // would start and silently take part of the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (!host.Current()->config().server().reflection()) {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   builder.AddListeningPort(address, *credentials, &server->port_);
   // Oversized requests get a clear INVALID_ARGUMENT from the gateway up to
   // this transport limit; beyond it gRPC refuses with RESOURCE_EXHAUSTED.

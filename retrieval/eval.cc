@@ -34,9 +34,11 @@ RankingMetrics Evaluate(
         if (seen.insert(doc).second) ranked.push_back(doc);
       }
     }
+    // Named, not the binding itself: clang 14 cannot capture bindings.
+    const auto& grades = judged;
     auto grade = [&](size_t rank) {
-      auto it = judged.find(ranked[rank]);
-      return it == judged.end() ? 0.0 : it->second;
+      auto it = grades.find(ranked[rank]);
+      return it == grades.end() ? 0.0 : it->second;
     };
     double dcg = 0, idcg = 0;
     for (size_t i = 0; i < 10; ++i) {

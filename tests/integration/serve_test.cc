@@ -14,6 +14,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "tests/integration/subprocess.h"
 
@@ -436,6 +438,37 @@ TEST_F(ServeTest, SigtermRightAfterTheBannerStopsCleanly) {
     EXPECT_EQ((*sim)->Stop(), 0) << (*sim)->Output();
     EXPECT_THAT((*sim)->Output(), HasSubstr("received SIGTERM"));
   }
+}
+
+// The status of one call to gRPC reflection (a bidi method, called with one
+// empty message): UNIMPLEMENTED when the gateway does not serve it.
+grpc::StatusCode ReflectionStatus(std::shared_ptr<grpc::Channel> channel) {
+  grpc::GenericStub stub(std::move(channel));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(5));
+  grpc::Slice empty("");  // An empty message; an empty buffer is none.
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context,
+                 "/grpc.reflection.v1alpha.ServerReflection/"
+                 "ServerReflectionInfo",
+                 grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status status) { done.set_value(status); });
+  return done.get_future().get().error_code();
+}
+
+TEST_F(ServeTest, ReflectionIsServedUnlessTurnedOff) {
+  const std::string config = HungBackendConfig(1, 1);
+  Gateway on = Start(WriteConfig(config));
+  ASSERT_NE(on.process, nullptr);
+  EXPECT_NE(ReflectionStatus(Channel(on)), grpc::StatusCode::UNIMPLEMENTED);
+  Gateway off = Start(
+      WriteConfig(absl::StrReplaceAll(config, {{"shutdown_grace_seconds: 1",
+                                                "shutdown_grace_seconds: 1, "
+                                                "reflection: false"}})));
+  ASSERT_NE(off.process, nullptr);
+  EXPECT_EQ(ReflectionStatus(Channel(off)), grpc::StatusCode::UNIMPLEMENTED);
 }
 
 }  // namespace
