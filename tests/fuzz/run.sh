@@ -27,7 +27,7 @@ for target in "${targets[@]}"; do
   "$binary" -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048 \
     -artifact_prefix="$build/fuzz-crashes/$target-" "$corpus" >"$log" 2>&1
   code=$?
-  runs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log" | tail -1)
+  runs=$(awk '/stat::number_of_executed_units/ { print $2 }' "$log" | tail -1)
   crashes=$(ls "$build/fuzz-crashes/" 2>/dev/null | grep -c "^$target-")
   printf '%-16s %8s %14s %8s\n' "$target" "$seconds" "${runs:-?}" "$crashes"
   if ((code != 0 || crashes > 0)); then
