@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "gateway/auth/exposure.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -210,6 +211,15 @@ absl::StatusOr<GatewayHost::ReloadReport> GatewayHost::Reload() {
     return refuse(absl::FailedPreconditionError(
         absl::StrCat("these settings only change with a restart: ",
                      absl::StrJoin(restart_only, "; "))));
+  }
+  // Its listeners stay, so dropping auth would open them to anyone.
+  if (absl::Status exposed = auth::CheckExposure(loaded->config);
+      !exposed.ok()) {
+    return refuse(exposed);
+  }
+  if (const std::string warning = auth::OpenAccessWarning(loaded->config);
+      !warning.empty()) {
+    std::cerr << warning << std::endl;
   }
   const std::string hash = HashOf(loaded->config);
   auto made =

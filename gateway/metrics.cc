@@ -538,6 +538,8 @@ absl::string_view RejectReasonName(RejectReason reason) {
       return "retrieval_queue";
     case RejectReason::kBackendQueue:
       return "backend_queue";
+    case RejectReason::kNotPermitted:
+      return "not_permitted";
   }
   return "unknown";
 }

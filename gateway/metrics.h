@@ -31,6 +31,7 @@ enum class RejectReason {
   kMaxInFlight,     // server.max_in_flight requests were in flight already.
   kRetrievalQueue,  // The retrieval pool's queue was full.
   kBackendQueue,    // Its backend's connections and queue were full.
+  kNotPermitted,    // Its tenant may not use the route or task it named.
 };
 absl::string_view RejectReasonName(RejectReason reason);
 
