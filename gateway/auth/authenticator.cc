@@ -46,7 +46,10 @@ Authenticator::Authenticator(const v1::Config& config)
     // digest, which no key hashes to.
     entry.digest.fill(0);
     if (!ParseSha256Hex(key.sha256(), &entry.digest)) return;
-    if (!key.expires().empty()) ParseExpiry(key.expires(), &entry.expires);
+    // Fails closed: an expiry that does not parse has passed.
+    if (!key.expires().empty() && !ParseExpiry(key.expires(), &entry.expires)) {
+      entry.expires = absl::InfinitePast();
+    }
     entry.label = key.label();
     entry.tenant = tenant;
     keys_.push_back(std::move(entry));
@@ -95,7 +98,7 @@ absl::StatusOr<Caller> Authenticator::Identify(
         "the API key (", whose,
         found.label.empty() ? "" : absl::StrCat(", label ", found.label),
         ") expired at ",
-        absl::FormatTime(absl::RFC3339_sec, found.expires,
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", found.expires,
                          absl::UTCTimeZone())));
   }
   if (found.tenant < 0) return Caller{Role::kAdmin, nullptr};
