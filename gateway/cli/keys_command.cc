@@ -33,6 +33,9 @@ CLI::App* AddKeysCreateCommand(CLI::App& arbiter, KeysCreateFlags& flags) {
   CLI::App* keys =
       arbiter.add_subcommand("keys", "API keys for the config's auth section.");
   keys->require_subcommand(1);
+  keys->footer(
+      "Example:\n  arbiter keys create --tenant acme --label laptop\n`arbiter "
+      "keys COMMAND --help` shows a command's flags.");
   CLI::App* create = AddCommand(
       *keys, "create",
       "Make a new API key for a tenant (or an admin) and print it once,\nwith "
