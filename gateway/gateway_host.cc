@@ -3,9 +3,11 @@
 #include <openssl/sha.h>
 
 #include <iostream>
+#include <set>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -101,6 +103,31 @@ std::vector<std::string> Changes(const Gateway& before, const Gateway& after) {
   line("routes removed", removed);
   line("backends kept (connections and health)", kept);
   line("backends made new", made);
+  // Keys by hash only: that a rotation took effect, never which key.
+  auto key_hashes = [](const v1::Config& config) {
+    std::set<std::string> hashes;
+    for (const v1::Tenant& tenant : config.auth().tenants()) {
+      for (const v1::ApiKey& key : tenant.keys()) {
+        hashes.insert(absl::AsciiStrToLower(key.sha256()));
+      }
+    }
+    for (const v1::ApiKey& key : config.auth().admin_keys()) {
+      hashes.insert(absl::AsciiStrToLower(key.sha256()));
+    }
+    return hashes;
+  };
+  const std::set<std::string> keys_before = key_hashes(before.config());
+  const std::set<std::string> keys_after = key_hashes(after.config());
+  int keys_added = 0;
+  for (const std::string& hash : keys_after) {
+    keys_added += keys_before.contains(hash) ? 0 : 1;
+  }
+  const int keys_removed = static_cast<int>(keys_before.size()) -
+                           (static_cast<int>(keys_after.size()) - keys_added);
+  if (keys_added > 0 || keys_removed > 0) {
+    lines.push_back(absl::StrCat("API keys: ", keys_added, " added, ",
+                                 keys_removed, " removed"));
+  }
   return lines;
 }
 

@@ -60,7 +60,9 @@ absl::StatusOr<auth::Caller> CallerOf(
 absl::Status AdminOnly(GatewayHost& host,
                        const grpc::CallbackServerContext* context,
                        absl::string_view method) {
-  auto caller = CallerOf(*host.Current(), context);
+  // Held while the caller, which points into it, is read.
+  const std::shared_ptr<Gateway> gateway = host.Current();
+  auto caller = CallerOf(*gateway, context);
   if (!caller.ok()) return caller.status();
   return auth::RequireAdmin(*caller, method);
 }
@@ -493,7 +495,8 @@ class RetrievalGrpc final
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
-    absl::StatusOr<auth::Caller> caller = CallerOf(*host_.Current(), context);
+    const std::shared_ptr<Gateway> gateway = host_.Current();
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
     if (!caller.ok()) return Refuse(context, caller.status());
     return Serve<v1::SearchRequest, v1::SearchResponse>(
         context, request, response,
@@ -504,7 +507,8 @@ class RetrievalGrpc final
   grpc::ServerUnaryReactor* GetCollection(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
                                           ByteBuffer* response) override {
-    absl::StatusOr<auth::Caller> caller = CallerOf(*host_.Current(), context);
+    const std::shared_ptr<Gateway> gateway = host_.Current();
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
     if (!caller.ok()) return Refuse(context, caller.status());
     return Serve<v1::GetCollectionRequest, v1::CollectionInfo>(
         context, request, response,

@@ -456,6 +456,8 @@ TEST_F(AuthTest, AReloadRotatesKeysWithoutARestart) {
       RunCommand(ARBITER_BINARY, {"reload", "--target", target,
                                   "--api-key-file", KeyFile(admin_, "admin")});
   ASSERT_EQ(reloaded.exit_code, 0) << reloaded.output;
+  EXPECT_THAT(reloaded.output, HasSubstr("API keys: 1 added, 1 removed"));
+  EXPECT_THAT(reloaded.output, Not(HasSubstr(next.key)));
 
   EXPECT_EQ(Chat(acme_.key, "arbiter/auto").status, 401);
   EXPECT_EQ(Chat(next.key, "arbiter/auto").status, 200);
