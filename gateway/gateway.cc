@@ -57,7 +57,7 @@ Gateway::Gateway(LoadedConfig config, GatewayFoundation& foundation,
       stats_(loaded_.config.routes_size(), loaded_.config.tasks_size(),
              StatsOptionsFrom(loaded_.config)),
       metrics_(registry, loaded_.config),
-      authenticator_(loaded_.config) {}
+      authenticator_(loaded_.config, &metrics_) {}
 
 Gateway::~Gateway() {
   stopping_ = true;

@@ -35,6 +35,9 @@ enum class RejectReason {
 };
 absl::string_view RejectReasonName(RejectReason reason);
 
+// Why a call's API key was refused (UNAUTHENTICATED), a metric label each.
+enum class AuthFailure { kMissing, kMalformed, kUnknown, kExpired };
+
 // The gateway's worker pools, a metric label each.
 enum class Pool { kRetrieval, kIngest };
 
@@ -81,6 +84,7 @@ class Metrics final {
   void RecordFeedback(int route, int task, double score, bool graded);
   // Feedback refused because its request id did not verify.
   void RecordFeedbackRejected(RequestIdRejection reason);
+  void RecordAuthFailure(AuthFailure reason);
   // Feedback for a request whose feedback was counted already.
   void RecordFeedbackDuplicate();
   // Feedback for a request that failed or was cancelled.
@@ -139,6 +143,7 @@ class Metrics final {
   prometheus::Family<prometheus::Counter>& rejected_;
   // By RequestIdRejection. Constant after construction.
   std::array<prometheus::Counter*, 3> feedback_rejected_;
+  std::array<prometheus::Counter*, 4> auth_failures_;
   prometheus::Counter* feedback_duplicate_;
   prometheus::Counter* feedback_unanswered_;
   prometheus::Family<prometheus::Counter>* decisions_;

@@ -32,9 +32,9 @@ absl::Status TenantGrant::TaskDenied(absl::string_view task) const {
       absl::StrCat("tenant ", name, " may not use task ", task));
 }
 
-Authenticator::Authenticator(const v1::Config& config)
-    : enabled_(config.has_auth() &&
-               config.auth().mode() != v1::AUTH_MODE_NONE) {
+Authenticator::Authenticator(const v1::Config& config, Metrics* metrics)
+    : enabled_(config.has_auth() && config.auth().mode() != v1::AUTH_MODE_NONE),
+      metrics_(metrics) {
   if (!enabled_) return;
   std::vector<std::string> routes;
   for (const v1::Route& route : config.routes()) routes.push_back(route.name());
@@ -74,11 +74,12 @@ absl::StatusOr<Caller> Authenticator::Identify(
     std::optional<absl::string_view> authorization, absl::Time now) const {
   if (!enabled_) return Caller{};
   if (!authorization.has_value()) {
-    return absl::UnauthenticatedError(
+    return Refuse(
+        AuthFailure::kMissing,
         "an API key is required: send authorization: Bearer <API key>");
   }
   absl::StatusOr<absl::string_view> key = BearerToken(*authorization);
-  if (!key.ok()) return key.status();
+  if (!key.ok()) return Refuse(AuthFailure::kMalformed, key.status().message());
   const KeyDigest presented = Sha256(*key);
   // No early exit: how long this takes says nothing of which key matched.
   int match = -1;
@@ -87,22 +88,30 @@ absl::StatusOr<Caller> Authenticator::Identify(
                                      presented.size()) == 0;
     if (equal && match < 0) match = static_cast<int>(k);
   }
-  if (match < 0) return absl::UnauthenticatedError("unknown API key");
+  if (match < 0) return Refuse(AuthFailure::kUnknown, "unknown API key");
   const Key& found = keys_[match];
   const std::string whose =
       found.tenant < 0
           ? std::string("an admin key")
           : absl::StrCat("a key of tenant ", tenants_[found.tenant].name);
   if (now >= found.expires) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "the API key (", whose,
-        found.label.empty() ? "" : absl::StrCat(", label ", found.label),
-        ") expired at ",
-        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", found.expires,
-                         absl::UTCTimeZone())));
+    return Refuse(
+        AuthFailure::kExpired,
+        absl::StrCat(
+            "the API key (", whose,
+            found.label.empty() ? "" : absl::StrCat(", label ", found.label),
+            ") expired at ",
+            absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", found.expires,
+                             absl::UTCTimeZone())));
   }
   if (found.tenant < 0) return Caller{Role::kAdmin, nullptr};
   return Caller{Role::kTenant, &tenants_[found.tenant]};
+}
+
+absl::Status Authenticator::Refuse(AuthFailure reason,
+                                   absl::string_view message) const {
+  if (metrics_ != nullptr) metrics_->RecordAuthFailure(reason);
+  return absl::UnauthenticatedError(message);
 }
 
 absl::Status RequireAdmin(const Caller& caller, absl::string_view what) {

@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "arbiter/v1/config.pb.h"
 #include "gateway/auth/api_key.h"
+#include "gateway/metrics.h"
 
 namespace arbiter::auth {
 
@@ -54,7 +55,8 @@ struct Caller {
 
 class Authenticator final {
  public:
-  explicit Authenticator(const v1::Config& config);
+  // Counts refusals in `metrics` unless it is null; it must outlive this.
+  explicit Authenticator(const v1::Config& config, Metrics* metrics = nullptr);
 
   Authenticator(const Authenticator&) = delete;
   Authenticator& operator=(const Authenticator&) = delete;
@@ -76,7 +78,11 @@ class Authenticator final {
     int tenant = -1;  // Into tenants_; -1 for an admin key.
   };
 
+  // UNAUTHENTICATED `message`, counted as `reason`.
+  absl::Status Refuse(AuthFailure reason, absl::string_view message) const;
+
   bool enabled_ = false;
+  Metrics* const metrics_;
   std::vector<TenantGrant> tenants_;
   std::vector<Key> keys_;
 };

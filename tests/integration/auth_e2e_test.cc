@@ -29,6 +29,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::MetricSample;
 using ::arbiter::testing::RunCommand;
 using ::arbiter::testing::ServingGateway;
 using ::arbiter::testing::StartServe;
@@ -296,6 +297,17 @@ TEST_F(AuthTest, MissingUnknownAndExpiredKeysAreUnauthenticatedOverGrpc) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
   // The gateway never logs a key it was shown.
   EXPECT_THAT(gateway_->process->Output(), Not(HasSubstr(unknown)));
+  httplib::Client metrics("127.0.0.1", gateway_->metrics_port);
+  auto scraped = metrics.Get("/metrics");
+  ASSERT_TRUE(scraped);
+  auto failures = [&](const std::string& reason) {
+    return MetricSample(scraped->body, "arbiter_auth_failures_total",
+                        {{"reason", reason}});
+  };
+  EXPECT_EQ(failures("missing"), 1);
+  EXPECT_EQ(failures("unknown"), 2);
+  EXPECT_EQ(failures("expired"), 1);
+  EXPECT_EQ(failures("malformed"), 0);
 }
 
 TEST_F(AuthTest, HttpAnswers401WithWwwAuthenticateAndLeavesProbesOpen) {
