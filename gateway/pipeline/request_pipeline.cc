@@ -297,8 +297,8 @@ absl::StatusOr<policy::Decision> RequestPipeline::Decide(Call& call) {
   std::vector<std::string> ejected;
   const auth::TenantGrant* tenant = call.options.tenant;
   for (int r = 0; r < routes; ++r) {
-    // The one place a tenant's routes bound the choice: first attempts,
-    // fallbacks and every policy decide among these.
+    // A tenant's routes bound every policy decision, first attempts and
+    // fallbacks to the next best alike (fallback_routes: DecideFallback).
     if (tenant != nullptr && !tenant->routes[r]) {
       call.available[r] = false;
       continue;
