@@ -107,7 +107,13 @@ std::string GatewayChannel::Describe(const grpc::Status& status) const {
       (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) &&
       channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY;
-  return never_connected ? Unreachable(answer) : answer;
+  if (never_connected) return Unreachable(answer);
+  if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    absl::StrAppend(&answer,
+                    " (the gateway wants an API key: --api-key-file PATH or "
+                    "$ARBITER_API_KEY)");
+  }
+  return answer;
 }
 
 int GatewayChannel::Fail(const grpc::Status& status) const {

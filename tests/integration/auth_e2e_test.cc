@@ -486,6 +486,7 @@ TEST_F(AuthTest, TheCliSendsTheKeyFromTheEnvironmentOrAFile) {
   auto result = RunCommand(ARBITER_BINARY, {"stats", "--target", target});
   EXPECT_NE(result.exit_code, 0);
   EXPECT_THAT(result.output, HasSubstr("UNAUTHENTICATED"));
+  EXPECT_THAT(result.output, HasSubstr("--api-key-file PATH or"));
   result =
       RunCommand(ARBITER_BINARY, {"stats", "--target", target, "--api-key-file",
                                   KeyFile(admin_, "admin")});
