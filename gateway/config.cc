@@ -23,6 +23,7 @@
 #include "common/json.h"
 #include "common/quote.h"
 #include "common/utf8.h"
+#include "gateway/auth/api_key.h"
 #include "gateway/request_id_keys.h"
 #include "gateway/sim/simulator.h"
 #include "gateway/tls/tls_identity.h"
@@ -506,6 +507,7 @@ class Validator {
     }
     CheckRetrieval();
     CheckExperiments();
+    CheckAuth();
     if (config_.economics().has_window_minutes()) {
       InRange(config_.economics().window_minutes(), 1, 7 * 24 * 60,
               "economics.window_minutes");
@@ -588,6 +590,100 @@ class Validator {
               "must be the password's SHA-256 as 64 hex digits (printf %s "
               "\"$PASSWORD\" | sha256sum)");
       }
+    }
+  }
+
+  // One key of auth.tenants[i].keys or auth.admin_keys; `seen` maps each
+  // hash to where it first appeared.
+  void CheckApiKey(const v1::ApiKey& key, const std::string& path,
+                   std::map<std::string, std::string>& seen) {
+    auth::KeyDigest digest;
+    if (!auth::ParseSha256Hex(key.sha256(), &digest)) {
+      Error(path + ".sha256",
+            key.sha256().empty() ? "must be set (the key's SHA-256)"
+                                 : "not 64 hex digits",
+            " (`arbiter keys create` prints the line)");
+    } else {
+      const std::string hash = absl::AsciiStrToLower(key.sha256());
+      auto [it, first] = seen.emplace(hash, path);
+      if (!first)
+        Error(path + ".sha256", "duplicate key (first at ", it->second, ")");
+    }
+    absl::Time expires;
+    if (!key.expires().empty() && !auth::ParseExpiry(key.expires(), &expires)) {
+      Error(path + ".expires",
+            "must be an RFC 3339 time such as 2027-06-01T00:00:00Z, got ",
+            QuoteInput(key.expires()));
+    }
+    if (key.label().size() > 128 || !IsValidUtf8(key.label())) {
+      Error(path + ".label", "must be at most 128 characters of UTF-8");
+    }
+  }
+
+  void CheckAuth() {
+    if (!config_.has_auth()) return;
+    const v1::Auth& auth = config_.auth();
+    if (auth.mode() == v1::AUTH_MODE_NONE) {
+      if (!auth.tenants().empty() || !auth.admin_keys().empty()) {
+        Error("auth.mode",
+              "none checks no keys; remove tenants and "
+              "admin_keys, or set mode keys");
+      }
+      return;
+    }
+    std::map<std::string, std::string> seen;  // Hash -> where.
+    std::set<std::string> names;
+    int keys = 0;
+    for (int t = 0; t < auth.tenants_size(); ++t) {
+      const v1::Tenant& tenant = auth.tenants(t);
+      const std::string path = absl::StrCat("auth.tenants[", t, "]");
+      if (!IsLabelSafe(tenant.name())) {
+        Error(path + ".name",
+              "must be 1-64 characters of letters, digits, '_', '-' or '.'");
+      } else if (!names.insert(tenant.name()).second) {
+        Error(path + ".name", "duplicate tenant \"", tenant.name(), "\"");
+      }
+      for (int k = 0; k < tenant.keys_size(); ++k) {
+        CheckApiKey(tenant.keys(k), absl::StrCat(path, ".keys[", k, "]"), seen);
+        ++keys;
+      }
+      for (int r = 0; r < tenant.allowed_routes_size(); ++r) {
+        const std::string& route = tenant.allowed_routes(r);
+        if (!routes_.contains(route)) {
+          Error(absl::StrCat(path, ".allowed_routes[", r, "]"),
+                "unknown route ", QuoteInput(route));
+        }
+      }
+      for (int k = 0; k < tenant.allowed_tasks_size(); ++k) {
+        const std::string& task = tenant.allowed_tasks(k);
+        if (!tasks_.contains(task)) {
+          Error(absl::StrCat(path, ".allowed_tasks[", k, "]"), "unknown task ",
+                QuoteInput(task));
+        }
+      }
+      for (int c = 0; c < tenant.allowed_collections_size(); ++c) {
+        const std::string& name = tenant.allowed_collections(c);
+        const bool valid = !name.empty() && name.size() <= 128 &&
+                           std::all_of(name.begin(), name.end(), [](char ch) {
+                             return absl::ascii_isalnum(ch) || ch == '_' ||
+                                    ch == '-' || ch == '.';
+                           });
+        if (!valid) {
+          Error(absl::StrCat(path, ".allowed_collections[", c, "]"),
+                "must be a collection name: 1-128 letters, digits, '_', '-' "
+                "or '.'");
+        }
+      }
+    }
+    for (int k = 0; k < auth.admin_keys_size(); ++k) {
+      CheckApiKey(auth.admin_keys(k), absl::StrCat("auth.admin_keys[", k, "]"),
+                  seen);
+      ++keys;
+    }
+    if (keys == 0) {
+      Error("auth",
+            "mode keys needs at least one tenant key or admin key "
+            "(`arbiter keys create`), or say mode none");
     }
   }
 
@@ -1347,6 +1443,14 @@ void ApplyOpenAIBackendDefaults(v1::OpenAIBackend& openai) {
 }
 
 void ApplyConfigDefaults(v1::Config& config) {
+  if (config.has_auth() && config.auth().mode() == v1::AUTH_MODE_UNSPECIFIED) {
+    config.mutable_auth()->set_mode(v1::AUTH_MODE_KEYS);
+  }
+  // Reflection tells any caller every service: not by default behind keys.
+  if (!config.server().has_reflection()) {
+    config.mutable_server()->set_reflection(
+        !(config.has_auth() && config.auth().mode() == v1::AUTH_MODE_KEYS));
+  }
   v1::Server& server = *config.mutable_server();
   if (server.grpc_listen().empty()) server.set_grpc_listen("127.0.0.1:50051");
   if (server.metrics_listen().empty()) {
@@ -1359,7 +1463,6 @@ void ApplyConfigDefaults(v1::Config& config) {
   }
   if (!server.has_max_in_flight()) server.set_max_in_flight(4096);
   if (!server.has_max_request_bytes()) server.set_max_request_bytes(1 << 20);
-  if (!server.has_reflection()) server.set_reflection(true);
   if (!server.has_decision_log_max_mb()) server.set_decision_log_max_mb(64);
   if (!server.has_retrieval_threads()) server.set_retrieval_threads(4);
   if (!server.has_retrieval_queue()) server.set_retrieval_queue(256);
@@ -1586,6 +1689,21 @@ std::string DescribeConfig(const LoadedConfig& loaded) {
   }
   absl::StrAppend(&text, "tasks: ", absl::StrJoin(config.tasks(), ", "),
                   " (default ", config.default_task(), ")\n");
+  if (config.has_auth()) {
+    std::vector<std::string> tenants;
+    for (const v1::Tenant& tenant : config.auth().tenants()) {
+      tenants.push_back(tenant.name());
+    }
+    absl::StrAppend(
+        &text, "auth: ", EnumName(config.auth().mode()),
+        config.auth().mode() == v1::AUTH_MODE_NONE
+            ? ""
+            : absl::StrCat(
+                  ", tenants ",
+                  tenants.empty() ? "none" : absl::StrJoin(tenants, ", "), ", ",
+                  config.auth().admin_keys_size(), " admin key(s)"),
+        "\n");
+  }
   return text;
 }
 

@@ -56,7 +56,8 @@ Gateway::Gateway(LoadedConfig config, GatewayFoundation& foundation,
       handover_(handover),
       stats_(loaded_.config.routes_size(), loaded_.config.tasks_size(),
              StatsOptionsFrom(loaded_.config)),
-      metrics_(registry, loaded_.config) {}
+      metrics_(registry, loaded_.config),
+      authenticator_(loaded_.config, &metrics_) {}
 
 Gateway::~Gateway() {
   stopping_ = true;

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "arbiter/v1/gateway.pb.h"
+#include "gateway/auth/authenticator.h"
 #include "gateway/backends/backend.h"
 #include "gateway/config.h"
 #include "gateway/gateway_foundation.h"
@@ -71,6 +72,10 @@ class Gateway final {
   [[nodiscard]] FeedbackRecorder& feedback() { return *feedback_; }
   [[nodiscard]] AdminService& admin() { return *admin_; }
   [[nodiscard]] StateSync& state_sync() { return *state_sync_; }
+  // Who may call this generation: a reload brings the new config's keys.
+  [[nodiscard]] const auth::Authenticator& authenticator() const {
+    return authenticator_;
+  }
   // What the components share, for fronts that read it (the route table).
   [[nodiscard]] const GatewayParts& parts() const { return parts_; }
 
@@ -127,6 +132,7 @@ class Gateway final {
       ABSL_GUARDED_BY(economics_mu_);
   std::unique_ptr<StateSync> state_sync_;
   Metrics metrics_;
+  const auth::Authenticator authenticator_;
   std::unique_ptr<RequestPipeline> pipeline_;
   std::unique_ptr<FeedbackRecorder> feedback_;
   std::unique_ptr<AdminService> admin_;

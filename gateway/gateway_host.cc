@@ -3,14 +3,17 @@
 #include <openssl/sha.h>
 
 #include <iostream>
+#include <set>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "gateway/auth/exposure.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -100,6 +103,31 @@ std::vector<std::string> Changes(const Gateway& before, const Gateway& after) {
   line("routes removed", removed);
   line("backends kept (connections and health)", kept);
   line("backends made new", made);
+  // Keys by hash only: that a rotation took effect, never which key.
+  auto key_hashes = [](const v1::Config& config) {
+    std::set<std::string> hashes;
+    for (const v1::Tenant& tenant : config.auth().tenants()) {
+      for (const v1::ApiKey& key : tenant.keys()) {
+        hashes.insert(absl::AsciiStrToLower(key.sha256()));
+      }
+    }
+    for (const v1::ApiKey& key : config.auth().admin_keys()) {
+      hashes.insert(absl::AsciiStrToLower(key.sha256()));
+    }
+    return hashes;
+  };
+  const std::set<std::string> keys_before = key_hashes(before.config());
+  const std::set<std::string> keys_after = key_hashes(after.config());
+  int keys_added = 0;
+  for (const std::string& hash : keys_after) {
+    keys_added += keys_before.contains(hash) ? 0 : 1;
+  }
+  const int keys_removed = static_cast<int>(keys_before.size()) -
+                           (static_cast<int>(keys_after.size()) - keys_added);
+  if (keys_added > 0 || keys_removed > 0) {
+    lines.push_back(absl::StrCat("API keys: ", keys_added, " added, ",
+                                 keys_removed, " removed"));
+  }
   return lines;
 }
 
@@ -210,6 +238,15 @@ absl::StatusOr<GatewayHost::ReloadReport> GatewayHost::Reload() {
     return refuse(absl::FailedPreconditionError(
         absl::StrCat("these settings only change with a restart: ",
                      absl::StrJoin(restart_only, "; "))));
+  }
+  // Its listeners stay, so dropping auth would open them to anyone.
+  if (absl::Status exposed = auth::CheckExposure(loaded->config);
+      !exposed.ok()) {
+    return refuse(exposed);
+  }
+  if (const std::string warning = auth::OpenAccessWarning(loaded->config);
+      !warning.empty()) {
+    std::cerr << warning << std::endl;
   }
   const std::string hash = HashOf(loaded->config);
   auto made =

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "arbiter/v1/gateway.grpc.pb.h"
+#include "gateway/auth/authenticator.h"
 #include "gateway/tls/tls_identity.h"
 #include "gateway/wire_check.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -48,6 +49,36 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
     return absl::InfiniteFuture();
   }
   return absl::FromChrono(deadline);
+}
+
+// The caller of a call to `gateway`, by its authorization metadata.
+absl::StatusOr<auth::Caller> CallerOf(
+    const Gateway& gateway, const grpc::CallbackServerContext* context) {
+  std::optional<absl::string_view> authorization;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  return gateway.authenticator().Identify(authorization, absl::Now());
+}
+
+// OK when the call's key may call `method`, an admin-only one.
+absl::Status AdminOnly(GatewayHost& host,
+                       const grpc::CallbackServerContext* context,
+                       absl::string_view method) {
+  // Held while the caller, which points into it, is read.
+  const std::shared_ptr<Gateway> gateway = host.Current();
+  auto caller = CallerOf(*gateway, context);
+  if (!caller.ok()) return caller.status();
+  return auth::RequireAdmin(*caller, method);
+}
+
+// Ends a unary call before it is read.
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                 const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
 }
 
 // Serves a unary call from its raw bytes. A request that protobuf refuses
@@ -127,6 +158,23 @@ auto Answer(RetrievalService& service, Method method) {
   };
 }
 
+// `handler` for a caller that may read the request's collection (named by
+// `collection`); PERMISSION_DENIED naming it otherwise.
+template <typename Request, typename Handler>
+auto Searching(const auth::Caller& caller,
+               const std::string& (Request::*collection)() const,
+               Handler handler) {
+  return [caller, collection, handler = std::move(handler)](
+             const Request& request, auto* response,
+             RetrievalService::Done done) mutable {
+    if (absl::Status allowed = auth::MaySearch(caller, (request.*collection)());
+        !allowed.ok()) {
+      return std::move(done)(allowed);
+    }
+    handler(request, response, std::move(done));
+  };
+}
+
 // Parses a raw request as Serve does; INVALID_ARGUMENT naming the field.
 template <typename Request>
 absl::Status ParseRaw(const grpc::ByteBuffer& wire, Request* request) {
@@ -158,7 +206,9 @@ class InferStreamReactor final
     auto reactor = std::shared_ptr<InferStreamReactor>(new InferStreamReactor);
     reactor->self_ = reactor;
     reactor->gateway_ = gateway;
-    absl::Status parsed = ParseRaw(*wire_request, &reactor->request_);
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
+    absl::Status parsed = caller.status();
+    if (parsed.ok()) parsed = ParseRaw(*wire_request, &reactor->request_);
     if (!parsed.ok()) {
       reactor->Finish(ToGrpcStatus(parsed));
       return reactor.get();
@@ -166,6 +216,7 @@ class InferStreamReactor final
     InferOptions options;
     options.deadline = DeadlineOf(context);
     options.stream = true;
+    options.tenant = caller->tenant;
     std::shared_ptr<InferHandle> handle =
         gateway->pipeline().Infer(reactor->request_, options, reactor);
     {
@@ -286,18 +337,23 @@ class GatewayGrpc final : public v1::Gateway::WithRawCallbackMethod_Infer<
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
                                   const ByteBuffer* request,
                                   ByteBuffer* response) override {
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
+    if (!caller.ok()) return Refuse(context, caller.status());
     return Serve<v1::InferRequest, v1::InferResponse>(
         context, request, response,
-        [this, context](const v1::InferRequest& r, v1::InferResponse* out,
-                        RetrievalService::Done done) {
-          std::shared_ptr<Gateway> gateway = host_.Current();
+        [context, tenant = caller->tenant, gateway = std::move(gateway)](
+            const v1::InferRequest& r, v1::InferResponse* out,
+            RetrievalService::Done done) mutable {
           RequestPipeline& pipeline = gateway->pipeline();
           // Held until the call ends: it finishes on the config it began on.
-          InferWhole(pipeline, r, DeadlineOf(context), out,
-                     [done = std::move(done), gateway = std::move(gateway)](
-                         absl::Status status) mutable {
-                       std::move(done)(std::move(status));
-                     });
+          InferWhole(
+              pipeline, r, DeadlineOf(context), out,
+              [done = std::move(done),
+               gateway = std::move(gateway)](absl::Status status) mutable {
+                std::move(done)(std::move(status));
+              },
+              tenant);
         });
   }
 
@@ -310,11 +366,17 @@ class GatewayGrpc final : public v1::Gateway::WithRawCallbackMethod_Infer<
   grpc::ServerUnaryReactor* Feedback(grpc::CallbackServerContext* context,
                                      const ByteBuffer* request,
                                      ByteBuffer* response) override {
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
+    if (!caller.ok()) return Refuse(context, caller.status());
+    std::optional<std::string> tenant;
+    if (caller->role == auth::Role::kTenant) tenant = caller->tenant->name;
     return Serve<v1::FeedbackRequest, v1::FeedbackResponse>(
         context, request, response,
         AnswerNow<v1::FeedbackRequest, v1::FeedbackResponse>(
-            [this](const auto& r) {
-              return host_.Current()->feedback().Record(r);
+            [gateway = std::move(gateway),
+             tenant = std::move(tenant)](const auto& r) {
+              return gateway->feedback().Record(r, tenant);
             }));
   }
 
@@ -334,6 +396,11 @@ class AdminGrpc final
   grpc::ServerUnaryReactor* GetRouteStats(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
                                           ByteBuffer* response) override {
+    if (absl::Status admitted =
+            AdminOnly(host_, context, "Admin.GetRouteStats");
+        !admitted.ok()) {
+      return Refuse(context, admitted);
+    }
     return Serve<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
         context, request, response,
         AnswerNow<v1::GetRouteStatsRequest, v1::GetRouteStatsResponse>(
@@ -345,6 +412,11 @@ class AdminGrpc final
   grpc::ServerUnaryReactor* GetExperiment(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
                                           ByteBuffer* response) override {
+    if (absl::Status admitted =
+            AdminOnly(host_, context, "Admin.GetExperiment");
+        !admitted.ok()) {
+      return Refuse(context, admitted);
+    }
     return Serve<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
         context, request, response,
         AnswerNow<v1::GetExperimentRequest, v1::ExperimentAnalysis>(
@@ -356,6 +428,10 @@ class AdminGrpc final
   grpc::ServerUnaryReactor* GetEconomics(grpc::CallbackServerContext* context,
                                          const ByteBuffer* request,
                                          ByteBuffer* response) override {
+    if (absl::Status admitted = AdminOnly(host_, context, "Admin.GetEconomics");
+        !admitted.ok()) {
+      return Refuse(context, admitted);
+    }
     return Serve<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
         context, request, response,
         AnswerNow<v1::GetEconomicsRequest, v1::GetEconomicsResponse>(
@@ -367,6 +443,10 @@ class AdminGrpc final
   grpc::ServerUnaryReactor* ReloadConfig(grpc::CallbackServerContext* context,
                                          const ByteBuffer* request,
                                          ByteBuffer* response) override {
+    if (absl::Status admitted = AdminOnly(host_, context, "Admin.ReloadConfig");
+        !admitted.ok()) {
+      return Refuse(context, admitted);
+    }
     return Serve<v1::ReloadConfigRequest, v1::ReloadConfigResponse>(
         context, request, response,
         AnswerNow<v1::ReloadConfigRequest, v1::ReloadConfigResponse>(
@@ -399,6 +479,10 @@ class RetrievalGrpc final
   grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
+    if (absl::Status admitted = AdminOnly(host_, context, "Retrieval.Upsert");
+        !admitted.ok()) {
+      return Refuse(context, admitted);
+    }
     return Serve<v1::UpsertRequest, v1::UpsertResponse>(
         context, request, response,
         Answer(host_.foundation().retrieval(), &RetrievalService::Upsert));
@@ -406,6 +490,10 @@ class RetrievalGrpc final
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
+    if (absl::Status admitted = AdminOnly(host_, context, "Retrieval.Delete");
+        !admitted.ok()) {
+      return Refuse(context, admitted);
+    }
     return Serve<v1::DeleteRequest, v1::DeleteResponse>(
         context, request, response,
         Answer(host_.foundation().retrieval(), &RetrievalService::Delete));
@@ -413,17 +501,26 @@ class RetrievalGrpc final
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const ByteBuffer* request,
                                    ByteBuffer* response) override {
+    const std::shared_ptr<Gateway> gateway = host_.Current();
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
+    if (!caller.ok()) return Refuse(context, caller.status());
     return Serve<v1::SearchRequest, v1::SearchResponse>(
         context, request, response,
-        Answer(host_.foundation().retrieval(), &RetrievalService::Search));
+        Searching(
+            *caller, &v1::SearchRequest::collection,
+            Answer(host_.foundation().retrieval(), &RetrievalService::Search)));
   }
   grpc::ServerUnaryReactor* GetCollection(grpc::CallbackServerContext* context,
                                           const ByteBuffer* request,
                                           ByteBuffer* response) override {
+    const std::shared_ptr<Gateway> gateway = host_.Current();
+    absl::StatusOr<auth::Caller> caller = CallerOf(*gateway, context);
+    if (!caller.ok()) return Refuse(context, caller.status());
     return Serve<v1::GetCollectionRequest, v1::CollectionInfo>(
         context, request, response,
-        Answer(host_.foundation().retrieval(),
-               &RetrievalService::GetCollection));
+        Searching(*caller, &v1::GetCollectionRequest::name,
+                  Answer(host_.foundation().retrieval(),
+                         &RetrievalService::GetCollection)));
   }
 
  private:

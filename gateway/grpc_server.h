@@ -14,7 +14,10 @@ namespace arbiter {
 [[nodiscard]] grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The gRPC front: Gateway and Admin services on the callback API (no thread
-// waits on a backend), plus health checking and reflection.
+// waits on a backend), plus health checking and reflection. Each call's
+// `authorization` metadata is checked by the generation's authenticator
+// (gateway/auth) before the call is read: Admin and Retrieval writes need
+// an admin key, Search a collection the tenant may read.
 class GrpcServer final {
  public:
   // Listens on `address` (port 0 lets the OS choose; see port()), alone:

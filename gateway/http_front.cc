@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "gateway/auth/authenticator.h"
 #include "gateway/openai/chat_request.h"
 #include "gateway/openai/chat_response.h"
 #include "gateway/openai/endpoints.h"
@@ -51,6 +52,17 @@ std::vector<std::pair<absl::string_view, absl::string_view>> HeaderFields(
   return fields;
 }
 
+// The caller of `request` to `gateway`, by its Authorization header.
+absl::StatusOr<auth::Caller> CallerOf(const Gateway& gateway,
+                                      const http::Request& request) {
+  std::optional<absl::string_view> authorization;
+  if (auto it = request.find(beast_http::field::authorization);
+      it != request.end()) {
+    authorization = absl::string_view(it->value().data(), it->value().size());
+  }
+  return gateway.authenticator().Identify(authorization, absl::Now());
+}
+
 // One chat completion between the pipeline and its client: the sink of the
 // request, answering once at the end (unary) or as a stream of SSE events.
 class ChatExchange final : public InferSink,
@@ -64,8 +76,10 @@ class ChatExchange final : public InferSink,
     ++*in_flight_;
   }
 
-  // Runs on `gateway`, which it holds until it ends.
-  void Start(std::shared_ptr<Gateway> gateway) {
+  // Runs on `gateway`, which it holds until it ends, for `tenant` (see
+  // InferOptions).
+  void Start(std::shared_ptr<Gateway> gateway,
+             const auth::TenantGrant* tenant) {
     gateway_ = gateway;
     RequestPipeline& pipeline = gateway->pipeline();
     {
@@ -74,6 +88,7 @@ class ChatExchange final : public InferSink,
     }
     InferOptions options;
     options.stream = chat_.stream;
+    options.tenant = tenant;
     if (chat_.timeout.has_value()) {
       options.deadline = absl::Now() + *chat_.timeout;
     }
@@ -192,11 +207,14 @@ class HttpFront::Handlers {
         started_(absl::ToUnixSeconds(absl::Now())) {}
 
   void ChatCompletions(http::Request request, http::Responder responder) {
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    auto caller = CallerOf(*gateway, request);
+    if (!caller.ok())
+      return Reply(std::move(responder), openai::ErrorFor(caller.status()));
     const auto headers = HeaderFields(request);
     auto chat = openai::ParseChatCompletionRequest(request.body(), headers);
     if (!chat.ok())
       return Reply(std::move(responder), openai::ErrorFor(chat.status()));
-    std::shared_ptr<Gateway> gateway = host_.Current();
     if (!chat->request.route().empty() &&
         !gateway->parts().route_index.contains(chat->request.route())) {
       std::vector<std::string> route_names;
@@ -214,22 +232,31 @@ class HttpFront::Handlers {
     }
     auto exchange = std::make_shared<ChatExchange>(
         *std::move(chat), std::move(responder), front_.in_flight_);
-    exchange->Start(std::move(gateway));
+    exchange->Start(std::move(gateway), caller->tenant);
   }
 
-  void Models(http::Request, http::Responder responder) const {
+  void Models(http::Request request, http::Responder responder) const {
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    auto caller = CallerOf(*gateway, request);
+    if (!caller.ok())
+      return Reply(std::move(responder), openai::ErrorFor(caller.status()));
     std::vector<openai::ModelEntry> models;
-    for (const v1::Route& route : host_.Current()->config().routes()) {
-      models.push_back({route.name(), "arbiter"});
+    const auto& routes = gateway->config().routes();
+    for (int r = 0; r < routes.size(); ++r) {
+      // A tenant sees the routes it may use; arbiter/auto chooses among them.
+      if (caller->tenant != nullptr && !caller->tenant->routes[r]) continue;
+      models.push_back({routes[r].name(), "arbiter"});
     }
     std::move(responder).Send(
         JsonResponse(200, openai::RenderModelsList(models, started_)));
   }
 
   void Embeddings(http::Request request, http::Responder responder) {
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    if (auto caller = CallerOf(*gateway, request); !caller.ok())
+      return Reply(std::move(responder), openai::ErrorFor(caller.status()));
     auto parsed = openai::ParseEmbeddingsRequest(request.body());
     absl::Status valid = parsed.status();
-    std::shared_ptr<Gateway> gateway = host_.Current();
     const int dim = gateway->config().retrieval().embedding_dim();
     if (valid.ok()) valid = openai::CheckDimensions(*parsed, dim);
     if (!valid.ok())
@@ -267,10 +294,16 @@ class HttpFront::Handlers {
   }
 
   void Feedback(http::Request request, http::Responder responder) {
+    std::shared_ptr<Gateway> gateway = host_.Current();
+    auto caller = CallerOf(*gateway, request);
+    if (!caller.ok())
+      return Reply(std::move(responder), openai::ErrorFor(caller.status()));
     auto parsed = openai::ParseFeedbackRequest(request.body());
     if (!parsed.ok())
       return Reply(std::move(responder), openai::ErrorFor(parsed.status()));
-    auto recorded = host_.Current()->feedback().Record(*parsed);
+    std::optional<absl::string_view> tenant;
+    if (caller->role == auth::Role::kTenant) tenant = caller->tenant->name;
+    auto recorded = gateway->feedback().Record(*parsed, tenant);
     if (!recorded.ok())
       return Reply(std::move(responder), openai::ErrorFor(recorded.status()));
     std::move(responder).Send(JsonResponse(

@@ -22,7 +22,9 @@ namespace arbiter {
 //   GET  /healthz              alive
 //   GET  /readyz               config loaded and a route's backend reachable
 // The schema and errors are gateway/openai's. A client that goes away
-// cancels its request and the backend call.
+// cancels its request and the backend call. The /v1 endpoints need the
+// Authorization header the generation's authenticator accepts (gateway/auth)
+// when the config has auth; /healthz and /readyz never do.
 class HttpFront final {
  public:
   // Listens on server.http_listen ("off" is the caller's to skip) with

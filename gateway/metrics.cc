@@ -264,6 +264,21 @@ Metrics::Metrics(prometheus::Registry& registry, const v1::Config& config)
     feedback_rejected_[static_cast<int>(reason)] = &feedback_rejected.Add(
         {{"reason", std::string(RejectionName(reason))}});
   }
+  auto& auth_failures =
+      BuildCounter()
+          .Name("arbiter_auth_failures_total")
+          .Help(
+              "Calls refused as UNAUTHENTICATED (HTTP 401) by why: missing "
+              "(no authorization), malformed (not Bearer <key>), unknown "
+              "(no configured key has its hash), expired.")
+          .Register(registry);
+  for (auto [reason, name] : {std::pair{AuthFailure::kMissing, "missing"},
+                              std::pair{AuthFailure::kMalformed, "malformed"},
+                              std::pair{AuthFailure::kUnknown, "unknown"},
+                              std::pair{AuthFailure::kExpired, "expired"}}) {
+    auth_failures_[static_cast<int>(reason)] =
+        &auth_failures.Add({{"reason", name}});
+  }
   RegisterEconomics(registry, config);
   BuildGauge()
       .Name("arbiter_build_info")
@@ -538,6 +553,8 @@ absl::string_view RejectReasonName(RejectReason reason) {
       return "retrieval_queue";
     case RejectReason::kBackendQueue:
       return "backend_queue";
+    case RejectReason::kNotPermitted:
+      return "not_permitted";
   }
   return "unknown";
 }
@@ -547,6 +564,10 @@ void Metrics::RecordRejected(absl::string_view code, RejectReason reason) {
       .Add({{"code", absl::AsciiStrToLower(code)},
             {"reason", std::string(RejectReasonName(reason))}})
       .Increment();
+}
+
+void Metrics::RecordAuthFailure(AuthFailure reason) {
+  auth_failures_[static_cast<int>(reason)]->Increment();
 }
 
 void Metrics::RecordFeedback(int route, int task, double score, bool graded) {

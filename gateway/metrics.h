@@ -31,8 +31,12 @@ enum class RejectReason {
   kMaxInFlight,     // server.max_in_flight requests were in flight already.
   kRetrievalQueue,  // The retrieval pool's queue was full.
   kBackendQueue,    // Its backend's connections and queue were full.
+  kNotPermitted,    // Its tenant may not use the route or task it named.
 };
 absl::string_view RejectReasonName(RejectReason reason);
+
+// Why a call's API key was refused (UNAUTHENTICATED), a metric label each.
+enum class AuthFailure { kMissing, kMalformed, kUnknown, kExpired };
 
 // The gateway's worker pools, a metric label each.
 enum class Pool { kRetrieval, kIngest };
@@ -80,6 +84,7 @@ class Metrics final {
   void RecordFeedback(int route, int task, double score, bool graded);
   // Feedback refused because its request id did not verify.
   void RecordFeedbackRejected(RequestIdRejection reason);
+  void RecordAuthFailure(AuthFailure reason);
   // Feedback for a request whose feedback was counted already.
   void RecordFeedbackDuplicate();
   // Feedback for a request that failed or was cancelled.
@@ -138,6 +143,7 @@ class Metrics final {
   prometheus::Family<prometheus::Counter>& rejected_;
   // By RequestIdRejection. Constant after construction.
   std::array<prometheus::Counter*, 3> feedback_rejected_;
+  std::array<prometheus::Counter*, 4> auth_failures_;
   prometheus::Counter* feedback_duplicate_;
   prometheus::Counter* feedback_unanswered_;
   prometheus::Family<prometheus::Counter>* decisions_;

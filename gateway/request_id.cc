@@ -1,10 +1,10 @@
 #include "gateway/request_id.h"
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/core_names.h>
 #include <openssl/params.h>
 
 #include <cmath>
@@ -22,6 +22,8 @@ namespace arbiter {
 namespace {
 
 constexpr absl::string_view kPrefix = "arb2_";
+// An id that carries a tenant; see RequestIdSigner.
+constexpr absl::string_view kTenantPrefix = "arb3_";
 // Where Verify's statuses say which rejection they are, for RejectionOf.
 constexpr absl::string_view kRejectionPayload =
     "type.arbiter.dev/arbiter.RequestIdRejection";
@@ -56,6 +58,7 @@ std::string Payload(const RequestIdParts& parts) {
   AppendField(&payload, parts.task);
   AppendField(&payload, parts.experiment);
   AppendField(&payload, parts.arm);
+  if (!parts.tenant.empty()) AppendField(&payload, parts.tenant);
   AppendUint64(&payload, static_cast<uint64_t>(parts.unix_millis));
   AppendUint64(&payload, parts.nonce);
   return payload;
@@ -252,10 +255,13 @@ RequestIdSigner::~RequestIdSigner() {
 absl::StatusOr<std::string> RequestIdSigner::Issue(
     const RequestIdParts& parts) const {
   std::string payload = Payload(parts);
-  auto mac = Mac(keyed_.front(), keys_.front(), payload);
+  const bool tenant = !parts.tenant.empty();
+  auto mac = Mac(keyed_.front(), keys_.front(),
+                 tenant ? absl::StrCat(kTenantPrefix, payload) : payload);
   if (!mac.ok()) return mac.status();
   payload.append(*mac);
-  return absl::StrCat(kPrefix, absl::WebSafeBase64Escape(payload));
+  return absl::StrCat(tenant ? kTenantPrefix : kPrefix,
+                      absl::WebSafeBase64Escape(payload));
 }
 
 absl::StatusOr<VerifiedRequestId> RequestIdSigner::Verify(
@@ -267,7 +273,10 @@ absl::StatusOr<VerifiedRequestId> RequestIdSigner::Verify(
                     RequestIdRejection::kNotIssuedHere);
   };
   absl::string_view encoded = id;
-  if (!absl::ConsumePrefix(&encoded, kPrefix)) return not_issued_here();
+  const bool tenant = absl::ConsumePrefix(&encoded, kTenantPrefix);
+  if (!tenant && !absl::ConsumePrefix(&encoded, kPrefix)) {
+    return not_issued_here();
+  }
   std::string decoded;
   // Only the one spelling Issue writes: base64 has others for the same bytes
   // (padding, the unused bits of the last character).
@@ -281,8 +290,11 @@ absl::StatusOr<VerifiedRequestId> RequestIdSigner::Verify(
   const absl::string_view mac =
       absl::string_view(decoded).substr(payload.size());
   bool signed_here = false;
+  const std::string tagged =
+      tenant ? absl::StrCat(kTenantPrefix, payload) : std::string();
   for (size_t k = 0; k < keys_.size(); ++k) {
-    auto expected = Mac(keyed_[k], keys_[k], payload);
+    auto expected =
+        Mac(keyed_[k], keys_[k], tenant ? absl::string_view(tagged) : payload);
     if (!expected.ok()) return expected.status();
     if (CRYPTO_memcmp(expected->data(), mac.data(), kRequestIdMacBytes) == 0) {
       signed_here = true;
@@ -297,6 +309,7 @@ absl::StatusOr<VerifiedRequestId> RequestIdSigner::Verify(
   uint64_t millis = 0;
   if (!reader.Field(&parts.route) || !reader.Field(&parts.task) ||
       !reader.Field(&parts.experiment) || !reader.Field(&parts.arm) ||
+      (tenant && (!reader.Field(&parts.tenant) || parts.tenant.empty())) ||
       !reader.Uint64(&millis) || !reader.Uint64(&parts.nonce) ||
       !reader.AtEnd()) {
     return not_issued_here();

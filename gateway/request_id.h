@@ -40,6 +40,9 @@ struct RequestIdParts {
   // The experiment and arm the request was assigned to; empty if none.
   std::string experiment;
   std::string arm;
+  // The tenant whose key made the request, who alone may judge it; empty
+  // for an admin's request or with auth off.
+  std::string tenant;
 };
 
 // Bytes of the id's MAC: HMAC-SHA-256 truncated to 128 bits.
@@ -65,8 +68,11 @@ enum class RequestIdRejection { kNotIssuedHere, kExpired, kFromTheFuture };
 
 // Issues and verifies request ids: "arb2_" + base64url(payload | MAC), the
 // payload holding every string field length-prefixed (so no field can run
-// into the next), then the issue time and the nonce. Thread-safe; constant
-// after construction.
+// into the next), then the issue time and the nonce. An id with a tenant is
+// "arb3_", its payload the tenant after the arm and its MAC over the prefix
+// too (so neither version verifies as the other); ids without one stay
+// arb2_, as gateways before tenants issue and read them. Thread-safe;
+// constant after construction.
 class RequestIdSigner final {
  public:
   static constexpr size_t kMinKeyBytes = 32;

@@ -1,19 +1,96 @@
 #include "gateway/cli/client.h"
 
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <sstream>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/client_interceptor.h"
 
 namespace arbiter::cli {
 
-GatewayChannel::GatewayChannel(std::string target)
-    : target_(std::move(target)),
-      channel_(
-          grpc::CreateChannel(target_, grpc::InsecureChannelCredentials())) {}
+namespace {
+
+// Adds the authorization metadata to every call of a channel.
+class BearerInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerInterceptor(const std::string* value) : value_(value) {}
+
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::
+                PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace("authorization", *value_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string* const value_;  // The factory's, which outlives calls.
+};
+
+class BearerFactory final
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerFactory(const std::string& api_key)
+      : value_(absl::StrCat("Bearer ", api_key)) {}
+
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new BearerInterceptor(&value_);
+  }
+
+ private:
+  const std::string value_;
+};
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
+                                           const std::string& api_key) {
+  if (api_key.empty()) {
+    return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  }
+  std::vector<
+      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<BearerFactory>(api_key));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(
+      target, grpc::InsecureChannelCredentials(), grpc::ChannelArguments(),
+      std::move(interceptors));
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ApiKeyOf(const std::string& file) {
+  if (file.empty()) {
+    const char* from_env = std::getenv("ARBITER_API_KEY");
+    return std::string(
+        from_env == nullptr ? "" : absl::StripAsciiWhitespace(from_env));
+  }
+  std::ifstream in(file, std::ios::binary);
+  std::stringstream content;
+  if (!in.is_open()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--api-key-file: cannot read ", file));
+  }
+  content << in.rdbuf();  // Fails only for an empty file, which is told next.
+  std::string key(absl::StripAsciiWhitespace(content.str()));
+  if (key.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--api-key-file: ", file, " holds no key"));
+  }
+  return key;
+}
+
+GatewayChannel::GatewayChannel(std::string target, const std::string& api_key)
+    : target_(std::move(target)), channel_(MakeChannel(target_, api_key)) {}
 
 std::string GatewayChannel::Unreachable(absl::string_view why) const {
   return absl::StrCat("cannot reach a gateway at ", target_, " (", why,
@@ -30,7 +107,13 @@ std::string GatewayChannel::Describe(const grpc::Status& status) const {
       (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) &&
       channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY;
-  return never_connected ? Unreachable(answer) : answer;
+  if (never_connected) return Unreachable(answer);
+  if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    absl::StrAppend(&answer,
+                    " (the gateway wants an API key: --api-key-file PATH or "
+                    "$ARBITER_API_KEY)");
+  }
+  return answer;
 }
 
 int GatewayChannel::Fail(const grpc::Status& status) const {

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
@@ -13,12 +14,19 @@ namespace arbiter::cli {
 
 inline constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 
+// The API key a client sends: the content of `file` (surrounding
+// whitespace trimmed) when one is named, else $ARBITER_API_KEY, else ""
+// (none). INVALID_ARGUMENT naming the file when it cannot be read or holds
+// no key; the key itself is never printed.
+[[nodiscard]] absl::StatusOr<std::string> ApiKeyOf(const std::string& file);
+
 // An insecure channel to the gateway at `target` (loopback by default) that
 // tells a gateway's answer from a failure to reach one: a call that never
-// got there is reported with the address and `arbiter serve`.
+// got there is reported with the address and `arbiter serve`. Every call
+// carries `authorization: Bearer <api_key>` unless api_key is empty.
 class GatewayChannel final {
  public:
-  explicit GatewayChannel(std::string target);
+  explicit GatewayChannel(std::string target, const std::string& api_key = "");
 
   GatewayChannel(const GatewayChannel&) = delete;
   GatewayChannel& operator=(const GatewayChannel&) = delete;

@@ -19,7 +19,7 @@ CLI::App* AddInferCommand(CLI::App& arbiter, InferFlags& flags) {
       "id to give `arbiter feedback`.",
       "arbiter infer --task faq \"How do I reset my password?\"\n"
       "  arbiter infer -- \"-h is a text, not a flag, after --\"");
-  AddTarget(*infer, flags.target);
+  AddTarget(*infer, flags.target, flags.api_key_file);
   infer->add_option("--task", flags.task, "the request's task class")
       ->type_name("T")
       ->default_str("the config's default_task");
@@ -68,7 +68,7 @@ CLI::App* AddFeedbackCommand(CLI::App& arbiter, FeedbackFlags& flags) {
       "Record the outcome of an answered request.\nGive exactly one of "
       "--correct, --incorrect or --score.",
       "arbiter feedback 'AAECAw...' --correct");
-  AddTarget(*feedback, flags.target);
+  AddTarget(*feedback, flags.target, flags.api_key_file);
   feedback->add_flag("--correct", flags.correct, "the answer was right");
   feedback->add_flag("--incorrect", flags.incorrect, "the answer was wrong");
   feedback->add_option("--score", flags.score, "a graded outcome, 0 to 1")
@@ -89,7 +89,7 @@ CLI::App* AddStatsCommand(CLI::App& arbiter, StatsFlags& flags) {
       "accuracy, cost per request and per correct answer,\nlatency "
       "(Admin/GetRouteStats).",
       "arbiter stats --route rag");
-  AddTarget(*stats, flags.target);
+  AddTarget(*stats, flags.target, flags.api_key_file);
   stats->add_option("--route", flags.route, "only this route")
       ->type_name("R")
       ->default_str("every route");
@@ -113,7 +113,7 @@ CLI::App* AddExperimentShowCommand(CLI::App& arbiter,
       "difference\nfrom the control with an always-valid confidence sequence "
       "(Admin/GetExperiment).",
       "arbiter experiment show prompt-vs-rag");
-  AddTarget(*show, flags.target);
+  AddTarget(*show, flags.target, flags.api_key_file);
   show->add_option("NAME", flags.name, "the experiment's name in the config")
       ->required();
   return show;
@@ -131,7 +131,9 @@ int RunInfer(const InferFlags& flags) {
   request.mutable_constraints()->set_min_accuracy(flags.min_accuracy);
   request.mutable_limits()->set_max_output_tokens(flags.max_tokens);
 
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Gateway::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -179,7 +181,9 @@ int RunFeedback(const FeedbackFlags& flags) {
   } else {
     request.set_correct(flags.correct);
   }
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Gateway::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -193,7 +197,9 @@ int RunFeedback(const FeedbackFlags& flags) {
 }
 
 int RunStats(const StatsFlags& flags) {
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -224,7 +230,9 @@ int RunStats(const StatsFlags& flags) {
 }
 
 int RunExperimentShow(const ExperimentShowFlags& flags) {
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

@@ -242,6 +242,9 @@ CommandLine::CommandLine() : app_(std::make_unique<CLI::App>(kDescription)) {
   Add(state.export_, [this] { return RunStateExport(flags_.state_export); });
   Add(state.import, [this] { return RunStateImport(flags_.state_import); });
   Add(state.reset, [this] { return RunStateReset(flags_.state_reset); });
+  CLI::App* keys_create = AddKeysCreateCommand(arbiter, flags_.keys_create);
+  in(keys_create->get_parent(), kOffline);
+  Add(keys_create, [this] { return RunKeysCreate(flags_.keys_create); });
 }
 
 CommandLine::~CommandLine() = default;

@@ -45,6 +45,7 @@ struct SimServerFlags {
 
 struct InferFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string task;
   std::string route;
   std::string unit_id;
@@ -57,6 +58,7 @@ struct InferFlags {
 
 struct FeedbackFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string request_id;
   bool correct = false;
   bool incorrect = false;
@@ -65,12 +67,14 @@ struct FeedbackFlags {
 
 struct StatsFlags {
   std::string target = kDefaultTarget;
-  std::string route;  // Empty: every route.
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
+  std::string route;         // Empty: every route.
 };
 
 struct LoadgenFlags {
   std::string target = kDefaultTarget;
-  std::string dataset;  // Empty: the embedded quickstart question set.
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
+  std::string dataset;       // Empty: the embedded quickstart question set.
   double qps = 50;
   std::string duration = "60s";
   bool feedback = false;
@@ -81,12 +85,14 @@ struct LoadgenFlags {
 
 struct IndexAddFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string collection;
   std::vector<std::string> paths;
 };
 
 struct IndexSearchFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string collection;
   std::string mode;  // Empty: the gateway's configured search.
   int k = 5;
@@ -95,11 +101,13 @@ struct IndexSearchFlags {
 
 struct IndexStatsFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string collection;
 };
 
 struct IndexEvalFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string collection;
   std::string queries;
   std::string qrels;
@@ -108,17 +116,20 @@ struct IndexEvalFlags {
 
 struct ExperimentShowFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
   std::string name;
 };
 
 struct EconomicsFlags {
   std::string target = kDefaultTarget;
-  std::string route;  // Empty: every route.
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
+  std::string route;         // Empty: every route.
   bool json = false;
 };
 
 struct ReloadFlags {
   std::string target = kDefaultTarget;
+  std::string api_key_file;  // Empty: $ARBITER_API_KEY, if set.
 };
 
 struct ReplayFlags {
@@ -157,6 +168,13 @@ struct StateResetFlags {
   std::string task;   // Empty: every task.
 };
 
+struct KeysCreateFlags {
+  std::string tenant;  // Empty with --admin.
+  bool admin = false;
+  std::string label;
+  std::string expires_in;  // Empty: never expires.
+};
+
 // Every command's flags, for one parse.
 struct Flags {
   ServeFlags serve;
@@ -178,6 +196,7 @@ struct Flags {
   StateExportFlags state_export;
   StateImportFlags state_import;
   StateResetFlags state_reset;
+  KeysCreateFlags keys_create;
 };
 
 // Each defines its subcommand of `arbiter`, binding its flags to `flags`,
@@ -214,6 +233,9 @@ StateCommands AddStateCommands(CLI::App& arbiter, StateExportFlags& export_,
                                StateImportFlags& import,
                                StateResetFlags& reset);
 
+// `keys create`, under `keys`.
+CLI::App* AddKeysCreateCommand(CLI::App& arbiter, KeysCreateFlags& flags);
+
 int RunServe(const ServeFlags& flags);
 int RunCheckConfig(const CheckConfigFlags& flags);
 int RunSimServer(const SimServerFlags& flags);
@@ -233,6 +255,7 @@ int RunBreakeven(const BreakevenFlags& flags);
 int RunStateExport(const StateExportFlags& flags);
 int RunStateImport(const StateImportFlags& flags);
 int RunStateReset(const StateResetFlags& flags);
+int RunKeysCreate(const KeysCreateFlags& flags);
 
 // Parses the replay log: JSON Lines of {"id", "task", "prompt", "outcomes":
 // {"<route>": {"correct": bool | "score": x, "input_tokens", "output_tokens",

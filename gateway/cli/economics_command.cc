@@ -68,7 +68,7 @@ CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags) {
       "correct answer, hosting and amortised training, and\nwhen each "
       "fine-tune breaks even (Admin/GetEconomics).",
       "arbiter economics --route fine-tuned --json");
-  AddTarget(*economics, flags.target);
+  AddTarget(*economics, flags.target, flags.api_key_file);
   economics->add_option("--route", flags.route, "only this route")
       ->type_name("R")
       ->default_str("every route");
@@ -78,7 +78,9 @@ CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags) {
 }
 
 int RunEconomics(const EconomicsFlags& flags) {
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

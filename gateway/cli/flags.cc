@@ -120,13 +120,21 @@ CLI::App* AddCommand(CLI::App& parent, const std::string& name,
   return command;
 }
 
-CLI::Option* AddTarget(CLI::App& command, std::string& target) {
+CLI::Option* AddTarget(CLI::App& command, std::string& target,
+                       std::string& api_key_file) {
   command.description(
       absl::StrCat(command.get_description(),
                    "\nNeeds a running gateway (`arbiter serve`) at --target."));
-  return command.add_option("--target", target, "the gateway's gRPC address")
-      ->type_name("ADDR")
-      ->capture_default_str();
+  CLI::Option* option =
+      command.add_option("--target", target, "the gateway's gRPC address")
+          ->type_name("ADDR")
+          ->capture_default_str();
+  command
+      .add_option("--api-key-file", api_key_file,
+                  "a file holding the API key to send (default: "
+                  "$ARBITER_API_KEY)")
+      ->type_name("PATH");
+  return option;
 }
 
 int UsageError(absl::string_view command, absl::string_view message) {

@@ -43,9 +43,11 @@ CLI::App* AddCommand(CLI::App& parent, const std::string& name,
                      const std::string& example);
 
 // For the clients of a running gateway: --target ADDR (default
-// 127.0.0.1:50051), and a line in the help saying the command needs
-// `arbiter serve` running there.
-CLI::Option* AddTarget(CLI::App& command, std::string& target);
+// 127.0.0.1:50051), --api-key-file PATH (else $ARBITER_API_KEY; see
+// ApiKeyOf), and a line in the help saying the command needs `arbiter
+// serve` running there.
+CLI::Option* AddTarget(CLI::App& command, std::string& target,
+                       std::string& api_key_file);
 
 // What a command says when its flags parse but do not fit together: prints
 // "arbiter <command>: <message> (see arbiter <command> --help)" to stderr and

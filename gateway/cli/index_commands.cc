@@ -110,8 +110,8 @@ namespace {
 
 // The collection every index command names, and its gateway.
 void AddCollectionFlags(CLI::App& command, std::string& target,
-                        std::string& collection) {
-  AddTarget(command, target);
+                        std::string& api_key_file, std::string& collection) {
+  AddTarget(command, target, api_key_file);
   command.add_option("--collection", collection, "the collection's name")
       ->type_name("C")
       ->required();
@@ -140,14 +140,16 @@ IndexCommands AddIndexCommands(CLI::App& arbiter, IndexAddFlags& add,
       "walked; other\nfiles are skipped. A progress bar shows on a "
       "terminal.",
       "arbiter index add --collection kb quickstart/corpus");
-  AddCollectionFlags(*commands.add, add.target, add.collection);
+  AddCollectionFlags(*commands.add, add.target, add.api_key_file,
+                     add.collection);
   commands.add->add_option("PATH", add.paths, "files and folders")->required();
 
   commands.search = AddCommand(
       *index, "search", "Ranked chunks of a collection for a query.",
       "arbiter index search --collection kb --mode keyword \"reset my "
       "password\"");
-  AddCollectionFlags(*commands.search, search.target, search.collection);
+  AddCollectionFlags(*commands.search, search.target, search.api_key_file,
+                     search.collection);
   commands.search
       ->add_option("--mode", search.mode, "hybrid, keyword or vector")
       ->type_name("M")
@@ -167,7 +169,8 @@ IndexCommands AddIndexCommands(CLI::App& arbiter, IndexAddFlags& add,
       "growths;\nhow the index was opened; the snapshot's path, age, size "
       "and changes since.",
       "arbiter index stats --collection kb");
-  AddCollectionFlags(*commands.stats, stats.target, stats.collection);
+  AddCollectionFlags(*commands.stats, stats.target, stats.api_key_file,
+                     stats.collection);
 
   commands.eval = AddCommand(
       *index, "eval",
@@ -177,7 +180,8 @@ IndexCommands AddIndexCommands(CLI::App& arbiter, IndexAddFlags& add,
       "and qrels).",
       "arbiter index eval --collection kb --queries queries.jsonl --qrels "
       "qrels.tsv");
-  AddCollectionFlags(*commands.eval, eval.target, eval.collection);
+  AddCollectionFlags(*commands.eval, eval.target, eval.api_key_file,
+                     eval.collection);
   commands.eval->add_option("--queries", eval.queries, "the queries")
       ->type_name("FILE")
       ->required();
@@ -212,7 +216,9 @@ int RunIndexAdd(const IndexAddFlags& flags) {
     }
   }
   if (documents.empty()) return Fail("no .md, .txt or .jsonl documents found");
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Retrieval::NewStub(channel.get());
   // The bar redraws a line in place: only on a terminal.
   const bool progress_bar = isatty(STDERR_FILENO);
@@ -265,7 +271,9 @@ int RunIndexSearch(const IndexSearchFlags& flags) {
     }
     request.set_mode(*mode);
   }
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Retrieval::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -288,7 +296,9 @@ int RunIndexSearch(const IndexSearchFlags& flags) {
 int RunIndexStats(const IndexStatsFlags& flags) {
   v1::GetCollectionRequest request;
   request.set_name(flags.collection);
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Retrieval::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -355,7 +365,9 @@ int RunIndexEval(const IndexEvalFlags& flags) {
   if (!qrels.ok()) {
     return Fail(absl::StrCat(flags.qrels, ": ", qrels.status().message()));
   }
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Retrieval::NewStub(channel.get());
   std::cout << absl::StrFormat("%-8s %8s %9s %9s %10s %7s\n", "mode", "queries",
                                "nDCG@10", "R@10", "R@100", "MRR");

@@ -221,7 +221,7 @@ CLI::App* AddLoadgenCommand(CLI::App& arbiter, LoadgenFlags& flags) {
       "counts each second, and the\ntable at the end. Exits 3 if any request "
       "failed.",
       "arbiter loadgen --qps 50 --duration 60s --feedback");
-  AddTarget(*loadgen, flags.target);
+  AddTarget(*loadgen, flags.target, flags.api_key_file);
   loadgen
       ->add_option("--dataset", flags.dataset,
                    "JSON Lines of {\"id\", \"task\", \"question\", "
@@ -285,7 +285,9 @@ int RunLoadgen(const LoadgenFlags& flags) {
     std::cerr << "arbiter: --dataset: no questions to send\n";
     return 1;
   }
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   if (absl::Status reached = channel.WaitUntilConnected(absl::Seconds(10));
       !reached.ok()) {
     return Fail(reached);

@@ -19,12 +19,14 @@ CLI::App* AddReloadCommand(CLI::App& arbiter, ReloadFlags& flags) {
       "old one, statistics carry over by name (Admin/ReloadConfig, as "
       "SIGHUP).",
       "arbiter reload --target 127.0.0.1:50051");
-  AddTarget(*reload, flags.target);
+  AddTarget(*reload, flags.target, flags.api_key_file);
   return reload;
 }
 
 int RunReload(const ReloadFlags& flags) {
-  GatewayChannel channel(flags.target);
+  auto api_key = ApiKeyOf(flags.api_key_file);
+  if (!api_key.ok()) return Fail(api_key.status());
+  GatewayChannel channel(flags.target, *api_key);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "gateway/auth/exposure.h"
 #include "gateway/cli/client.h"
 #include "gateway/cli/stop_signals.h"
 #include "gateway/gateway_host.h"
@@ -32,6 +33,14 @@ int ServeUntilStopped(LoadedConfig loaded, GatewayHost::ConfigSource reload) {
   StopSignals& signals = StopSignals::Install();
   signals.Block();
   const v1::Server config = loaded.config.server();
+  if (absl::Status exposed = auth::CheckExposure(loaded.config);
+      !exposed.ok()) {
+    return Fail(exposed);
+  }
+  if (const std::string warning = auth::OpenAccessWarning(loaded.config);
+      !warning.empty()) {
+    std::cerr << warning << std::endl;
+  }
   auto registry = std::make_shared<prometheus::Registry>();
   auto host =
       GatewayHost::Create(std::move(loaded), *registry, std::move(reload));

@@ -168,6 +168,8 @@ HttpError ErrorFor(const absl::Status& status) {
           : std::string(failed.message());
   out.body = RenderErrorBody(out.error);
   if (mapping.do_not_retry) out.headers.emplace_back("x-should-retry", "false");
+  // RFC 6750: a 401 names the scheme the client should authenticate with.
+  if (out.status == 401) out.headers.emplace_back("www-authenticate", "Bearer");
   return out;
 }
 

@@ -90,7 +90,8 @@ struct HttpError {
 //   ALREADY_EXISTS         409 invalid_request_error "already_exists",
 //                          x-should-retry: false
 //   ABORTED                409 invalid_request_error "conflict"
-//   UNAUTHENTICATED        401 authentication_error "invalid_api_key"
+//   UNAUTHENTICATED        401 authentication_error "invalid_api_key",
+//                          www-authenticate: Bearer
 //   PERMISSION_DENIED      403 permission_error "permission_denied"
 //   RESOURCE_EXHAUSTED     429 rate_limit_error "rate_limit_exceeded"
 //   CANCELLED              499 invalid_request_error "client_closed_request"

@@ -8,7 +8,8 @@
 namespace arbiter {
 
 absl::StatusOr<v1::FeedbackResponse> FeedbackRecorder::Record(
-    const v1::FeedbackRequest& request) {
+    const v1::FeedbackRequest& request,
+    std::optional<absl::string_view> tenant) {
   double score = 0;
   bool graded = false;
   switch (request.outcome_case()) {
@@ -33,6 +34,12 @@ absl::StatusOr<v1::FeedbackResponse> FeedbackRecorder::Record(
   if (!verified.ok()) {
     parts_.metrics->RecordFeedbackRejected(RejectionOf(verified.status()));
     return verified.status();
+  }
+  if (tenant.has_value() && verified->parts.tenant != *tenant) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "tenant ", *tenant,
+        " may not give feedback on this request: another tenant's key made "
+        "it"));
   }
   // Counted by the live generation (a reload may have retired the one this
   // call came in on), which holds no handover off while it is counted.

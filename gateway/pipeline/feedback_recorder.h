@@ -1,6 +1,9 @@
 #pragma once
 
+#include <optional>
+
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "arbiter/v1/gateway.pb.h"
 #include "gateway/pipeline/gateway_parts.h"
 
@@ -17,9 +20,12 @@ class FeedbackRecorder final {
   FeedbackRecorder& operator=(const FeedbackRecorder&) = delete;
 
   // INVALID_ARGUMENT for a bad outcome or id, ALREADY_EXISTS for a repeat,
-  // NOT_FOUND when the id's route or task left the config.
+  // NOT_FOUND when the id's route or task left the config. With `tenant`,
+  // the caller is that tenant: PERMISSION_DENIED for an id another tenant
+  // (or an admin) was issued.
   [[nodiscard]] absl::StatusOr<v1::FeedbackResponse> Record(
-      const v1::FeedbackRequest& request);
+      const v1::FeedbackRequest& request,
+      std::optional<absl::string_view> tenant = std::nullopt);
 
  private:
   const GatewayParts& parts_;

@@ -11,6 +11,10 @@
 
 namespace arbiter {
 
+namespace auth {
+struct TenantGrant;
+}  // namespace auth
+
 // What a front hears of one request, in order: OnStart once, with the head
 // of the attempt that answers, just before its first piece of the answer
 // (so a failed attempt can still fall back to another route unseen; not
@@ -38,6 +42,10 @@ struct InferOptions {
   absl::Time deadline = absl::InfiniteFuture();
   // Ask the backend to stream; unary calls get the answer as one delta.
   bool stream = false;
+  // The tenant whose key made the request (it must outlive the request; the
+  // generation owns it), or null for an admin or with auth off: only its
+  // allowed routes and tasks are used, and its request ids name it.
+  const auth::TenantGrant* tenant = nullptr;
 };
 
 // Cancels one request: before its backend call it is not made, during it

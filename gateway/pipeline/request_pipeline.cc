@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "common/json.h"
 #include "common/quote.h"
+#include "gateway/auth/authenticator.h"
 #include "gateway/config.h"
 #include "retrieval/retriever.h"
 #include "retrieval/tokenizer.h"
@@ -216,6 +217,16 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
     refuse(valid, RejectReason::kInvalidRequest);
     return handle;
   }
+  const auth::TenantGrant* tenant = options.tenant;
+  if (tenant != nullptr && !tenant->tasks[task]) {
+    refuse(tenant->TaskDenied(config.tasks(task)), RejectReason::kNotPermitted);
+    return handle;
+  }
+  if (tenant != nullptr && pinned_route >= 0 && !tenant->routes[pinned_route]) {
+    refuse(tenant->RouteDenied(config.routes(pinned_route).name()),
+           RejectReason::kNotPermitted);
+    return handle;
+  }
   policy::RequestFeatures features;
   features.task = task;
   features.unit_id = request.unit_id();
@@ -224,8 +235,14 @@ std::shared_ptr<InferHandle> RequestPipeline::Infer(
   features.min_accuracy = request.constraints().min_accuracy();
   features.uniform = UniformDraw();
   features.seed = RandomNonce();
-  // A pinned request stays out of experiments: the pin wins.
-  const int experiment = pinned_route < 0 ? ExperimentFor(task) : -1;
+  // A pinned request stays out of experiments: the pin wins. So does a
+  // tenant's grant over an arm that pins a route it may not use.
+  int experiment = pinned_route < 0 ? ExperimentFor(task) : -1;
+  if (experiment >= 0 && tenant != nullptr) {
+    for (int route : (*parts_.experiments)[experiment].arm_route) {
+      if (route >= 0 && !tenant->routes[route]) experiment = -1;
+    }
+  }
   int arm = -1;
   policy::Engine* engine = parts_.engine;
   if (experiment >= 0) {
@@ -278,7 +295,14 @@ absl::StatusOr<policy::Decision> RequestPipeline::Decide(Call& call) {
   const absl::Time now = absl::Now();
   const int routes = config.routes_size();
   std::vector<std::string> ejected;
+  const auth::TenantGrant* tenant = call.options.tenant;
   for (int r = 0; r < routes; ++r) {
+    // A tenant's routes bound every policy decision, first attempts and
+    // fallbacks to the next best alike (fallback_routes: DecideFallback).
+    if (tenant != nullptr && !tenant->routes[r]) {
+      call.available[r] = false;
+      continue;
+    }
     const bool healthy = parts_.route_health[r]->Available(now);
     call.available[r] = !call.tried[r] && healthy;
     if (!call.tried[r] && !healthy) {
@@ -331,6 +355,9 @@ absl::StatusOr<policy::Decision> RequestPipeline::DecideFallback(
     for (const std::string& name : failed.fallback_routes()) {
       const int r = parts_.route_index.at(name);
       if (call.tried[r] || !parts_.route_health[r]->Available(now)) continue;
+      if (call.options.tenant != nullptr && !call.options.tenant->routes[r]) {
+        continue;
+      }
       policy::Decision decision;
       decision.route = r;
       decision.policy = "fallback_routes";
@@ -372,6 +399,9 @@ void RequestPipeline::StartAttempt(std::shared_ptr<Call> call,
     const v1::Experiment& spec = config.experiments(call->experiment);
     id_parts.experiment = spec.name();
     id_parts.arm = spec.arms(call->arm).name();
+  }
+  if (call->options.tenant != nullptr) {
+    id_parts.tenant = call->options.tenant->name;
   }
   if (route_index != call->route_index) call->route_retries = 0;
   call->route_index = route_index;
@@ -873,9 +903,11 @@ class WholeAnswerSink final : public InferSink {
 std::shared_ptr<InferHandle> InferWhole(
     RequestPipeline& pipeline, const v1::InferRequest& request,
     absl::Time deadline, v1::InferResponse* response,
-    absl::AnyInvocable<void(absl::Status) &&> done) {
+    absl::AnyInvocable<void(absl::Status) &&> done,
+    const auth::TenantGrant* tenant) {
   InferOptions options;
   options.deadline = deadline;
+  options.tenant = tenant;
   return pipeline.Infer(
       request, options,
       std::make_shared<WholeAnswerSink>(response, std::move(done)));

@@ -98,10 +98,11 @@ class RequestPipeline final {
 
 // The whole answer at once, for unary fronts: fills *response (the deltas'
 // text joined) and calls done exactly once. `request` and `response` must
-// live until then.
+// live until then. `tenant` as in InferOptions.
 std::shared_ptr<InferHandle> InferWhole(
     RequestPipeline& pipeline, const v1::InferRequest& request,
     absl::Time deadline, v1::InferResponse* response,
-    absl::AnyInvocable<void(absl::Status) &&> done);
+    absl::AnyInvocable<void(absl::Status) &&> done,
+    const auth::TenantGrant* tenant = nullptr);
 
 }  // namespace arbiter

@@ -105,9 +105,9 @@ TEST(CommandLineTest, UnknownFlagNamesTheValidOnes) {
   ASSERT_TRUE(infer.Fails());
   EXPECT_EQ(infer.parsed.text,
             "arbiter infer: unknown flag --tsk (did you mean --task?); its "
-            "flags: --target, --task, --route, --unit-id, --max-cost-usd, "
-            "--min-accuracy, --max-tokens, --timeout (see arbiter infer "
-            "--help)");
+            "flags: --target, --api-key-file, --task, --route, --unit-id, "
+            "--max-cost-usd, --min-accuracy, --max-tokens, --timeout (see "
+            "arbiter infer --help)");
 
   Parse breakeven({"breakeven", "--epochs", "3"});
   ASSERT_TRUE(breakeven.Fails());

@@ -34,8 +34,13 @@ constexpr absl::Duration kWeek = absl::Hours(24 * 7);
 const absl::Time kServed = absl::FromUnixMillis(1764350000123);
 
 RequestIdParts Parts(std::string experiment = "", std::string arm = "") {
-  return {"fine-tuned",          "support.refund",      1764350000123,
-          0xdeadbeefcafef00dull, std::move(experiment), std::move(arm)};
+  return {"fine-tuned",
+          "support.refund",
+          1764350000123,
+          0xdeadbeefcafef00dull,
+          std::move(experiment),
+          std::move(arm),
+          ""};
 }
 
 std::unique_ptr<RequestIdSigner> Signer(std::vector<std::string> keys,
@@ -126,15 +131,18 @@ TEST(RequestIdTest, DistinctNoncesGiveDistinctIdsAndMacs) {
 TEST(RequestIdTest, FieldsCannotRunIntoOneAnother) {
   auto signer = Signer({kKeyA});
   const std::vector<RequestIdParts> all = {
-      {"a|b", "c", 1, 2, "", ""},
-      {"a", "b|c", 1, 2, "", ""},
-      {"ab", "c", 1, 2, "", ""},
-      {"a", "bc", 1, 2, "", ""},
-      {"a", "b", 1, 2, "c", ""},
-      {"a", "b", 1, 2, "", "c"},
-      {"a", "", 1, 2, "b", "c"},
-      {"", "a", 1, 2, "b", "c"},
-      {std::string(300, 'r'), "t", 1, 2, "", ""}};
+      {"a|b", "c", 1, 2, "", "", ""},
+      {"a", "b|c", 1, 2, "", "", ""},
+      {"ab", "c", 1, 2, "", "", ""},
+      {"a", "bc", 1, 2, "", "", ""},
+      {"a", "b", 1, 2, "c", "", ""},
+      {"a", "b", 1, 2, "", "c", ""},
+      {"a", "", 1, 2, "b", "c", ""},
+      {"", "a", 1, 2, "b", "c", ""},
+      {"a", "b", 1, 2, "", "", "c"},
+      {"a", "b", 1, 2, "", "c", "d"},
+      {"a", "b", 1, 2, "", "cd", "e"},
+      {std::string(300, 'r'), "t", 1, 2, "", "", ""}};
   std::vector<std::string> ids;
   for (const RequestIdParts& parts : all) {
     ids.push_back(Issue(*signer, parts));
@@ -144,6 +152,7 @@ TEST(RequestIdTest, FieldsCannotRunIntoOneAnother) {
     EXPECT_EQ(verified->parts.task, parts.task);
     EXPECT_EQ(verified->parts.experiment, parts.experiment);
     EXPECT_EQ(verified->parts.arm, parts.arm);
+    EXPECT_EQ(verified->parts.tenant, parts.tenant);
   }
   for (size_t i = 0; i < ids.size(); ++i) {
     for (size_t j = i + 1; j < ids.size(); ++j) EXPECT_NE(ids[i], ids[j]);
@@ -549,6 +558,38 @@ TEST_F(RequestIdKeysTest, CheckConfigReadsTheKeyFileWithoutShowingKeys) {
   config.mutable_server()->set_request_id_key_file("/nonexistent/keys");
   EXPECT_THAT(CheckConfigReferences(config, *loaded->files),
               ElementsAre(HasSubstr("/nonexistent/keys")));
+}
+
+TEST(RequestIdTest, AnIdWithATenantCarriesItUnderArb3) {
+  auto signer = Signer({kKeyA});
+  RequestIdParts parts = Parts("prompt-vs-rag", "B");
+  parts.tenant = "acme";
+  const std::string id = Issue(*signer, parts);
+  EXPECT_THAT(id, StartsWith("arb3_"));
+  auto verified = signer->Verify(id, kServed);
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  EXPECT_EQ(verified->parts.tenant, "acme");
+  EXPECT_EQ(verified->parts.route, "fine-tuned");
+  EXPECT_EQ(verified->parts.arm, "B");
+  // Without a tenant an id is what it always was.
+  auto untenanted = signer->Verify(Issue(*signer, Parts()), kServed);
+  ASSERT_TRUE(untenanted.ok());
+  EXPECT_EQ(untenanted->parts.tenant, "");
+}
+
+TEST(RequestIdTest, NeitherVersionVerifiesUnderTheOthersPrefix) {
+  auto signer = Signer({kKeyA});
+  RequestIdParts parts = Parts();
+  parts.tenant = "acme";
+  const std::string tenant_id = Issue(*signer, parts);
+  const std::string plain_id = Issue(*signer, Parts());
+  ExpectNotIssuedHere(*signer, "arb2_" + tenant_id.substr(5), "arb3 as arb2");
+  ExpectNotIssuedHere(*signer, "arb3_" + plain_id.substr(5), "arb2 as arb3");
+  // Nor can the tenant be changed.
+  parts.tenant = "beta";
+  auto other = Signer({kKeyB});
+  const std::string forged = Issue(*other, parts);
+  ExpectNotIssuedHere(*signer, forged, "another key's tenant");
 }
 
 }  // namespace

@@ -74,7 +74,10 @@ TEST(CliTest, EveryCommandsHelpListsItsFlagsAndExitsZero) {
         "--min-accuracy", "--max-tokens", "--timeout", "TEXT"}},
       {{"feedback"},
        {"--target", "--correct", "--incorrect", "--score", "REQUEST_ID"}},
-      {{"stats"}, {"--target", "--route"}},
+      {{"stats"}, {"--target", "--api-key-file", "--route"}},
+      {{"reload"}, {"--target", "--api-key-file"}},
+      {{"keys"}, {"create"}},
+      {{"keys", "create"}, {"--tenant", "--admin", "--label", "--expires-in"}},
       {{"loadgen"},
        {"--target", "--dataset", "--qps", "--duration", "--feedback", "--task",
         "--units", "--seed"}},
@@ -130,7 +133,8 @@ TEST(CliTest, EveryCommandsHelpListsItsFlagsAndExitsZero) {
   const std::vector<std::string> gateway_clients = {
       "infer",      "feedback",   "stats",           "loadgen",
       "index",      "index add",  "index search",    "index stats",
-      "index eval", "experiment", "experiment show", "economics"};
+      "index eval", "experiment", "experiment show", "economics",
+      "reload"};
   for (const CommandFlags& entry : commands) {
     const std::string name = absl::StrJoin(entry.command, " ");
     std::vector<std::string> args = entry.command;
@@ -170,12 +174,34 @@ TEST(CliTest, ArbiterHelpListsTheCommands) {
   }
 }
 
+TEST(CliTest, KeysCreateNeedsATenantOrAdminAndAnExpiryItCanRead) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"keys", "create"},
+        {"keys", "create", "--tenant", "acme", "--admin"},
+        {"keys", "create", "--tenant", "a b"},
+        {"keys", "create", "--tenant", "acme", "--expires-in", "soon"}}) {
+    Result result = Arbiter(args);
+    EXPECT_EQ(result.exit_code, 2) << result.output;
+    EXPECT_THAT(result.output, HasSubstr("arbiter keys create: "));
+  }
+  Result made = Arbiter({"keys", "create", "--tenant", "acme", "--expires-in",
+                         "90d", "--label", "ci"});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  EXPECT_THAT(made.output,
+              ::testing::ContainsRegex("\nak_[A-Za-z0-9_-]{43}\n"));
+  EXPECT_THAT(made.output,
+              ::testing::ContainsRegex(
+                  "  - \\{sha256: [0-9a-f]{64}, label: \"ci\", expires: "
+                  "20[0-9-]{8}T[0-9:]{8}Z\\}"));
+}
+
 TEST(CliTest, UnknownFlagExitsTwoNamingTheValidFlags) {
   Result result = Arbiter({"stats", "--rout", "rag"});
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_EQ(result.output,
             "arbiter stats: unknown flag --rout (did you mean --route?); its "
-            "flags: --target, --route (see arbiter stats --help)");
+            "flags: --target, --api-key-file, --route (see arbiter stats "
+            "--help)");
 }
 
 TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
