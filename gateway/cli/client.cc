@@ -52,18 +52,39 @@ class BearerFactory final
   const std::string value_;
 };
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
-                                           const std::string& api_key) {
-  if (api_key.empty()) {
-    return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+std::shared_ptr<grpc::Channel> MakeChannel(
+    const std::string& target, const ClientCredentials& credentials) {
+  std::shared_ptr<grpc::ChannelCredentials> transport =
+      grpc::InsecureChannelCredentials();
+  if (!credentials.tls_ca.empty()) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = credentials.tls_ca;
+    tls.pem_cert_chain = credentials.tls_cert;
+    tls.pem_private_key = credentials.tls_key;
+    transport = grpc::SslCredentials(tls);
+  }
+  if (credentials.api_key.empty()) {
+    return grpc::CreateChannel(target, transport);
   }
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
       interceptors;
-  interceptors.push_back(std::make_unique<BearerFactory>(api_key));
+  interceptors.push_back(std::make_unique<BearerFactory>(credentials.api_key));
   return grpc::experimental::CreateCustomChannelWithInterceptors(
-      target, grpc::InsecureChannelCredentials(), grpc::ChannelArguments(),
-      std::move(interceptors));
+      target, transport, grpc::ChannelArguments(), std::move(interceptors));
+}
+
+// The file $variable names, "" when it is unset or empty.
+absl::StatusOr<std::string> FileOfVariable(const char* variable) {
+  const char* path = std::getenv(variable);
+  if (path == nullptr || *path == '\0') return std::string();
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  if (!in.is_open() || !(content << in.rdbuf())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("$", variable, ": cannot read ", path));
+  }
+  return content.str();
 }
 
 }  // namespace
@@ -89,8 +110,37 @@ absl::StatusOr<std::string> ApiKeyOf(const std::string& file) {
   return key;
 }
 
-GatewayChannel::GatewayChannel(std::string target, const std::string& api_key)
-    : target_(std::move(target)), channel_(MakeChannel(target_, api_key)) {}
+absl::StatusOr<ClientCredentials> CredentialsOf(
+    const std::string& api_key_file) {
+  ClientCredentials credentials;
+  auto key = ApiKeyOf(api_key_file);
+  if (!key.ok()) return key.status();
+  credentials.api_key = *std::move(key);
+  std::string* files[] = {&credentials.tls_ca, &credentials.tls_cert,
+                          &credentials.tls_key};
+  const char* variables[] = {"ARBITER_TLS_CA_FILE", "ARBITER_TLS_CERT_FILE",
+                             "ARBITER_TLS_KEY_FILE"};
+  for (int i = 0; i < 3; ++i) {
+    auto content = FileOfVariable(variables[i]);
+    if (!content.ok()) return content.status();
+    *files[i] = *std::move(content);
+  }
+  if (credentials.tls_cert.empty() != credentials.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "$ARBITER_TLS_CERT_FILE and $ARBITER_TLS_KEY_FILE go together: a "
+        "client certificate needs its key");
+  }
+  if (!credentials.tls_cert.empty() && credentials.tls_ca.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs TLS: set $ARBITER_TLS_CA_FILE to the CA "
+        "of the gateway's certificate");
+  }
+  return credentials;
+}
+
+GatewayChannel::GatewayChannel(std::string target,
+                               const ClientCredentials& credentials)
+    : target_(std::move(target)), channel_(MakeChannel(target_, credentials)) {}
 
 std::string GatewayChannel::Unreachable(absl::string_view why) const {
   return absl::StrCat("cannot reach a gateway at ", target_, " (", why,

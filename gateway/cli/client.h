@@ -20,13 +20,32 @@ inline constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 // no key; the key itself is never printed.
 [[nodiscard]] absl::StatusOr<std::string> ApiKeyOf(const std::string& file);
 
-// An insecure channel to the gateway at `target` (loopback by default) that
-// tells a gateway's answer from a failure to reach one: a call that never
-// got there is reported with the address and `arbiter serve`. Every call
-// carries `authorization: Bearer <api_key>` unless api_key is empty.
+// How a client proves who it is and whom it talks to.
+struct ClientCredentials {
+  std::string api_key;  // Empty: none sent.
+  // PEM. With a CA the channel is TLS, trusting only it; with a certificate
+  // and key the client presents them (mutual TLS).
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+};
+
+// The API key as ApiKeyOf reads it, and TLS from the files that
+// $ARBITER_TLS_CA_FILE, $ARBITER_TLS_CERT_FILE and $ARBITER_TLS_KEY_FILE
+// name. INVALID_ARGUMENT naming the variable and file that cannot be read,
+// or a certificate without its key.
+[[nodiscard]] absl::StatusOr<ClientCredentials> CredentialsOf(
+    const std::string& api_key_file);
+
+// A channel to the gateway at `target` (loopback by default), in plain text
+// or TLS as `credentials` say, that tells a gateway's answer from a failure
+// to reach one: a call that never got there is reported with the address
+// and `arbiter serve`. Every call carries `authorization: Bearer <api_key>`
+// unless api_key is empty.
 class GatewayChannel final {
  public:
-  explicit GatewayChannel(std::string target, const std::string& api_key = "");
+  explicit GatewayChannel(std::string target,
+                          const ClientCredentials& credentials = {});
 
   GatewayChannel(const GatewayChannel&) = delete;
   GatewayChannel& operator=(const GatewayChannel&) = delete;

@@ -131,9 +131,9 @@ int RunInfer(const InferFlags& flags) {
   request.mutable_constraints()->set_min_accuracy(flags.min_accuracy);
   request.mutable_limits()->set_max_output_tokens(flags.max_tokens);
 
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Gateway::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -181,9 +181,9 @@ int RunFeedback(const FeedbackFlags& flags) {
   } else {
     request.set_correct(flags.correct);
   }
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Gateway::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -197,9 +197,9 @@ int RunFeedback(const FeedbackFlags& flags) {
 }
 
 int RunStats(const StatsFlags& flags) {
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -230,9 +230,9 @@ int RunStats(const StatsFlags& flags) {
 }
 
 int RunExperimentShow(const ExperimentShowFlags& flags) {
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

@@ -78,9 +78,9 @@ CLI::App* AddEconomicsCommand(CLI::App& arbiter, EconomicsFlags& flags) {
 }
 
 int RunEconomics(const EconomicsFlags& flags) {
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Admin::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

@@ -216,9 +216,9 @@ int RunIndexAdd(const IndexAddFlags& flags) {
     }
   }
   if (documents.empty()) return Fail("no .md, .txt or .jsonl documents found");
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Retrieval::NewStub(channel.get());
   // The bar redraws a line in place: only on a terminal.
   const bool progress_bar = isatty(STDERR_FILENO);
@@ -271,9 +271,9 @@ int RunIndexSearch(const IndexSearchFlags& flags) {
     }
     request.set_mode(*mode);
   }
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Retrieval::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -296,9 +296,9 @@ int RunIndexSearch(const IndexSearchFlags& flags) {
 int RunIndexStats(const IndexStatsFlags& flags) {
   v1::GetCollectionRequest request;
   request.set_name(flags.collection);
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Retrieval::NewStub(channel.get());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -365,9 +365,9 @@ int RunIndexEval(const IndexEvalFlags& flags) {
   if (!qrels.ok()) {
     return Fail(absl::StrCat(flags.qrels, ": ", qrels.status().message()));
   }
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   auto stub = v1::Retrieval::NewStub(channel.get());
   std::cout << absl::StrFormat("%-8s %8s %9s %9s %10s %7s\n", "mode", "queries",
                                "nDCG@10", "R@10", "R@100", "MRR");

@@ -285,9 +285,9 @@ int RunLoadgen(const LoadgenFlags& flags) {
     std::cerr << "arbiter: --dataset: no questions to send\n";
     return 1;
   }
-  auto api_key = ApiKeyOf(flags.api_key_file);
-  if (!api_key.ok()) return Fail(api_key.status());
-  GatewayChannel channel(flags.target, *api_key);
+  auto credentials = CredentialsOf(flags.api_key_file);
+  if (!credentials.ok()) return Fail(credentials.status());
+  GatewayChannel channel(flags.target, *credentials);
   if (absl::Status reached = channel.WaitUntilConnected(absl::Seconds(10));
       !reached.ok()) {
     return Fail(reached);

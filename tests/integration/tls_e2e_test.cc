@@ -485,5 +485,40 @@ TEST_F(TlsTest, BadFilesStopTheStartNamingTheField) {
   EXPECT_THAT(result.output, HasSubstr("server.metrics_tls: needs server.tls"));
 }
 
+TEST_F(TlsTest, TheCliSpeaksTlsWithTheFilesTheEnvironmentNames) {
+  ASSERT_NO_FATAL_FAILURE(Serve(
+      Config(absl::StrCat(ServerTls(), ", client_ca_file: ", Path("ca.pem")))));
+  auto infer = [&] {
+    return RunCommand(ARBITER_BINARY,
+                      {"infer", "--target", gateway_->target(), "Hi"});
+  };
+  auto unset = [] {
+    unsetenv("ARBITER_TLS_CA_FILE");
+    unsetenv("ARBITER_TLS_CERT_FILE");
+    unsetenv("ARBITER_TLS_KEY_FILE");
+  };
+  unset();
+  auto plain = infer();
+  EXPECT_NE(plain.exit_code, 0);
+  EXPECT_THAT(plain.output, HasSubstr("cannot reach a gateway"));
+
+  setenv("ARBITER_TLS_CA_FILE", Path("ca.pem").c_str(), 1);
+  setenv("ARBITER_TLS_CERT_FILE", Path("client.pem").c_str(), 1);
+  auto half = infer();
+  EXPECT_EQ(half.exit_code, 1);
+  EXPECT_THAT(half.output, HasSubstr("go together"));
+
+  setenv("ARBITER_TLS_KEY_FILE", Path("client.key").c_str(), 1);
+  auto answered = infer();
+  EXPECT_EQ(answered.exit_code, 0) << answered.output;
+  EXPECT_THAT(answered.output, HasSubstr("[sim]"));
+
+  setenv("ARBITER_TLS_CA_FILE", Path("missing.pem").c_str(), 1);
+  auto missing = infer();
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.output, HasSubstr("$ARBITER_TLS_CA_FILE: cannot read"));
+  unset();
+}
+
 }  // namespace
 }  // namespace arbiter
