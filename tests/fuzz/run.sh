@@ -28,7 +28,9 @@ for target in "${targets[@]}"; do
     -artifact_prefix="$build/fuzz-crashes/$target-" "$corpus" >"$log" 2>&1
   code=$?
   runs=$(awk '/stat::number_of_executed_units/ { print $2 }' "$log" | tail -1)
-  crashes=$(ls "$build/fuzz-crashes/" 2>/dev/null | grep -c "^$target-")
+  # Slow units (written when a run stalls, e.g. on a busy machine) are not
+  # failures; crashes, leaks, out-of-memory and timeouts are.
+  crashes=$(ls "$build/fuzz-crashes/" 2>/dev/null | grep -cE "^$target-(crash|leak|oom|timeout)-")
   printf '%-16s %8s %14s %8s\n' "$target" "$seconds" "${runs:-?}" "$crashes"
   if ((code != 0 || crashes > 0)); then
     failed=1
