@@ -576,16 +576,14 @@ class Validator {
             "needs server.tls: /metrics is served with its certificate");
     }
     if (server.has_metrics_basic_auth()) {
-      const v1::BasicAuth& auth = server.metrics_basic_auth();
-      if (auth.username().empty() ||
-          auth.username().find(':') != std::string::npos) {
+      const v1::BasicAuth& basic = server.metrics_basic_auth();
+      if (basic.username().empty() ||
+          basic.username().find(':') != std::string::npos) {
         Error("server.metrics_basic_auth.username",
               "must be set and hold no ':'");
       }
-      const std::string& hash = auth.password_sha256();
-      if (hash.size() != 64 ||
-          !std::all_of(hash.begin(), hash.end(),
-                       [](char c) { return absl::ascii_isxdigit(c); })) {
+      auth::KeyDigest digest;
+      if (!auth::ParseSha256Hex(basic.password_sha256(), &digest)) {
         Error("server.metrics_basic_auth.password_sha256",
               "must be the password's SHA-256 as 64 hex digits (printf %s "
               "\"$PASSWORD\" | sha256sum)");

@@ -1,36 +1,27 @@
 #include "gateway/http/basic_auth.h"
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 
-#include <algorithm>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "gateway/auth/api_key.h"
 
 namespace arbiter::http {
 namespace {
 
 namespace bhttp = boost::beast::http;
 
-std::string Sha256(absl::string_view bytes) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
-         digest);
-  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
+// Digests are of one length, so no comparison leaks one.
+bool SameDigest(const auth::KeyDigest& a, const auth::KeyDigest& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-// Same length first (the lengths are not secret), then every byte.
-bool SameBytes(absl::string_view a, absl::string_view b) {
-  return a.size() == b.size() &&
-         CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
-}
-
-bool Presents(const Request& request, const std::string& username_digest,
-              const std::string& password_digest) {
+bool Presents(const Request& request, const auth::KeyDigest& username_digest,
+              const auth::KeyDigest& password_digest) {
   auto header = request.find(bhttp::field::authorization);
   if (header == request.end()) return false;
   absl::string_view value(header->value().data(), header->value().size());
@@ -47,11 +38,11 @@ bool Presents(const Request& request, const std::string& username_digest,
   }
   const size_t colon = decoded.find(':');
   if (colon == std::string::npos) return false;
-  // Digests of equal length, so that neither comparison leaks a length.
+  // Both compared, whichever differs.
   const bool user =
-      SameBytes(Sha256(decoded.substr(0, colon)), username_digest);
+      SameDigest(auth::Sha256(decoded.substr(0, colon)), username_digest);
   const bool password =
-      SameBytes(Sha256(decoded.substr(colon + 1)), password_digest);
+      SameDigest(auth::Sha256(decoded.substr(colon + 1)), password_digest);
   return user & password;
 }
 
@@ -60,20 +51,15 @@ bool Presents(const Request& request, const std::string& username_digest,
 Handler RequireBasicAuth(BasicAuthCredentials credentials, std::string realm,
                          Handler inner) {
   // Validated config holds 64 hex digits; anything else matches nothing.
-  const std::string& hex = credentials.password_sha256;
-  std::string password_digest;
-  if (hex.size() == 2 * SHA256_DIGEST_LENGTH &&
-      std::all_of(hex.begin(), hex.end(),
-                  [](char c) { return absl::ascii_isxdigit(c); })) {
-    password_digest = absl::HexStringToBytes(hex);
-  }
-  return [username_digest = Sha256(credentials.username),
-          password_digest = std::move(password_digest),
+  auth::KeyDigest password_digest{};
+  const bool valid =
+      auth::ParseSha256Hex(credentials.password_sha256, &password_digest);
+  return [valid, username_digest = auth::Sha256(credentials.username),
+          password_digest,
           challenge =
               absl::StrCat("Basic realm=\"", realm, "\", charset=\"UTF-8\""),
           inner = std::move(inner)](Request request, Responder responder) {
-    if (password_digest.size() == SHA256_DIGEST_LENGTH &&
-        Presents(request, username_digest, password_digest)) {
+    if (valid && Presents(request, username_digest, password_digest)) {
       return inner(std::move(request), std::move(responder));
     }
     Response response(bhttp::status::unauthorized, request.version());

@@ -32,26 +32,12 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::FreePort;
 using ::arbiter::testing::StartServe;
 using ::arbiter::testing::Subprocess;
 using nlohmann::json;
 
 const std::string kDeploy = ARBITER_SOURCE_DIR "/deploy";
-
-// A loopback port the OS just gave out (Prometheus cannot report the port
-// it chose itself, so it is handed one).
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t size = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 // Every "expr" in a Grafana dashboard, however deeply its panels nest.
 void CollectExprs(const json& node, const std::string& where,

@@ -56,6 +56,10 @@ class Subprocess final {
 // "127.0.0.1:1234" from a banner line's tail, e.g. "127.0.0.1:1234".
 int PortOf(const std::string& host_port);
 
+// A loopback port the OS just gave out, for a server (such as Prometheus)
+// that cannot report the port it chose itself.
+int FreePort();
+
 // An `arbiter serve` on OS-chosen loopback ports, once its banner has said
 // where it listens.
 struct ServingGateway {

@@ -30,6 +30,7 @@
 namespace arbiter {
 namespace {
 
+using ::arbiter::testing::FreePort;
 using ::arbiter::testing::RunCommand;
 using ::arbiter::testing::ServingGateway;
 using ::arbiter::testing::StartServe;
@@ -322,19 +323,6 @@ TEST_F(TlsTest, MetricsOverTlsWithBasicAuth) {
       url, {.ca_file = Path("ca.pem"), .user_password = "prometheus:password"});
   EXPECT_EQ(scrape.status, 200);
   EXPECT_THAT(scrape.body, HasSubstr("arbiter_config_reloads_total"));
-}
-
-// A loopback port the OS just gave out, for Prometheus's own listener.
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t size = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  ::close(fd);
-  return ntohs(address.sin_port);
 }
 
 TEST_F(TlsTest, PrometheusScrapesWithTlsAndBasicAuth) {
